@@ -1,0 +1,69 @@
+# fulfillment-fleet — `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FLEET := $(BIN)/fleet
+PYTEST := $(BIN)/pytest
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@./deploy/bootstrap.sh
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create the venv and install the fleet with its dev tools (idempotent)
+
+fmt: install ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lint: install ## ruff (lint + format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy, strict for events/ schemas/ adapters/ workers/
+	$(BIN)/mypy
+
+schemas: install ## Export the JSON Schema of every event type to docs/events/
+	$(FLEET) events schemas
+
+check: lint typecheck ## Lint, type-check, and verify docs/events is current
+	$(FLEET) events schemas --check
+
+up: install ## Start the local stack (Kafka, Redis, PostgreSQL) and create topics and tables
+	$(FLEET) stack up
+
+down: install ## Stop the local stack
+	$(FLEET) stack down
+
+status: install ## Show the local stack
+	$(FLEET) stack status
+
+test-unit: install ## Unit tests (no servers)
+	$(PYTEST) tests/unit -q
+
+test-integration: up ## Integration tests (real Kafka/Redis/Postgres, sandboxes over HTTP)
+	$(PYTEST) tests/integration -q
+
+test-e2e: up ## End-to-end tests (worker processes and the CLI)
+	$(PYTEST) tests/e2e -q
+
+test: check up ## Everything: check, then unit, integration and e2e tests
+	$(PYTEST) tests -q
+
+run: up ## Run the fleet on the embedded local stack with the sandboxes
+	$(FLEET) run all
+
+bench-runtime: up ## Benchmark the consume runtime against raw aiokafka and faust
+	$(BIN)/python -m bench.runtime_bench
+
+.PHONY: help install fmt lint typecheck schemas check up down status test-unit test-integration test-e2e test run bench-runtime

@@ -1,0 +1,85 @@
+"""Base class and registry of the fleet's event models, and envelope <-> model conversion.
+
+Every event type is a frozen pydantic model with a versioned CloudEvents ``type`` name
+(``fleet.<domain>.<what-happened>.v<N>``) and a ``key()``: the aggregate id its records are
+keyed (and so partitioned and ordered) by.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from events.envelope import Envelope
+from events.errors import InvalidPayload, UnknownEventType
+
+E = TypeVar("E", bound="DomainEvent")
+
+REGISTRY: dict[str, type[DomainEvent]] = {}
+
+
+class DomainEvent(BaseModel):
+    """A fact (past tense) or a command (imperative) that travels on a topic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TYPE: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        type_name = cls.__dict__.get("TYPE")
+        if type_name:
+            if type_name in REGISTRY:
+                raise TypeError(f"event type {type_name} registered twice")
+            REGISTRY[type_name] = cls
+
+    def key(self) -> str:  # pragma: no cover - every concrete event overrides it
+        raise NotImplementedError
+
+
+def to_envelope(
+    event: DomainEvent,
+    *,
+    source: str,
+    correlationid: str | None = None,
+    causationid: str | None = None,
+    traceparent: str | None = None,
+    id: str | None = None,
+) -> Envelope:
+    kwargs: dict[str, Any] = {}
+    if id is not None:
+        kwargs["id"] = id
+    return Envelope(
+        source=source,
+        type=event.TYPE,
+        key=event.key(),
+        subject=event.key(),
+        data=event.model_dump(mode="json"),
+        correlationid=correlationid,
+        causationid=causationid,
+        traceparent=traceparent,
+        **kwargs,
+    )
+
+
+def decode_event(env: Envelope) -> DomainEvent:
+    """The typed event inside an envelope; permanent errors name the type and the field."""
+    model = REGISTRY.get(env.type)
+    if model is None:
+        raise UnknownEventType(f"no model for event type {env.type!r}")
+    try:
+        return model.model_validate(env.data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise InvalidPayload(f"{env.type}: {where}: {first['msg']}") from exc
+
+
+def event_types() -> dict[str, type[DomainEvent]]:
+    """All registered event models (imports every vocabulary module first)."""
+    import events.billing  # noqa: F401
+    import events.fulfillment  # noqa: F401
+    import events.salesforce  # noqa: F401
+
+    return dict(sorted(REGISTRY.items()))

@@ -1,0 +1,146 @@
+"""The CloudEvents 1.0 envelope and its Kafka protocol binding in binary content mode.
+
+Binary mode (CloudEvents Kafka binding §3.2): the event data is the record value as-is
+(JSON here), ``datacontenttype`` travels as the ``content-type`` header, every other attribute
+as a ``ce_<name>`` header, and the record key is the aggregate id (``partitionkey``).
+This module encodes and decodes; it does not produce or consume (that is ``adapters.kafka``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.errors import InvalidPayload
+
+SPECVERSION = "1.0"
+JSON = "application/json"
+
+# Kafka header names of the binary binding; the only place they are spelled.
+H_SPECVERSION = "ce_specversion"
+H_ID = "ce_id"
+H_SOURCE = "ce_source"
+H_TYPE = "ce_type"
+H_TIME = "ce_time"
+H_SUBJECT = "ce_subject"
+H_CORRELATION = "ce_correlationid"
+H_CAUSATION = "ce_causationid"
+H_TRACEPARENT = "ce_traceparent"
+H_CONTENT_TYPE = "content-type"
+
+REQUIRED_HEADERS = (H_SPECVERSION, H_ID, H_SOURCE, H_TYPE)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """One CloudEvent as the fleet carries it; ``data`` is the JSON object of the event model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=new_id)
+    source: str
+    type: str
+    specversion: str = SPECVERSION
+    time: datetime = Field(default_factory=utcnow)
+    subject: str | None = None
+    datacontenttype: str = JSON
+    correlationid: str | None = None
+    causationid: str | None = None
+    traceparent: str | None = None
+    key: str
+    data: dict[str, Any]
+
+    def child(self, *, source: str, type: str, key: str, data: dict[str, Any]) -> Envelope:
+        """A follow-up event caused by this one: same correlation id, causation = this id."""
+        return Envelope(
+            source=source,
+            type=type,
+            key=key,
+            subject=key,
+            data=data,
+            correlationid=self.correlationid or self.id,
+            causationid=self.id,
+            traceparent=self.traceparent,
+        )
+
+
+def to_record(env: Envelope) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Encode an envelope as (key, value, headers) in CloudEvents binary mode."""
+    headers: list[tuple[str, bytes]] = [
+        (H_SPECVERSION, env.specversion.encode()),
+        (H_ID, env.id.encode()),
+        (H_SOURCE, env.source.encode()),
+        (H_TYPE, env.type.encode()),
+        (H_TIME, env.time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
+        (H_CONTENT_TYPE, env.datacontenttype.encode()),
+    ]
+    optional = {
+        H_SUBJECT: env.subject,
+        H_CORRELATION: env.correlationid,
+        H_CAUSATION: env.causationid,
+        H_TRACEPARENT: env.traceparent,
+    }
+    headers.extend((name, value.encode()) for name, value in optional.items() if value is not None)
+    value = json.dumps(env.data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return env.key.encode(), value, headers
+
+
+def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
+    """Last value wins, decoded as UTF-8 (CloudEvents headers are strings)."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        out[name] = (value or b"").decode("utf-8", errors="replace")
+    return out
+
+
+def from_record(
+    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]
+) -> Envelope:
+    """Decode a binary-mode record; raises ``InvalidPayload`` naming what is wrong."""
+    h: Mapping[str, str] = header_map(headers)
+    missing = [name for name in REQUIRED_HEADERS if not h.get(name)]
+    if missing:
+        raise InvalidPayload(f"not a CloudEvents binary record: missing {', '.join(missing)}")
+    if h[H_SPECVERSION] != SPECVERSION:
+        raise InvalidPayload(f"unsupported CloudEvents specversion {h[H_SPECVERSION]!r}")
+    content_type = h.get(H_CONTENT_TYPE, JSON)
+    if not content_type.startswith(JSON):
+        raise InvalidPayload(f"unsupported content-type {content_type!r}")
+    try:
+        data = json.loads(value or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidPayload(f"record value is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidPayload("record value must be a JSON object")
+    try:
+        time = datetime.fromisoformat(h[H_TIME]) if h.get(H_TIME) else utcnow()
+    except ValueError as exc:
+        raise InvalidPayload(f"bad ce_time {h[H_TIME]!r}") from exc
+    return Envelope(
+        id=h[H_ID],
+        source=h[H_SOURCE],
+        type=h[H_TYPE],
+        specversion=h[H_SPECVERSION],
+        time=time,
+        subject=h.get(H_SUBJECT),
+        datacontenttype=content_type,
+        correlationid=h.get(H_CORRELATION),
+        causationid=h.get(H_CAUSATION),
+        traceparent=h.get(H_TRACEPARENT),
+        key=(key or b"").decode("utf-8", errors="replace"),
+        data=data,
+    )

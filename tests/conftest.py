@@ -1,0 +1,27 @@
+"""Shared fixtures: a clean environment for every test and the local stack for the slower tiers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+try:  # the local-stack fixtures (real Kafka, Redis, Postgres) for integration and e2e tests
+    from tests.stack_fixtures import *  # noqa: F403
+except ImportError:  # pragma: no cover - only while the stack module is being written
+    pass
+
+
+@pytest.fixture(autouse=True)
+def clean_environ() -> Iterator[None]:
+    """No test depends on the developer's shell: FLEET_* variables are removed and restored."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("FLEET_")}
+    for key in saved:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("FLEET_")]:
+            del os.environ[key]
+        os.environ.update(saved)

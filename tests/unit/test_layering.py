@@ -1,0 +1,48 @@
+"""The dependency rule: events/ and schemas/ are leaves; adapters/ never imports workers/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FORBIDDEN = {
+    "events": {"adapters", "workers", "sandbox"},
+    "schemas": {"adapters", "workers", "sandbox"},
+    "adapters": {"workers", "sandbox"},
+}
+
+
+def imported_packages(source: str) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def violations(package: str) -> list[str]:
+    bad: list[str] = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        hits = imported_packages(path.read_text()) & FORBIDDEN[package]
+        bad.extend(f"{path.relative_to(ROOT)} imports {name}" for name in sorted(hits))
+    return bad
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_does_not_import_upwards(package: str) -> None:
+    assert violations(package) == []
+
+
+def test_the_check_catches_a_forbidden_import() -> None:
+    """The rule must be able to fail: a module importing workers is reported."""
+    assert imported_packages("from workers.config import Settings\nimport adapters.kafka\n") == {
+        "workers",
+        "adapters",
+    }
+    assert imported_packages("from . import sibling\n") == set()

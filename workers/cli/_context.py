@@ -1,0 +1,40 @@
+"""Per-invocation state of the ``fleet`` CLI: Settings built once, lazily, and the async runner."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from workers.config import ConfigError, Settings, load_settings
+from workers.logs import configure_logging
+
+T = TypeVar("T")
+
+
+class Context:
+    """Shared by every subcommand; settings load on first use so ``--help`` never needs them."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings()
+            except ConfigError as exc:
+                click.echo(f"fleet: {exc}", err=True)
+                sys.exit(2)
+            configure_logging(self._settings.log.level, self._settings.log.format, self._settings.secrets())
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)

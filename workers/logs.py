@@ -1,0 +1,99 @@
+"""structlog configuration: JSON when stderr is not a TTY, console otherwise; secrets redacted.
+
+Context (event id, correlation id, topic/partition/offset, order id) is bound per message by the
+runtime with ``structlog.contextvars.bound_contextvars``; ``merge_contextvars`` runs first here.
+The redaction processor runs last before rendering, so no secret reaches any output: values of
+secret-named keys are masked, and every known secret value is scrubbed from every string.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+MASK = "***"
+
+_SECRET_KEY = re.compile(
+    r"(pass(word)?|secret|token|auth_?key|oem_?key|api_?key|access_?key|private_?key|authorization"
+    r"|signature|cookie|credential)",
+    re.IGNORECASE,
+)
+
+
+class Redactor:
+    """Masks secret-named keys and scrubs known secret values out of every string, recursively."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._values: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        # longest first so a secret containing another is masked whole
+        merged = set(self._values) | {s for s in secrets if s and len(s) >= 4}
+        self._values = sorted(merged, key=len, reverse=True)
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._values:
+                if secret in value:
+                    value = value.replace(secret, MASK)
+            return value
+        if isinstance(value, Mapping):
+            return {k: (MASK if _is_secret_key(k, v) else self._scrub(v)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._scrub(v) for v in value)
+        if isinstance(value, bytes):
+            return self._scrub(value.decode("utf-8", errors="replace"))
+        return value
+
+    def __call__(
+        self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event_dict):
+            value = event_dict[key]
+            event_dict[key] = MASK if _is_secret_key(key, value) else self._scrub(value)
+        return event_dict
+
+
+def _is_secret_key(key: Any, value: Any) -> bool:
+    return isinstance(key, str) and bool(_SECRET_KEY.search(key)) and value not in (None, "", False)
+
+
+REDACTOR = Redactor()
+
+
+def configure_logging(
+    level: str = "INFO",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog (and stdlib logging of libraries) once per process."""
+    REDACTOR.add(secrets)
+    out = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            REDACTOR,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=out, format="%(levelname)s %(name)s %(message)s")
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)
