@@ -52,6 +52,8 @@ async def _embedded_stack_env() -> dict[str, str]:
     if not (env_file.exists() and all(service.running for service in stack.status(settings))):
         await stack.up(settings, env_file=env_file)
     values = read(env_file)
+    # Always (re)provision: idempotent and cheap, and a running stack may predate newer migrations.
+    await ensure_topics_and_schema(values[KAFKA_BOOTSTRAP], values[DATABASE_URL])
     return {name: values[name] for name in (KAFKA_BOOTSTRAP, REDIS_URL, DATABASE_URL)}
 
 

@@ -95,3 +95,9 @@ def test_context_bound_per_message_appears_in_output() -> None:
         2,
         7,
     )
+
+
+def test_unparseable_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_SALESFORCE__CHANNELS", "not-a-json-list")
+    with pytest.raises(ConfigError, match="FLEET_SALESFORCE"):
+        load_settings(env_file=None)

@@ -47,15 +47,11 @@ def schemas(out_dir: Path, check: bool) -> None:
     """Export the JSON Schema of every event type (or check the exported files are current)."""
     wanted = render_schemas()
     present = {p.name for p in out_dir.glob("*.json")} if out_dir.exists() else set()
-    stale = sorted(
-        n for n, text in wanted.items() if not (out_dir / n).exists() or (out_dir / n).read_text() != text
-    )
+    stale = sorted(n for n, text in wanted.items() if not (out_dir / n).exists() or (out_dir / n).read_text() != text)
     extra = sorted(present - set(wanted))
     if check:
         if stale or extra:
-            click.echo(
-                f"docs/events is out of date: changed {stale or '-'}, removed {extra or '-'}", err=True
-            )
+            click.echo(f"docs/events is out of date: changed {stale or '-'}, removed {extra or '-'}", err=True)
             click.echo("run: fleet events schemas", err=True)
             sys.exit(1)
         click.echo(f"event schemas current ({len(wanted)} files)")
