@@ -241,8 +241,15 @@ class SandboxBase:
 
 
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start ``app`` on host:port and return its runner (``await runner.cleanup()`` to stop)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Start ``app`` on host:port and return its runner (``await runner.cleanup()`` to stop).
+
+    ``handler_cancellation`` makes a client that gives up (a "timeout" fault outlasting the
+    client's read timeout) cancel the held handler, so stopping the runner does not wait out
+    ``hold_s``; ``shutdown_timeout`` bounds the wait for anything else still in flight.
+    """
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=2.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -70,9 +70,7 @@ def test_child_event_carries_correlation_and_causation() -> None:
         ),
     ],
 )
-def test_bad_records_are_invalid_payloads(
-    headers: list[tuple[str, bytes]], value: bytes, message: str
-) -> None:
+def test_bad_records_are_invalid_payloads(headers: list[tuple[str, bytes]], value: bytes, message: str) -> None:
     with pytest.raises(InvalidPayload, match=message):
         from_record(b"k", value, headers)
 

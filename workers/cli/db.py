@@ -19,8 +19,7 @@ def migrate_cmd(ctx: Context) -> None:
     """Apply pending migrations (idempotent)."""
     applied = run_async(migrate(ctx.settings.postgres.dsn.get_secret_value()))
     click.echo(
-        f"migrations: {len(applied)} applied"
-        + (f" ({', '.join(applied)})" if applied else ", schema is current")
+        f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ", schema is current")
     )
 
 
