@@ -84,6 +84,9 @@ class WhmcsSettings(_Section):
     webhook_secrets: list[SecretStr] = [SecretStr("whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA==")]
     webhook_tolerance_s: int = Field(300, ge=1)
     webhook_max_body_bytes: int = Field(256 * 1024, ge=1024)
+    webhook_listen_host: str = "127.0.0.1"
+    webhook_listen_port: int = 18090
+    webhook_dedupe_ttl_s: int = 86400
     http: HttpSettings = HttpSettings()
 
 

@@ -1,0 +1,83 @@
+"""Serve every sandbox (Salesforce, WHMCS, Freebit) from one process until told to stop.
+
+Owns building the sandboxes with their webhook settings, binding each to its port, writing an
+optional ready file (``{"whmcs": 18082, ...}``: what is actually served, so ``fleet sandbox up``
+knows what to wait for) and cleaning up. The Salesforce sandbox is optional: it is imported
+guarded so this runner works in a tree that does not have it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sandbox.common import SandboxBase, serve
+from sandbox.freebit import FreebitSandbox
+from sandbox.whmcs import DEFAULT_WEBHOOK_SECRET, WhmcsSandbox
+
+try:
+    from sandbox.salesforce import SalesforceSandbox  # type: ignore[attr-defined]
+except ImportError:  # written concurrently; until it lands only WHMCS and Freebit are served
+    SalesforceSandbox = None  # type: ignore[assignment,misc]
+
+log = logging.getLogger("sandbox")
+SYSTEMS = ("salesforce", "whmcs", "freebit")
+
+
+def build_sandboxes(
+    *, webhook_url: str | None = None, webhook_secret: str = DEFAULT_WEBHOOK_SECRET, **freebit: Any
+) -> dict[str, SandboxBase]:
+    """One instance per available system; ``freebit`` passes e.g. ``activation_delay_s`` through."""
+    boxes: dict[str, SandboxBase] = {
+        "whmcs": WhmcsSandbox(webhook_url=webhook_url, webhook_secret=webhook_secret),
+        "freebit": FreebitSandbox(**freebit),
+    }
+    if SalesforceSandbox is not None:
+        boxes["salesforce"] = SalesforceSandbox()
+    return boxes
+
+
+async def run_sandboxes(
+    host: str,
+    ports: dict[str, int],
+    *,
+    webhook_url: str | None = None,
+    webhook_secret: str = DEFAULT_WEBHOOK_SECRET,
+    stop: asyncio.Event,
+    ready_file: Path | None = None,
+    **freebit: Any,
+) -> dict[str, int]:
+    """Serve the sandboxes named in ``ports`` (port 0 = any free port) until ``stop`` is set.
+
+    Returns the ports actually bound. A system in ``ports`` that is not available (Salesforce
+    before it exists) is skipped with a warning rather than failing the others.
+    """
+    boxes = build_sandboxes(webhook_url=webhook_url, webhook_secret=webhook_secret, **freebit)
+    runners: list[web.AppRunner] = []
+    bound: dict[str, int] = {}
+    try:
+        for name, port in ports.items():
+            if name not in boxes:
+                log.warning("sandbox %s is not available in this tree; skipped", name)
+                continue
+            runner = await serve(boxes[name].app(), host, port)
+            runners.append(runner)
+            bound[name] = _bound_port(runner)
+            log.info("sandbox %s listening on http://%s:%d", name, host, bound[name])
+        if ready_file is not None:
+            await asyncio.to_thread(ready_file.write_text, json.dumps(bound))
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+    return bound
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    address = runner.addresses[0]
+    return int(address[1])
