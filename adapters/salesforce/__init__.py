@@ -1,0 +1,39 @@
+"""Salesforce adapter (REST API v60.0): the port, its httpx implementation, the fake, token sources.
+
+Layout follows the adapter shape (style §3.5) split into a package: ``port.py`` (Protocol and value
+types), ``http.py`` (``HttpSalesforce``), ``fake.py`` (``FakeSalesforce``), ``auth.py`` (OAuth token
+sources shared with the CDC stream in ``adapters.salesforce_stream``). Must not read configuration
+or build clients: the composition root passes them in.
+"""
+
+from adapters.salesforce.auth import (
+    AccessToken,
+    JwtBearerAuth,
+    PasswordAuth,
+    RefreshTokenAuth,
+    TokenSource,
+)
+from adapters.salesforce.fake import FakeSalesforce
+from adapters.salesforce.http import HttpSalesforce
+from adapters.salesforce.port import (
+    COLLECTION_LIMIT,
+    RecordError,
+    RecordResult,
+    RecordUpdate,
+    SalesforcePort,
+)
+
+__all__ = [
+    "COLLECTION_LIMIT",
+    "AccessToken",
+    "FakeSalesforce",
+    "HttpSalesforce",
+    "JwtBearerAuth",
+    "PasswordAuth",
+    "RecordError",
+    "RecordResult",
+    "RecordUpdate",
+    "RefreshTokenAuth",
+    "SalesforcePort",
+    "TokenSource",
+]

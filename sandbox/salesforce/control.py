@@ -1,0 +1,279 @@
+"""The Salesforce sandbox's own control API under ``/_sandbox/`` (never logged, never faulted).
+
+What a test or ``make run`` needs to play the parts Salesforce users and the platform play:
+seed orders as the portal would, approve an order as an agent (the record-triggered Flow runs in
+the same transaction), edit records in the "UI", expire every token, spend the API budget, make
+chosen records fail in DML, and bend the event stream (gap, overflow, merged, duplicate,
+out-of-order, platform events, dropped CometD clients). Every record change goes through an org
+transaction, so it emits its change event like any other write.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from sandbox import demo_data
+from sandbox.salesforce.cometd import BayeuxServer
+from sandbox.salesforce.events import PLATFORM_CHANNEL, channel_for
+from sandbox.salesforce.oauth import TokenIssuer
+from sandbox.salesforce.org import AGENT, Actor, Org, RecordMissing, api_actor
+from sandbox.salesforce.rest import ApiLimits, RecordFaults
+from sandbox.salesforce.store import FIELDS, FieldProblem, Store
+
+#: orders are placed by the portal's BFF through the API unless a seed says otherwise
+PORTAL_CLIENT = "customer-portal"
+_SEED_KEYS = frozenset({"customer", "lines", "client"})
+
+
+def _bad(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+class ControlApi:
+    def __init__(self, org: Org, tokens: TokenIssuer, limits: ApiLimits, faults: RecordFaults,
+                 cometd: BayeuxServer, api_version: str) -> None:  # fmt: skip
+        self.org = org
+        self.tokens = tokens
+        self.limits = limits
+        self.faults = faults
+        self.cometd = cometd
+        self.api_version = api_version
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/_sandbox/expire-tokens", self.expire_tokens)
+        r.add_post("/_sandbox/api-usage", self.api_usage)
+        r.add_post("/_sandbox/record-faults", self.add_record_fault)
+        r.add_delete("/_sandbox/record-faults", self.clear_record_faults)
+        r.add_post("/_sandbox/orders/{order_id}/approve", self.approve)
+        r.add_get("/_sandbox/records/{sobject}/{record_id}", self.read_record)
+        r.add_patch("/_sandbox/records/{sobject}/{record_id}", self.agent_edit)
+        r.add_get("/_sandbox/events", self.list_events)
+        r.add_post("/_sandbox/events/gap", self.gap_event)
+        r.add_post("/_sandbox/events/overflow", self.overflow_event)
+        r.add_post("/_sandbox/events/merged", self.merged_event)
+        r.add_post("/_sandbox/events/duplicate", self.duplicate_event)
+        r.add_post("/_sandbox/events/out-of-order", self.out_of_order)
+        r.add_post("/_sandbox/events/platform", self.platform_event)
+        r.add_post("/_sandbox/drop-connections", self.drop_connections)
+
+    @property
+    def store(self) -> Store:
+        return self.org.store
+
+    # --- seeding ------------------------------------------------------------------------------
+    def seed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"products": [...], "orders": [{"customer", "Type", "lines": [sku | {...}], ...}]}``."""
+        created: dict[str, Any] = {}
+        if body.get("products"):
+            created["products"] = [self._seed_product(spec) for spec in body["products"]]
+        if body.get("orders"):
+            created["orders"] = [self._seed_order(spec) for spec in body["orders"]]
+        return created
+
+    def _seed_product(self, spec: dict[str, Any]) -> dict[str, Any]:
+        fields = {k: v for k, v in spec.items() if k != "UnitPrice"}
+        Store.check_writable("Product2", fields)
+        with self.org.transaction(AGENT) as tx:
+            product = tx.create("Product2", fields)
+            entry_fields = {"Pricebook2Id": demo_data.PORTAL_PRICEBOOK_ID, "Product2Id": product["Id"],
+                            "UnitPrice": spec.get("UnitPrice", 0), "IsActive": True}  # fmt: skip
+            entry = tx.create("PricebookEntry", entry_fields)
+        return {"id": product["Id"], "pricebook_entry_id": entry["Id"]}
+
+    def _seed_order(self, spec: dict[str, Any]) -> dict[str, Any]:
+        order_fields = self._order_fields(spec)
+        lines = [self._line_fields(line) for line in spec.get("lines", [])]
+        client = spec.get("client", PORTAL_CLIENT)
+        actor = api_actor(self.api_version, f"client={client}") if client else AGENT
+        with self.org.transaction(actor) as tx:
+            order = tx.create("Order", order_fields)
+            items = [tx.create("OrderItem", {**line, "OrderId": order["Id"]}) for line in lines]
+        return {
+            "id": order["Id"],
+            "OrderNumber": order["OrderNumber"],
+            "AccountId": order["AccountId"],
+            "items": [
+                {"id": i["Id"], "Product2Id": i["Product2Id"], "PricebookEntryId": i["PricebookEntryId"]} for i in items
+            ],  # fmt: skip
+        }
+
+    def _order_fields(self, spec: dict[str, Any]) -> dict[str, Any]:
+        extra = {k: v for k, v in spec.items() if k not in _SEED_KEYS}
+        Store.check_writable("Order", extra)
+        account_id = extra.pop("AccountId", None) or _account_id(spec.get("customer", "tanaka"))
+        account = self.store.get("Account", account_id)
+        if account is None:
+            raise FieldProblem("INVALID_CROSS_REFERENCE_KEY", f"no Account {account_id}", ["AccountId"])
+        billing = {k: account[k] for k in account if k.startswith("Billing")}
+        defaults = {"Status": "Pending Review", "EffectiveDate": datetime.now(UTC).date().isoformat(),
+                    "Pricebook2Id": demo_data.PORTAL_PRICEBOOK_ID, "Activation_Type__c": "Immediate"}  # fmt: skip
+        return {**defaults, **billing, **extra, "AccountId": account_id}
+
+    def _line_fields(self, line: str | dict[str, Any]) -> dict[str, Any]:
+        spec = {"sku": line} if isinstance(line, str) else dict(line)
+        sku = spec.pop("sku", None)
+        product = next((p for p in self.store.rows("Product2") if p["StockKeepingUnit"] == sku), None)
+        if product is None:
+            raise FieldProblem("INVALID_CROSS_REFERENCE_KEY", f"no Product2 with SKU {sku!r}", ["Product2Id"])
+        entry = next(e for e in self.store.rows("PricebookEntry") if e["Product2Id"] == product["Id"])
+        Store.check_writable("OrderItem", spec)
+        defaults = {"Quantity": 1, "UnitPrice": entry["UnitPrice"], "Billing_Cycle__c": product["Billing_Cycle__c"]}
+        return {**defaults, **spec, "Product2Id": product["Id"], "PricebookEntryId": entry["Id"]}
+
+    # --- record changes as agents and Flows make them -----------------------------------------
+    async def approve(self, request: web.Request) -> web.Response:
+        """An agent sets ``Status``; the record-triggered Flow sets ``Activation_Status__c`` and clears
+        the error fields in the same transaction, so ONE change event carries both (unless
+        ``separate_transactions``). Body: ``status`` (default Approved; Processed for SIM),
+        ``activation_status`` (default Activating; null = the Flow does nothing)."""
+        body = await _body(request)
+        order_id = request.match_info["order_id"]
+        flow = {"Activation_Error_Code__c": None, "Activation_Error_Message__c": None}
+        if body.get("activation_status", "Activating") is not None:
+            flow["Activation_Status__c"] = body.get("activation_status", "Activating")
+        steps = [{"Status": body.get("status", "Approved")}, flow]
+        if not body.get("separate_transactions"):
+            steps = [{**steps[0], **flow}]
+        try:
+            for fields in steps:
+                with self.org.transaction(AGENT) as tx:
+                    tx.update("Order", order_id, fields)
+        except RecordMissing as missing:
+            return web.json_response({"error": str(missing)}, status=404)
+        return web.json_response(self.store.get("Order", order_id))
+
+    async def read_record(self, request: web.Request) -> web.Response:
+        record = self.store.get(request.match_info["sobject"], request.match_info["record_id"])
+        return web.json_response(record) if record else web.json_response({"error": "no such record"}, status=404)
+
+    async def agent_edit(self, request: web.Request) -> web.Response:
+        """A UI edit: changeOrigin empty, commitUser an agent. ``?client=x`` makes it an API write instead."""
+        sobject, record_id = request.match_info["sobject"], request.match_info["record_id"]
+        client = request.query.get("client")
+        actor = api_actor(self.api_version, f"client={client}") if client else AGENT
+        return self._write(actor, sobject, record_id, await _body(request))
+
+    def _write(self, actor: Actor, sobject: str, record_id: str, fields: dict[str, Any]) -> web.Response:
+        if sobject not in FIELDS:
+            return _bad(f"unknown sObject {sobject}")
+        try:
+            Store.check_writable(sobject, fields)
+            with self.org.transaction(actor) as tx:
+                tx.update(sobject, record_id, fields)
+        except FieldProblem as problem:
+            return web.json_response(problem.entry, status=400)
+        except RecordMissing as missing:
+            return web.json_response({"error": str(missing)}, status=404)
+        return web.json_response(self.store.get(sobject, record_id))
+
+    # --- stream shaping -----------------------------------------------------------------------
+    async def list_events(self, request: web.Request) -> web.Response:
+        channel = request.query.get("channel", "/data/OrderChangeEvent")
+        return web.json_response(self.org.bus.retained(channel, after=int(request.query.get("after", "0"))))
+
+    async def gap_event(self, request: web.Request) -> web.Response:
+        """``{"entity", "record_ids", "change_type": "GAP_UPDATE", "fields": {...}}``: the fields (if any)
+        change silently, as a database-level change would, and only a header-only event says so."""
+        body = await _body(request)
+        entity, ids = str(body.get("entity", "Order")), [str(i) for i in body.get("record_ids", [])]
+        for record_id in ids if body.get("fields") else []:
+            self.store.apply(entity, record_id, dict(body["fields"]), user=AGENT.user_id, now=self.org.clock())
+        return self._header_only(entity, ids, str(body.get("change_type", "GAP_UPDATE")))
+
+    async def overflow_event(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        return self._header_only(str(body.get("entity", "Order")), [], "GAP_OVERFLOW")
+
+    def _header_only(self, entity: str, record_ids: list[str], change_type: str) -> web.Response:
+        if channel_for(entity) is None:
+            return _bad(f"{entity} is not selected for Change Data Capture")
+        with self.org.transaction(AGENT) as tx:
+            tx.header_only(entity, record_ids, change_type)
+            published = tx.commit()
+        return web.json_response(published)
+
+    async def merged_event(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        entity, ids = str(body.get("entity", "Order")), [str(i) for i in body.get("record_ids", [])]
+        if not ids or any(self.store.get(entity, i) is None for i in ids):
+            return _bad("record_ids must name existing records")
+        client = body.get("client")
+        actor = api_actor(self.api_version, f"client={client}") if client else AGENT
+        with self.org.transaction(actor) as tx:
+            tx.merged_update(entity, ids, dict(body.get("fields", {})))
+            published = tx.commit()
+        return web.json_response(published)
+
+    async def duplicate_event(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        message = self.org.bus.duplicate_last(str(body.get("channel", "/data/OrderChangeEvent")))
+        return web.json_response(message) if message else _bad("the channel has no event yet")
+
+    async def out_of_order(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        self.org.bus.reverse_next(str(body.get("channel", "/data/OrderChangeEvent")), int(body.get("count", 2)))
+        return web.json_response({"armed": True})
+
+    async def platform_event(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        fields = dict(body.get("fields", body))
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        payload = {"CreatedDate": stamp, "CreatedById": demo_data.INTEGRATION_USER_ID, **fields}
+        return web.json_response(self.org.bus.publish(PLATFORM_CHANNEL, payload))
+
+    async def drop_connections(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        mode = str(body.get("mode", "unknown-client"))
+        if mode not in ("unknown-client", "abort"):
+            return _bad("mode must be unknown-client or abort")
+        return web.json_response({"dropped": self.cometd.drop(mode)})
+
+    # --- auth and limits ----------------------------------------------------------------------
+    async def expire_tokens(self, _request: web.Request) -> web.Response:
+        expired = self.tokens.expire_all()
+        self.cometd.wake_all()
+        return web.json_response({"expired": expired})
+
+    async def api_usage(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        self.limits.used = int(body.get("used", self.limits.used))
+        self.limits.limit = int(body.get("limit", self.limits.limit))
+        return web.json_response({"used": self.limits.used, "limit": self.limits.limit})
+
+    async def add_record_fault(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        if not body.get("record_id") or not body.get("statusCode"):
+            return _bad("record_id and statusCode are required")
+        self.faults.add(str(body["record_id"]), str(body["statusCode"]), message=body.get("message"),
+                        times=int(body.get("times", 1)), fields=body.get("fields"))  # fmt: skip
+        return web.json_response({"pending": len(self.faults.pending[str(body["record_id"])])}, status=201)
+
+    async def clear_record_faults(self, _request: web.Request) -> web.Response:
+        self.faults.pending.clear()
+        return web.json_response({"cleared": True})
+
+
+def _account_id(customer: str) -> str:
+    found = next((c for c in demo_data.CUSTOMERS if c["key"] == customer), None)
+    if found is None:
+        raise FieldProblem("INVALID_CROSS_REFERENCE_KEY", f"unknown demo customer {customer!r}", ["AccountId"])
+    return str(found["sf_account_id"])
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    text = await request.text()
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        error = json.dumps({"error": "body must be a JSON object"})
+        raise web.HTTPBadRequest(text=error, content_type="application/json")
+    return body
