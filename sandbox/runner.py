@@ -2,8 +2,7 @@
 
 Owns building the sandboxes with their webhook settings, binding each to its port, writing an
 optional ready file (``{"whmcs": 18082, ...}``: what is actually served, so ``fleet sandbox up``
-knows what to wait for) and cleaning up. The Salesforce sandbox is optional: it is imported
-guarded so this runner works in a tree that does not have it yet.
+knows what to wait for) and cleaning up.
 """
 
 from __future__ import annotations
@@ -18,12 +17,8 @@ from aiohttp import web
 
 from sandbox.common import SandboxBase, serve
 from sandbox.freebit import FreebitSandbox
+from sandbox.salesforce import SalesforceSandbox
 from sandbox.whmcs import DEFAULT_WEBHOOK_SECRET, WhmcsSandbox
-
-try:
-    from sandbox.salesforce import SalesforceSandbox  # type: ignore[attr-defined]
-except ImportError:  # written concurrently; until it lands only WHMCS and Freebit are served
-    SalesforceSandbox = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("sandbox")
 SYSTEMS = ("salesforce", "whmcs", "freebit")
@@ -33,13 +28,11 @@ def build_sandboxes(
     *, webhook_url: str | None = None, webhook_secret: str = DEFAULT_WEBHOOK_SECRET, **freebit: Any
 ) -> dict[str, SandboxBase]:
     """One instance per available system; ``freebit`` passes e.g. ``activation_delay_s`` through."""
-    boxes: dict[str, SandboxBase] = {
+    return {
+        "salesforce": SalesforceSandbox(),
         "whmcs": WhmcsSandbox(webhook_url=webhook_url, webhook_secret=webhook_secret),
         "freebit": FreebitSandbox(**freebit),
     }
-    if SalesforceSandbox is not None:
-        boxes["salesforce"] = SalesforceSandbox()
-    return boxes
 
 
 async def run_sandboxes(
@@ -54,17 +47,13 @@ async def run_sandboxes(
 ) -> dict[str, int]:
     """Serve the sandboxes named in ``ports`` (port 0 = any free port) until ``stop`` is set.
 
-    Returns the ports actually bound. A system in ``ports`` that is not available (Salesforce
-    before it exists) is skipped with a warning rather than failing the others.
+    Returns the ports actually bound.
     """
     boxes = build_sandboxes(webhook_url=webhook_url, webhook_secret=webhook_secret, **freebit)
     runners: list[web.AppRunner] = []
     bound: dict[str, int] = {}
     try:
         for name, port in ports.items():
-            if name not in boxes:
-                log.warning("sandbox %s is not available in this tree; skipped", name)
-                continue
             runner = await serve(boxes[name].app(), host, port)
             runners.append(runner)
             bound[name] = _bound_port(runner)

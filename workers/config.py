@@ -61,6 +61,8 @@ class SalesforceSettings(_Section):
     password: SecretStr = SecretStr("")
     refresh_token: SecretStr = SecretStr("")
     private_key_path: Path | None = None
+    #: the JWT ``aud`` claim: https://login.salesforce.com, or https://test.salesforce.com for sandboxes
+    jwt_audience: str = "https://login.salesforce.com"
     #: sent as ``Sforce-Call-Options: client=<id>`` on every write; CDC ``changeOrigin`` carries it back
     call_options_client: str = "fulfillment-fleet"
     channels: list[str] = [

@@ -1,0 +1,135 @@
+"""The composition root: build every adapter from Settings once, unless the caller passes its own.
+
+    async with bootstrap(settings) as deps:            # real adapters on the configured endpoints
+    async with bootstrap(settings, whmcs=FakeWhmcs()) as deps:   # any port can be overridden
+
+Owns the lifecycle of clients, pools and producers (opened here, closed on exit, in reverse order).
+Must not hold business rules or bind handlers: ``workers.fleet`` turns ``Deps`` into routes. Nothing
+here runs at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from adapters.db import create_pool
+from adapters.freebit import FreebitPort, HttpFreebit
+from adapters.http import build_client
+from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer
+from adapters.salesforce import (
+    HttpSalesforce,
+    JwtBearerAuth,
+    PasswordAuth,
+    RefreshTokenAuth,
+    SalesforcePort,
+    TokenSource,
+)
+from adapters.whmcs import HttpWhmcs, WhmcsPort
+from workers.config import ConfigError, HttpSettings, SalesforceSettings, Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Deps:
+    """Everything a worker's handlers may be bound to."""
+
+    settings: Settings
+    producer: ProducerPort
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    salesforce: SalesforcePort
+    whmcs: WhmcsPort
+    freebit: FreebitPort
+    salesforce_tokens: TokenSource | None = None
+
+
+def _client(http: HttpSettings, **kwargs: Any) -> httpx.AsyncClient:
+    return build_client(http.connect_timeout_s, http.read_timeout_s, http.max_connections, **kwargs)
+
+
+def salesforce_private_key(sf: SalesforceSettings, env: str) -> str:
+    """The JWT signing key: the configured file, or (local/test only) a throwaway key the sandbox accepts."""
+    if sf.private_key_path is not None:
+        try:
+            return sf.private_key_path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"invalid setting FLEET_SALESFORCE__PRIVATE_KEY_PATH: {exc}") from None
+    if env not in ("local", "test"):
+        raise ConfigError("missing setting FLEET_SALESFORCE__PRIVATE_KEY_PATH (required for JWT bearer auth)")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pem.decode()
+
+
+def salesforce_token_source(sf: SalesforceSettings, env: str, client: httpx.AsyncClient) -> TokenSource:
+    if sf.auth == "jwt":
+        return JwtBearerAuth(
+            client, sf.login_url, sf.client_id, sf.username, salesforce_private_key(sf, env), audience=sf.jwt_audience
+        )
+    if sf.auth == "refresh_token":
+        return RefreshTokenAuth(
+            client, sf.login_url, sf.client_id, sf.client_secret.get_secret_value(), sf.refresh_token.get_secret_value()
+        )
+    return PasswordAuth(
+        client,
+        sf.login_url,
+        sf.client_id,
+        sf.client_secret.get_secret_value(),
+        sf.username,
+        sf.password.get_secret_value(),
+    )
+
+
+@contextlib.asynccontextmanager
+async def bootstrap(
+    settings: Settings,
+    *,
+    producer: ProducerPort | None = None,
+    pool: asyncpg.Pool | None = None,
+    redis: aioredis.Redis | None = None,
+    salesforce: SalesforcePort | None = None,
+    whmcs: WhmcsPort | None = None,
+    freebit: FreebitPort | None = None,
+) -> AsyncIterator[Deps]:
+    """Open what was not passed in; close exactly what was opened here."""
+    async with contextlib.AsyncExitStack() as stack:
+        tokens: TokenSource | None = None
+        if producer is None:
+            raw = durable_producer(settings.kafka.bootstrap, settings.kafka.client_id)
+            await raw.start()
+            stack.push_async_callback(raw.stop)
+            producer = AiokafkaProducer(raw)
+        if pool is None:
+            pg = settings.postgres
+            pool = await create_pool(pg.dsn.get_secret_value(), pg.min_pool, pg.max_pool)
+            stack.push_async_callback(pool.close)
+        if redis is None:
+            redis = aioredis.from_url(settings.redis.url.get_secret_value())
+            stack.push_async_callback(redis.aclose)
+        if salesforce is None:
+            sf = settings.salesforce
+            client = await stack.enter_async_context(_client(sf.http))
+            tokens = salesforce_token_source(sf, settings.env, client)
+            salesforce = HttpSalesforce(client, tokens, sf.api_version, sf.call_options_client)
+        if whmcs is None:
+            wh = settings.whmcs
+            client = await stack.enter_async_context(_client(wh.http))
+            whmcs = HttpWhmcs(
+                client, wh.api_url, wh.identifier, wh.secret.get_secret_value(), wh.access_key.get_secret_value()
+            )
+        if freebit is None:
+            fb = settings.freebit
+            client = await stack.enter_async_context(_client(fb.http))
+            freebit = HttpFreebit(client, fb.base_url, fb.oem_id, fb.oem_key.get_secret_value())
+        yield Deps(settings, producer, pool, redis, salesforce, whmcs, freebit, tokens)
