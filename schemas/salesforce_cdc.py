@@ -121,7 +121,8 @@ def _entity_tag(value: Any) -> str:
         entity = header.get("entityName") if isinstance(header, dict) else None
     else:
         entity = getattr(getattr(value, "header", None), "entity_name", None)
-    return entity if entity in _KNOWN_ENTITIES else "other"
+    # a malformed header may carry a list or dict here: only a string can name a known entity
+    return entity if isinstance(entity, str) and entity in _KNOWN_ENTITIES else "other"
 
 
 #: a change event payload of any entity, discriminated on ``ChangeEventHeader.entityName``;

@@ -75,6 +75,10 @@ class SalesforceSettings(_Section):
     activation_trigger_statuses: list[str] = ["Processed", "Reactivate", "Approved"]
     replay_fallback: Literal["latest", "earliest"] = "latest"
     api_budget_share_for_low_priority: float = Field(0.8, gt=0, le=1)
+    #: CDC subscriber: silence longer than this (> Salesforce's 110 s long poll) is a stall → reconnect
+    cdc_watchdog_s: float = Field(180.0, gt=0)
+    cdc_checkpoint_interval_s: float = Field(0.25, gt=0)
+    cdc_lanes: int = Field(8, ge=1)
     http: HttpSettings = HttpSettings()
 
 

@@ -1,0 +1,66 @@
+"""``PgCheckpointStore`` against the stack's PostgreSQL: one row per (subscriber, channel), upserted;
+a fallback reset keeps its reason and time; a later save without a time keeps the last one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from adapters.db import create_pool, migrate
+from tests.stack_fixtures import stack_env  # noqa: F401
+from workers.ingress.checkpoints import Checkpoint, PgCheckpointStore
+
+pytestmark = pytest.mark.integration
+
+ORDER_CH = "/data/OrderChangeEvent"
+ITEM_CH = "/data/OrderItemChangeEvent"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def pool(stack_env: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:  # noqa: F811
+    await migrate(stack_env["DATABASE_URL"])
+    pool = await create_pool(stack_env["DATABASE_URL"], 1, 2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def subscriber() -> str:
+    return f"it-{uuid.uuid4().hex[:8]}"
+
+
+async def test_an_unknown_subscriber_has_no_checkpoints(pool: asyncpg.Pool) -> None:
+    assert await PgCheckpointStore(pool).load(subscriber()) == {}
+
+
+async def test_checkpoints_are_upserted_per_channel(pool: asyncpg.Pool) -> None:
+    store, name = PgCheckpointStore(pool), subscriber()
+    await store.save(name, [Checkpoint(ORDER_CH, 10, T0), Checkpoint(ITEM_CH, 3, T0)])
+    await store.save(name, [Checkpoint(ORDER_CH, 12, T0 + timedelta(seconds=5))])
+    loaded = await store.load(name)
+    assert loaded[ORDER_CH] == Checkpoint(ORDER_CH, 12, T0 + timedelta(seconds=5))
+    assert loaded[ITEM_CH] == Checkpoint(ITEM_CH, 3, T0)
+    assert await store.load(subscriber()) == {}  # other subscribers are separate
+
+
+async def test_a_reset_keeps_its_reason_and_a_save_without_time_keeps_the_last_time(pool: asyncpg.Pool) -> None:
+    store, name = PgCheckpointStore(pool), subscriber()
+    await store.save(name, [Checkpoint(ORDER_CH, None, T0, reset_reason="REPLAY_ID_REJECTED")])
+    await store.save(name, [Checkpoint(ORDER_CH, 40, None)])
+    assert (await store.load(name))[ORDER_CH] == Checkpoint(ORDER_CH, 40, T0, "REPLAY_ID_REJECTED")
+    reset_at = await pool.fetchval(
+        "SELECT reset_at FROM sf_cdc_checkpoints WHERE subscriber = $1 AND channel = $2", name, ORDER_CH
+    )
+    assert reset_at is not None
+
+
+async def test_saving_nothing_is_a_no_op(pool: asyncpg.Pool) -> None:
+    name = subscriber()
+    await PgCheckpointStore(pool).save(name, [])
+    assert await PgCheckpointStore(pool).load(name) == {}

@@ -1,0 +1,71 @@
+"""The watermark hands out only replay ids below which every change is durable, never moves back,
+and the duplicate window remembers a bounded number of identities."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from workers.ingress.checkpoints import Checkpoint, RecentIds, Watermark
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CHANNEL = "/data/OrderChangeEvent"
+
+
+def test_nothing_is_safe_before_anything_is_done() -> None:
+    wm = Watermark()
+    wm.begin(10, T0)
+    assert wm.take(CHANNEL) is None and wm.pending == 1
+
+
+def test_the_position_stops_at_the_first_change_not_yet_durable() -> None:
+    wm = Watermark()
+    a, b, c = wm.begin(10, T0), wm.begin(11, T0), wm.begin(12, T0)
+    wm.done(c)
+    wm.done(a)
+    assert wm.take(CHANNEL) == Checkpoint(CHANNEL, 10, T0)
+    assert wm.take(CHANNEL) is None  # handed out once per advance
+    wm.done(b)
+    assert wm.take(CHANNEL) == Checkpoint(CHANNEL, 12, T0)
+    assert wm.pending == 0
+
+
+def test_a_batch_delivered_newest_first_checkpoints_its_highest_id_once_complete() -> None:
+    wm = Watermark()
+    tokens = [wm.begin(replay, T0) for replay in (14, 13, 12)]
+    for token in tokens:
+        wm.done(token)
+    assert wm.take(CHANNEL) == Checkpoint(CHANNEL, 14, T0)
+
+
+def test_the_position_never_moves_backwards() -> None:
+    wm = Watermark()
+    wm.done(wm.begin(20, T0))
+    wm.take(CHANNEL)
+    wm.done(wm.begin(19, T0))  # a late redelivery of an older change
+    assert wm.take(CHANNEL) is None
+
+
+def test_a_position_whose_write_failed_is_offered_again() -> None:
+    wm = Watermark()
+    wm.done(wm.begin(7, T0))
+    taken = wm.take(CHANNEL)
+    assert taken is not None
+    wm.restore(taken)
+    assert wm.take(CHANNEL) == taken
+
+
+def test_done_twice_or_with_an_unknown_token_is_harmless() -> None:
+    wm = Watermark()
+    token = wm.begin(1, None)
+    wm.done(token)
+    wm.done(token)
+    wm.done(999)
+    assert wm.take(CHANNEL) == Checkpoint(CHANNEL, 1, None)
+
+
+def test_the_duplicate_window_forgets_the_oldest_identities() -> None:
+    seen = RecentIds(capacity=2)
+    seen.add(["a", "b"])
+    assert seen.seen(["x", "a"])
+    seen.add(["c"])
+    assert not seen.seen(["a"]) and seen.seen(["b"]) and seen.seen(["c"]) and len(seen) == 2

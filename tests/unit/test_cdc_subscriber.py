@@ -1,0 +1,375 @@
+"""The subscriber's delivery semantics with a fake source, producer, org and checkpoint store:
+checkpoint only after Kafka acknowledged, duplicates once, bad deliveries to the DLQ, fallback with
+alarm and resync, watchdog reconnects, graceful drain, health endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.kafka import Delivered, FakeProducer
+from adapters.salesforce import FakeSalesforce
+from events.envelope import Envelope, header_map
+from events.errors import AuthenticationFailed, UpstreamUnavailable
+from schemas.salesforce_api import OrderRecord
+from tests.unit.test_cdc_translate import (
+    CHANNELS,
+    ITEM_ID,
+    ORDER_ID,
+    change_message,
+    eligibility_message,
+    fake_org,
+    sf_id,
+)
+from workers.ingress.cdc_source import FakeSource, SourceError
+from workers.ingress.cdc_translate import Rules, Translator
+from workers.ingress.checkpoints import Checkpoint, MemoryCheckpointStore
+from workers.ingress.sf_cdc import CdcOptions, CdcTopics, Subscriber
+from workers.runtime.health import HealthServer
+
+ORDER_CH = CHANNELS["Order"]
+ALL_CHANNELS = [*CHANNELS.values(), "/event/Account_Eligibility_Update__e"]
+TOPICS = CdcTopics()
+FAST = CdcOptions(
+    subscriber="unit",
+    watchdog_s=60,
+    watchdog_tick_s=0.02,
+    checkpoint_interval_s=0.02,
+    retry_initial_s=0.01,
+    retry_max_s=0.02,
+    reconnect_max_s=0.05,
+    shutdown_grace_s=2,
+)
+
+
+class GatedProducer(FakeProducer):
+    """A FakeProducer whose publishes wait until ``gate`` is set (Kafka slow to acknowledge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def publish(self, topic: str, envelope: Envelope) -> Delivered:
+        await self.gate.wait()
+        return await super().publish(topic, envelope)
+
+
+class GatedOrg(FakeSalesforce):
+    """Reading ``blocked`` waits until ``gate`` is set (a slow re-read)."""
+
+    def __init__(self, blocked: str) -> None:
+        super().__init__()
+        self.blocked = blocked
+        self.gate = asyncio.Event()
+
+    async def get_order(self, order_id: str) -> OrderRecord:
+        if order_id == self.blocked:
+            await self.gate.wait()
+        return await super().get_order(order_id)
+
+
+@dataclass
+class Rig:
+    source: FakeSource
+    producer: FakeProducer
+    org: FakeSalesforce
+    store: MemoryCheckpointStore
+    subscriber: Subscriber
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(v or b"{}") for _, v, _ in self.producer.on(topic)]
+
+    def ids(self, topic: str) -> list[str]:
+        return [header_map(h)["ce_id"] for _, _, h in self.producer.on(topic)]
+
+    def checkpoint(self, channel: str = ORDER_CH) -> int | None:
+        row = self.store.rows.get(channel)
+        return row.replay_id if row else None
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.subscriber.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def build(
+    *,
+    producer: FakeProducer | None = None,
+    org: FakeSalesforce | None = None,
+    store: MemoryCheckpointStore | None = None,
+    options: CdcOptions = FAST,
+) -> Rig:
+    source = FakeSource(ALL_CHANNELS)
+    producer = producer or FakeProducer()
+    org = org or fake_org()
+    store = store or MemoryCheckpointStore()
+    rules = Rules(frozenset({"Approved", "Processed", "Reactivate"}), "fulfillment-fleet")
+    subscriber = Subscriber(
+        source=source,
+        translator=Translator(rules, org),
+        producer=producer,
+        store=store,
+        channels=ALL_CHANNELS,
+        options=options,
+        topics=TOPICS,
+    )
+    return Rig(source, producer, org, store, subscriber)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = build()
+    async with running(r):
+        yield r
+
+
+class running:
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    async def __aenter__(self) -> Rig:
+        self.rig.task = asyncio.create_task(self.rig.subscriber.run(self.rig.stop))
+        await eventually(lambda: self.rig.subscriber.ready)
+        return self.rig
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.rig.stop.set()
+        assert self.rig.task is not None
+        await asyncio.wait_for(self.rig.task, 5)
+
+
+def update(replay_id: int, **fields: Any) -> dict[str, Any]:
+    return change_message("Order", fields=fields or {"Status": "Draft"}, replay_id=replay_id)
+
+
+async def test_events_reach_their_topics_and_the_checkpoint_follows(rig: Rig) -> None:
+    rig.source.push(update(11, Status="Approved", Activation_Status__c="Activating"))
+    rig.source.push(change_message("Product2", record_ids=[sf_id("01t", 1)], fields={"Name": "x"}, replay_id=12))
+    rig.source.push(eligibility_message(Eligibility_Status__c="Eligible"))
+    await eventually(lambda: rig.checkpoint() == 11 and rig.checkpoint(CHANNELS["Product2"]) == 12)
+    assert [e["sf_order_id"] for e in rig.on(TOPICS.order)] == [ORDER_ID, ORDER_ID]
+    assert len(rig.on(TOPICS.catalog)) == 1
+    await eventually(lambda: len(rig.on(TOPICS.account)) == 1)
+    assert rig.metric("sf_cdc_events_emitted_total", channel=ORDER_CH, type="fleet.order.activation-requested.v1") == 1
+
+
+async def test_nothing_is_checkpointed_before_kafka_acknowledged() -> None:
+    r = build(producer=GatedProducer())
+    async with running(r):
+        r.source.push(update(21))
+        await asyncio.sleep(0.2)
+        assert r.checkpoint() is None and r.subscriber.in_flight == 1
+        r.producer.gate.set()  # type: ignore[attr-defined]
+        await eventually(lambda: r.checkpoint() == 21)
+
+
+async def test_a_slow_reread_holds_the_checkpoint_but_not_the_other_records() -> None:
+    org = GatedOrg(blocked=ORDER_ID)
+    org.add_record("Order", {"Id": ORDER_ID, "Status": "Approved", "Activation_Status__c": None})
+    other = sf_id("801", 5)
+    org.add_record("Order", {"Id": other, "Status": "Approved"})
+    r = build(org=org)
+    async with running(r):
+        r.source.push(
+            change_message("Order", record_ids=[ORDER_ID], fields={"Activation_Status__c": "Activating"}, replay_id=31)
+        )
+        r.source.push(change_message("Order", record_ids=[other], fields={"Status": "Draft"}, replay_id=32))
+        await eventually(lambda: len(r.on(TOPICS.order)) == 1)
+        await asyncio.sleep(0.1)
+        assert r.checkpoint() is None  # 32 is done, but 31 before it is not
+        org.gate.set()
+        await eventually(lambda: r.checkpoint() == 32)
+        assert [e["sf_order_id"] for e in r.on(TOPICS.order)] == [other, ORDER_ID]
+
+
+async def test_a_change_delivered_twice_is_emitted_once(rig: Rig) -> None:
+    message = update(41)
+    rig.source.push(message)
+    rig.source.push(message)  # same replay id
+    again = json.loads(json.dumps(message))
+    again["data"]["event"]["replayId"] = 42  # same EventUuid, new replay id
+    rig.source.push(again)
+    await eventually(lambda: rig.checkpoint() == 42)
+    assert len(rig.on(TOPICS.order)) == 1
+    assert rig.metric("sf_cdc_events_skipped_total", channel=ORDER_CH, reason="duplicate") == 2
+
+
+async def test_an_unparseable_delivery_is_dead_lettered_and_the_stream_goes_on(rig: Rig) -> None:
+    bad = {"channel": ORDER_CH, "data": {"payload": {"no": "header"}, "event": {"replayId": 51}}}
+    rig.source.push(bad)
+    rig.source.push(update(52))
+    await eventually(lambda: rig.checkpoint() == 52)
+    ((key, value, headers),) = rig.producer.on(TOPICS.dlq)
+    h = header_map(headers)
+    assert key == ORDER_CH.encode() and json.loads(value or b"") == bad
+    assert "ChangeEventHeader" in h["reason"] and h["error_code"] == "INVALID_PAYLOAD"
+    assert h["error_stage"] == "decode" and h["source_replay_id"] == "51" and h["source_topic"] == ORDER_CH
+    assert len(rig.on(TOPICS.order)) == 1
+
+
+async def test_a_change_the_rules_cannot_place_is_dead_lettered(rig: Rig) -> None:
+    rig.source.push(change_message("OrderItem", "DELETE", [sf_id("802", 99)], replay_id=61))
+    await eventually(lambda: rig.checkpoint(CHANNELS["OrderItem"]) == 61)
+    ((_, _, headers),) = rig.producer.on(TOPICS.dlq)
+    assert header_map(headers)["error_code"] == "CDC_UNRESOLVABLE"
+
+
+async def test_transient_salesforce_and_kafka_failures_are_retried_in_place(rig: Rig) -> None:
+    rig.org.fail_next_with(UpstreamUnavailable("503"), UpstreamUnavailable("503"))
+    rig.producer.fail_next_with = UpstreamUnavailable("kafka away")
+    rig.source.push(update(71, Activation_Status__c="Activating"))
+    await eventually(lambda: rig.checkpoint() == 71)
+    assert [e["sf_order_id"] for e in rig.on(TOPICS.order)] == [ORDER_ID]
+
+
+async def test_an_overflow_publishes_a_resync_request_and_the_resynced_records(rig: Rig) -> None:
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    rig.source.push(change_message("Order", "GAP_OVERFLOW", record_ids=[], replay_id=81, commit_ms=now_ms))
+    await eventually(lambda: rig.checkpoint() == 81)
+    (request,) = rig.on(TOPICS.resync)
+    assert request["entity"] == "Order" and request["reason"] == "GAP_OVERFLOW"
+    types = {header_map(h)["ce_type"] for _, _, h in rig.producer.on(TOPICS.order)}
+    assert types == {
+        "fleet.order.activation-requested.v1",
+        "fleet.order.sim-activation-requested.v1",
+        "fleet.order.changed.v1",
+    }
+
+
+async def test_a_rejected_checkpoint_falls_back_raises_the_alarm_and_resyncs_the_window() -> None:
+    since = datetime.now(UTC) - timedelta(hours=2)
+    store = MemoryCheckpointStore({ORDER_CH: Checkpoint(ORDER_CH, 500, since)})
+    r = build(store=store)
+    r.source.reject(ORDER_CH)
+    async with running(r):
+        assert r.source.opens == [{ORDER_CH: 500}]
+        assert r.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1
+        (request,) = r.on(TOPICS.resync)
+        assert request["entity"] == "Order" and request["reason"] == "REPLAY_ID_REJECTED"
+        assert datetime.fromisoformat(request["since"]) == since
+        assert {e["sf_order_id"] for e in r.on(TOPICS.order)} == {ORDER_ID, sf_id("801", 2)}
+        row = store.rows[ORDER_CH]
+        assert row.replay_id is None and row.reset_reason == "REPLAY_ID_REJECTED" and row.position_time
+        r.source.push(update(600))
+        await eventually(lambda: r.checkpoint() == 600)
+
+
+async def test_a_channel_without_replay_id_catches_up_from_its_time_without_alarm() -> None:
+    since = datetime.now(UTC) - timedelta(hours=1)
+    r = build(store=MemoryCheckpointStore({CHANNELS["OrderItem"]: Checkpoint(CHANNELS["OrderItem"], None, since)}))
+    async with running(r):
+        assert r.source.opens == [{}]
+        assert r.metric("sf_cdc_replay_fallbacks_total", channel=CHANNELS["OrderItem"]) == 0
+        assert r.on(TOPICS.resync)[0]["reason"] == "RESUMED_WITHOUT_REPLAY_ID"
+        assert [(e["sf_order_id"], e["record_id"]) for e in r.on(TOPICS.order)] == [(ORDER_ID, ITEM_ID)]
+
+
+async def test_the_watchdog_reopens_a_silent_stream_from_the_checkpoint() -> None:
+    r = build(options=replace(FAST, watchdog_s=0.3))
+    async with running(r):
+        r.source.push(update(91))
+        await eventually(lambda: r.checkpoint() == 91)
+        r.source.stall()
+        await eventually(lambda: len(r.source.opens) == 2)
+        assert r.source.opens[1] == {ORDER_CH: 91} and r.source.closes >= 1
+        assert r.metric("sf_cdc_reconnects_total", reason="StreamStalled") == 1
+        await eventually(lambda: r.subscriber.ready)
+        r.source.push(update(92))
+        await eventually(lambda: r.checkpoint() == 92)
+
+
+async def test_a_failing_stream_is_reopened(rig: Rig) -> None:
+    rig.source.push_error(SourceError("connection reset"))
+    await eventually(lambda: len(rig.source.opens) == 2)
+    assert rig.metric("sf_cdc_reconnects_total", reason="SourceError") == 1
+
+
+async def test_a_failing_open_is_retried_with_backoff() -> None:
+    r = build()
+    r.source.fail_next_open = SourceError("handshake denied")
+    async with running(r):
+        assert len(r.source.opens) == 1
+        assert r.metric("sf_cdc_reconnects_total", reason="SourceError") == 1
+
+
+async def test_a_checkpoint_write_that_fails_is_retried_on_the_next_tick(rig: Rig) -> None:
+    rig.store.fail_next_with = OSError("database away")
+    rig.source.push(update(101))
+    await eventually(lambda: rig.checkpoint() == 101)
+
+
+async def test_stopping_drains_in_flight_work_and_writes_its_checkpoint() -> None:
+    r = build(producer=GatedProducer())
+    r.task = asyncio.create_task(r.subscriber.run(r.stop))
+    await eventually(lambda: r.subscriber.ready)
+    r.source.push(update(111))
+    await eventually(lambda: r.subscriber.in_flight == 1)
+    r.stop.set()
+    await asyncio.sleep(0.05)
+    r.producer.gate.set()  # type: ignore[attr-defined]
+    await asyncio.wait_for(r.task, 5)
+    assert r.checkpoint() == 111 and len(r.on(TOPICS.order)) == 1
+
+
+async def test_health_and_metrics_endpoints(rig: Rig) -> None:
+    health = HealthServer(rig.subscriber, "127.0.0.1", 0)
+    port = await health.start()
+    try:
+        rig.source.push(update(121))
+        await eventually(lambda: rig.checkpoint() == 121)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/livez")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+            text = (await client.get("/metrics")).text
+        assert f'sf_cdc_events_received_total{{channel="{ORDER_CH}"}} 1.0' in text
+        assert f'sf_cdc_checkpoint_replay_id{{channel="{ORDER_CH}"}} 121.0' in text
+        assert "sf_cdc_last_event_age_seconds" in text and "sf_cdc_ready 1.0" in text
+    finally:
+        await health.stop()
+
+
+async def test_readyz_is_unavailable_before_subscribing() -> None:
+    r = build()
+    health = HealthServer(r.subscriber, "127.0.0.1", 0)
+    port = await health.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/readyz")).status_code == 503
+            assert (await client.get("/livez")).status_code == 503
+    finally:
+        await health.stop()
+
+
+async def test_the_first_subscription_is_recorded_so_an_early_crash_resumes_with_a_catch_up() -> None:
+    store = MemoryCheckpointStore()
+    async with running(build(store=store)):
+        assert set(store.rows) == set(ALL_CHANNELS)
+        assert all(row.replay_id is None and row.position_time for row in store.rows.values())
+    again = build(store=store)
+    async with running(again):
+        assert again.source.opens == [{}]
+        reasons = {r["reason"] for r in again.on(TOPICS.resync)}
+        assert reasons == {"RESUMED_WITHOUT_REPLAY_ID"}
+        assert again.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 0
+
+
+async def test_refused_credentials_are_waited_out_not_dead_lettered(rig: Rig) -> None:
+    rig.org.fail_next_with(AuthenticationFailed("invalid_grant"), AuthenticationFailed("invalid_grant"))
+    rig.source.push(update(131, Activation_Status__c="Activating"))
+    await eventually(lambda: rig.checkpoint() == 131)
+    assert rig.producer.on(TOPICS.dlq) == [] and len(rig.on(TOPICS.order)) == 1

@@ -1,0 +1,652 @@
+"""The Salesforce CDC subscriber (``fleet run sf-cdc``): source -> translate -> produce -> checkpoint.
+
+Reads change events from a ``ChangeSource`` (CometD today), turns each into domain events with
+``cdc_translate`` (re-reading Salesforce where a guard needs a field), produces them with the
+durable producer, and writes the channel's replay id to Postgres only once Kafka acknowledged
+everything up to it. Changes are worked on in lanes keyed by record id: a slow re-read does not
+hold the whole stream, and one record's events stay in order. A watchdog tears a silent stream
+down; a rejected checkpoint falls back, raises the alarm and resyncs the missing window.
+Serves /livez, /readyz and /metrics. Rules live in ``cdc_translate``; this module only moves data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import traceback
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from adapters.db import create_pool
+from adapters.http import build_client
+from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer
+from adapters.salesforce import HttpSalesforce, TokenSource
+from adapters.salesforce_stream import FleetAuthenticator
+from events.base import DomainEvent, to_envelope
+from events.errors import AuthenticationFailed, InvalidPayload, PermanentError, RetryableError
+from events.failure import ERROR_CLASS, ERROR_CODE, ERROR_MESSAGE, ERROR_STAGE, FIRST_FAILED_AT, SOURCE_TOPIC, Stage
+from events.salesforce import AccountEligibilityChanged, CatalogChanged, ResyncRequested
+from events.topics import Topic
+from workers.bootstrap import salesforce_token_source
+from workers.config import Settings
+from workers.ingress.cdc_source import ChangeSource, CometdSource, Delivery, Subscribed
+from workers.ingress.cdc_translate import RESYNC_FIELDS, Change, Emission, RecordReader, Rules, Translator, parse
+from workers.ingress.checkpoints import Checkpoint, CheckpointStore, PgCheckpointStore, RecentIds, Watermark
+from workers.runtime.health import HealthServer
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+#: DLQ header: why the ingress could not turn this delivery into domain events
+REASON = "reason"
+SOURCE_REPLAY_ID = "source_replay_id"
+#: resync reason when a channel had no replay id to resume from (quiet since its last catch-up)
+QUIET_CATCH_UP = "RESUMED_WITHOUT_REPLAY_ID"
+
+
+@dataclass(frozen=True)
+class CdcTopics:
+    """Where each kind of event goes; tests inject unique names."""
+
+    order: str = Topic.SF_ORDER
+    catalog: str = Topic.SF_CATALOG
+    account: str = Topic.SF_ACCOUNT
+    resync: str = Topic.SF_RESYNC
+    dlq: str = Topic.INGRESS_DLQ
+
+    def for_event(self, event: DomainEvent) -> str:
+        if isinstance(event, CatalogChanged):
+            return self.catalog
+        if isinstance(event, AccountEligibilityChanged):
+            return self.account
+        if isinstance(event, ResyncRequested):
+            return self.resync
+        return self.order
+
+    def all(self) -> list[str]:
+        return [self.order, self.catalog, self.account, self.resync, self.dlq]
+
+
+@dataclass(frozen=True)
+class CdcOptions:
+    """Tuning of the subscriber (defaults suit production; tests shrink the times)."""
+
+    subscriber: str = "sf-cdc"  # checkpoint key: one row per (subscriber, channel)
+    watchdog_s: float = 180.0  # > Salesforce's 110 s long poll: silence longer than this is a stall
+    watchdog_tick_s: float = 1.0
+    connection_timeout_s: float = 10.0  # aiosfstream's own bound on a reconnecting transport
+    checkpoint_interval_s: float = 0.25
+    lanes: int = 8
+    max_in_flight: int = 256
+    dedupe_window: int = 10_000
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    max_unclassified_attempts: int = 5
+    reconnect_max_s: float = 30.0
+    shutdown_grace_s: float = 20.0
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> CdcOptions:
+        runtime, sf = settings.runtime, settings.salesforce
+        base = {
+            "watchdog_s": sf.cdc_watchdog_s,
+            "checkpoint_interval_s": sf.cdc_checkpoint_interval_s,
+            "lanes": sf.cdc_lanes,
+            "shutdown_grace_s": runtime.shutdown_grace_s,
+            "health_host": runtime.health_host,
+            "health_port": runtime.health_port,
+        }
+        return cls(**{**base, **overrides})
+
+
+class StreamStalled(RetryableError):
+    """No successful connect and no delivery within the watchdog bound."""
+
+    default_code = "STREAM_STALLED"
+
+
+# --- metrics ------------------------------------------------------------------------------------
+class CdcMetrics:
+    """The subscriber's Prometheus metrics in their own registry (served on /metrics)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter("sf_cdc_events_received_total", "Deliveries received", ["channel"], registry=r)
+        self.emitted = Counter(
+            "sf_cdc_events_emitted_total", "Domain events acknowledged by Kafka", ["channel", "type"], registry=r
+        )
+        self.skipped = Counter(
+            "sf_cdc_events_skipped_total", "Deliveries that emitted nothing", ["channel", "reason"], registry=r
+        )
+        self.dead_letters = Counter(
+            "sf_cdc_dead_letters_total", "Deliveries sent to the ingress DLQ", ["channel", "code"], registry=r
+        )
+        self.fallbacks = Counter(
+            "sf_cdc_replay_fallbacks_total",
+            "ALARM: a stored replay id was rejected (invalid or past retention); fell back and resynced",
+            ["channel"],
+            registry=r,
+        )
+        self.resyncs = Counter("sf_cdc_resyncs_total", "Resyncs run", ["entity", "reason"], registry=r)
+        self.reconnects = Counter("sf_cdc_reconnects_total", "Stream teardowns and reopens", ["reason"], registry=r)
+        self.checkpoint = Gauge("sf_cdc_checkpoint_replay_id", "Last replay id written", ["channel"], registry=r)
+        self.last_event = Gauge(
+            "sf_cdc_last_event_timestamp_seconds", "When the channel last delivered", ["channel"], registry=r
+        )
+
+
+class _LiveValues(Collector):
+    """Values read at scrape time from the running subscriber."""
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self._s = subscriber
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._s
+        age = GaugeMetricFamily("sf_cdc_last_event_age_seconds", "Seconds since any channel delivered")
+        age.add_metric([], time.time() - s.last_event_at if s.last_event_at else float("nan"))
+        yield age
+        yield GaugeMetricFamily("sf_cdc_in_flight", "Changes received, not yet durable", value=s.in_flight)
+        yield GaugeMetricFamily("sf_cdc_ready", "1 while subscribed and consuming", value=float(s.ready))
+        yield GaugeMetricFamily("sf_cdc_salesforce_rereads", "Re-reads and resync queries made", value=s.rereads)
+
+
+# --- the subscriber -----------------------------------------------------------------------------
+@dataclass
+class _Work:
+    delivery: Delivery
+    change: Change | None
+    error: InvalidPayload | None
+    watermark: Watermark | None
+    token: int | None
+
+
+class Subscriber:
+    """One subscriber process: sessions (open -> recover -> pump -> drain), lanes, checkpointer."""
+
+    def __init__(
+        self,
+        *,
+        source: ChangeSource,
+        translator: Translator,
+        producer: ProducerPort,
+        store: CheckpointStore,
+        channels: list[str],
+        options: CdcOptions,
+        topics: CdcTopics | None = None,
+        metrics: CdcMetrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._source, self._translator, self._producer, self._store = source, translator, producer, store
+        self._channels, self._options = channels, options
+        self._topics = topics or CdcTopics()
+        self.metrics = metrics or CdcMetrics()
+        self._clock = clock
+        self._lanes: list[asyncio.Queue[_Work]] = [asyncio.Queue() for _ in range(max(1, options.lanes))]
+        self._slots = asyncio.Semaphore(options.max_in_flight)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._flush_lock = asyncio.Lock()
+        self._watermarks: dict[str, Watermark] = {}
+        self._seen = RecentIds(options.dedupe_window)
+        self.in_flight = 0
+        self.ready = False
+        self._was_ready = False
+        self.running = False
+        self.last_event_at = 0.0
+        self.metrics.registry.register(_LiveValues(self))
+
+    @property
+    def rereads(self) -> int:
+        return self._translator.rereads
+
+    # --- what /livez, /readyz and /metrics show (``workers.runtime.health.Observable``) -----------
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    def liveness(self) -> tuple[bool, str]:
+        return (True, "running") if self.running else (False, "the subscriber loop is not running")
+
+    def readiness(self) -> tuple[bool, str]:
+        return (True, "subscribed") if self.ready else (False, "connecting, recovering or draining")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; reconnect with capped back-off on any stream failure."""
+        self.running = True
+        tasks = [asyncio.create_task(self._lane(q), name=f"sf-cdc-lane-{i}") for i, q in enumerate(self._lanes)]
+        tasks.append(asyncio.create_task(self._checkpointer(), name="sf-cdc-checkpointer"))
+        try:
+            failures = 0
+            while not stop.is_set():
+                self._was_ready = False
+                try:
+                    await self._session(stop)
+                except Exception as exc:  # every stream failure means: tear down, back off, reopen
+                    failures = 1 if self._was_ready else failures + 1
+                    self.metrics.reconnects.labels(reason=type(exc).__name__).inc()
+                    log.warning("sf_cdc_reconnecting", error=repr(exc), failures=failures)
+                    await _sleep_unless(stop, min(self._options.reconnect_max_s, 0.2 * 2 ** (failures - 1)))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.running = False
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        checkpoints = await self._store.load(self._options.subscriber)
+        positions = {c: cp.replay_id for c, cp in checkpoints.items() if cp.replay_id is not None}
+        opened_at = self._clock()
+        outcomes = await self._source.open({c: positions[c] for c in self._channels if c in positions})
+        cancelled = False
+        try:
+            # a session starts with an empty pipeline (the last one drained), so fresh watermarks
+            # are right, and necessary after a fallback, when replay ids may restart lower
+            self._watermarks = {channel: Watermark() for channel in self._channels}
+            await self._recover(outcomes, checkpoints, opened_at)
+            self.ready = self._was_ready = True
+            log.info("sf_cdc_subscribed", channels=[(o.channel, o.requested, o.fallback) for o in outcomes])
+            await self._pump(stop)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            self.ready = False
+            await self._source.close()
+            if not cancelled:  # killed rather than stopped: no drain, no final checkpoint; the
+                await self._drain(stop)  # next start replays from the last periodic one
+                await self._flush()
+
+    # --- receiving ------------------------------------------------------------------------------
+    async def _pump(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while (delivery := await self._next(stopping)) is not None:
+                await self._dispatch(delivery)
+        finally:
+            stopping.cancel()
+
+    async def _next(self, stopping: asyncio.Future[Any]) -> Delivery | None:
+        # receive() is never cancelled while the session goes on: a message dequeued at the moment
+        # of a cancel would vanish, and later changes could then carry the checkpoint past it
+        receive = asyncio.ensure_future(self._source.receive())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {receive, stopping}, timeout=self._options.watchdog_tick_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receive in done:
+                    return receive.result()
+                if stopping in done:
+                    return None
+                self._watchdog()
+        finally:
+            if not receive.done():
+                receive.cancel()
+
+    def _watchdog(self) -> None:
+        silent = time.monotonic() - self._source.last_alive
+        if silent > self._options.watchdog_s and self.in_flight == 0:
+            raise StreamStalled(f"no successful connect or delivery for {silent:.1f} s", upstream="salesforce")
+
+    async def _dispatch(self, delivery: Delivery) -> None:
+        self.metrics.received.labels(channel=delivery.channel).inc()
+        self.metrics.last_event.labels(channel=delivery.channel).set_to_current_time()
+        self.last_event_at = time.time()
+        try:
+            change: Change | None = parse(delivery.message)
+            error = None
+        except InvalidPayload as exc:
+            change, error = None, exc
+        watermark, token = self._begin(delivery, change)
+        if change is not None and self._seen.seen(change.dedupe_keys()):
+            self.metrics.skipped.labels(channel=delivery.channel, reason="duplicate").inc()
+            _done(watermark, token)
+            return
+        if change is not None:
+            self._seen.add(change.dedupe_keys())
+        work = _Work(delivery, change, error, watermark, token)
+        if change is None or _is_wide(change):
+            # a change touching many records (merged, overflow, wildcard) or an unparseable one
+            # runs alone once the lanes are empty, so no record's events overtake another's
+            await self._idle.wait()
+            await self._slots.acquire()
+            self._enter()
+            await self._run(work)
+            return
+        await self._slots.acquire()
+        self._enter()
+        self._lanes[zlib.crc32(_lane_key(change).encode()) % len(self._lanes)].put_nowait(work)
+
+    def _begin(self, delivery: Delivery, change: Change | None) -> tuple[Watermark | None, int | None]:
+        replay_id = change.replay_id if change is not None else delivery.replay_id
+        if replay_id is None:
+            return None, None  # not even a replay id: nothing to checkpoint past
+        watermark = self._watermarks.setdefault(delivery.channel, Watermark())
+        return watermark, watermark.begin(replay_id, change.occurred_at if change else None)
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _exit(self) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def _lane(self, queue: asyncio.Queue[_Work]) -> None:
+        while True:
+            work = await queue.get()
+            try:
+                await self._run(work)
+            except Exception as exc:  # a bug: the change stays un-done, so it is never checkpointed
+                # past and a restart replays it; the lane itself must keep serving
+                log.critical("sf_cdc_lane_failed", error=repr(exc), replay_id=work.delivery.replay_id)
+
+    async def _run(self, work: _Work) -> None:
+        try:
+            context = {"channel": work.delivery.channel, "replay_id": work.delivery.replay_id}
+            with structlog.contextvars.bound_contextvars(**context):
+                if work.change is None:
+                    assert work.error is not None
+                    await self._dead_letter(work.delivery, work.error, Stage.DECODE)
+                else:
+                    await self._handle(work.change, work.delivery)
+            # only now, with every event acknowledged (or the delivery dead-lettered), may the
+            # checkpoint move past this change; a cancellation skips this line on purpose
+            _done(work.watermark, work.token)
+        finally:
+            self._exit()
+
+    # --- handling -------------------------------------------------------------------------------
+    async def _handle(self, change: Change, delivery: Delivery) -> None:
+        try:
+            translation = await self._retrying(lambda: self._translator.translate(change), "translate")
+        except Exception as exc:  # permanent, or a bug that kept failing: park it, keep streaming
+            await self._dead_letter(delivery, exc, Stage.HANDLE)
+            return
+        await self._publish_all(change.channel, translation.emissions)
+        for request in translation.resyncs:
+            try:
+                await self._resync(change.channel, request)
+            except Exception as exc:
+                await self._dead_letter(delivery, exc, Stage.HANDLE)
+        if translation.note is not None:
+            self.metrics.skipped.labels(channel=change.channel, reason=translation.note).inc()
+
+    async def _resync(self, channel: str, request: Emission) -> None:
+        event = request.event
+        assert isinstance(event, ResyncRequested)
+        self.metrics.resyncs.labels(entity=event.entity, reason=event.reason).inc()
+        # a quiet channel's routine catch-up is information; anything else means changes were lost
+        level = log.info if event.reason == QUIET_CATCH_UP else log.warning
+        level("sf_cdc_resync", entity=event.entity, since=event.since, until=event.until, reason=event.reason)
+        await self._publish_all(channel, [request])
+        emissions = await self._retrying(lambda: self._translator.resync(request), "resync")
+        await self._publish_all(channel, emissions)
+        log.info("sf_cdc_resync_done", entity=event.entity, emitted=len(emissions))
+
+    async def _publish_all(self, channel: str, emissions: Iterable[Emission]) -> None:
+        for emission in emissions:
+            envelope = to_envelope(
+                emission.event,
+                source=f"/salesforce{channel}",
+                correlationid=emission.correlation_id,
+                id=emission.event_id,
+            )
+            topic = self._topics.for_event(emission.event)
+            await self._retrying(lambda: self._producer.publish(topic, envelope), "publish")  # noqa: B023
+            self.metrics.emitted.labels(channel=channel, type=emission.event.TYPE).inc()
+
+    async def _dead_letter(self, delivery: Delivery, exc: BaseException, stage: str) -> None:
+        code = getattr(exc, "code", None) or type(exc).__name__
+        headers = _dead_letter_headers(delivery, exc, stage, code)
+        key = delivery.channel.encode()
+        value = _json_bytes(delivery.message)
+        await self._retrying(lambda: self._producer.publish_raw(self._topics.dlq, key, value, headers), "dead_letter")
+        self.metrics.dead_letters.labels(channel=delivery.channel, code=code).inc()
+        log.error("sf_cdc_dead_lettered", code=code, error=str(exc), stage=stage, replay_id=delivery.replay_id)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Retry with capped back-off: forever for ``RetryableError`` (Kafka or Salesforce away:
+        nothing may be checkpointed past this change anyway) and for ``AuthenticationFailed`` (our
+        credentials are broken, not the change: dead-lettering every change would be wrong), a few
+        times for an unclassified exception (then treated as permanent), never for the rest."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except PermanentError as exc:
+                if not isinstance(exc, AuthenticationFailed):
+                    raise
+                attempt += 1
+                log.error("sf_cdc_authentication_failed", what=what, attempt=attempt, error=str(exc))
+                await asyncio.sleep(self._options.retry_max_s)
+                continue
+            except Exception as exc:
+                attempt += 1
+                if not isinstance(exc, RetryableError) and attempt >= self._options.max_unclassified_attempts:
+                    raise
+                delay = min(self._options.retry_max_s, self._options.retry_initial_s * 2 ** (attempt - 1))
+                log.warning("sf_cdc_retrying", what=what, attempt=attempt, delay_s=delay, error=repr(exc))
+                await asyncio.sleep(delay)
+
+    # --- recovery after a lost position ---------------------------------------------------------
+    async def _recover(
+        self, outcomes: list[Subscribed], checkpoints: dict[str, Checkpoint], opened_at: datetime
+    ) -> None:
+        first_seen: list[Checkpoint] = []
+        for outcome in outcomes:
+            checkpoint = checkpoints.get(outcome.channel)
+            if outcome.fallback:
+                self.metrics.fallbacks.labels(channel=outcome.channel).inc()
+                log.error(
+                    "sf_cdc_replay_fallback",
+                    channel=outcome.channel,
+                    rejected_replay_id=outcome.requested,
+                    error=outcome.error,
+                )
+                await self._catch_up(outcome.channel, checkpoint, "REPLAY_ID_REJECTED", alarm=True)
+            elif checkpoint is None:
+                # the very first subscription: record when it started, so a crash before the
+                # first replay id is written resumes with a catch-up rather than at "latest"
+                first_seen.append(Checkpoint(outcome.channel, None, opened_at))
+            elif outcome.requested is None and checkpoint.position_time is not None:
+                await self._catch_up(outcome.channel, checkpoint, QUIET_CATCH_UP, alarm=False)
+        if first_seen:
+            async with self._flush_lock:
+                await self._store.save(self._options.subscriber, first_seen)
+
+    async def _catch_up(self, channel: str, checkpoint: Checkpoint | None, reason: str, *, alarm: bool) -> None:
+        """Resync what the stream can no longer replay: records modified between the checkpoint's
+        time and now (we are already subscribed, so later changes arrive on the stream). The new
+        position (no replay id, consistent until now) is written only after the resync is on
+        Kafka; a crash in between repeats the catch-up, with the same event ids."""
+        until = self._clock()
+        since = checkpoint.position_time if checkpoint else None
+        replay = checkpoint.replay_id if checkpoint else None
+        basis = f"catchup:{self._options.subscriber}:{channel}:{replay}:{since.isoformat() if since else '-'}"
+        try:
+            for entity in entities_of(channel):
+                await self._resync(channel, self._translator.resync_request(entity, since, until, reason, basis))
+        except PermanentError as exc:
+            log.error("sf_cdc_catch_up_failed", channel=channel, error=str(exc))
+            return  # keep the old checkpoint: the next start tries again
+        async with self._flush_lock:
+            await self._store.save(
+                self._options.subscriber, [Checkpoint(channel, None, until, reason if alarm else None)]
+            )
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    async def _checkpointer(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.checkpoint_interval_s)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        # the lock keeps two flushes from committing out of order (an older id written last)
+        async with self._flush_lock:
+            ready = [cp for channel, wm in self._watermarks.items() if (cp := wm.take(channel)) is not None]
+            if not ready:
+                return
+            try:
+                await self._store.save(self._options.subscriber, ready)
+            except Exception as exc:  # the database is away: keep the positions, try next tick
+                for checkpoint in ready:
+                    self._watermarks[checkpoint.channel].restore(checkpoint)
+                log.warning("sf_cdc_checkpoint_failed", error=repr(exc))
+                return
+            for checkpoint in ready:
+                self.metrics.checkpoint.labels(channel=checkpoint.channel).set(checkpoint.replay_id or 0)
+
+    async def _drain(self, stop: asyncio.Event) -> None:
+        """Wait until every received change is durable. Without ``stop``, as long as it takes (a
+        new session must start from an empty pipeline); when stopping, at most the grace period."""
+        if not stop.is_set():
+            stopping = asyncio.ensure_future(stop.wait())
+            idle = asyncio.ensure_future(self._idle.wait())
+            await asyncio.wait({stopping, idle}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            idle.cancel()
+        if not self._idle.is_set():
+            try:
+                await asyncio.wait_for(self._idle.wait(), self._options.shutdown_grace_s)
+            except TimeoutError:
+                log.warning("sf_cdc_drain_timeout", in_flight=self.in_flight)
+
+
+def _done(watermark: Watermark | None, token: int | None) -> None:
+    if watermark is not None and token is not None:
+        watermark.done(token)
+
+
+def _is_wide(change: Change) -> bool:
+    header = change.header
+    return header is not None and (header.is_overflow or len(header.record_ids) != 1 or "*" in header.record_ids[0])
+
+
+def _lane_key(change: Change) -> str:
+    if change.header is not None and change.header.record_ids:
+        return change.header.record_ids[0]
+    return str(change.values.get("Account_Id__c") or change.channel)
+
+
+def entities_of(channel: str) -> list[str]:
+    """The entity a channel carries (``/data/OrderChangeEvent`` -> Order); every CDC entity we
+    handle for ``/data/ChangeEvents``; the event name for a platform event channel."""
+    name = channel.rsplit("/", 1)[-1]
+    if name == "ChangeEvents":
+        return list(RESYNC_FIELDS)
+    if name.endswith("__ChangeEvent"):
+        return [name.removesuffix("__ChangeEvent") + "__c"]
+    return [name.removesuffix("ChangeEvent")]
+
+
+def _json_bytes(message: Any) -> bytes:
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    except (TypeError, ValueError):
+        return repr(message).encode()
+
+
+def _dead_letter_headers(delivery: Delivery, exc: BaseException, stage: str, code: str) -> list[tuple[str, bytes]]:
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    headers = {
+        REASON: str(exc)[:1000],
+        ERROR_CODE: code,
+        ERROR_CLASS: f"{type(exc).__module__}.{type(exc).__qualname__}",
+        ERROR_MESSAGE: "".join(traceback.format_exception_only(exc)).strip()[:1000],
+        ERROR_STAGE: stage,
+        SOURCE_TOPIC: delivery.channel,
+        FIRST_FAILED_AT: stamp,
+        "content-type": "application/json",
+    }
+    if delivery.replay_id is not None:
+        headers[SOURCE_REPLAY_ID] = str(delivery.replay_id)
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+# --- composition --------------------------------------------------------------------------------
+def _forcing_refresh(tokens: TokenSource) -> Callable[[], Awaitable[None]]:
+    async def reauthenticate() -> None:
+        current = await tokens.token()
+        await tokens.refresh(current.access_token)
+
+    return reauthenticate
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    source: ChangeSource | None = None,
+    producer: ProducerPort | None = None,
+    salesforce: RecordReader | None = None,
+    pool: asyncpg.Pool | None = None,
+    topics: CdcTopics | None = None,
+    options: CdcOptions | None = None,
+    metrics: CdcMetrics | None = None,
+) -> None:
+    """Run the CDC subscriber until ``stop`` is set, building whatever is not injected."""
+    sf = settings.salesforce
+    options = options or CdcOptions.from_settings(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        tokens: TokenSource | None = None
+        if salesforce is None or source is None:
+            http = build_client(sf.http.connect_timeout_s, sf.http.read_timeout_s, sf.http.max_connections)
+            await stack.enter_async_context(http)
+            tokens = salesforce_token_source(sf, settings.env, http)
+            salesforce = salesforce or HttpSalesforce(http, tokens, sf.api_version, sf.call_options_client)
+        if source is None:
+            assert tokens is not None
+            source = CometdSource(
+                FleetAuthenticator(tokens),
+                sf.channels,
+                fallback=sf.replay_fallback,
+                api_version=sf.api_version,
+                connection_timeout=options.connection_timeout_s,
+                reauthenticate=_forcing_refresh(tokens),
+            )
+        if producer is None:
+            kafka = durable_producer(settings.kafka.bootstrap, f"{settings.kafka.client_id}-sf-cdc")
+            await kafka.start()
+            stack.push_async_callback(kafka.stop)
+            producer = AiokafkaProducer(kafka)
+        if pool is None:
+            pool = await create_pool(settings.postgres.dsn.get_secret_value(), 1, 2)
+            stack.push_async_callback(pool.close)
+        rules = Rules(frozenset(sf.activation_trigger_statuses), sf.call_options_client)
+        subscriber = Subscriber(
+            source=source,
+            translator=Translator(rules, salesforce),
+            producer=producer,
+            store=PgCheckpointStore(pool),
+            channels=list(sf.channels),
+            options=options,
+            topics=topics,
+            metrics=metrics,
+        )
+        health = await stack.enter_async_context(HealthServer(subscriber, options.health_host, options.health_port))
+        port = health.port
+        log.info("sf_cdc_started", channels=sf.channels, health_port=port, subscriber=options.subscriber)
+        await subscriber.run(stop)
