@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -115,7 +117,14 @@ async def bootstrap(
             pool = await create_pool(pg.dsn.get_secret_value(), pg.min_pool, pg.max_pool)
             stack.push_async_callback(pool.close)
         if redis is None:
-            redis = aioredis.from_url(settings.redis.url.get_secret_value())
+            # no client-side retries: redis-py's default (3 tries with back-off) would hold a partition
+            # for seconds per record; the runtime's retry policy decides instead
+            redis = aioredis.from_url(
+                settings.redis.url.get_secret_value(),
+                retry=Retry(NoBackoff(), 0),
+                socket_timeout=2.0,
+                socket_connect_timeout=2.0,
+            )
             stack.push_async_callback(redis.aclose)
         if salesforce is None:
             sf = settings.salesforce
