@@ -1,0 +1,95 @@
+"""``MemorySagaStore``: the saga store in memory, for unit tests and local runs without PostgreSQL.
+
+Same contract as ``PgSagaStore``; stores deep copies, so a caller that crashes mid-step leaks nothing
+it did not save. Must not grow behaviour the real store lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from adapters.saga_store.port import HistoryEntry, InboxClaim, OrderBusy, SagaOrder, SagaRecord, StepRecord
+
+
+@dataclass
+class MemorySagaStore:
+    """The fake: stores deep copies, so an engine that crashes mid-step leaks nothing it did not save.
+
+    ``inbox`` holds claimed (group, event_id) pairs; ``saves`` counts transactions;
+    ``fail_next_save`` raises once."""
+
+    orders: dict[str, SagaRecord] = field(default_factory=dict)
+    timeline: dict[str, list[HistoryEntry]] = field(default_factory=dict)
+    inbox: set[tuple[str, str]] = field(default_factory=set)
+    saves: int = 0
+    fail_next_save: Exception | None = None
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, sf_order_id: str, wait_s: float = 30.0) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(sf_order_id, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), wait_s)
+        except TimeoutError:
+            raise OrderBusy(f"order {sf_order_id} is being handled by another delivery") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    async def get(self, sf_order_id: str) -> SagaRecord | None:
+        return copy.deepcopy(self.orders.get(sf_order_id))
+
+    async def save(
+        self,
+        order: SagaOrder,
+        steps: Sequence[StepRecord] = (),
+        history: Sequence[HistoryEntry] = (),
+        claim: InboxClaim | None = None,
+    ) -> bool:
+        if self.fail_next_save is not None:
+            error, self.fail_next_save = self.fail_next_save, None
+            raise error
+        self.saves += 1
+        record = self.orders.setdefault(order.sf_order_id, SagaRecord(copy.deepcopy(order)))
+        record.order = copy.deepcopy(order)
+        record.steps.update({s.step: copy.deepcopy(s) for s in steps})
+        self.timeline.setdefault(order.sf_order_id, []).extend(history)
+        if claim is None:
+            return True
+        key = (claim.group, claim.event_id)
+        fresh = key not in self.inbox
+        self.inbox.add(key)
+        return fresh
+
+    async def processed(self, claim: InboxClaim) -> bool:
+        return (claim.group, claim.event_id) in self.inbox
+
+    async def reserve_sim_account(self, sf_order_id: str, account: str) -> bool:
+        holders = [k for k, r in self.orders.items() if r.order.sim_account == account and k != sf_order_id]
+        record = self.orders.get(sf_order_id)
+        if holders or record is None or record.order.sim_account not in (None, account):
+            return False
+        record.order.sim_account = account
+        return True
+
+    async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
+        parked = [r.order for r in self.orders.values() if r.order.state == "parked"]
+        return [o.sf_order_id for o in parked if o.whmcs_client_id == whmcs_client_id]
+
+    async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:
+        found = [copy.deepcopy(r.order) for r in self.orders.values() if state in (None, r.order.state)]
+        return list(reversed(found))[:limit]
+
+    async def history(self, sf_order_id: str) -> list[HistoryEntry]:
+        return list(self.timeline.get(sf_order_id, []))
+
+    async def append_history(self, sf_order_id: str, entry: HistoryEntry) -> bool:
+        if sf_order_id not in self.orders:
+            return False
+        self.timeline.setdefault(sf_order_id, []).append(entry)
+        return True

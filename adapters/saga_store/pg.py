@@ -1,0 +1,247 @@
+"""``PgSagaStore``: the saga store over an asyncpg pool (tables of migration 0005, inbox of 0001).
+
+Owns the SQL, the advisory lock and the mapping of connection failures onto ``DependencyUnavailable``.
+Receives its pool from the composition root; must not build it or read configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from adapters.db import claim_event
+from adapters.saga_store.port import (
+    LOCK_NAMESPACE,
+    UPSTREAM,
+    HistoryEntry,
+    InboxClaim,
+    OrderBusy,
+    SagaOrder,
+    SagaRecord,
+    StepRecord,
+)
+from events.errors import DependencyUnavailable
+
+#: PostgreSQL could not answer (down, restarting, out of connections, a deadlock victim): retrying
+#: the same write later can succeed. Constraint violations are not here: they are bugs.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+)
+
+
+@contextlib.contextmanager
+def _db(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise DependencyUnavailable(f"saga store {operation} failed: {exc!r}", upstream=UPSTREAM) from exc
+
+
+_ORDER_COLUMNS = (
+    "sf_order_id, sf_account_id, order_type, state, current_step, whmcs_client_id, whmcs_order_id,"
+    " sim_account, error_code, error_message, plan, requests, created_at, updated_at, finished_at"
+)
+_UPSERT_ORDER = (
+    "INSERT INTO fulfillment_orders (sf_order_id, sf_account_id, order_type, state, current_step,"
+    " whmcs_client_id, whmcs_order_id, sim_account, error_code, error_message, plan, requests,"
+    " updated_at, finished_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, coalesce($13, now()), $14)"
+    " ON CONFLICT (sf_order_id) DO UPDATE SET sf_account_id = EXCLUDED.sf_account_id,"
+    " order_type = EXCLUDED.order_type, state = EXCLUDED.state, current_step = EXCLUDED.current_step,"
+    " whmcs_client_id = EXCLUDED.whmcs_client_id, whmcs_order_id = EXCLUDED.whmcs_order_id,"
+    " sim_account = EXCLUDED.sim_account, error_code = EXCLUDED.error_code,"
+    " error_message = EXCLUDED.error_message, plan = EXCLUDED.plan, requests = EXCLUDED.requests,"
+    " updated_at = EXCLUDED.updated_at, finished_at = EXCLUDED.finished_at"
+)
+_UPSERT_STEP = (
+    "INSERT INTO fulfillment_steps (sf_order_id, step, seq, status, attempts, external_ids, last_error_code,"
+    " last_error_message, started_at, last_attempt_at, finished_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)"
+    " ON CONFLICT (sf_order_id, step) DO UPDATE SET seq = EXCLUDED.seq, status = EXCLUDED.status,"
+    " attempts = EXCLUDED.attempts, external_ids = EXCLUDED.external_ids,"
+    " last_error_code = EXCLUDED.last_error_code, last_error_message = EXCLUDED.last_error_message,"
+    " started_at = EXCLUDED.started_at, last_attempt_at = EXCLUDED.last_attempt_at,"
+    " finished_at = EXCLUDED.finished_at"
+)
+_INSERT_HISTORY = (
+    "INSERT INTO fulfillment_history (sf_order_id, at, step, kind, detail)"
+    " VALUES ($1, coalesce($2, now()), $3, $4, $5::jsonb)"
+)
+
+
+class PgSagaStore:
+    """``SagaStore`` over an asyncpg pool built by the composition root."""
+
+    def __init__(self, pool: asyncpg.Pool, *, poll_s: float = 0.2) -> None:
+        self._pool = pool
+        self._poll_s = poll_s
+
+    @contextlib.asynccontextmanager
+    async def locked(self, sf_order_id: str, wait_s: float = 30.0) -> AsyncIterator[None]:
+        # A session-level advisory lock on a connection held for the whole delivery: the saga's
+        # own writes use other, short transactions, and a killed worker's lock dies with its socket.
+        # Releasing the connection to the pool also runs asyncpg's reset (pg_advisory_unlock_all,
+        # or the connection is closed), so no pooled connection ever keeps an order locked.
+        with _db("lock"):
+            conn = await self._pool.acquire()
+        try:
+            with _db("lock"):
+                await self._take(conn, sf_order_id, wait_s)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(*_TRANSIENT):  # the pool's reset unlocks if this cannot
+                    await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_NAMESPACE, sf_order_id)
+        finally:
+            await self._pool.release(conn)
+
+    async def _take(self, conn: Any, sf_order_id: str, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        take = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+        while not await conn.fetchval(take, LOCK_NAMESPACE, sf_order_id):
+            if time.monotonic() >= deadline:
+                raise OrderBusy(f"order {sf_order_id} is being handled by another delivery", upstream=UPSTREAM)
+            await asyncio.sleep(self._poll_s)
+
+    async def get(self, sf_order_id: str) -> SagaRecord | None:
+        with _db("get"):
+            return await self._get(sf_order_id)
+
+    async def _get(self, sf_order_id: str) -> SagaRecord | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_ORDER_COLUMNS} FROM fulfillment_orders WHERE sf_order_id = $1", sf_order_id
+            )
+            if row is None:
+                return None
+            steps = await conn.fetch("SELECT * FROM fulfillment_steps WHERE sf_order_id = $1 ORDER BY seq", sf_order_id)
+        return SagaRecord(_order(row), {s["step"]: _step(s) for s in steps})
+
+    async def save(
+        self,
+        order: SagaOrder,
+        steps: Sequence[StepRecord] = (),
+        history: Sequence[HistoryEntry] = (),
+        claim: InboxClaim | None = None,
+    ) -> bool:
+        with _db("save"):
+            return await self._save(order, steps, history, claim)
+
+    async def _save(
+        self, order: SagaOrder, steps: Sequence[StepRecord], history: Sequence[HistoryEntry], claim: InboxClaim | None
+    ) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_UPSERT_ORDER, *_order_args(order))
+            if steps:
+                await conn.executemany(_UPSERT_STEP, [(order.sf_order_id, *_step_args(s)) for s in steps])
+            if history:
+                rows = [(order.sf_order_id, h.at, h.step, h.kind, json.dumps(h.detail, default=str)) for h in history]
+                await conn.executemany(_INSERT_HISTORY, rows)
+            if claim is None:
+                return True
+            return await claim_event(
+                conn,  # type: ignore[arg-type]  # a pool proxy is a Connection at runtime
+                group=claim.group,
+                event_id=claim.event_id,
+                event_type=claim.event_type,
+                topic=claim.topic,
+                partition=claim.partition,
+                offset=claim.offset,
+            )
+
+    async def processed(self, claim: InboxClaim) -> bool:
+        with _db("inbox lookup"):
+            found = await self._pool.fetchval(
+                "SELECT 1 FROM inbox WHERE consumer_group = $1 AND event_id = $2", claim.group, claim.event_id
+            )
+        return found is not None
+
+    async def reserve_sim_account(self, sf_order_id: str, account: str) -> bool:
+        try:
+            with _db("reserve SIM number"):
+                status = await self._pool.execute(
+                    "UPDATE fulfillment_orders SET sim_account = $2"
+                    " WHERE sf_order_id = $1 AND (sim_account IS NULL OR sim_account = $2)",
+                    sf_order_id,
+                    account,
+                )
+        except asyncpg.UniqueViolationError:
+            return False
+        return bool(status == "UPDATE 1")
+
+    async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
+        with _db("parked lookup"):
+            rows = await self._pool.fetch(
+                "SELECT sf_order_id FROM fulfillment_orders WHERE state = 'parked' AND whmcs_client_id = $1"
+                " ORDER BY updated_at",
+                whmcs_client_id,
+            )
+        return [str(r["sf_order_id"]) for r in rows]
+
+    async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:
+        rows = await self._pool.fetch(
+            f"SELECT {_ORDER_COLUMNS} FROM fulfillment_orders WHERE ($1::text IS NULL OR state = $1)"
+            " ORDER BY updated_at DESC LIMIT $2",
+            state,
+            limit,
+        )
+        return [_order(r) for r in rows]
+
+    async def history(self, sf_order_id: str) -> list[HistoryEntry]:
+        rows = await self._pool.fetch(
+            "SELECT at, step, kind, detail FROM fulfillment_history WHERE sf_order_id = $1 ORDER BY id", sf_order_id
+        )
+        return [HistoryEntry(r["kind"], r["step"], json.loads(r["detail"]), r["at"]) for r in rows]
+
+    async def append_history(self, sf_order_id: str, entry: HistoryEntry) -> bool:
+        status = await self._pool.execute(
+            "INSERT INTO fulfillment_history (sf_order_id, at, step, kind, detail)"
+            " SELECT $1::varchar, coalesce($2, now()), $3, $4, $5::jsonb"
+            " WHERE EXISTS (SELECT 1 FROM fulfillment_orders WHERE sf_order_id = $1::varchar)",
+            sf_order_id,
+            entry.at,
+            entry.step,
+            entry.kind,
+            json.dumps(entry.detail, default=str),
+        )
+        return bool(status == "INSERT 0 1")
+
+
+def _order_args(o: SagaOrder) -> tuple[Any, ...]:
+    return (
+        o.sf_order_id, o.sf_account_id, o.order_type, o.state, o.current_step, o.whmcs_client_id,
+        o.whmcs_order_id, o.sim_account, o.error_code, o.error_message, json.dumps(o.plan, default=str),
+        o.requests, o.updated_at, o.finished_at,
+    )  # fmt: skip
+
+
+def _step_args(s: StepRecord) -> tuple[Any, ...]:
+    return (
+        s.step, s.seq, s.status, s.attempts, json.dumps(s.external_ids, default=str), s.last_error_code,
+        s.last_error_message, s.started_at, s.last_attempt_at, s.finished_at,
+    )  # fmt: skip
+
+
+def _order(r: asyncpg.Record) -> SagaOrder:
+    values = dict(r)
+    values["plan"] = json.loads(values["plan"]) if isinstance(values["plan"], str) else values["plan"]
+    return SagaOrder(**values)
+
+
+def _step(r: asyncpg.Record) -> StepRecord:
+    values = {k: v for k, v in dict(r).items() if k != "sf_order_id"}
+    raw = values["external_ids"]
+    values["external_ids"] = json.loads(raw) if isinstance(raw, str) else raw
+    return StepRecord(**values)

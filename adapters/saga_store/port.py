@@ -1,0 +1,135 @@
+"""The saga store's port and value types: an order, its steps, its timeline, the inbox claim.
+
+Owns the shapes the saga reads and writes and the contract of every method (which transaction,
+what is idempotent). Must not know SQL: ``pg.py`` implements it over asyncpg, ``memory.py`` in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from events.errors import DependencyUnavailable
+
+#: first key of the two-int advisory lock; the second is ``hashtext(sf_order_id)``
+LOCK_NAMESPACE = 0x46554C  # "FUL"
+UPSTREAM = "postgres"
+
+
+@dataclass
+class StepRecord:
+    """One step of one order; ``started_at`` opens the current attempt window (reset on resume)."""
+
+    step: str
+    seq: int
+    status: str = "pending"
+    attempts: int = 0
+    external_ids: dict[str, Any] = field(default_factory=dict)
+    last_error_code: str | None = None
+    last_error_message: str | None = None
+    started_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass
+class SagaOrder:
+    sf_order_id: str
+    state: str = "received"
+    sf_account_id: str | None = None
+    order_type: str | None = None
+    current_step: str | None = None
+    whmcs_client_id: int | None = None
+    whmcs_order_id: int | None = None
+    sim_account: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    plan: dict[str, Any] = field(default_factory=dict)
+    requests: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass
+class SagaRecord:
+    order: SagaOrder
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    kind: str
+    step: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InboxClaim:
+    """Identity of the delivery whose outcome is being saved (``inbox`` table of migration 0001)."""
+
+    group: str
+    event_id: str
+    event_type: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class OrderBusy(DependencyUnavailable):
+    """Another delivery holds the order's lock past the wait bound; retryable."""
+
+    default_code = "ORDER_BUSY"
+
+
+class SagaStore(Protocol):
+    def locked(self, sf_order_id: str, wait_s: float = 30.0) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the order's exclusive lock for the block; raises ``OrderBusy`` after ``wait_s``.
+        Released when the block ends or the process dies (a session lock dies with its connection).
+        Every method raises ``DependencyUnavailable`` when PostgreSQL cannot answer."""
+        ...
+
+    async def get(self, sf_order_id: str) -> SagaRecord | None:
+        """The order and its steps, or None when the saga never saw it. Idempotent."""
+        ...
+
+    async def save(
+        self,
+        order: SagaOrder,
+        steps: Sequence[StepRecord] = (),
+        history: Sequence[HistoryEntry] = (),
+        claim: InboxClaim | None = None,
+    ) -> bool:
+        """Upsert the order and ``steps``, append ``history`` and claim ``claim``, in ONE transaction.
+        Returns False when the claim was already taken (the delivery was a duplicate); the writes
+        still commit, since they are the same state the first delivery wrote."""
+        ...
+
+    async def processed(self, claim: InboxClaim) -> bool:
+        """True when this event id was already handled by this group. Idempotent."""
+        ...
+
+    async def reserve_sim_account(self, sf_order_id: str, account: str) -> bool:
+        """Tie ``account`` to the order; False when another order holds it. Idempotent per order."""
+        ...
+
+    async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
+        """Salesforce Order ids parked for this WHMCS client, oldest first."""
+        ...
+
+    async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:
+        """Orders, most recently updated first, optionally in one state."""
+        ...
+
+    async def history(self, sf_order_id: str) -> list[HistoryEntry]:
+        """The order's timeline, oldest first."""
+        ...
+
+    async def append_history(self, sf_order_id: str, entry: HistoryEntry) -> bool:
+        """Add one timeline entry without touching the order row (operators' audit notes).
+        False when the saga never saw the order."""
+        ...

@@ -1,0 +1,173 @@
+"""``PgSagaStore`` against the local stack's PostgreSQL (migration 0005).
+
+Contract: an order, its steps and its timeline round-trip; the final write and the inbox claim
+commit in one transaction (a duplicate claim says so, and a failed transaction leaves neither);
+the per-order lock excludes a second holder until released, and dies with a killed holder's
+connection; SIM numbers are unique across orders; parked orders are found by WHMCS client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from adapters.db import migrate
+from adapters.saga_store import (
+    LOCK_NAMESPACE,
+    HistoryEntry,
+    InboxClaim,
+    OrderBusy,
+    PgSagaStore,
+    SagaOrder,
+    StepRecord,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def order_id() -> str:
+    return ("801T" + uuid.uuid4().hex.upper())[:18]
+
+
+@pytest_asyncio.fixture
+async def pool(stack_env: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
+    await migrate(stack_env["DATABASE_URL"])
+    pool = await asyncpg.create_pool(stack_env["DATABASE_URL"], min_size=1, max_size=6)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def store(pool: asyncpg.Pool) -> PgSagaStore:
+    return PgSagaStore(pool, poll_s=0.05)
+
+
+async def test_an_order_with_steps_and_timeline_round_trips(store: PgSagaStore) -> None:
+    oid, now = order_id(), datetime.now(UTC)
+    order = SagaOrder(oid, state="waiting", sf_account_id="0015g00000000001AA", order_type="SIM",
+                      current_step="sim_confirm", whmcs_client_id=1002, plan={"lines": [{"pid": 301}]},
+                      requests=2, created_at=now)  # fmt: skip
+    step = StepRecord("sim_register", 4, "done", 1, {"account": "07012345678", "submitted": True},
+                      started_at=now, finished_at=now)  # fmt: skip
+    assert await store.save(order, [step], [HistoryEntry("step_done", "sim_register", {"account": "07012345678"})])
+
+    record = await store.get(oid)
+    assert record is not None
+    assert record.order.state == "waiting" and record.order.plan == {"lines": [{"pid": 301}]}
+    assert record.order.whmcs_client_id == 1002 and record.order.requests == 2
+    assert record.steps["sim_register"].external_ids == {"account": "07012345678", "submitted": True}
+    assert record.steps["sim_register"].finished_at == now
+    [entry] = await store.history(oid)
+    assert (entry.kind, entry.step, entry.detail) == ("step_done", "sim_register", {"account": "07012345678"})
+
+    order.state, step.attempts = "fulfilled", 2
+    await store.save(order, [step])
+    record = await store.get(oid)
+    assert record is not None and record.order.state == "fulfilled" and record.steps["sim_register"].attempts == 2
+    assert await store.get(order_id()) is None
+
+
+async def test_the_inbox_claim_commits_with_the_final_write(store: PgSagaStore, pool: asyncpg.Pool) -> None:
+    oid = order_id()
+    claim = InboxClaim("fleet.fulfillment.it", str(uuid.uuid4()), "t", "sf.order.v1", 1, 42)
+    assert not await store.processed(claim)
+    assert await store.save(SagaOrder(oid, state="fulfilled"), claim=claim)
+    assert await store.processed(claim)
+    assert not await store.save(SagaOrder(oid, state="fulfilled"), claim=claim), "a duplicate says so"
+
+    other = InboxClaim("fleet.fulfillment.it", str(uuid.uuid4()), "t", "sf.order.v1", 1, 43)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.save(SagaOrder(oid, state="bogus"), claim=other)
+    assert not await store.processed(other), "the claim rolled back with the write"
+    record = await store.get(oid)
+    assert record is not None and record.order.state == "fulfilled"
+
+
+async def test_the_order_lock_excludes_a_second_holder_until_released(store: PgSagaStore) -> None:
+    oid = order_id()
+    async with store.locked(oid):
+        with pytest.raises(OrderBusy):
+            async with store.locked(oid, wait_s=0.2):
+                pass
+        async with store.locked(order_id(), wait_s=0.2):
+            pass  # another order is not blocked
+    async with store.locked(oid, wait_s=0.2):
+        pass
+
+
+async def test_a_waiting_holder_gets_the_lock_when_it_is_released(store: PgSagaStore) -> None:
+    oid, order = order_id(), []
+
+    async def hold(name: str, seconds: float) -> None:
+        async with store.locked(oid, wait_s=5):
+            order.append(f"{name}+")
+            await asyncio.sleep(seconds)
+            order.append(f"{name}-")
+
+    first = asyncio.create_task(hold("a", 0.3))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(first, hold("b", 0))
+    assert order == ["a+", "a-", "b+", "b-"]
+
+
+async def test_a_killed_holders_lock_dies_with_its_connection(stack_env: dict[str, str], store: PgSagaStore) -> None:
+    oid = order_id()
+    conn = await asyncpg.connect(stack_env["DATABASE_URL"])
+    assert await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_NAMESPACE, oid)
+    with pytest.raises(OrderBusy):
+        async with store.locked(oid, wait_s=0.2):
+            pass
+    conn.terminate()  # the socket closes without an unlock, as after kill -9
+    async with store.locked(oid, wait_s=5):
+        pass
+
+
+async def test_sim_numbers_are_unique_across_orders(store: PgSagaStore) -> None:
+    a, b, number = order_id(), order_id(), "070" + str(uuid.uuid4().int)[:8]
+    await store.save(SagaOrder(a))
+    await store.save(SagaOrder(b))
+    assert await store.reserve_sim_account(a, number)
+    assert await store.reserve_sim_account(a, number)
+    assert not await store.reserve_sim_account(b, number)
+    record = await store.get(a)
+    assert record is not None and record.order.sim_account == number
+
+
+async def test_parked_orders_are_found_by_client_and_listed_by_state(store: PgSagaStore) -> None:
+    client = int(str(uuid.uuid4().int)[:8])
+    parked, failed = order_id(), order_id()
+    await store.save(SagaOrder(parked, state="parked", whmcs_client_id=client, error_code="PAYMENT_METHOD_MISSING"))
+    await store.save(SagaOrder(failed, state="failed", whmcs_client_id=client))
+    assert await store.parked_for_client(client) == [parked]
+    assert parked in [o.sf_order_id for o in await store.list_orders("parked", 1000)]
+    assert parked not in [o.sf_order_id for o in await store.list_orders("failed", 1000)]
+
+
+async def test_an_audit_note_needs_a_known_order(store: PgSagaStore) -> None:
+    oid = order_id()
+    assert not await store.append_history(oid, HistoryEntry("retry_requested", None, {"by": "ops"}))
+    await store.save(SagaOrder(oid, state="failed"))
+    assert await store.append_history(oid, HistoryEntry("retry_requested", None, {"by": "ops"}))
+    assert [h.kind for h in await store.history(oid)] == ["retry_requested"]
+
+
+async def test_postgres_going_away_is_a_retryable_dependency_error(stack_env: dict[str, str]) -> None:
+    from events.errors import DependencyUnavailable
+
+    pool = await asyncpg.create_pool(stack_env["DATABASE_URL"], min_size=1, max_size=1)
+    assert pool is not None
+    store = PgSagaStore(pool)
+    await pool.close()
+    with pytest.raises(DependencyUnavailable) as caught:
+        await store.get(order_id())
+    assert caught.value.retriable and caught.value.upstream == "postgres"
+    with pytest.raises(DependencyUnavailable):
+        async with store.locked(order_id(), wait_s=0.1):
+            pass

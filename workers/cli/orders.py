@@ -1,0 +1,216 @@
+"""`fleet orders`: where an order is in the fulfillment saga, which orders are stuck, resume one.
+
+Owns option parsing and printing. Must not hold saga logic: state comes from ``adapters.saga_store``
+and a retry is just an activation request on the fulfillment group's first retry tier (the same
+message a wake-up is), so the worker resumes the order from its first unfinished step.
+Exit codes: 0 done, 1 unknown order or refused, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import structlog
+
+from adapters.db import create_pool
+from adapters.kafka import AiokafkaProducer, durable_producer
+from adapters.saga_store import HistoryEntry, PgSagaStore, SagaOrder, SagaRecord, StepRecord
+from events.topics import ConsumerGroup
+from workers.cli._context import Context, pass_ctx, run_async
+from workers.fulfillment.model import OrderState, seq_of, steps_for
+from workers.fulfillment.wakeup import RetryTopicScheduler, resume_request
+
+log = structlog.get_logger(__name__)
+
+
+@click.group(name="orders")
+def group() -> None:
+    """The fulfillment saga's orders: timeline, stuck orders, resume (docs/fulfillment.md).
+
+    \b
+      fleet orders show 8015g00000000001AA    steps, attempts, errors, external ids, durations
+      fleet orders list --state parked        orders waiting for a customer or a human
+      fleet orders retry 8015g00000000001AA   resume from the first unfinished step (audited)
+    """
+
+
+@asynccontextmanager
+async def _store(ctx: Context) -> AsyncIterator[PgSagaStore]:
+    pool = await create_pool(ctx.settings.postgres.dsn.get_secret_value(), min_size=1, max_size=2)
+    try:
+        yield PgSagaStore(pool)
+    finally:
+        await pool.close()
+
+
+# --- show ----------------------------------------------------------------------------------------
+
+
+@group.command("show")
+@click.argument("sf_order_id")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document instead of text")
+@pass_ctx
+def show(ctx: Context, sf_order_id: str, as_json: bool) -> None:
+    """An order's state, its steps and its timeline."""
+
+    async def load() -> tuple[SagaRecord | None, list[HistoryEntry]]:
+        async with _store(ctx) as store:
+            return await store.get(sf_order_id), await store.history(sf_order_id)
+
+    record, history = run_async(load())
+    if record is None:
+        raise click.ClickException(f"order {sf_order_id} is unknown to the fulfillment saga")
+    if as_json:
+        doc = {"order": asdict(record.order), "steps": [asdict(s) for s in _steps(record)],
+               "timeline": [asdict(h) for h in history]}  # fmt: skip
+        click.echo(json.dumps(doc, default=str, indent=2))
+        return
+    click.echo("\n".join(render_order(record, history)))
+
+
+def render_order(record: SagaRecord, history: Sequence[HistoryEntry]) -> list[str]:
+    o = record.order
+    lines = [
+        f"order {o.sf_order_id}  {o.order_type or '?'}  state={o.state}"
+        + (f"  at={o.current_step}" if o.current_step else ""),
+        f"  account={o.sf_account_id or '-'}  whmcs client={o.whmcs_client_id or '-'}  "
+        f"whmcs order={o.whmcs_order_id or '-'}  sim={o.sim_account or '-'}  requests={o.requests}",
+        f"  created={_ts(o.created_at)}  updated={_ts(o.updated_at)}  finished={_ts(o.finished_at)}",
+    ]
+    if o.error_code:
+        lines.append(f"  error {o.error_code}: {o.error_message}")
+    lines += ["", "steps:"]
+    rows = [
+        [
+            str(s.seq),
+            s.step,
+            s.status,
+            str(s.attempts),
+            _ts(s.started_at),
+            _duration(s),
+            _error(s),
+            _ids(s.external_ids),
+        ]
+        for s in _steps(record)
+    ]
+    lines += _table(["#", "step", "status", "tries", "started", "took", "last error", "external ids"], rows)
+    lines += ["", "timeline:"]
+    lines += [f"  {_ts(h.at)}  {h.step or '':<16} {h.kind:<14} {_ids(h.detail)}" for h in history]
+    return lines
+
+
+def _steps(record: SagaRecord) -> list[StepRecord]:
+    """Every step of the order's plan, the ones not reached yet as pending placeholders."""
+    planned = {s.value: StepRecord(s.value, seq_of(s)) for s in steps_for(record.order.order_type)}
+    planned.update(record.steps)
+    return sorted(planned.values(), key=lambda s: s.seq)
+
+
+# --- list ----------------------------------------------------------------------------------------
+
+
+@group.command("list")
+@click.option("--state", type=click.Choice([s.value for s in OrderState]), help="only orders in this state")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
+@pass_ctx
+def list_cmd(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
+    """Orders, most recently updated first."""
+
+    async def load() -> list[SagaOrder]:
+        async with _store(ctx) as store:
+            return await store.list_orders(state, limit)
+
+    orders = run_async(load())
+    if as_json:
+        for order in orders:
+            click.echo(json.dumps(asdict(order), default=str))
+        return
+    if not orders:
+        click.echo("no orders" + (f" in state {state}" if state else ""))
+        return
+    rows = [
+        [o.sf_order_id, o.order_type or "?", o.state, o.current_step or "-", o.error_code or "-", _ts(o.updated_at)]
+        for o in orders
+    ]
+    click.echo("\n".join(_table(["order", "type", "state", "step", "error", "updated"], rows)))
+
+
+# --- retry ---------------------------------------------------------------------------------------
+
+
+@group.command("retry")
+@click.argument("sf_order_id")
+@click.option("--reason", default="", help="why (kept in the audit log and the order's timeline)")
+@click.option("--force", is_flag=True, help="also for an order the saga has never seen")
+@click.option("--group", default=ConsumerGroup.FULFILLMENT.value, show_default=True, help="the saga's consumer group")
+@pass_ctx
+def retry(ctx: Context, sf_order_id: str, reason: str, force: bool, group: str) -> None:
+    """Re-emit an activation request: the worker resumes the order from its first unfinished step."""
+    settings = ctx.settings
+
+    async def go() -> str:
+        async with _store(ctx) as store:
+            record = await store.get(sf_order_id)
+            if record is None and not force:
+                raise click.ClickException(f"order {sf_order_id} is unknown to the saga (use --force to start it)")
+            if record is not None and record.order.state == OrderState.FULFILLED:
+                raise click.ClickException(f"order {sf_order_id} is already fulfilled: nothing to resume")
+            envelope = resume_request(sf_order_id, record.order.sf_account_id if record else None)
+            aioproducer = durable_producer(settings.kafka.bootstrap, f"{settings.kafka.client_id}-orders-retry")
+            await aioproducer.start()
+            try:
+                scheduler = RetryTopicScheduler(
+                    AiokafkaProducer(aioproducer), group, settings.runtime.retry_tier_delays_ms,
+                    clock_ms=lambda: int(datetime.now(UTC).timestamp() * 1000),
+                )  # fmt: skip
+                await scheduler.send(envelope, 1, now=True)
+            finally:
+                await aioproducer.stop()
+            audit = {"by": getpass.getuser(), "event_id": envelope.id, "reason": reason, "group": group}
+            await store.append_history(sf_order_id, HistoryEntry("retry_requested", None, audit))
+            log.info("order_retry_requested", sf_order_id=sf_order_id, **audit)
+            return envelope.id
+
+    event_id = run_async(go())
+    click.echo(f"activation request {event_id} sent for {sf_order_id}; `fleet orders show {sf_order_id}` to follow")
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def _ts(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def _duration(step: StepRecord) -> str:
+    if step.started_at is None:
+        return "-"
+    end = step.finished_at or datetime.now(UTC)
+    seconds = (end - step.started_at).total_seconds()
+    text = f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+    return text if step.finished_at else f"{text}+"
+
+
+def _error(step: StepRecord) -> str:
+    if not step.last_error_code:
+        return "-"
+    message = (step.last_error_message or "")[:60]
+    return f"{step.last_error_code}: {message}" if message else step.last_error_code
+
+
+def _ids(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items() if v not in (None, "", [], {})) or "-"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    fmt = "  " + "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return [fmt.format(*headers), *(fmt.format(*row) for row in rows)]

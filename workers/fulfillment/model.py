@@ -1,0 +1,140 @@
+"""The saga's vocabulary: steps and their order per order type, states, error codes, step outcomes.
+
+Owns names only (the strings stored in ``fulfillment_*`` tables and written to Salesforce). Must not
+do I/O or decide policy; ``policy.py`` says what each outcome means, ``saga.py`` acts on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Step(StrEnum):
+    VALIDATE = "validate"  # re-read Order + OrderItems + Product2 mapping; build the plan
+    RESOLVE_CLIENT = "resolve_client"  # id_mappings: SF Account → WHMCS client
+    PAYMENT_GATE = "payment_gate"  # WHMCS GetPayMethods: none → park
+    SIM_REGISTER = "sim_register"  # Freebit PA02-01 (physical) / PA05-41 (eSIM), submitted
+    SIM_CONFIRM = "sim_confirm"  # Freebit PA03-02 until the account is active
+    SIM_VOICE = "sim_voice"  # Freebit PA05-05 voice options, submitted then confirmed by PA03-02
+    WHMCS_CREATE = "whmcs_create"  # WHMCS AddOrder (notes carry sfOrderId=<id>)
+    WHMCS_ACCEPT = "whmcs_accept"  # WHMCS AcceptOrder
+    WHMCS_SIM_FIELDS = "whmcs_sim_fields"  # SIM Number / Serial Number / EID on the WHMCS service
+    SF_WRITEBACK = "sf_writeback"  # UpdateSalesforceRecord commands: Activated, WHMCS ids
+
+
+class OrderType(StrEnum):
+    INTERNET = "Internet"
+    SIM = "SIM"
+    VPN = "VPN"
+
+
+_COMMON = (Step.VALIDATE, Step.RESOLVE_CLIENT, Step.PAYMENT_GATE)
+_BILLING = (Step.WHMCS_CREATE, Step.WHMCS_ACCEPT)
+
+#: the steps of each order type, in order (SIM: Freebit first, then billing, as the portal since Feb 2026)
+PLANS: dict[OrderType, tuple[Step, ...]] = {
+    OrderType.INTERNET: (*_COMMON, *_BILLING, Step.SF_WRITEBACK),
+    OrderType.VPN: (*_COMMON, *_BILLING, Step.SF_WRITEBACK),
+    OrderType.SIM: (
+        *_COMMON,
+        Step.SIM_REGISTER,
+        Step.SIM_CONFIRM,
+        Step.SIM_VOICE,
+        *_BILLING,
+        Step.WHMCS_SIM_FIELDS,
+        Step.SF_WRITEBACK,
+    ),
+}
+
+
+def steps_for(order_type: str | None) -> tuple[Step, ...]:
+    """The plan of a validated order; before validation only ``validate`` is known."""
+    if order_type in PLANS:
+        return PLANS[OrderType(order_type)]
+    return (Step.VALIDATE,)
+
+
+def seq_of(step: Step) -> int:
+    """A stable position for display (the SIM plan is the superset of every plan)."""
+    return PLANS[OrderType.SIM].index(step) + 1
+
+
+class OrderState(StrEnum):
+    RECEIVED = "received"
+    RUNNING = "running"
+    WAITING = "waiting"  # an asynchronous Freebit job is being confirmed
+    PARKED = "parked"  # waiting for the customer or a human; resumes by itself when possible
+    FAILED = "failed"  # needs a human; a new activation request resumes it
+    FULFILLED = "fulfilled"
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    DONE = "done"
+    SKIPPED = "skipped"
+    PARKED = "parked"
+    FAILED = "failed"
+    COMPENSATED = "compensated"  # its effect was undone; it runs again on resume
+
+
+FINISHED = frozenset({StepStatus.DONE, StepStatus.SKIPPED})
+#: step statuses a resumed order starts over (a new attempt window)
+REOPENED = frozenset({StepStatus.PARKED, StepStatus.FAILED, StepStatus.COMPENSATED})
+
+
+class ErrorCode(StrEnum):
+    """Written to ``Order.Activation_Error_Code__c``; documented in ``docs/fulfillment.md``."""
+
+    ORDER_INVALID = "ORDER_INVALID"
+    PRODUCT_MAPPING_MISSING = "PRODUCT_MAPPING_MISSING"
+    WHMCS_CLIENT_NOT_MAPPED = "WHMCS_CLIENT_NOT_MAPPED"
+    PAYMENT_METHOD_MISSING = "PAYMENT_METHOD_MISSING"
+    FREEBIT_REGISTRATION_FAILED = "FREEBIT_REGISTRATION_FAILED"
+    FREEBIT_TIMEOUT = "FREEBIT_TIMEOUT"
+    WHMCS_ORDER_REJECTED = "WHMCS_ORDER_REJECTED"
+    WHMCS_SERVICE_UPDATE_FAILED = "WHMCS_SERVICE_UPDATE_FAILED"
+
+
+# --- what a step function returns ----------------------------------------------------------------
+# Business outcomes are values; technical trouble (timeouts, 5xx, Kafka down) is raised and retried.
+
+
+@dataclass(frozen=True)
+class Done:
+    ids: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """An asynchronous upstream job is still running: look again after ``retry_after`` seconds."""
+
+    retry_after: float
+    ids: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Park:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The order cannot proceed. ``compensated`` names earlier steps whose effect the failing step
+    undid; they run again when the order resumes."""
+
+    code: ErrorCode
+    message: str
+    compensated: tuple[Step, ...] = ()
+
+
+Outcome = Done | Skipped | Wait | Park | Fail

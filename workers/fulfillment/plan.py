@@ -1,0 +1,134 @@
+"""The validated order (``OrderPlan``): what the saga will bill and provision, built from Salesforce records.
+
+Owns the validation rules (known order type, every line mapped to a WHMCS ``pid`` with a billing
+cycle, SIM details) and the stand-in SIM number allocation. Pure: no I/O, so the rules are unit
+tested without fakes. Must not call any port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from adapters.whmcs.port import OrderLine
+from schemas.salesforce_api import OrderItemRecord, OrderRecord
+from workers.fulfillment.model import ErrorCode, Fail, OrderType
+
+ESIM_TYPES = frozenset({"esim", "e-sim"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PlanLine(_Frozen):
+    order_item_id: str
+    pid: int
+    billing_cycle: str  # lower-case, as WHMCS wants it
+    qty: int
+    sku: str | None = None
+    item_class: str | None = None
+
+    def order_line(self) -> OrderLine:
+        return OrderLine(self.pid, self.billing_cycle, self.qty)
+
+
+class SimSpec(_Frozen):
+    kind: Literal["physical", "esim"]
+    plan_code: str
+    eid: str = ""
+    voice_mail: bool = False
+    call_waiting: bool = False
+    service_line: int = 0  # index of the line whose WHMCS service carries SIM Number / Serial / EID
+
+    @property
+    def wants_voice(self) -> bool:
+        return self.voice_mail or self.call_waiting
+
+
+class OrderPlan(_Frozen):
+    sf_order_id: str
+    order_type: OrderType
+    sf_account_id: str | None
+    lines: tuple[PlanLine, ...]
+    sim: SimSpec | None = None
+    #: ``Order.WHMCS_Order_ID__c`` as read (set when someone fulfilled it before us)
+    sf_whmcs_order_id: int | None = None
+
+
+def build_plan(order: OrderRecord, items: list[OrderItemRecord]) -> OrderPlan | Fail:
+    """The plan, or the ``Fail`` naming every problem (the operator's "item mapping report")."""
+    if order.type not in {t.value for t in OrderType}:
+        return Fail(ErrorCode.ORDER_INVALID, f"unknown order type {order.type!r} (expected Internet, SIM or VPN)")
+    if not items:
+        return Fail(ErrorCode.ORDER_INVALID, "the order has no items")
+    unmapped = [problem for problem in map(_unmapped, items) if problem]
+    if unmapped:
+        return Fail(ErrorCode.PRODUCT_MAPPING_MISSING, "; ".join(unmapped))
+    lines = tuple(_line(item) for item in items)
+    sim = _sim_spec(order, lines) if order.type == OrderType.SIM else None
+    if isinstance(sim, Fail):
+        return sim
+    return OrderPlan(
+        sf_order_id=order.id,
+        order_type=OrderType(order.type),
+        sf_account_id=order.account_id,
+        lines=lines,
+        sim=sim,
+        sf_whmcs_order_id=int(order.whmcs_order_id)
+        if order.whmcs_order_id and order.whmcs_order_id.isdigit()
+        else None,
+    )
+
+
+def _unmapped(item: OrderItemRecord) -> str:
+    name = (item.product.name if item.product else None) or item.product2_id or item.id
+    pid = item.whmcs_product_id or ""
+    if not pid.strip().isdigit():
+        return f"OrderItem {item.id} ({name}): Product2.WH_Product_ID__c is missing"
+    if not item.effective_billing_cycle:
+        return f"OrderItem {item.id} ({name}): Billing_Cycle__c is missing"
+    return ""
+
+
+def _line(item: OrderItemRecord) -> PlanLine:
+    return PlanLine(
+        order_item_id=item.id,
+        pid=int((item.whmcs_product_id or "").strip()),
+        billing_cycle=(item.effective_billing_cycle or "").lower(),
+        qty=max(int(item.quantity), 1),
+        sku=item.product.sku if item.product else None,
+        item_class=item.product.item_class if item.product else None,
+    )
+
+
+def _sim_spec(order: OrderRecord, lines: tuple[PlanLine, ...]) -> SimSpec | Fail:
+    kind: Literal["physical", "esim"] = "esim" if (order.sim_type or "").lower() in ESIM_TYPES else "physical"
+    if kind == "esim" and not (order.eid or "").strip():
+        return Fail(ErrorCode.ORDER_INVALID, "eSIM order without EID__c")
+    service = next((n for n, line in enumerate(lines) if line.item_class == "Service"), 0)
+    return SimSpec(
+        kind=kind,
+        # the plan code Freebit registers: the SIM service's SKU (the portal's catalog key)
+        plan_code=lines[service].sku or str(lines[service].pid),
+        eid=(order.eid or "").strip(),
+        voice_mail=bool(order.sim_voice_mail),
+        call_waiting=bool(order.sim_call_waiting),
+        service_line=service,
+    )
+
+
+def sim_identity(sf_order_id: str, salt: int = 0) -> tuple[str, str]:
+    """(phone number, SIM serial) for an order: a deterministic stand-in for SIM inventory assignment.
+
+    The portal assigns a SIM from a Salesforce inventory object whose API name we could not confirm
+    (domain-facts §11); until that lands the saga derives both from the order id. Deterministic,
+    so every retry of the order asks Freebit about the same account; ``salt`` moves to the next
+    candidate when another order already holds a number (``fulfillment_orders.sim_account`` is unique).
+    """
+    digest = hashlib.sha256(f"{sf_order_id}:{salt}".encode()).hexdigest()
+    number = "070" + str(int(digest[:16], 16) % 10**8).zfill(8)
+    serial = "AX" + str(int(digest[16:40], 16) % 10**13).zfill(13)
+    return number, serial

@@ -1,0 +1,118 @@
+"""One delivery's view of one order (``Run``), why it runs (``Trigger``), and how its events leave (``Publisher``).
+
+Owns the working copy a step reads and changes and the one way it is saved (``Run.save``,
+``Run.remember``). Must not decide what runs next or what an outcome means: that is ``saga.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.kafka import ProducerPort
+from adapters.saga_store import HistoryEntry, InboxClaim, SagaOrder, SagaRecord, SagaStore, StepRecord
+from events.base import DomainEvent, to_envelope
+from events.envelope import Envelope
+from events.topics import Topic
+from workers.fulfillment.model import FINISHED, ErrorCode, OrderState, Outcome, Step, seq_of, steps_for
+from workers.fulfillment.plan import OrderPlan
+
+Clock = Callable[[], datetime]
+#: test-only: called after each step with phase "called" (result not yet committed) or "committed"
+StepHook = Callable[[Step, str], None]
+#: schedule a wake-up of the order in about ``delay_s``; returns the wake-up's event id
+Schedule = Callable[[SagaOrder, float, Envelope | None], Awaitable[str]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why the saga runs for an order now. ``only_if`` limits it to orders in those states; a
+    ``wakeup`` (scheduled by the saga itself) runs only while it is the order's latest one."""
+
+    sf_order_id: str
+    reason: str
+    sf_account_id: str | None = None
+    claim: InboxClaim | None = None
+    cause: Envelope | None = None
+    only_if: frozenset[OrderState] | None = None
+    wakeup: bool = False
+
+
+@dataclass(frozen=True)
+class SagaResult:
+    sf_order_id: str
+    state: str  # an OrderState, or "duplicate" / "ignored"
+    step: Step | None = None
+    code: ErrorCode | None = None
+    retry_after: float | None = None
+
+
+class Publisher:
+    """Publishes the saga's commands and outcomes as children of the message that caused them."""
+
+    def __init__(self, producer: ProducerPort, source: str) -> None:
+        self._producer = producer
+        self._source = source
+
+    async def send(self, topic: Topic, event: DomainEvent, cause: Envelope | None) -> None:
+        await self._producer.publish(topic, child_envelope(event, self._source, cause))
+
+
+def child_envelope(event: DomainEvent, source: str, cause: Envelope | None) -> Envelope:
+    """``event`` in an envelope that keeps the cause's correlation id and names it as causation."""
+    correlation = (cause.correlationid or cause.id) if cause else None
+    return to_envelope(event, source=source, correlationid=correlation, causationid=cause.id if cause else None)
+
+
+class Run:
+    """One delivery's working copy of one order; everything it changes is saved through it."""
+
+    def __init__(self, record: SagaRecord, trigger: Trigger, store: SagaStore, clock: Clock) -> None:
+        self.record = record
+        self.trigger = trigger
+        self.store = store
+        self.clock = clock
+        self.was = (OrderState(record.order.state), record.order.error_code)
+        self._history: list[HistoryEntry] = []
+
+    @property
+    def order(self) -> SagaOrder:
+        return self.record.order
+
+    @property
+    def plan(self) -> OrderPlan:
+        """The validated order; steps after ``validate`` may rely on it."""
+        return OrderPlan.model_validate(self.order.plan)
+
+    def step(self, step: Step) -> StepRecord:
+        return self.record.steps.setdefault(step, StepRecord(step=step, seq=seq_of(step)))
+
+    def ids(self, step: Step) -> dict[str, Any]:
+        return self.step(step).external_ids
+
+    def next_step(self) -> Step | None:
+        plan = steps_for(self.order.order_type)
+        return next((s for s in plan if self.step(s).status not in FINISHED), None)
+
+    def note(self, kind: str, step: Step | None = None, **detail: Any) -> None:
+        self._history.append(HistoryEntry(kind, step, detail, self.clock()))
+
+    async def remember(self, step: Step, **ids: Any) -> None:
+        """Commit external ids the moment they are known, before the step finishes."""
+        self.ids(step).update(ids)
+        self.note("ids_recorded", step, **ids)
+        await self.save(step)
+
+    async def save(self, *steps: Step, claim: InboxClaim | None = None) -> bool:
+        self.order.updated_at = self.clock()
+        history, self._history = self._history, []
+        return await self.store.save(self.order, [self.step(s) for s in steps], history, claim)
+
+
+StepFn = Callable[[Run], Awaitable[Outcome]]

@@ -1,0 +1,277 @@
+"""The per-order state machine: run the first unfinished step, record what happened, repeat.
+
+Owns the order of persistence around every step (running → outcome committed), the per-order
+lock, resuming parked and failed orders, wake-ups and the outcome events. Steps are injected
+(``workers.handlers.fulfillment``); what an error means comes from ``policy``. Must not call a
+vendor itself, and must not sleep: a step that has to wait returns ``Wait``, the saga schedules a
+wake-up (``wakeup.py``) and the delivery ends (see ``docs/fulfillment.md``, "Waiting for Freebit").
+
+Durability rules, in the order they happen for one delivery:
+1. the order's lock is held for the whole delivery (``SagaStore.locked``);
+2. before a step runs, its attempt is committed (status ``running``, attempts + 1), so a crash
+   shows which step was in flight and the next delivery knows to look before creating;
+3. a step's result (its external ids) commits right after it returns; a step that learns an id
+   before it is finished commits it at once (``Run.remember``);
+4. a delivery's last write (fulfilled / parked / failed / waiting, plus its inbox row) is one
+   transaction, committed only after the outcome events (or the wake-up) are published, so a
+   crash re-publishes them (at least once) rather than losing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from adapters.saga_store import SagaOrder, SagaRecord, SagaStore
+from events.base import DomainEvent
+from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked
+from events.topics import Topic
+from workers.fulfillment import writeback
+from workers.fulfillment.model import (
+    REOPENED,
+    Done,
+    ErrorCode,
+    Fail,
+    OrderState,
+    Outcome,
+    Park,
+    Skipped,
+    Step,
+    StepStatus,
+    Wait,
+)
+from workers.fulfillment.policy import rejection_code, reverts_status
+from workers.fulfillment.run import (
+    Clock,
+    Publisher,
+    Run,
+    SagaResult,
+    Schedule,
+    StepFn,
+    StepHook,
+    Trigger,
+    utcnow,
+)
+
+log = structlog.get_logger()
+
+
+class Saga:
+    """Runs orders: ``handle(trigger)`` advances one order as far as it can go now."""
+
+    def __init__(
+        self,
+        *,
+        store: SagaStore,
+        steps: Mapping[Step, StepFn],
+        publisher: Publisher,
+        schedule: Schedule,
+        clock: Clock = utcnow,
+        hook: StepHook | None = None,
+        lock_wait_s: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._steps = steps
+        self._publisher = publisher
+        self._schedule = schedule
+        self._clock = clock
+        self._hook = hook
+        self._lock_wait_s = lock_wait_s
+
+    async def handle(self, trigger: Trigger) -> SagaResult:
+        """Advance one order as far as it can go now. Safe to call any number of times."""
+        async with self._store.locked(trigger.sf_order_id, self._lock_wait_s):
+            if trigger.claim is not None and await self._store.processed(trigger.claim):
+                return SagaResult(trigger.sf_order_id, "duplicate")
+            run = await self._open(trigger)
+            if run is None:
+                return SagaResult(trigger.sf_order_id, "ignored")
+            if run.order.state == OrderState.FULFILLED:
+                await run.save(claim=trigger.claim)  # a repeat request: nothing to do, remember we saw it
+                return SagaResult(trigger.sf_order_id, OrderState.FULFILLED)
+            return await self._advance(run)
+
+    # --- opening and resuming -------------------------------------------------------------------
+    async def _open(self, trigger: Trigger) -> Run | None:
+        record = await self._store.get(trigger.sf_order_id)
+        if not _wanted(record, trigger):
+            return None
+        now = self._clock()
+        record = record or SagaRecord(SagaOrder(trigger.sf_order_id, sf_account_id=trigger.sf_account_id))
+        run = Run(record, trigger, self._store, self._clock)
+        event_id = trigger.cause.id if trigger.cause else None
+        if trigger.wakeup:
+            run.note("woke_up", run.next_step(), event_id=event_id)
+        else:
+            run.order.requests += 1
+            run.note("requested", reason=trigger.reason, event_id=event_id)
+        reopened = self._reopen(run) if run.order.state in (OrderState.PARKED, OrderState.FAILED) else []
+        run.order.created_at = run.order.created_at or now
+        await run.save(*reopened)
+        return run
+
+    def _reopen(self, run: Run) -> list[Step]:
+        """Resume from the first unfinished step; the reopened steps get a fresh attempt window."""
+        reopened = [r for r in run.record.steps.values() if r.status in REOPENED]
+        for rec in reopened:
+            rec.status, rec.started_at, rec.finished_at = StepStatus.PENDING, None, None
+        run.note("resumed", run.next_step(), after=run.order.error_code, from_state=run.order.state)
+        run.order.state, run.order.error_code, run.order.error_message = OrderState.RUNNING, None, None
+        run.order.finished_at = None
+        return [Step(r.step) for r in reopened]
+
+    # --- the loop -------------------------------------------------------------------------------
+    async def _advance(self, run: Run) -> SagaResult:
+        while (step := run.next_step()) is not None:
+            outcome = await self._attempt(run, step)
+            if isinstance(outcome, Done | Skipped):
+                await self._complete(run, step, outcome)
+            elif isinstance(outcome, Wait):
+                return await self._wait(run, step, outcome)
+            elif isinstance(outcome, Park):
+                return await self._park(run, step, outcome)
+            else:
+                return await self._fail(run, step, outcome)
+        return await self._finish(run)
+
+    async def _attempt(self, run: Run, step: Step) -> Outcome:
+        now, rec = self._clock(), run.step(step)
+        rec.status, rec.attempts, rec.last_attempt_at = StepStatus.RUNNING, rec.attempts + 1, now
+        rec.started_at = rec.started_at or now
+        run.order.current_step, run.order.state = step, OrderState.RUNNING
+        await run.save(step)
+        try:
+            outcome = await self._steps[step](run)
+        except Exception as exc:
+            code = rejection_code(step, exc)
+            if code is None:
+                await self._errored(run, step, exc)
+                raise
+            outcome = Fail(code, str(exc))
+        self._call_hook(step, "called")
+        return outcome
+
+    async def _errored(self, run: Run, step: Step, exc: Exception) -> None:
+        """A retryable (or unclassified) error: record it on the step and let the runtime retry."""
+        rec = run.step(step)
+        rec.last_error_code = getattr(exc, "code", None) or type(exc).__name__
+        rec.last_error_message = str(exc)[:1000]
+        run.note("step_error", step, error=rec.last_error_code, message=rec.last_error_message)
+        await run.save(step)
+        log.warning("fulfillment_step_error", sf_order_id=run.order.sf_order_id, step=step, error=str(exc))
+
+    async def _complete(self, run: Run, step: Step, outcome: Done | Skipped) -> None:
+        rec, now = run.step(step), self._clock()
+        rec.status = StepStatus.DONE if isinstance(outcome, Done) else StepStatus.SKIPPED
+        rec.finished_at = now
+        if isinstance(outcome, Done):
+            rec.external_ids.update(outcome.ids)
+            run.note("step_done", step, ids=outcome.ids, duration_s=_seconds(rec.started_at, now))
+        else:
+            run.note("step_skipped", step, reason=outcome.reason)
+        await run.save(step)
+        self._call_hook(step, "committed")
+
+    async def _wait(self, run: Run, step: Step, outcome: Wait) -> SagaResult:
+        rec = run.step(step)
+        rec.status = StepStatus.WAITING
+        rec.external_ids.update(outcome.ids)
+        run.order.state = OrderState.WAITING
+        # only the newest wake-up counts (_wanted), so duplicate deliveries never grow parallel chains
+        rec.external_ids["wakeup_id"] = await self._schedule(run.order, outcome.retry_after, run.trigger.cause)
+        run.note("step_waiting", step, retry_after_s=outcome.retry_after)
+        await run.save(step, claim=run.trigger.claim)
+        self._call_hook(step, "committed")
+        return SagaResult(run.order.sf_order_id, OrderState.WAITING, step, retry_after=outcome.retry_after)
+
+    # --- endings ---------------------------------------------------------------------------------
+    async def _park(self, run: Run, step: Step, outcome: Park) -> SagaResult:
+        self._stop(run, step, StepStatus.PARKED, OrderState.PARKED, outcome.code, outcome.message)
+        if run.was != (OrderState.PARKED, outcome.code):  # parked again for the same reason: say it once
+            order = run.order
+            update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False)
+            await self._send_update(run, update)
+            parked = OrderParked(
+                **_outcome_ids(order), error_code=outcome.code, error_message=outcome.message, step=step
+            )
+            await self._publisher.send(Topic.FULFILLMENT_OUTCOME, parked, run.trigger.cause)
+        return await self._end(run, step, outcome.code)
+
+    async def _fail(self, run: Run, step: Step, outcome: Fail) -> SagaResult:
+        self._stop(run, step, StepStatus.FAILED, OrderState.FAILED, outcome.code, outcome.message)
+        for undone in outcome.compensated:
+            run.step(undone).status = StepStatus.COMPENSATED
+            run.note("compensated", undone, by=step)
+        order = run.order
+        revert = reverts_status(order.order_type)
+        update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=revert)
+        await self._send_update(run, update)
+        failed = OrderFulfillmentFailed(
+            **_outcome_ids(order), error_code=outcome.code, error_message=outcome.message, step=step
+        )
+        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, failed, run.trigger.cause)
+        return await self._end(run, step, outcome.code, *outcome.compensated)
+
+    async def _finish(self, run: Run) -> SagaResult:
+        order = run.order
+        order.state, order.current_step, order.finished_at = OrderState.FULFILLED, None, self._clock()
+        order.error_code = order.error_message = None
+        services = [int(s) for s in run.ids(Step.WHMCS_CREATE).get("service_ids", [])]
+        fulfilled = OrderFulfilled(
+            **_outcome_ids(order), whmcs_order_id=order.whmcs_order_id or 0, whmcs_service_ids=services
+        )
+        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, fulfilled, run.trigger.cause)
+        run.note("fulfilled", whmcs_order_id=order.whmcs_order_id, duration_s=_seconds(order.created_at, self._clock()))
+        await run.save(claim=run.trigger.claim)
+        log.info("order_fulfilled", sf_order_id=order.sf_order_id, whmcs_order_id=order.whmcs_order_id)
+        return SagaResult(order.sf_order_id, OrderState.FULFILLED)
+
+    def _stop(self, run: Run, step: Step, status: StepStatus, state: OrderState, code: ErrorCode, msg: str) -> None:
+        rec = run.step(step)
+        rec.status, rec.finished_at = status, self._clock()
+        rec.last_error_code, rec.last_error_message = code, msg
+        run.order.state, run.order.error_code, run.order.error_message = state, code, msg
+        run.note(state.value, step, code=code, message=msg)
+
+    async def _end(self, run: Run, step: Step, code: ErrorCode, *also: Step) -> SagaResult:
+        await run.save(step, *also, claim=run.trigger.claim)
+        log.info(f"order_{run.order.state}", sf_order_id=run.order.sf_order_id, step=step, code=code)
+        return SagaResult(run.order.sf_order_id, run.order.state, step, code)
+
+    async def _send_update(self, run: Run, update: DomainEvent) -> None:
+        await self._publisher.send(Topic.SF_WRITEBACK, update, run.trigger.cause)
+
+    def _call_hook(self, step: Step, phase: str) -> None:
+        if self._hook is not None:
+            self._hook(step, phase)
+
+
+def _wanted(record: SagaRecord | None, trigger: Trigger) -> bool:
+    """Should this trigger run the order? Resume-only triggers need a matching state; a wake-up is
+    stale unless the order is still running, or waiting on exactly this wake-up."""
+    state = record.order.state if record else None
+    if trigger.only_if is not None and state not in trigger.only_if:
+        return False
+    if not trigger.wakeup or state == OrderState.RUNNING:
+        return True
+    if record is None or state != OrderState.WAITING or record.order.current_step is None:
+        return False
+    waiting = record.steps.get(record.order.current_step)
+    return (
+        waiting is not None and trigger.cause is not None and waiting.external_ids.get("wakeup_id") == trigger.cause.id
+    )
+
+
+def _outcome_ids(order: SagaOrder) -> dict[str, Any]:
+    return {
+        "sf_order_id": order.sf_order_id,
+        "sf_account_id": order.sf_account_id,
+        "whmcs_client_id": order.whmcs_client_id,
+    }
+
+
+def _seconds(start: datetime | None, end: datetime) -> float | None:
+    return round((end - start).total_seconds(), 3) if start else None

@@ -1,0 +1,298 @@
+"""The fulfillment saga's steps and message handlers (``fleet run fulfillment``).
+
+Owns what each step does against Salesforce, id_mappings, WHMCS and Freebit, and why repeating it
+is safe: every step either only reads, sets absolute values, or looks for its own earlier result
+before creating anything. Must not persist state, sleep, or write Salesforce statuses directly: the
+saga (``workers.fulfillment.saga``) records outcomes and publishes ``UpdateSalesforceRecord``
+commands; Salesforce is called here only to re-read the order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from adapters.freebit.port import DUPLICATE_ACCOUNT, FreebitAccount
+from adapters.saga_store import InboxClaim
+from events.billing import PaymentMethodChanged
+from events.errors import RejectedByUpstream, RetryableError
+from events.salesforce import OrderActivationRequested, SimActivationRequested
+from events.topics import Topic
+from workers.fulfillment import writeback
+from workers.fulfillment.model import Done, ErrorCode, Fail, OrderState, Outcome, Park, Skipped, Step, Wait
+from workers.fulfillment.plan import SimSpec, build_plan, sim_identity
+from workers.fulfillment.policy import poll_delay
+from workers.fulfillment.run import Publisher, Run, Trigger
+from workers.fulfillment.saga import Saga
+from workers.fulfillment.wakeup import WAKEUP_SOURCE
+
+if TYPE_CHECKING:
+    from adapters.freebit.port import FreebitPort
+    from adapters.mappings import IdMappingsPort
+    from adapters.saga_store import SagaStore
+    from adapters.salesforce.port import SalesforcePort
+    from adapters.whmcs.port import WhmcsOrder, WhmcsPort
+    from workers.runtime.message import Message
+
+log = structlog.get_logger(__name__)
+
+SIM_CANDIDATES = 8  # numbers tried before giving up when other orders already hold them
+
+
+# --- steps: common -------------------------------------------------------------------------------
+async def validate_order(run: Run, *, salesforce: SalesforcePort) -> Outcome:
+    # Reads only: the order is re-read on every attempt, so a fixed Product2 mapping is picked up.
+    order = await salesforce.get_order(run.order.sf_order_id)
+    plan = build_plan(order, await salesforce.get_order_items(order.id))
+    if isinstance(plan, Fail):
+        return plan
+    run.order.plan = plan.model_dump(mode="json")
+    run.order.order_type = plan.order_type
+    run.order.sf_account_id = plan.sf_account_id or run.order.sf_account_id
+    return Done({"order_type": plan.order_type.value, "lines": len(plan.lines)})
+
+
+async def resolve_whmcs_client(run: Run, *, mappings: IdMappingsPort) -> Outcome:
+    # Reads only (the portal owns id_mappings).
+    account = run.order.sf_account_id
+    rows = await mappings.for_sf_account(account) if account else []
+    if not rows:
+        message = f"Salesforce Account {account} has no WHMCS client in id_mappings"
+        return Fail(ErrorCode.WHMCS_CLIENT_NOT_MAPPED, message)
+    run.order.whmcs_client_id = rows[0].whmcs_client_id
+    return Done({"whmcs_client_id": rows[0].whmcs_client_id})
+
+
+async def check_payment_method(run: Run, *, whmcs: WhmcsPort) -> Outcome:
+    # Reads only; parking is undone by PaymentMethodChanged for this client (resume_parked_orders).
+    client_id = _client(run)
+    methods = await whmcs.list_pay_methods(client_id)
+    if not methods:
+        message = f"WHMCS client {client_id} has no payment method; fulfillment resumes when one is added"
+        return Park(ErrorCode.PAYMENT_METHOD_MISSING, message)
+    return Done({"paymethod_ids": [m.paymethod_id for m in methods]})
+
+
+# --- steps: Freebit (SIM orders) -----------------------------------------------------------------
+async def register_sim(run: Run, *, freebit: FreebitPort, store: SagaStore) -> Outcome:
+    # The number is committed before Freebit is called, and Freebit is asked about it before a
+    # registration is submitted: a crash after an earlier submit finds the account, not a gap.
+    sim, ids = _sim(run), await _reserve_sim_identity(run, store)
+    if ids is None:
+        return Fail(ErrorCode.FREEBIT_REGISTRATION_FAILED, "no free SIM number for this order")
+    existing = await freebit.account_detail(ids["account"])
+    if existing is None or existing.state == "cancelled":
+        try:
+            await _submit_registration(freebit, sim, ids)
+        except RejectedByUpstream as exc:
+            if exc.code != DUPLICATE_ACCOUNT:
+                raise
+        existing = await freebit.account_detail(ids["account"])
+    if existing is not None and not _ours(existing, sim, ids):
+        return Fail(ErrorCode.FREEBIT_REGISTRATION_FAILED, f"Freebit account {ids['account']} belongs to another SIM")
+    return Done({"account": ids["account"], "submitted": True})
+
+
+async def confirm_sim(run: Run, *, freebit: FreebitPort, max_wait_s: float) -> Outcome:
+    # PA03-02 is a read; the wait is a scheduled wake-up, never a sleep (see wakeup.py).
+    account = run.ids(Step.SIM_REGISTER)["account"]
+    current = await _look(run, Step.SIM_CONFIRM, freebit, account)
+    if current is not None and current.state == "active":
+        return Done({"account": account, "serial_number": current.serial_number, "eid": current.eid})
+    if current is not None and current.state == "cancelled":
+        message = f"Freebit account {account} was cancelled before its registration completed"
+        return Fail(ErrorCode.FREEBIT_REGISTRATION_FAILED, message)
+    return _wait_or_time_out(run, Step.SIM_CONFIRM, max_wait_s, f"the registration of {account}")
+
+
+async def add_voice_options(run: Run, *, freebit: FreebitPort, max_wait_s: float) -> Outcome:
+    # Options are a set at Freebit: re-submitting the same ones is harmless, so one submit per
+    # attempt window (a window restarts when a timed-out order is resumed) and then poll.
+    sim, account = _sim(run), run.ids(Step.SIM_REGISTER)["account"]
+    if not sim.wants_voice:
+        return Skipped("no voice options ordered")
+    current = await _look(run, Step.SIM_VOICE, freebit, account)
+    if current is not None and (current.voice_mail, current.call_waiting) == (sim.voice_mail, sim.call_waiting):
+        return Done({"voice_mail": sim.voice_mail, "call_waiting": sim.call_waiting})
+    if not _submitted_in_window(run, Step.SIM_VOICE):
+        await freebit.add_voice_options(account, voice_mail=sim.voice_mail, call_waiting=sim.call_waiting)
+        await run.remember(Step.SIM_VOICE, submitted_at=run.clock().isoformat())
+    return _wait_or_time_out(run, Step.SIM_VOICE, max_wait_s, f"the voice options of {account}")
+
+
+# --- steps: WHMCS --------------------------------------------------------------------------------
+async def create_whmcs_order(run: Run, *, whmcs: WhmcsPort) -> Outcome:
+    # AddOrder is not idempotent: look for this order's marker first, because a crash between
+    # AddOrder and our commit leaves an order we never recorded. A cancelled one (our compensation)
+    # does not count.
+    plan, client_id = run.plan, _client(run)
+    marker = f"sfOrderId={plan.sf_order_id}"
+    existing = await _existing_order(whmcs, client_id, marker, plan.sf_whmcs_order_id)
+    if existing is not None:
+        order_id, service_ids, adopted = existing.order_id, existing.service_ids, True
+    else:
+        added = await whmcs.add_order(client_id, [line.order_line() for line in plan.lines], notes=marker)
+        order_id, service_ids, adopted = added.order_id, added.service_ids, False
+    run.order.whmcs_order_id = order_id
+    return Done({"whmcs_order_id": order_id, "service_ids": list(service_ids), "adopted": adopted})
+
+
+async def accept_whmcs_order(run: Run, *, whmcs: WhmcsPort) -> Outcome:
+    # AcceptOrder of an already Active order succeeds, so a repeat is harmless. A refusal means
+    # the pending order was cancelled or flagged in WHMCS: compensate by cancelling what is left
+    # and forgetting it, so the next activation request creates a clean one.
+    order_id = run.order.whmcs_order_id
+    assert order_id is not None, "whmcs_create records the order id"
+    try:
+        await whmcs.accept_order(order_id)
+    except RejectedByUpstream as exc:
+        await _cancel_quietly(whmcs, order_id)
+        run.order.whmcs_order_id = None
+        message = f"WHMCS refused to accept order {order_id} ({exc.code}); it was cancelled and will be re-created"
+        return Fail(ErrorCode.WHMCS_ORDER_REJECTED, message, compensated=(Step.WHMCS_CREATE,))
+    return Done({"whmcs_order_id": order_id})
+
+
+async def write_sim_fields(run: Run, *, whmcs: WhmcsPort) -> Outcome:
+    # UpdateClientProduct sets values (not appends): writing them twice leaves the same service.
+    sim, confirmed = _sim(run), run.ids(Step.SIM_CONFIRM)
+    service_id = int(run.ids(Step.WHMCS_CREATE)["service_ids"][sim.service_line])
+    values = {
+        "SIM Number": confirmed.get("account", ""),
+        "Serial Number": confirmed.get("serial_number", ""),
+        "EID": confirmed.get("eid", "") or sim.eid,
+    }
+    fields = {name: str(value) for name, value in values.items() if value}
+    await whmcs.update_service_custom_fields(service_id, fields)
+    return Done({"service_id": service_id, "fields": sorted(fields)})
+
+
+# --- step: Salesforce write-back -----------------------------------------------------------------
+async def write_back_to_salesforce(run: Run, *, publisher: Publisher) -> Outcome:
+    # Commands carry absolute values, so a re-sent command (crash before this step committed)
+    # makes the sf-writer write the same fields again.
+    created = run.ids(Step.WHMCS_CREATE)
+    updates = writeback.fulfilled(
+        run.order.sf_order_id, run.plan.lines, int(created["whmcs_order_id"]), created["service_ids"]
+    )
+    for update in updates:
+        await publisher.send(Topic.SF_WRITEBACK, update, run.trigger.cause)
+    return Done({"commands": len(updates)})
+
+
+# --- message handlers ----------------------------------------------------------------------------
+async def fulfill_order(event: OrderActivationRequested | SimActivationRequested, msg: Message, *, saga: Saga) -> None:
+    """Start, resume or poll the order's saga: as far as it can go now."""
+    envelope = msg.envelope
+    trigger = Trigger(
+        event.sf_order_id,
+        reason="wakeup" if envelope.source == WAKEUP_SOURCE else event.TYPE,
+        sf_account_id=event.sf_account_id,
+        claim=inbox_claim(msg),
+        cause=envelope,
+        wakeup=envelope.source == WAKEUP_SOURCE,
+    )
+    result = await saga.handle(trigger)
+    log.info("fulfillment_handled", sf_order_id=event.sf_order_id, state=result.state, step=result.step)
+
+
+async def resume_parked_orders(event: PaymentMethodChanged, msg: Message, *, saga: Saga, store: SagaStore) -> None:
+    """A pay method of this client changed: its parked orders try the payment gate again.
+
+    No inbox row: a duplicate finds the orders no longer parked (or re-reads the gate), which is
+    the idempotency this fan-out needs."""
+    for sf_order_id in await store.parked_for_client(event.whmcs_client_id):
+        only_parked = frozenset({OrderState.PARKED})
+        await saga.handle(Trigger(sf_order_id, reason=event.TYPE, cause=msg.envelope, only_if=only_parked))
+
+
+def inbox_claim(msg: Message) -> InboxClaim:
+    return InboxClaim(
+        msg.group, msg.event_id, msg.event_type, msg.source_topic, msg.source_partition, msg.source_offset
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _client(run: Run) -> int:
+    client_id = run.order.whmcs_client_id
+    assert client_id is not None, "resolve_client runs before every WHMCS step"
+    return client_id
+
+
+def _sim(run: Run) -> SimSpec:
+    sim = run.plan.sim
+    assert sim is not None, "SIM steps run only for SIM orders"
+    return sim
+
+
+async def _reserve_sim_identity(run: Run, store: SagaStore) -> dict[str, Any] | None:
+    ids = run.ids(Step.SIM_REGISTER)
+    if "account" in ids:
+        return ids
+    sim = _sim(run)
+    for salt in range(SIM_CANDIDATES):
+        account, serial = sim_identity(run.order.sf_order_id, salt)
+        if await store.reserve_sim_account(run.order.sf_order_id, account):
+            run.order.sim_account = account
+            serial = serial if sim.kind == "physical" else ""
+            await run.remember(Step.SIM_REGISTER, account=account, serial_number=serial, eid=sim.eid)
+            return run.ids(Step.SIM_REGISTER)
+    return None
+
+
+async def _submit_registration(freebit: FreebitPort, sim: SimSpec, ids: dict[str, Any]) -> None:
+    if sim.kind == "esim":
+        await freebit.register_esim(ids["account"], eid=sim.eid, plan_code=sim.plan_code)
+    else:
+        await freebit.register_physical_sim(ids["account"], serial_number=ids["serial_number"], plan_code=sim.plan_code)
+
+
+def _ours(account: FreebitAccount, sim: SimSpec, ids: dict[str, Any]) -> bool:
+    """Is the Freebit account this order's SIM (and not someone else's number)?"""
+    if sim.kind == "esim":
+        return account.sim_kind == "esim" and account.eid == sim.eid
+    return account.sim_kind == "physical" and account.serial_number == ids["serial_number"]
+
+
+async def _look(run: Run, step: Step, freebit: FreebitPort, account: str) -> FreebitAccount | None:
+    """PA03-02 while waiting: a look that fails transiently is a look without an answer, so the order
+    keeps waiting (its deadline still runs) instead of spending the wake-up's retries on a read."""
+    try:
+        return await freebit.account_detail(account)
+    except RetryableError as exc:
+        run.note("poll_failed", step, error=exc.code, message=str(exc)[:200])
+        return None
+
+
+def _wait_or_time_out(run: Run, step: Step, max_wait_s: float, what: str) -> Outcome:
+    rec, now = run.step(step), run.clock()
+    waited = (now - (rec.started_at or now)).total_seconds()
+    if waited >= max_wait_s:
+        return Fail(ErrorCode.FREEBIT_TIMEOUT, f"Freebit did not complete {what} within {max_wait_s:.0f} s")
+    return Wait(poll_delay(rec.attempts, max_wait_s - waited))
+
+
+def _submitted_in_window(run: Run, step: Step) -> bool:
+    submitted, started = run.ids(step).get("submitted_at"), run.step(step).started_at
+    return bool(submitted and started and datetime.fromisoformat(submitted) >= started)
+
+
+async def _existing_order(
+    whmcs: WhmcsPort, client_id: int, marker: str, sf_whmcs_order_id: int | None
+) -> WhmcsOrder | None:
+    found = await whmcs.find_order_by_note(client_id, marker)
+    if found is not None and found.status != "Cancelled":
+        return found
+    if sf_whmcs_order_id is None:  # Salesforce already names an order (fulfilled before the fleet ran)
+        return None
+    orders = await whmcs.find_orders(client_id)
+    return next((o for o in orders if o.order_id == sf_whmcs_order_id and o.status != "Cancelled"), None)
+
+
+async def _cancel_quietly(whmcs: WhmcsPort, order_id: int) -> None:
+    try:
+        await whmcs.cancel_order(order_id)  # idempotent: an already Cancelled order succeeds
+    except RejectedByUpstream:
+        log.warning("whmcs_order_not_cancellable", whmcs_order_id=order_id)  # e.g. Fraud: staff decide
