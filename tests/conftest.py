@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 try:  # the local-stack fixtures (real Kafka, Redis, Postgres) for integration and e2e tests
     from tests.stack_fixtures import *  # noqa: F403
@@ -25,3 +26,11 @@ def clean_environ() -> Iterator[None]:
         for key in [k for k in os.environ if k.startswith("FLEET_")]:
             del os.environ[key]
         os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    """A test that configures logging (level, renderer, stream) must not leak it into the next one."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
