@@ -1,0 +1,58 @@
+"""The fleet on one screen: `fleet run --list` shows every route; a route without handlers says so."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from events.salesforce import OrderChanged
+from events.topics import GROUP_SOURCES, ConsumerGroup, retry_topic
+from workers.cli import main
+from workers.routes import ROUTES, RouteSpec
+from workers.runtime import Message, Route
+
+
+def test_every_consumer_group_has_a_route_reading_its_sources() -> None:
+    assert {spec.group for spec in ROUTES.values()} == set(ConsumerGroup)
+    for spec in ROUTES.values():
+        assert spec.topics == GROUP_SOURCES[spec.group]
+
+
+def test_run_list_prints_groups_topics_and_failure_topics() -> None:
+    result = CliRunner().invoke(main, ["run", "--list"])
+    assert result.exit_code == 0, result.output
+    for spec in ROUTES.values():
+        assert f"{spec.name}  [" in result.output
+        assert f"group={spec.group}" in result.output
+        assert retry_topic(spec.group, 1) in result.output
+
+
+def test_running_a_route_without_handlers_says_so() -> None:
+    result = CliRunner().invoke(main, ["run", "fulfillment"])
+    assert result.exit_code == 1
+    assert "has no handlers yet" in result.output
+
+
+async def _handle(event: OrderChanged, msg: Message) -> None:
+    return None
+
+
+def bind_for_test(deps: object) -> dict[type, object]:
+    return {OrderChanged: _handle}
+
+
+def test_a_spec_binds_its_handlers_into_a_runnable_route() -> None:
+    spec = RouteSpec(
+        "t",
+        ConsumerGroup.CACHE_INVALIDATOR,
+        GROUP_SOURCES[ConsumerGroup.CACHE_INVALIDATOR],
+        bind=f"{__name__}:bind_for_test",
+    )
+    route = spec.route(deps=None)
+    assert isinstance(route, Route) and route.handled_types == {OrderChanged.TYPE: (OrderChanged, _handle)}
+    assert route.consumed_topics()[-2:] == (
+        retry_topic(ConsumerGroup.CACHE_INVALIDATOR, 1),
+        retry_topic(ConsumerGroup.CACHE_INVALIDATOR, 2),
+    )
+    with pytest.raises(LookupError):
+        ROUTES["sf-writer"].route(deps=None)

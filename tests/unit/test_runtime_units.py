@@ -1,0 +1,365 @@
+"""The runtime's pure parts: offset tracking, retry decisions, failure headers, the circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+
+import pytest
+
+from events import failure as fh
+from events.errors import InvalidPayload, RateLimited, RejectedByUpstream, UpstreamUnavailable
+from workers.runtime.breaker import BreakerConfig, CircuitBreaker, State
+from workers.runtime.failure import (
+    FailedRecord,
+    FailureInfo,
+    dead_letter_headers,
+    error_class,
+    iso_utc,
+    original_headers,
+    retry_record_headers,
+    target_partition,
+    truncate_head,
+    truncate_tail,
+)
+from workers.runtime.offsets import OffsetTracker
+from workers.runtime.policy import RetryPolicy, Verdict
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+# --- offsets ---------------------------------------------------------------------------------
+
+
+def test_in_order_completion_commits_one_past_the_last_done() -> None:
+    t = OffsetTracker()
+    t.received([5, 6, 7])
+    t.done(5)
+    t.done(6)
+    assert t.committable == 7
+    assert t.first_not_done == 7
+    assert t.pending == 1
+
+
+def test_out_of_order_completion_waits_for_the_gap_to_close() -> None:
+    """A later record done first moves nothing: committing it would skip the earlier one on a crash."""
+    t = OffsetTracker()
+    t.received([0, 1, 2, 3])
+    t.done(2)
+    t.done(3)
+    assert t.committable is None
+    t.done(0)
+    assert t.committable == 1
+    t.done(1)
+    assert t.committable == 4
+    assert t.pending == 0
+
+
+def test_offsets_with_gaps_commit_one_past_the_last_received_done() -> None:
+    """Compaction and transaction markers leave holes; the tracker follows what it was given."""
+    t = OffsetTracker()
+    t.received([10, 13, 20])
+    t.done(10)
+    t.done(13)
+    assert t.committable == 14
+    t.done(20)
+    assert t.committable == 21
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+def policy(**kw: object) -> RetryPolicy:
+    options: dict[str, object] = {
+        "attempts": 3,
+        "backoff_initial_s": 0.2,
+        "backoff_max_s": 5.0,
+        "tier_delays_ms": (5_000, 30_000),
+    }
+    options.update(kw)
+    return RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_permanent_errors_skip_every_retry_tier() -> None:
+    assert policy().decide(InvalidPayload("bad"), tier=0).verdict is Verdict.DEAD_LETTER
+    assert policy().decide(RejectedByUpstream("no"), tier=1).verdict is Verdict.DEAD_LETTER
+
+
+def test_transient_errors_climb_the_tiers_then_dead_letter() -> None:
+    p = policy()
+    first = p.decide(UpstreamUnavailable("down"), tier=0)
+    assert (first.verdict, first.tier, first.delay_s) == (Verdict.RETRY_TOPIC, 1, 5.0)
+    second = p.decide(UpstreamUnavailable("down"), tier=1)
+    assert (second.verdict, second.tier, second.delay_s) == (Verdict.RETRY_TOPIC, 2, 30.0)
+    assert p.decide(UpstreamUnavailable("down"), tier=2).verdict is Verdict.DEAD_LETTER
+
+
+def test_unclassified_exceptions_count_as_transient() -> None:
+    assert policy().decide(KeyError("x"), tier=0).verdict is Verdict.RETRY_TOPIC
+
+
+def test_retry_after_longer_than_the_tier_delay_wins() -> None:
+    decision = policy().decide(RateLimited("slow down", retry_after=120), tier=0)
+    assert decision.delay_s == 120
+
+
+def test_without_dead_letters_transient_blocks_and_permanent_drops() -> None:
+    p = policy(dead_letter=False, tier_delays_ms=())
+    assert p.decide(UpstreamUnavailable("down"), tier=0).verdict is Verdict.BLOCK
+    assert p.decide(InvalidPayload("bad"), tier=0).verdict is Verdict.DROP
+
+
+async def test_in_place_attempts_back_off_with_jitter_and_stop_at_the_limit() -> None:
+    clock = FakeClock()
+    calls: list[int] = []
+
+    async def call(n: int) -> None:
+        calls.append(n)
+        raise UpstreamUnavailable("down")
+
+    error, made = await policy().run_in_place(call, UpstreamUnavailable("first"), sleep=clock.sleep)
+    assert isinstance(error, UpstreamUnavailable)
+    assert made == 3 and calls == [2, 3]
+    assert len(clock.sleeps) == 2
+    assert 0.2 <= clock.sleeps[0] <= 0.4 and 0.4 <= clock.sleeps[1] <= 0.6  # initial*2^(n-1) + jitter
+
+
+async def test_in_place_success_after_a_transient_error() -> None:
+    clock = FakeClock()
+
+    async def call(n: int) -> None:
+        return None
+
+    error, made = await policy().run_in_place(call, UpstreamUnavailable("blip"), sleep=clock.sleep)
+    assert error is None and made == 2
+
+
+async def test_retry_after_is_the_in_place_wait_when_short() -> None:
+    clock = FakeClock()
+
+    async def call(n: int) -> None:
+        return None
+
+    await policy().run_in_place(call, RateLimited("429", retry_after=1.5), sleep=clock.sleep)
+    assert clock.sleeps == [1.5]
+
+
+async def test_retry_after_beyond_the_in_place_cap_stops_waiting_in_place() -> None:
+    """A long Retry-After belongs on a retry topic: the partition moves on instead of holding."""
+    clock = FakeClock()
+
+    async def call(n: int) -> None:
+        raise AssertionError("must not be called")
+
+    error, made = await policy().run_in_place(call, RateLimited("429", retry_after=60), sleep=clock.sleep)
+    assert isinstance(error, RateLimited) and made == 1 and clock.sleeps == []
+
+
+async def test_permanent_error_is_not_retried_in_place() -> None:
+    clock = FakeClock()
+
+    async def call(n: int) -> None:
+        raise AssertionError("must not be called")
+
+    error, made = await policy().run_in_place(call, InvalidPayload("bad"), sleep=clock.sleep)
+    assert isinstance(error, InvalidPayload) and made == 1
+
+
+async def test_cancellation_propagates_and_is_never_retried() -> None:
+    clock = FakeClock()
+
+    async def call(n: int) -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await policy().run_in_place(call, UpstreamUnavailable("blip"), sleep=clock.sleep)
+
+
+# --- failure headers -------------------------------------------------------------------------
+
+
+def _raised(exc: Exception) -> Exception:
+    try:
+        raise exc
+    except Exception as caught:
+        return caught
+
+
+SOURCE = FailedRecord(
+    topic="sf.order.v1",
+    partition=3,
+    offset=42,
+    timestamp=1_700_000_000_123,
+    key=b"8015g00000000001AA",
+    value=b'{"a":1}',
+    headers=(("ce_id", b"id-1"), ("ce_type", b"t"), ("custom", b"\x00\xff")),
+)
+
+
+def test_dead_letter_headers_keep_the_original_ones_first_and_add_provenance() -> None:
+    info = FailureInfo(_raised(RejectedByUpstream("no such product", code="E42")), "handle", 3, 100.0, 101.5)
+    headers = dead_letter_headers(SOURCE, dict(SOURCE.headers), group="fleet.g", failure=info)
+    assert headers[:3] == [("ce_id", b"id-1"), ("ce_type", b"t"), ("custom", b"\x00\xff")]
+    h = dict(headers)
+    assert h[fh.SOURCE_TOPIC] == b"sf.order.v1"
+    assert h[fh.SOURCE_PARTITION] == b"3"
+    assert h[fh.SOURCE_OFFSET] == b"42"
+    assert h[fh.SOURCE_TIMESTAMP] == b"1700000000123"
+    assert h[fh.SOURCE_GROUP] == b"fleet.g"
+    assert h[fh.ATTEMPTS] == b"3"
+    assert h[fh.ERROR_CLASS] == b"events.errors.RejectedByUpstream"
+    assert h[fh.ERROR_CODE] == b"E42"
+    assert h[fh.ERROR_MESSAGE] == b"no such product code=E42"
+    assert b"RejectedByUpstream: no such product" in h[fh.ERROR_STACKTRACE]
+    assert h[fh.ERROR_STAGE] == b"handle"
+    assert h[fh.FIRST_FAILED_AT] == iso_utc(100.0).encode() == b"1970-01-01T00:01:40.000Z"
+    assert h[fh.LAST_FAILED_AT] == b"1970-01-01T00:01:41.500Z"
+    assert h[fh.REPLAY_COUNT] == b"0"
+    assert set(h) - {"ce_id", "ce_type", "custom"} == set(fh.PROVENANCE)
+
+
+def test_a_record_failing_again_keeps_its_origin_and_accumulates_attempts() -> None:
+    info1 = FailureInfo(_raised(UpstreamUnavailable("down")), "handle", 3, 100.0, 101.0)
+    hop1 = retry_record_headers(SOURCE, dict(SOURCE.headers), group="g", failure=info1, tier=1, not_before_ms=106_000)
+    on_retry = FailedRecord("g.retry.1", 0, 7, 1_700_000_999_000, SOURCE.key, SOURCE.value, hop1)
+    info2 = FailureInfo(_raised(UpstreamUnavailable("still down")), "handle", 2, 200.0, 201.0)
+    hop2 = dict(dead_letter_headers(on_retry, dict(hop1), group="g", failure=info2))
+    assert hop2[fh.SOURCE_TOPIC] == b"sf.order.v1"
+    assert hop2[fh.SOURCE_PARTITION] == b"3"
+    assert hop2[fh.SOURCE_OFFSET] == b"42"
+    assert hop2[fh.SOURCE_TIMESTAMP] == b"1700000000123"
+    assert hop2[fh.ATTEMPTS] == b"5"
+    assert hop2[fh.FIRST_FAILED_AT] == iso_utc(100.0).encode()
+    assert hop2[fh.LAST_FAILED_AT] == iso_utc(201.0).encode()
+    assert hop2[fh.ERROR_MESSAGE] == b"still down"
+    assert fh.NOT_BEFORE not in hop2 and fh.RETRY_TIER not in hop2
+    # the earlier hop's headers are replaced, never duplicated
+    names = [n for n, _ in dead_letter_headers(on_retry, dict(hop1), group="g", failure=info2)]
+    assert len(names) == len(set(names))
+
+
+def test_a_replayed_dead_letter_keeps_its_replay_count_and_job() -> None:
+    replayed = dict(SOURCE.headers) | {fh.REPLAY_COUNT: b"2", fh.REPLAY_JOB: b"job-7", fh.ATTEMPTS: b"4"}
+    info = FailureInfo(_raised(InvalidPayload("bad")), "handle", 1, 1.0, 1.0)
+    h = dict(dead_letter_headers(SOURCE, replayed, group="g", failure=info))
+    assert h[fh.REPLAY_COUNT] == b"2" and h[fh.REPLAY_JOB] == b"job-7" and h[fh.ATTEMPTS] == b"5"
+
+
+def test_retry_headers_schedule_the_tier() -> None:
+    info = FailureInfo(_raised(UpstreamUnavailable("down")), "handle", 3, 1.0, 2.0)
+    h = dict(retry_record_headers(SOURCE, dict(SOURCE.headers), group="g", failure=info, tier=2, not_before_ms=99))
+    assert h[fh.RETRY_TIER] == b"2" and h[fh.NOT_BEFORE] == b"99"
+
+
+def test_truncation_keeps_valid_utf8_and_the_useful_end() -> None:
+    assert truncate_head("é" * 10, 5).decode() == "éé"
+    tail = truncate_tail("x" * 100 + "KeyError: 'boom'", 30)
+    assert len(tail) <= 30 and tail.startswith(b"...\n") and tail.endswith(b"KeyError: 'boom'")
+
+
+def test_error_class_is_fully_qualified_except_builtins() -> None:
+    assert error_class(KeyError()) == "KeyError"
+    assert error_class(UpstreamUnavailable("x")) == "events.errors.UpstreamUnavailable"
+
+
+def test_target_partition_is_the_source_partition_modulo_the_target_count() -> None:
+    assert target_partition({}, SOURCE, 2) == 1
+    assert target_partition({fh.SOURCE_PARTITION: b"7"}, SOURCE, 4) == 3
+    assert target_partition({}, SOURCE, None) is None
+
+
+def test_original_headers_drop_only_fleet_failure_headers() -> None:
+    headers = [("ce_id", b"1"), (fh.ATTEMPTS, b"3"), ("x", b"y"), (fh.NOT_BEFORE, b"5")]
+    assert original_headers(headers) == [("ce_id", b"1"), ("x", b"y")]
+
+
+def test_stack_trace_header_names_the_failing_frame() -> None:
+    exc = _raised(ValueError("boom"))
+    info = FailureInfo(exc, "handle", 1, 1.0, 1.0)
+    h = dict(dead_letter_headers(SOURCE, {}, group="g", failure=info))
+    assert h[fh.ERROR_STACKTRACE].decode().strip().endswith("ValueError: boom")
+    assert "_raised" in h[fh.ERROR_STACKTRACE].decode()
+    assert traceback  # imported for readers: the header is traceback.format_exception output
+
+
+# --- circuit breaker -------------------------------------------------------------------------
+
+
+def breaker(clock: FakeClock, **kw: object) -> CircuitBreaker:
+    return CircuitBreaker(BreakerConfig(**kw), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+
+
+def test_breaker_needs_a_full_window_before_it_judges() -> None:
+    b = breaker(FakeClock())
+    assert not any(b.record_failure("E") for _ in range(9))
+    assert b.record_failure("E") is True and b.state is State.OPEN and b.trips == 1
+
+
+def test_a_poison_message_among_successes_does_not_trip_it() -> None:
+    b = breaker(FakeClock())
+    for i in range(40):
+        if i % 4 == 0:
+            assert b.record_failure("Poison") is False
+        else:
+            b.record_success()
+    assert b.closed
+
+
+def test_different_error_classes_do_not_add_up() -> None:
+    b = breaker(FakeClock())
+    for i in range(20):
+        assert b.record_failure("A" if i % 2 else "B") is False
+    assert b.closed
+
+
+async def test_open_breaker_lets_one_trial_through_after_the_cooldown_and_closes_on_success() -> None:
+    clock = FakeClock()
+    b = breaker(clock, cooldown_s=30)
+    for _ in range(10):
+        b.record_failure("E")
+    assert b.state is State.OPEN
+    waiter = asyncio.create_task(b.admit())
+    trial = await b.admit()
+    assert trial is True and b.state is State.HALF_OPEN and clock.now >= 1_700_000_030
+    await asyncio.sleep(0)
+    assert not waiter.done()  # only one trial at a time
+    b.record_success()
+    assert b.closed
+    assert await waiter is False
+
+
+async def test_failed_trial_reopens_with_a_longer_cooldown() -> None:
+    clock = FakeClock()
+    b = breaker(clock, cooldown_s=10, max_cooldown_s=15)
+    for _ in range(10):
+        b.record_failure("E")
+    assert await b.admit() is True
+    assert b.record_failure("E") is True and b.state is State.OPEN
+    start = clock.now
+    assert await b.admit() is True
+    assert clock.now - start == pytest.approx(15)  # doubled, capped
+    assert b.trips == 1
+
+
+async def test_released_trial_goes_to_the_next_waiter() -> None:
+    clock = FakeClock()
+    b = breaker(clock, cooldown_s=1)
+    for _ in range(10):
+        b.record_failure("E")
+    assert await b.admit() is True
+    waiter = asyncio.create_task(b.admit())
+    await asyncio.sleep(0)
+    b.release_trial()
+    assert await waiter is True

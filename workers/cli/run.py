@@ -1,0 +1,68 @@
+"""`fleet run`: list the workers of the fleet, or run one of them until SIGTERM/SIGINT.
+
+Owns argument parsing and printing. Must not hold the loop: the worker is ``workers.runtime``,
+the routes are ``workers.routes``, the dependencies come from ``workers.bootstrap``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from events.topics import dlq_topic, retry_topic
+from workers.cli._context import Context, pass_ctx, run_async
+from workers.routes import ROUTES, RouteSpec
+
+
+@click.group(name="run", invoke_without_command=True)
+@click.option("--list", "list_routes", is_flag=True, help="Print the routes table and exit.")
+@click.pass_context
+def group(click_ctx: click.Context, list_routes: bool) -> None:
+    """Run one worker of the fleet (`fleet run <name>`), or list them (`fleet run --list`)."""
+    if list_routes:
+        _print_table(click_ctx.find_object(Context))
+    elif click_ctx.invoked_subcommand is None:
+        click.echo(click_ctx.get_help())
+
+
+def _print_table(ctx: Context | None) -> None:
+    tiers = len(ctx.settings.runtime.retry_tier_delays_ms) if ctx is not None else 2
+    for spec in ROUTES.values():
+        state = "ready" if spec.bind else "no handlers yet"
+        click.echo(f"{spec.name}  [{state}]  group={spec.group}")
+        click.echo(f"    reads: {', '.join(spec.topics)}")
+        failure = [retry_topic(spec.group, i + 1) for i in range(tiers)] + [dlq_topic(spec.group)]
+        click.echo(f"    failures: {', '.join(failure) if spec.dead_letter else 'retried in place (no DLQ)'}")
+        for event_type, handler in spec.handlers.items():
+            click.echo(f"    {event_type} -> {handler}")
+        if spec.description:
+            click.echo(f"    {spec.description}")
+
+
+def _run_command(spec: RouteSpec) -> click.Command:
+    @click.command(name=spec.name, help=f"Run the {spec.name} worker (group {spec.group}).")
+    @pass_ctx
+    def command(ctx: Context) -> None:
+        if spec.bind is None:
+            click.echo(f"fleet: route {spec.name} has no handlers yet (see workers/routes.py)", err=True)
+            sys.exit(1)
+        run_async(_serve(ctx, spec))
+
+    return command
+
+
+async def _serve(ctx: Context, spec: RouteSpec) -> None:
+    from workers.bootstrap import bootstrap
+    from workers.runtime import serve, stop_on_signals
+
+    settings = ctx.settings
+    stop = asyncio.Event()
+    stop_on_signals(stop)  # SIGTERM / SIGINT: stop fetching, drain, commit, leave the group
+    async with bootstrap(settings) as deps:
+        await serve(spec.route(deps), settings, stop, pool=deps.pool)
+
+
+for _spec in ROUTES.values():
+    group.add_command(_run_command(_spec))

@@ -1,0 +1,201 @@
+"""Batch-handler mode: one handler call for the consecutive records of a partition, one outcome per record.
+
+For handlers whose upstream takes many records per request (the sf-writer: 200 records per
+sObject Collections call). A ``BatchHandler`` in a route's dispatch table makes the worker's
+partition loop hand it the head record plus the buffered records right behind it that the same
+handler takes (up to ``max_batch``; on a retry tier only those already due), then finish each
+record in offset order exactly as a single record is finished:
+
+* ``None`` → done;
+* an exception → the worker's own failure path for that record alone (in-place attempts through
+  the handler as a batch of one, then retry tiers, then the dead letter; the circuit breaker
+  counts it), so one refused record never takes its neighbours with it;
+* ``Defer(error)`` → neither done nor failed: the record moves to the next retry tier at once (the
+  dead letter after the last), with no in-place attempt and without counting against the circuit
+  breaker. For records a handler chose not to process yet (the API budget governor), which must
+  neither hold the partition nor make the breaker pause the records it does process.
+
+Commits stay contiguous: a record is marked done only once finished, in offset order, so the
+committed offset never passes a record whose copy Kafka has not acknowledged. Cancellation
+(shutdown, revocation) leaves the unfinished records uncommitted: they are redelivered.
+
+Owns the batch loop only; must not hold business rules. The worker's hook is one ``isinstance``
+check in ``Worker._partition_loop``; this module reaches into the worker's own helpers
+(``_failed``, ``_move``, the dispatch table) so failure handling has one implementation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import ValidationError
+from structlog.contextvars import bind_contextvars
+
+from events import failure as fh
+from events.envelope import check_binary_headers
+from events.errors import FleetError, InvalidPayload
+from events.failure import Stage
+from workers.runtime.consumer import ConsumerRecord
+from workers.runtime.failure import FailureInfo
+from workers.runtime.message import Message, header_int
+from workers.runtime.policy import Verdict
+
+if TYPE_CHECKING:
+    from workers.runtime.worker import Worker, _Partition
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Outcome: move this record on to the next retry tier now; ``error`` (retryable) names why in
+    the failure headers and, after the last tier, in the dead letter."""
+
+    error: FleetError
+
+
+Outcome = BaseException | Defer | None
+BatchFn = Callable[[Sequence[Message]], Awaitable[Sequence[Outcome]]]
+
+
+class BatchHandler:
+    """A route handler that takes a batch. Also a plain ``Handler``: a call with one record is a
+    batch of one (in-place retries and every non-batch caller use that), raising its error."""
+
+    def __init__(self, fn: BatchFn, *, max_batch: int = 200) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.fn = fn
+        self.max_batch = max_batch
+
+    async def __call__(self, event: Any, msg: Message) -> None:
+        (outcome,) = await self.handle_batch([msg])
+        if isinstance(outcome, Defer):
+            raise outcome.error
+        if outcome is not None:
+            raise outcome
+
+    async def handle_batch(self, msgs: Sequence[Message]) -> list[Outcome]:
+        outcomes = list(await self.fn(msgs))
+        if len(outcomes) != len(msgs):
+            raise RuntimeError(f"batch handler returned {len(outcomes)} outcomes for {len(msgs)} records")
+        return outcomes
+
+
+Entry = tuple[ConsumerRecord, dict[str, bytes | None], Message]
+
+
+async def run_batch(worker: Worker, st: _Partition, head: Entry, handler: BatchHandler) -> None:
+    """Handle ``head`` (the partition's first buffered record, decoded) and the records behind it."""
+    entries = [head, *_followers(worker, st, handler)]
+    bind_contextvars(offset=head[0].offset, event_id=None, event_type=head[2].event_type, key=None)
+    trial = False if worker.breaker.closed else await worker.breaker.admit()
+    started = st.busy_since = time.perf_counter()
+    try:
+        outcomes = await handler.handle_batch([msg for _, _, msg in entries])
+    except Exception as exc:  # the batch call itself failed: every record takes the failure path
+        outcomes = [exc] * len(entries)
+    finally:
+        st.busy_since = None
+    elapsed = time.perf_counter() - started
+    try:
+        for (rec, h, msg), outcome in zip(entries, outcomes, strict=True):
+            st.stats.observe(elapsed)
+            key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+            bind_contextvars(offset=rec.offset, event_id=msg.event_id, correlation_id=msg.correlation_id, key=key)
+            if outcome is None:
+                st.stats.processed += 1
+                worker.breaker.record_success()
+                trial = False  # a success closes a half-open breaker
+            elif isinstance(outcome, Defer):
+                await _defer(worker, st, rec, h, msg, handler, outcome)
+            else:
+                await worker._failed(st, rec, h, msg, handler, _exception(outcome), trial)
+                trial = False  # _failed settled the trial
+            _finish(worker, st, rec)
+    finally:
+        if trial:
+            worker.breaker.release_trial()
+
+
+def _followers(worker: Worker, st: _Partition, handler: BatchHandler) -> list[Entry]:
+    """The buffered records right behind the head that ``handler`` takes and that are due now."""
+    out: list[Entry] = []
+    now_ms = worker._clock() * 1000
+    for rec in itertools.islice(st.buffer, 1, handler.max_batch):
+        h: dict[str, bytes | None] = dict(rec.headers)
+        if st.tier and header_int(h, fh.NOT_BEFORE) > now_ms:
+            break  # not due yet: the loop waits for it as a head record
+        msg = _decode(worker, st, rec, h, handler)
+        if msg is None:
+            break  # undecodable, skipped or another handler's: the loop takes it as usual
+        out.append((rec, h, msg))
+    return out
+
+
+def _decode(
+    worker: Worker, st: _Partition, rec: ConsumerRecord, h: dict[str, bytes | None], handler: BatchHandler
+) -> Message | None:
+    """The record as a Message when ``handler`` takes it and it decodes; None leaves it to the loop
+    (which dead-letters, skips or dispatches it exactly as without batching)."""
+    try:
+        event_type = check_binary_headers(h)
+        entry = worker._table.get(event_type)
+        if entry is None or entry[1] is not handler:
+            return None
+        event = entry[0].model_validate_json(rec.value if rec.value is not None else b"")
+    except (InvalidPayload, ValidationError):
+        return None
+    return Message(
+        event=event,
+        group=worker.route.group,
+        topic=st.topic,
+        partition=st.partition,
+        offset=rec.offset,
+        timestamp=rec.timestamp,
+        key=rec.key,
+        value=rec.value,
+        headers=rec.headers,
+        header_map=h,
+        event_type=event_type,
+        tier=st.tier,
+        attempts=header_int(h, fh.ATTEMPTS) + 1 if st.tier else 1,
+    )
+
+
+async def _defer(
+    worker: Worker,
+    st: _Partition,
+    rec: ConsumerRecord,
+    h: dict[str, bytes | None],
+    msg: Message,
+    handler: BatchHandler,
+    outcome: Defer,
+) -> None:
+    decision = worker.policy.decide(outcome.error, st.tier)
+    if decision.verdict not in (Verdict.RETRY_TOPIC, Verdict.DEAD_LETTER):
+        # a route without dead letters cannot move records: the usual failure path blocks instead
+        await worker._failed(st, rec, h, msg, handler, outcome.error, False)
+        return
+    now = worker._clock()
+    await worker._move(st, rec, h, decision, FailureInfo(outcome.error, Stage.HANDLE, 1, now, now))
+
+
+def _finish(worker: Worker, st: _Partition, rec: ConsumerRecord) -> None:
+    """What the loop does after a record (``Worker._partition_loop``'s tail), for one batch member."""
+    assert st.buffer and st.buffer[0] is rec, "batch records finish in buffer order"
+    st.tracker.done(rec.offset)
+    st.buffer.popleft()
+    worker._done_since_commit += 1
+    if st.paused and len(st.buffer) <= worker._low_water and "buffer_full" in st.paused:
+        worker._resume(st, "buffer_full")
+
+
+def _exception(outcome: BaseException) -> Exception:
+    # the loop's failure path takes Exceptions; a BaseException outcome (never expected) is wrapped
+    return outcome if isinstance(outcome, Exception) else RuntimeError(repr(outcome))

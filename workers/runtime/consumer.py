@@ -1,0 +1,117 @@
+"""The consumer side of Kafka for the runtime: the small aiokafka API subset the loop uses, and its factory.
+
+Owns the consumer configuration every worker shares: manual commits only (``enable_auto_commit=False``:
+the worker commits the offsets whose records are done), ``earliest`` for a new group (a new worker
+must not silently skip what was produced before it first joined), ``read_committed`` (never act on
+an aborted transactional write) and timeouts from ``KafkaSettings``. Must not consume or commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped]
+
+from workers.config import KafkaSettings
+
+__all__ = [
+    "ConsumerPort",
+    "ConsumerRebalanceListener",
+    "ConsumerRecord",
+    "TopicPartition",
+    "build_consumer",
+    "consumer_options",
+    "partition_counter",
+]
+
+
+class ConsumerPort(Protocol):
+    """The part of ``AIOKafkaConsumer`` the worker uses (``workers.runtime.testing.FakeConsumer`` too)."""
+
+    def subscribe(self, topics: Iterable[str] = (), pattern: str | None = None, listener: Any = None) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord]]: ...
+
+    def pause(self, *partitions: TopicPartition) -> None: ...
+
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+    def paused(self) -> set[TopicPartition]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+
+
+def consumer_options(kafka: KafkaSettings, group: str, **overrides: Any) -> dict[str, Any]:
+    """The ``AIOKafkaConsumer`` keyword arguments of a worker of ``group``; tests override timeouts.
+
+    ``rebalance_timeout_ms`` defaults to the session timeout (aiokafka's default): how long the group
+    waits for members to rejoin, so the worker's bounded wait for in-flight records on revocation
+    must stay well below it (``revoke_grace_s`` below).
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap,
+        "client_id": f"{kafka.client_id}-{group}",
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "rebalance_timeout_ms": kafka.session_timeout_ms,
+        "request_timeout_ms": max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5_000),
+        "max_poll_records": 1_000,
+        # aiokafka keeps one fetch in flight per broker: while some partitions wait (paused, or
+        # their prefetched batch not yet drained) that fetch may long-poll idle ones (the retry
+        # tiers) for this long, delaying everything behind it. Short = small stalls, cheap idle polls.
+        "fetch_max_wait_ms": 100,
+    }
+    options.update(overrides)
+    return options
+
+
+def revoke_grace_s(options: Mapping[str, Any], shutdown_grace_s: float) -> float:
+    """How long revocation may wait for in-flight records: half the rebalance timeout at most, so the
+    member rejoins in time and is not expelled (which would make its final commit fail)."""
+    rebalance_ms = options.get("rebalance_timeout_ms") or options.get("session_timeout_ms") or 10_000
+    return max(0.1, min(shutdown_grace_s, float(rebalance_ms) / 2000))
+
+
+def build_consumer(
+    kafka: KafkaSettings,
+    group: str,
+    topics: Iterable[str] = (),
+    listener: ConsumerRebalanceListener | None = None,
+    **overrides: Any,
+) -> AIOKafkaConsumer:
+    """An unstarted consumer of ``group`` (call inside the running loop). ``Worker.run`` subscribes
+    it to the route's topics with its own rebalance listener when ``topics`` is empty."""
+    consumer = AIOKafkaConsumer(**consumer_options(kafka, group, **overrides))
+    topics = tuple(topics)
+    if topics:
+        consumer.subscribe(topics, listener=listener)
+    return consumer
+
+
+def partition_counter(producer: AIOKafkaProducer) -> Callable[[str], Awaitable[int | None]]:
+    """Partition counts of failure topics from the producer's metadata (a DLQ is not subscribed,
+    so the consumer does not know it): ``Worker(partitions_for=partition_counter(aioproducer))``."""
+
+    async def count(topic: str) -> int | None:
+        partitions = await producer.partitions_for(topic)
+        return len(partitions) if partitions else None
+
+    return count
