@@ -7,8 +7,7 @@ path of a function that takes the ``workers.bootstrap.Deps`` and returns the rou
 (event class → bound handler). The delivery policy (retry tiers, dead letters) is the runtime's,
 from ``RuntimeSettings``, unless a spec overrides it.
 
-Handler tables are filled by the issues that build each flow; a spec without ``bind`` is listed
-but cannot run yet.
+``INGRESS`` lists the two bridges from outside into Kafka (they produce; they consume nothing).
 """
 
 from __future__ import annotations
@@ -63,19 +62,70 @@ ROUTES: dict[str, RouteSpec] = {
             "fulfillment",
             ConsumerGroup.FULFILLMENT,
             GROUP_SOURCES[ConsumerGroup.FULFILLMENT],
+            handlers={
+                "fleet.order.activation-requested.v1": "saga: run the order to its next wait or its end",
+                "fleet.order.sim-activation-requested.v1": "saga: Freebit registration, then billing",
+                "fleet.billing.payment-method-changed.v1": "saga: resume the client's parked orders",
+            },
+            bind="workers.handlers:fulfillment_route",
             description="order/SIM activation saga: WHMCS order, Freebit SIM, Salesforce write-back",
         ),
         RouteSpec(
             "sf-writer",
             ConsumerGroup.SF_WRITER,
             GROUP_SOURCES[ConsumerGroup.SF_WRITER],
-            description="batched Salesforce record updates (sObject Collections)",
+            handlers={"fleet.salesforce.update-record.v1": "coalesce, then PATCH /composite/sobjects (≤200)"},
+            bind="workers.handlers.sf_writer:bind_from_deps",
+            description="batched Salesforce record updates (sObject Collections) under an API budget",
         ),
         RouteSpec(
             "cache-invalidator",
             ConsumerGroup.CACHE_INVALIDATOR,
             GROUP_SOURCES[ConsumerGroup.CACHE_INVALIDATOR],
+            handlers={
+                "fleet.billing.*-changed.v1": "UNLINK the user's invoice/service/pay-method/profile keys",
+                "fleet.order.changed.v1": "UNLINK the account's order keys (customer-facing fields only)",
+                "fleet.fulfillment.*.v1": "UNLINK order keys (+ subscriptions/invoices when fulfilled)",
+                "fleet.catalog.changed.v1": "UNLINK catalog entries that embed the product (dependency sets)",
+                "fleet.account.eligibility-changed.v1": "UNLINK the account's eligibility key",
+            },
+            bind="workers.handlers.cache:bind_from_deps",
             description="portal Redis cache busting on every customer-facing change",
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class IngressSpec:
+    """An ingress worker: not a consumer group but a bridge from outside into Kafka."""
+
+    name: str
+    writes: tuple[Topic, ...]
+    #: ``"module:function"``: ``async function(settings, stop) -> None``
+    entry: str
+    description: str = ""
+
+
+INGRESS: dict[str, IngressSpec] = {
+    spec.name: spec
+    for spec in (
+        IngressSpec(
+            "sf-cdc",
+            (Topic.SF_ORDER, Topic.SF_CATALOG, Topic.SF_ACCOUNT, Topic.SF_RESYNC, Topic.INGRESS_DLQ),
+            "workers.ingress.sf_cdc:serve",
+            "Salesforce CDC (CometD) → domain events; replay id checkpointed after the Kafka ack",
+        ),
+        IngressSpec(
+            "whmcs-webhooks",
+            (Topic.WHMCS_BILLING,),
+            "workers.ingress.webhook_server:serve",
+            "signed WHMCS webhooks (POST /webhooks/whmcs) → domain events; 2xx only after the Kafka ack",
+        ),
+    )
+}
+
+
+def import_entry(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -13,7 +13,7 @@ import click
 
 from events.topics import dlq_topic, retry_topic
 from workers.cli._context import Context, pass_ctx, run_async
-from workers.routes import ROUTES, RouteSpec
+from workers.routes import INGRESS, ROUTES, IngressSpec, RouteSpec, import_entry
 
 
 @click.group(name="run", invoke_without_command=True)
@@ -39,6 +39,10 @@ def _print_table(ctx: Context | None) -> None:
             click.echo(f"    {event_type} -> {handler}")
         if spec.description:
             click.echo(f"    {spec.description}")
+    for ingress in INGRESS.values():
+        click.echo(f"{ingress.name}  [ingress]")
+        click.echo(f"    writes: {', '.join(ingress.writes)}")
+        click.echo(f"    {ingress.description}")
 
 
 def _run_command(spec: RouteSpec) -> click.Command:
@@ -64,5 +68,25 @@ async def _serve(ctx: Context, spec: RouteSpec) -> None:
         await serve(spec.route(deps), settings, stop, pool=deps.pool)
 
 
+def _ingress_command(spec: IngressSpec) -> click.Command:
+    @click.command(name=spec.name, help=f"Run the {spec.name} ingress worker.")
+    @pass_ctx
+    def command(ctx: Context) -> None:
+        run_async(_serve_ingress(ctx, spec))
+
+    return command
+
+
+async def _serve_ingress(ctx: Context, spec: IngressSpec) -> None:
+    from workers.runtime import stop_on_signals
+
+    settings = ctx.settings
+    stop = asyncio.Event()
+    stop_on_signals(stop)  # SIGTERM / SIGINT: stop accepting, finish in-flight work, checkpoint
+    await import_entry(spec.entry)(settings, stop)
+
+
 for _spec in ROUTES.values():
     group.add_command(_run_command(_spec))
+for _ingress in INGRESS.values():
+    group.add_command(_ingress_command(_ingress))
