@@ -1,0 +1,428 @@
+"""Runtime benchmark: records/s of our consume runtime against a raw aiokafka consumer and faust-streaming.
+
+    python -m bench.runtime_bench [--records 200000] [--size 500] [--out bench/results/runtime.json]
+
+One fresh topic (4 partitions) is filled once with N CloudEvents-binary records of a real event type
+(``fleet.order.changed.v1``, value ~``--size`` bytes), then three consumers read all of it, each in a
+fresh subprocess (no shared loop, caches or GC), each from the earliest offset in a fresh group:
+
+  a. raw    aiokafka ``AIOKafkaConsumer`` with auto-commit and ``getmany``; touches each record, no work
+  b. runtime  ``workers.runtime.serve`` with a no-op handler: decode + validate headers and payload into
+             the event model, dispatch, at-least-once commits (manual, after handling), health server
+  c. faust  a faust-streaming agent (``value_serializer="raw"``) iterating its stream with a no-op body;
+             faust acks each event and commits on its own timer (at-least-once)
+
+Each child reports three times: start (before the consumer is built), first record, last (N-th)
+record. ``rate`` = N / (last - first) excludes the group join; ``wall_rate`` = N / (last - start)
+includes it. With ``--repeat R`` the variants run interleaved R times; the report keeps every run's
+rate, the best (``ratios``) and the median (``ratios_of_medians``). Ratios b/a and b/c use ``rate``.
+Results, with machine info, go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "results" / "runtime.json"
+PARTITIONS = 4
+VARIANTS = ("raw", "runtime", "faust")
+TARGETS = {"b_over_a": 0.7, "b_over_c": 1.5}
+#: group-join tuning shared by every variant (infra-notes: small timeouts; the broker has no initial delay)
+SESSION_TIMEOUT_MS, HEARTBEAT_MS, REBALANCE_TIMEOUT_MS = 6_000, 500, 5_000
+
+
+# --- the data ------------------------------------------------------------------------------------
+
+
+def make_record(i: int, size: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Record ``i``: an ``OrderChanged`` envelope whose JSON value is about ``size`` bytes."""
+    from events.base import to_envelope
+    from events.envelope import to_record
+    from events.salesforce import OrderChanged
+
+    order_id = f"801{i % 5_000:015d}"
+    base = OrderChanged(sf_order_id=order_id, changed_fields=["Status"], change={"pad": ""})
+    pad = max(0, size - len(base.model_dump_json(exclude_defaults=False)) - 1)
+    event = base.model_copy(update={"change": {"pad": "x" * pad}})
+    return to_record(to_envelope(event, source="/bench/runtime", id=f"bench-{i}"))
+
+
+async def fill_topic(bootstrap: str, topic: str, n: int, size: int) -> dict[str, Any]:
+    """Create ``topic`` and produce ``n`` records round-robin over its partitions; returns sizes."""
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+
+    from adapters.kafka import ensure_topics
+    from events.topics import TopicSpec
+
+    await ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, 6 * 3_600_000)])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        template = [make_record(i, size) for i in range(min(n, 5_000))]
+        pending = []
+        for i in range(n):
+            key, value, headers = template[i % len(template)]
+            headers = [(h, f"bench-{i}".encode() if h == "ce_id" else v) for h, v in headers]
+            pending.append(await producer.send(topic, value=value, key=key, headers=headers, partition=i % PARTITIONS))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    key, value, headers = template[0]
+    return {
+        "value_bytes": len(value),
+        "header_bytes": sum(len(h) + len(v) for h, v in headers),
+        "key_bytes": len(key),
+        "produce_s": round(time.perf_counter() - started, 2),
+    }
+
+
+# --- the variants (each runs in its own child process) --------------------------------------------
+
+
+class Clock:
+    """Start, first and last record times of one variant (perf_counter seconds)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def saw(self, count: int = 1) -> bool:
+        """Count ``count`` records; True once all N were seen."""
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.seen += count
+        if self.seen >= self.n and self.last is None:
+            self.last = time.perf_counter()
+        return self.last is not None
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        assert self.first is not None and self.last is not None
+        timed = self.last - self.first
+        wall = self.last - self.start
+        return {
+            "records": self.seen,
+            "join_s": round(self.first - self.start, 3),
+            "timed_s": round(timed, 3),
+            "wall_s": round(wall, 3),
+            "rate": round(self.n / timed, 1),
+            "wall_rate": round(self.n / wall, 1),
+            **extra,
+        }
+
+
+async def run_raw(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    clock = Clock(n)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=True,
+        auto_offset_reset="earliest",
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_MS,
+        rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+    )
+    await consumer.start()
+    try:
+        done = False
+        while not done:
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for _record in records:  # "see" every record, do nothing with it
+                    done = clock.saw()
+    finally:
+        await consumer.stop()
+    return clock.result(config="aiokafka defaults, getmany, enable_auto_commit=True")
+
+
+async def run_runtime(bootstrap: str, topic: str, n: int, group: str) -> dict[str, Any]:
+    """``group``'s retry tiers were created by the parent well before, as in production (a topic created
+    right before subscribing can miss the first metadata and cost a rebalance inside the timed window)."""
+    from events.salesforce import OrderChanged
+    from workers.config import load_settings
+    from workers.runtime import Message, Route, serve
+    from workers.runtime.worker import Tuning
+
+    settings = _bench_settings(load_settings(env_file=None), bootstrap)
+    stop = asyncio.Event()
+    clock = Clock(n)
+
+    async def noop(event: OrderChanged, msg: Message) -> None:
+        if clock.saw():
+            stop.set()
+
+    route = Route("bench", group, (topic,), handlers={OrderChanged: noop})
+    await serve(route, settings, stop, tuning=Tuning())
+    stopped = time.perf_counter()
+    assert clock.last is not None
+    return clock.result(
+        shutdown_s=round(stopped - clock.last, 3),
+        config="workers.runtime.serve, production Tuning(), no Postgres pool (no inbox), dead letters on",
+    )
+
+
+def _bench_settings(settings: Any, bootstrap: str) -> Any:
+    kafka = settings.kafka.model_copy(
+        update={"bootstrap": bootstrap, "session_timeout_ms": SESSION_TIMEOUT_MS, "heartbeat_interval_ms": HEARTBEAT_MS}
+    )
+    return settings.model_copy(update={"kafka": kafka})
+
+
+def run_faust(bootstrap: str, topic: str, n: int, max_poll_records: int | None) -> dict[str, Any]:
+    import faust
+
+    clock = Clock(n)
+    result: dict[str, Any] = {}
+    stopping: list[asyncio.Future[None]] = []
+    app = faust.App(
+        f"bench-faust-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=PARTITIONS,
+        topic_disable_leader=True,  # no extra leader topic to create and join
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=SESSION_TIMEOUT_MS / 1000,
+        broker_heartbeat_interval=HEARTBEAT_MS / 1000,
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_MS / 1000,
+        broker_max_poll_records=max_poll_records,
+        stream_wait_empty=False,
+    )
+    source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(source)
+    async def noop(stream: Any) -> None:
+        async for _value in stream:
+            if clock.saw() and not result:
+                result.update(clock.result(config=f"faust agent, broker_max_poll_records={max_poll_records}"))
+                stopping.append(asyncio.ensure_future(worker.stop()))  # leave the group, then exit the loop
+
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    if not result:
+        raise RuntimeError("faust stopped before it saw every record")
+    return result
+
+
+# --- orchestration --------------------------------------------------------------------------------
+
+
+def run_child(variant: str, bootstrap: str, topic: str, n: int, timeout_s: float, extra: list[str]) -> dict[str, Any]:
+    """One variant in a fresh interpreter; it writes its JSON result to a file (faust owns the terminal)."""
+    out = Path(tempfile.mkstemp(prefix=f"bench-{variant}-", suffix=".json")[1])
+    cmd = [sys.executable, "-m", "bench.runtime_bench", "--variant", variant, "--bootstrap", bootstrap]
+    cmd += ["--topic", topic, "--records", str(n), "--result-file", str(out), *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env["FLEET_LOG__LEVEL"] = "WARNING"
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        text = out.read_text()
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f}s"}
+    finally:
+        out.unlink(missing_ok=True)
+    if proc.returncode != 0 or not text:
+        return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}"}
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def machine_info(bootstrap: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "aiokafka": metadata.version("aiokafka"),
+        "faust_streaming": metadata.version("faust-streaming"),
+        "bootstrap": bootstrap,
+    }
+    try:
+        from workers.stack.kafka import kafka_version
+
+        info["kafka"] = kafka_version()
+    except Exception as exc:  # only informational; a foreign broker has no pom here
+        info["kafka"] = f"unknown ({type(exc).__name__})"
+    return info
+
+
+def ratios(results: dict[str, dict[str, Any]], field: str) -> dict[str, float | None]:
+    def rate(name: str) -> float | None:
+        value = results.get(name, {}).get(field)
+        return float(value) if value else None
+
+    a, b, c = rate("raw"), rate("runtime"), rate("faust")
+    return {
+        "b_over_a": round(b / a, 3) if a and b else None,
+        "b_over_c": round(b / c, 3) if b and c else None,
+    }
+
+
+async def _create_group_topics(bootstrap: str, groups: list[str]) -> list[str]:
+    from adapters.kafka import ensure_topics
+    from events.topics import group_topics
+
+    created = []
+    for group in groups:
+        created += await ensure_topics(bootstrap, group_topics(group))
+    await asyncio.sleep(1.0)  # let the broker's metadata settle before a consumer subscribes
+    return created
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t in names]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    bootstrap = args.bootstrap or _stack_bootstrap()
+    machine = machine_info(bootstrap)
+    topic = f"bench.runtime.{uuid.uuid4().hex[:8]}"
+    print(f"filling {topic} with {args.records} records of ~{args.size} bytes on {bootstrap} ...", flush=True)
+    data = asyncio.run(fill_topic(bootstrap, topic, args.records, args.size))
+    groups = [f"bench-runtime-{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
+    created = asyncio.run(_create_group_topics(bootstrap, groups))
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+    try:
+        # Interleaved (a b c a b c ...): drift on a shared machine hits every variant alike.
+        for round_ in range(args.repeat):
+            for variant in args.variants:
+                child = _child_args(variant, args, groups)
+                runs[variant].append(run_child(variant, bootstrap, topic, args.records, args.timeout, child))
+                print(f"  [{round_ + 1}/{args.repeat}] {variant:8} {_describe(runs[variant][-1])}", flush=True)
+    finally:
+        if not args.keep:
+            asyncio.run(delete_topics(bootstrap, [topic, *created]))
+    results = {variant: summarize_runs(r) for variant, r in runs.items()}
+    for variant, result in results.items():
+        print(f"  {variant:8} best {_describe(result)}; median {result.get('median_rate')}", flush=True)
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench.runtime_bench " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "workload": {"records": args.records, "record_size_target": args.size, "partitions": PARTITIONS, **data},
+        "results": results,
+        "ratios": ratios(results, "rate"),
+        "ratios_of_medians": ratios(results, "median_rate"),
+        "targets": TARGETS,
+        "method": __doc__,
+    }
+
+
+def _child_args(variant: str, args: argparse.Namespace, groups: list[str]) -> list[str]:
+    """Per run: faust's poll size; for the runtime a fresh group whose retry topics already exist."""
+    if variant == "faust":
+        return ["--faust-max-poll-records", str(args.faust_max_poll_records)]
+    if variant == "runtime":
+        return ["--group", groups.pop()]
+    return []
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run (each was a fresh process and group), plus every run's rate and their median."""
+    ok = [r for r in runs if "rate" in r]
+    if not ok:
+        return runs[-1]
+    best = dict(max(ok, key=lambda r: r["rate"]))
+    best["all_rates"] = [r.get("rate") for r in runs]
+    best["median_rate"] = round(statistics.median(r["rate"] for r in ok), 1)
+    return best
+
+
+def _describe(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"FAILED: {result['error'][:300]}"
+    return (
+        f"{result['rate']:>10,.0f} msg/s  (wall incl. join {result['wall_rate']:,.0f} msg/s, join {result['join_s']} s)"
+    )
+
+
+def _stack_bootstrap() -> str:
+    from workers.config import STACK_ENV_FILE, load_settings
+
+    return load_settings(env_file=ROOT / STACK_ENV_FILE).kafka.bootstrap
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    if args.variant == "raw":
+        result = asyncio.run(run_raw(args.bootstrap, args.topic, args.records))
+    elif args.variant == "runtime":
+        result = asyncio.run(run_runtime(args.bootstrap, args.topic, args.records, args.group))
+    else:
+        mpr = args.faust_max_poll_records or None
+        result = run_faust(args.bootstrap, args.topic, args.records, mpr)
+    Path(args.result_file).write_text(json.dumps(result))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--records", type=int, default=200_000, help="N records (smoke: 5000)")
+    p.add_argument("--size", type=int, default=500, help="target value size in bytes")
+    p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS), help="raw,runtime,faust")
+    p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per variant run")
+    p.add_argument("--faust-max-poll-records", type=int, default=0, help="0 = faust's default (unbounded)")
+    p.add_argument("--bootstrap", help="default: the local stack's (FLEET_KAFKA__BOOTSTRAP / .fleet/stack.env)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--keep", action="store_true", help="keep the benchmark topic")
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--topic", help=argparse.SUPPRESS)
+    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    p.add_argument("--group", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.variant:
+        run_variant(args)
+        return
+    report = orchestrate(args)
+    for label, r in (("best", report["ratios"]), ("median", report["ratios_of_medians"])):
+        print(f"{label:6}: b/a = {r['b_over_a']} (target >= {TARGETS['b_over_a']})", end=", ")
+        print(f"b/c = {r['b_over_c']} (target >= {TARGETS['b_over_c']})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""``fleet dlq replay``: re-send selected dead letters into the failed group's own retry path.
+
+Owns the replay job: lock, audit, in-doubt resolution, selection, pacing, produce, progress.
+Must not produce to a shared source topic: other groups read it and already succeeded, so the copy
+goes to ``<group>.retry.1``, which only the failed group consumes (or, past the loop guard, to
+``<group>.parked``, which nobody consumes).
+
+Why a replay is never sent twice, even when the process is killed:
+1. one job per group at a time (a Postgres advisory lock that dies with the connection);
+2. every copy's progress row is committed as 'sending' BEFORE the produce and as 'done' after the
+   broker acknowledged it (idempotent producer, acks=all), so a re-run skips 'done' records;
+3. a row still 'sending' belongs to a job that died between the two; the next job reads the target
+   partition from ``scan_from`` (its end offset before that job sent anything) looking for a copy
+   with that job's ``replay_job`` header and the row's fingerprint: found → 'done', not found → the
+   row is forgotten and the record is selectable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from adapters.db import migrate
+from adapters.kafka import durable_producer
+from events import failure as fh
+from events.topics import dlq_topic, parked_topic, retry_topic
+from workers.dlq import audit, store
+from workers.dlq.filters import Filter
+from workers.dlq.models import DeadLetter, Header, fingerprint
+from workers.dlq.ratelimit import TokenBucket, Unlimited
+from workers.dlq.reader import TopicReader
+from workers.dlq.selection import (
+    DEFERRED_BY_LIMIT,
+    FILTERED_OUT,
+    PARKED,
+    PURGED_HIDDEN,
+    REPLAYED,
+    SELECTED,
+    SKIPPED_ALREADY_REPLAYED,
+    Action,
+    Selector,
+    action_headers,
+    plan_action,
+)
+
+log = structlog.get_logger()
+
+CLIENT_ID = "fleet-dlq-replay"
+CHUNK_MAX = 200  # copies per produce round (one progress transaction before, one after)
+ACK_TIMEOUT_S = 60.0
+IN_DOUBT_CONFIRMED = "in_doubt_confirmed"
+IN_DOUBT_REQUEUED = "in_doubt_requeued"
+IN_DOUBT_PENDING = "in_doubt_pending"  # dry run only: rows the next real run will check
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    group: str
+    filt: Filter
+    operator: str
+    max_replays: int
+    limit: int | None = None
+    dry_run: bool = False
+    again: bool = False
+    rate: float | None = None
+
+
+class ReplayListener(Protocol):
+    """How the CLI follows a job (progress bar, dry-run listing); every method may be a no-op."""
+
+    def planned(self, actions: Sequence[Action]) -> None: ...
+
+    def sent(self, count: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    job_id: UUID
+    dry_run: bool
+    actions: list[Action]
+    counts: dict[str, int]
+
+
+def summary_counts(counts: Counter[str]) -> dict[str, int]:
+    """Every counter of the summary, zeros included, so the printed and logged shapes never vary."""
+    names = (REPLAYED, PARKED, SKIPPED_ALREADY_REPLAYED, FILTERED_OUT, PURGED_HIDDEN, DEFERRED_BY_LIMIT)
+    extra = sorted(set(counts) - set(names) - {SELECTED})
+    return {name: counts.get(name, 0) for name in (*names, *extra)}
+
+
+async def replay(bootstrap: str, dsn: str, opts: ReplayOptions, listener: ReplayListener) -> ReplayReport:
+    """Run one replay job end to end; its audit row is finished whatever happens."""
+    await migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not opts.dry_run:
+            await audit.lock_group(conn, opts.group)
+        job = audit.Job("replay", opts.group, opts.operator, opts.dry_run, _audit_filters(opts))
+        return await _ReplayJob(conn, job.job_id, bootstrap, opts, listener).run_audited(job)
+    finally:
+        await conn.close()  # also releases the advisory lock
+
+
+class _ReplayJob:
+    def __init__(
+        self, conn: asyncpg.Connection, job_id: UUID, bootstrap: str, opts: ReplayOptions, listener: ReplayListener
+    ) -> None:
+        self.conn, self.job_id, self.bootstrap, self.opts, self.listener = conn, job_id, bootstrap, opts, listener
+        self.group = opts.group
+        self.counts: Counter[str] = Counter()
+
+    async def run_audited(self, job: audit.Job) -> ReplayReport:
+        await audit.start(self.conn, job)
+        status, error = "failed", None
+        try:
+            report = await self.run()
+            status = "completed"
+            return report
+        except asyncio.CancelledError:  # Ctrl-C or SIGTERM: the progress rows already say where we are
+            status = "interrupted"
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            final = summary_counts(self.counts)
+            await audit.finish(self.conn, self.job_id, status, final, error)
+            log.info(
+                "dlq_replay_finished",
+                job_id=str(self.job_id),
+                group=self.group,
+                status=status,
+                dry_run=self.opts.dry_run,
+                **final,
+            )
+
+    async def run(self) -> ReplayReport:
+        partitions, scan_from = await _targets(self.bootstrap, self.group)
+        if self.opts.dry_run:
+            self.counts[IN_DOUBT_PENDING] = len(await store.in_doubt(self.conn, self.group))
+        else:
+            self.counts.update(await resolve_in_doubt(self.conn, self.bootstrap, self.group))
+        selected = await self._select()
+        actions = [
+            plan_action(dl, group=self.group, max_replays=self.opts.max_replays, partitions=partitions)
+            for dl in selected
+        ]
+        self.listener.planned(actions)
+        if self.opts.dry_run:
+            self.counts.update(a.outcome for a in actions)  # what a real run would do now
+        else:
+            await self._send_all(actions, scan_from)
+        return ReplayReport(self.job_id, self.opts.dry_run, actions, summary_counts(self.counts))
+
+    async def _select(self) -> list[DeadLetter]:
+        selector = Selector(
+            self.opts.filt,
+            purged=await store.purged_records(self.conn, self.group),
+            done=set(await store.done_records(self.conn, self.group)),
+            again=self.opts.again,
+            limit=self.opts.limit,
+        )
+        async with TopicReader(self.bootstrap, dlq_topic(self.group), client_id=CLIENT_ID) as reader:
+            async for dl in reader.read():
+                selector.offer(dl)
+        selected = selector.finish()
+        self.counts.update(selector.counts)
+        return selected
+
+    async def _send_all(self, actions: list[Action], scan_from: dict[tuple[str, int], int]) -> None:
+        if not actions:
+            return
+        bucket = TokenBucket(self.opts.rate) if self.opts.rate else Unlimited()
+        producer = durable_producer(self.bootstrap, CLIENT_ID)
+        await producer.start()
+        try:
+            for chunk in _chunks(actions, _chunk_size(self.opts.rate)):
+                for _ in chunk:
+                    await bucket.acquire()
+                await self._send_chunk(producer, chunk, scan_from)
+                self.counts.update(a.outcome for a in chunk)
+                self.listener.sent(len(chunk))
+        finally:
+            await producer.stop()
+
+    async def _send_chunk(self, producer: Any, chunk: list[Action], scan_from: dict[tuple[str, int], int]) -> None:
+        now_ms = int(time.time() * 1000)
+        headers = [action_headers(a, job_id=str(self.job_id), now_ms=now_ms) for a in chunk]
+        rows = [_sending(a, h, scan_from) for a, h in zip(chunk, headers, strict=True)]
+        await store.mark_sending(self.conn, self.group, self.job_id, rows)  # committed before the produce
+        # send() only enqueues, in this order, so the copies of one partition keep their DLQ order.
+        futures = [
+            await producer.send(a.target_topic, key=a.dl.key, value=a.dl.value, headers=h, partition=a.target_partition)
+            for a, h in zip(chunk, headers, strict=True)
+        ]
+        metas = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
+        done = [(a.dl.coordinates, m.offset) for a, m in zip(chunk, metas, strict=True)]
+        await store.mark_done(self.conn, self.group, self.job_id, done)
+
+
+async def _targets(bootstrap: str, group: str) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
+    """Partition counts and current end offsets of both targets; fails early when one is missing."""
+    partitions: dict[str, int] = {}
+    ends: dict[tuple[str, int], int] = {}
+    for topic in (retry_topic(group, 1), parked_topic(group)):
+        async with TopicReader(bootstrap, topic, client_id=CLIENT_ID) as reader:
+            ranges = await reader.ranges()
+        partitions[topic] = len(ranges)
+        ends.update({(topic, p): r.end for p, r in ranges.items()})
+    return partitions, ends
+
+
+def _chunk_size(rate: float | None) -> int:
+    """About a quarter second of copies per round, so an interruption leaves little in doubt."""
+    return CHUNK_MAX if not rate else max(1, min(CHUNK_MAX, int(rate / 4)))
+
+
+def _chunks(actions: list[Action], size: int) -> Iterable[list[Action]]:
+    return (actions[i : i + size] for i in range(0, len(actions), size))
+
+
+def _sending(action: Action, headers: list[Header], scan_from: dict[tuple[str, int], int]) -> store.Sending:
+    return store.Sending(
+        partition=action.dl.partition,
+        offset=action.dl.offset,
+        outcome=action.outcome,
+        event_id=action.dl.event_id,
+        fingerprint=fingerprint(headers),
+        target_topic=action.target_topic,
+        target_partition=action.target_partition,
+        scan_from=scan_from[(action.target_topic, action.target_partition)],
+    )
+
+
+async def resolve_in_doubt(conn: asyncpg.Connection, bootstrap: str, group: str) -> Counter[str]:
+    """Settle the rows a killed job left in 'sending' (see the module docstring, step 3)."""
+    result: Counter[str] = Counter()
+    by_target: dict[tuple[str, int], list[store.InDoubt]] = defaultdict(list)
+    for row in await store.in_doubt(conn, group):
+        by_target[(row.target_topic, row.target_partition)].append(row)
+    for (topic, partition), rows in by_target.items():
+        found = await _copies_on(bootstrap, topic, partition, rows)
+        for row in rows:
+            offsets = found.get((str(row.job_id), row.fingerprint))
+            if offsets:
+                await store.mark_done(conn, group, row.job_id, [((row.partition, row.offset), offsets.pop(0))])
+                result[IN_DOUBT_CONFIRMED] += 1
+            else:
+                await store.forget_sending(conn, group, row)
+                result[IN_DOUBT_REQUEUED] += 1
+    if result:
+        log.info("dlq_replay_in_doubt_resolved", group=group, **result)
+    return result
+
+
+async def _copies_on(
+    bootstrap: str, topic: str, partition: int, rows: list[store.InDoubt]
+) -> dict[tuple[str, str], list[int]]:
+    """Offsets of the copies the in-doubt jobs left on one target partition, by (job id, fingerprint)."""
+    jobs = {str(r.job_id) for r in rows}
+    found: dict[tuple[str, str], list[int]] = defaultdict(list)
+    async with TopicReader(bootstrap, topic, client_id=CLIENT_ID) as reader:
+        async for record in reader.read({partition: min(r.scan_from for r in rows)}):
+            job = record.header(fh.REPLAY_JOB)
+            if job in jobs:
+                found[(job, record.fingerprint())].append(record.offset)
+    return found
+
+
+def _audit_filters(opts: ReplayOptions) -> dict[str, Any]:
+    extra = {"limit": opts.limit, "again": opts.again or None, "rate": opts.rate, "max_replays": opts.max_replays}
+    return {**opts.filt.as_json(), **{k: v for k, v in extra.items() if v is not None}}
