@@ -46,8 +46,7 @@ async def migrate(dsn: str) -> list[str]:
             " version text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         applied = {
-            r["version"]: r["checksum"]
-            for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+            r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
         }
         done: list[str] = []
         for m in load_migrations():
@@ -105,9 +104,7 @@ async def claim_event(
     return bool(status == "INSERT 0 1")
 
 
-async def purge_inbox(
-    pool: asyncpg.Pool, retention: timedelta, batch: int = 1000, max_batches: int = 100
-) -> int:
+async def purge_inbox(pool: asyncpg.Pool, retention: timedelta, batch: int = 1000, max_batches: int = 100) -> int:
     """Delete inbox rows older than ``retention`` in bounded batches (short locks, no bloat spike)."""
     total = 0
     for _ in range(max_batches):

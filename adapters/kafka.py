@@ -69,15 +69,11 @@ class AiokafkaProducer:
     ) -> Delivered:
         try:
             meta = await asyncio.wait_for(
-                self._producer.send_and_wait(
-                    topic, value=value, key=key, headers=list(headers), partition=partition
-                ),
+                self._producer.send_and_wait(topic, value=value, key=key, headers=list(headers), partition=partition),
                 self._timeout_s,
             )
         except (KafkaError, TimeoutError) as exc:
-            raise DependencyUnavailable(
-                f"kafka produce to {topic} failed: {exc!r}", upstream="kafka"
-            ) from exc
+            raise DependencyUnavailable(f"kafka produce to {topic} failed: {exc!r}", upstream="kafka") from exc
         return Delivered(meta.topic, meta.partition, meta.offset)
 
 
@@ -99,9 +95,7 @@ def durable_producer(bootstrap: str, client_id: str, **overrides: object) -> AIO
 class FakeProducer:
     """Records what would have been produced; ``fail_next_with`` makes the next publish raise."""
 
-    records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(
-        default_factory=list
-    )
+    records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
     fail_next_with: Exception | None = None
 
     async def publish(self, topic: str, envelope: Envelope) -> Delivered:
@@ -126,9 +120,7 @@ class FakeProducer:
         return [(k, v, h) for t, k, v, h in self.records if t == topic]
 
 
-async def ensure_topics(
-    bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str = "fleet-admin"
-) -> list[str]:
+async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str = "fleet-admin") -> list[str]:
     """Create the topics that do not exist yet; returns the names created. Idempotent."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=15_000)
     await admin.start()

@@ -154,9 +154,7 @@ def _text(value: bytes | None) -> str:
     return (value or b"").decode("utf-8", errors="replace")
 
 
-def from_record(
-    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]
-) -> Envelope:
+def from_record(key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]) -> Envelope:
     """Decode a binary-mode record; raises ``InvalidPayload`` naming what is wrong."""
     h: Mapping[str, str] = header_map(headers)
     missing = [name for name in REQUIRED_HEADERS if not h.get(name)]

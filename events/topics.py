@@ -73,9 +73,7 @@ DOMAIN_TOPICS: dict[Topic, TopicSpec] = {
     Topic.SF_ACCOUNT: TopicSpec(Topic.SF_ACCOUNT, 2, 7 * DAY_MS, description="Account eligibility"),
     Topic.SF_RESYNC: TopicSpec(Topic.SF_RESYNC, 1, 7 * DAY_MS, description="Resync requests"),
     Topic.WHMCS_BILLING: TopicSpec(Topic.WHMCS_BILLING, 4, 7 * DAY_MS, description="WHMCS webhooks"),
-    Topic.FULFILLMENT_OUTCOME: TopicSpec(
-        Topic.FULFILLMENT_OUTCOME, 4, 14 * DAY_MS, description="Fulfillment outcomes"
-    ),
+    Topic.FULFILLMENT_OUTCOME: TopicSpec(Topic.FULFILLMENT_OUTCOME, 4, 14 * DAY_MS, description="Fulfillment outcomes"),
     Topic.SF_WRITEBACK: TopicSpec(Topic.SF_WRITEBACK, 4, 7 * DAY_MS, description="Salesforce updates"),
     Topic.INGRESS_DLQ: TopicSpec(Topic.INGRESS_DLQ, 1, 30 * DAY_MS, description="Unparseable ingress"),
 }

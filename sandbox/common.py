@@ -104,9 +104,7 @@ class SandboxBase:
         return {}
 
     async def seed(self, body: dict[str, Any]) -> dict[str, Any]:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "seeding not supported"}), content_type="application/json"
-        )
+        raise web.HTTPBadRequest(text=json.dumps({"error": "seeding not supported"}), content_type="application/json")
 
     def reset(self) -> None:
         self.requests.clear()
@@ -172,9 +170,7 @@ class SandboxBase:
         entry.status = response.status
         return response
 
-    async def _apply(
-        self, fault: FaultSpec, endpoint: str, request: web.Request
-    ) -> web.StreamResponse | None:
+    async def _apply(self, fault: FaultSpec, endpoint: str, request: web.Request) -> web.StreamResponse | None:
         if fault.kind == "latency":
             high = fault.latency_max_ms if fault.latency_max_ms is not None else fault.latency_ms
             await asyncio.sleep(self.rng.uniform(fault.latency_ms, max(high, fault.latency_ms)) / 1000)
@@ -200,9 +196,7 @@ class SandboxBase:
     async def _get_requests(self, request: web.Request) -> web.Response:
         since = int(request.query.get("since", "0"))
         endpoint = request.query.get("endpoint")
-        rows = [
-            asdict(r) for r in self.requests if r.seq > since and (endpoint is None or r.endpoint == endpoint)
-        ]
+        rows = [asdict(r) for r in self.requests if r.seq > since and (endpoint is None or r.endpoint == endpoint)]
         return web.json_response(rows)
 
     async def _clear_requests(self, _request: web.Request) -> web.Response:
@@ -231,9 +225,7 @@ class SandboxBase:
             body = await request.json()
         except ValueError:
             return web.json_response({"error": "body must be JSON"}, status=400)
-        return web.json_response(
-            await self.seed(body), status=201, dumps=lambda o: json.dumps(o, default=str)
-        )
+        return web.json_response(await self.seed(body), status=201, dumps=lambda o: json.dumps(o, default=str))
 
     async def _reset(self, _request: web.Request) -> web.Response:
         self.reset()
@@ -247,9 +239,7 @@ async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     client's read timeout) cancel the held handler, so stopping the runner does not wait out
     ``hold_s``; ``shutdown_timeout`` bounds the wait for anything else still in flight.
     """
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=2.0
-    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -32,9 +32,7 @@ CUSTOMERS: list[dict[str, Any]] = [
         "email": "taro.tanaka@example.jp",
         "whmcs_client_id": 1001,
         "user_id": "7c0e6f3a-1f49-4b8e-9c1a-000000000001",
-        "paymethods": [
-            {"id": 11, "type": "CreditCard", "description": "Visa ending 4242", "card_last_four": "4242"}
-        ],
+        "paymethods": [{"id": 11, "type": "CreditCard", "description": "Visa ending 4242", "card_last_four": "4242"}],
     },
     {
         "key": "suzuki",
@@ -147,14 +145,10 @@ PRODUCTS: list[dict[str, Any]] = [
         6500,
         Internet_Plan_Tier__c="Platinum",
     ),
-    _product(
-        4, "Installation (single)", "INT-INSTALL-SINGLE", "Internet", "Installation", 242, "Onetime", 22000
-    ),
+    _product(4, "Installation (single)", "INT-INSTALL-SINGLE", "Internet", "Installation", 242, "Onetime", 22000),
     _product(5, "Weekend installation", "INT-INSTALL-WEEKEND", "Internet", "Add-on", 245, "Onetime", 3000),
     _product(6, "Hikari Denwa", "INT-HIKARI-DENWA", "Internet", "Add-on", 246, "Monthly", 450),
-    _product(
-        7, "Hikari Denwa installation", "INT-DENWA-INSTALL", "Internet", "Installation", 247, "Onetime", 1000
-    ),
+    _product(7, "Hikari Denwa installation", "INT-DENWA-INSTALL", "Internet", "Installation", 247, "Onetime", 1000),
     _product(
         8,
         "SIM Data+Voice 5GB",

@@ -18,11 +18,11 @@ from typing import Any
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from adapters.db import create_pool
 from adapters.freebit import FreebitPort, HttpFreebit

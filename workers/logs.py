@@ -51,9 +51,7 @@ class Redactor:
             return self._scrub(value.decode("utf-8", errors="replace"))
         return value
 
-    def __call__(
-        self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def __call__(self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key in list(event_dict):
             value = event_dict[key]
             event_dict[key] = MASK if _is_secret_key(key, value) else self._scrub(value)
