@@ -1,0 +1,373 @@
+"""Ingress benchmark: signed WHMCS webhooks accepted durably per second, against a bare endpoint.
+
+    python -m bench.ingress_bench [--duration 10] [--rates 500,2000] [--out bench/results/ingress.json]
+
+The receiver runs in a child process exactly as ``serve`` builds it (same aiohttp app and runner
+settings, real Redis and Kafka of the local stack, a fresh topic), with one extra route,
+``POST /bench/bare``, that reads the body and answers 200 without verifying or producing. The load
+generator runs in this process: pre-signed requests (unique webhook ids, signed before the timed
+window) on persistent HTTP/1.1 connections written as raw bytes, so the generator costs little CPU.
+
+Open loop: request i is due at ``t0 + i / rate`` and its latency is measured from that scheduled
+time, not from when a connection became free, so a stalled server shows up in the latency instead
+of silently lowering the offered rate (no coordinated omission). The max-throughput run is closed
+loop (each connection sends as soon as its previous answer arrived). Afterwards the topic's end
+offsets are summed and must equal the number of 200 answers: "accepted" means "on Kafka".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from redis.asyncio import Redis
+from standardwebhooks.webhooks import Webhook
+
+from adapters.kafka import ensure_topics
+from events.topics import DAY_MS, TopicSpec
+from workers.config import Settings, load_settings
+from workers.ingress.webhook_server import DEDUPE_PREFIX
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "results" / "ingress.json"
+VERIFIED_PATH, BARE_PATH = "/webhooks/whmcs", "/bench/bare"
+#: in every webhook id of this run, so its dedupe marks can be removed from the shared Redis afterwards
+BENCH_ID = f"{os.getpid()}{uuid.uuid4().hex[:6]}"
+WARM_UP = 2_000  # verified requests before the timed runs: connections open, topic metadata fetched
+EVENTS = (
+    ("InvoicePaid", "invoice_id", "Paid"),
+    ("InvoiceCreated", "invoice_id", "Unpaid"),
+    ("AcceptOrder", "order_id", "Active"),
+    ("ServiceEdit", "service_id", "Active"),
+    ("ClientEdit", None, "Active"),
+)
+
+
+# --- the server (child process) ---------------------------------------------------------------------
+def run_server(port: int, topic: str, dlq_topic: str) -> None:
+    from aiohttp import web
+
+    from workers.ingress.webhook_server import serve
+    from workers.logs import configure_logging
+
+    async def bare(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"status": "accepted"})
+
+    def add_bare(app: web.Application) -> None:
+        app.router.add_post(BARE_PATH, bare)
+
+    async def main() -> None:
+        configure_logging("WARNING", "json")
+        base = load_settings()
+        settings = base.model_copy(update={"whmcs": base.whmcs.model_copy(update={"webhook_listen_port": port})})
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await serve(settings, stop, configure=add_bare, topic=topic, dlq_topic=dlq_topic)
+
+    asyncio.run(main())
+
+
+# --- requests ---------------------------------------------------------------------------------------
+def presign(count: int, path: str, port: int, secret: str) -> list[bytes]:
+    """Raw HTTP/1.1 requests with unique webhook ids, signed now (well inside the 5 min tolerance)."""
+    signer, now, rng = Webhook(secret), datetime.now(UTC), random.Random(7)
+    prefix = f"{BENCH_ID}_{uuid.uuid4().hex[:6]}"
+    out = []
+    for n in range(count):
+        event, id_key, status = EVENTS[n % len(EVENTS)]
+        data: dict[str, Any] = {"client_id": rng.randint(1, 50_000), "status": status}
+        if id_key:
+            data[id_key] = rng.randint(1, 10_000_000)
+        body = json.dumps({"event": event, "occurred_at": now.isoformat(), "data": data}, separators=(",", ":"))
+        webhook_id = f"msg_bench_{prefix}_{n}"
+        signature = signer.sign(webhook_id, now, body)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nwebhook-id: {webhook_id}\r\n"
+            f"webhook-timestamp: {int(now.timestamp())}\r\nwebhook-signature: {signature}\r\n\r\n"
+        )
+        out.append(head.encode() + body.encode())
+    return out
+
+
+# --- the load generator -----------------------------------------------------------------------------
+@dataclass
+class Run:
+    label: str
+    rate: float | None  # None = closed loop, as fast as the server answers
+    requests: list[bytes]
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ok = self.statuses.get(200, 0)
+        lat = sorted(self.latencies)
+        return {
+            "label": self.label,
+            "offered_rate_per_s": self.rate,
+            "requests": len(self.requests),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "accepted_per_s": round(ok / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "p50_ms": round(_pct(lat, 0.50) * 1000, 2),
+            "p99_ms": round(_pct(lat, 0.99) * 1000, 2),
+            "max_ms": round(lat[-1] * 1000, 2) if lat else None,
+            "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def drive(run: Run, port: int, connections: int) -> None:
+    """Send ``run.requests`` over ``connections`` keep-alive connections (open loop when rated)."""
+    counter = itertools.count()
+    total = len(run.requests)
+    loop = asyncio.get_running_loop()
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+    t0 = loop.time() + 0.05
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (i := next(counter)) < total:
+            due = t0 + i / run.rate if run.rate else loop.time()
+            if (delay := due - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            writer.write(run.requests[i])
+            status = await _read_response(reader)
+            run.statuses[status] = run.statuses.get(status, 0) + 1
+            if status == 200:
+                run.latencies.append(loop.time() - due)
+
+    started = loop.time()
+    await asyncio.gather(*(connection(r, w) for r, w in streams))
+    run.elapsed_s = loop.time() - max(started, t0) if run.rate else loop.time() - started
+    for _, writer in streams:
+        writer.close()
+
+
+# --- orchestration ----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_ready(port: int, proc: asyncio.subprocess.Process, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status = await _read_response(reader)
+            writer.close()
+            if status == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("receiver not ready")
+
+
+async def _receiver_metrics(port: int) -> dict[str, float]:
+    """The receiver's own counters after the runs (dedupe errors, produce latency sum/count)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    text = (await reader.read()).decode()
+    writer.close()
+    wanted = ("fleet_whmcs_webhooks_", "process_cpu_seconds_total")
+    found = {}
+    for line in text.split("\r\n\r\n", 1)[-1].splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(wanted) and "_bucket" not in name and "_created" not in name:
+            found[name] = float(value)
+    return found
+
+
+async def topic_records(bootstrap: str, topic: str) -> int:
+    """Records on ``topic`` (sum of end offsets). Subscribed at construction: aiokafka 0.14 raises
+    CancelledError from ``stop()`` of a consumer that never subscribed."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions)
+        return int(sum(ends.values()))
+    finally:
+        await consumer.stop()
+
+
+async def bench_salesforce_cdc(settings: Settings) -> dict[str, Any] | None:
+    """Change events from the Salesforce sandbox to Kafka per second.
+
+    TODO(sf-cdc): the CDC subscriber's engineer fills this in (publish N change events in the
+    Salesforce sandbox, run the subscriber, measure events/s and p50/p99 from commit to Kafka ack).
+    Return a dict like the webhook runs' summaries; ``None`` means "not measured yet".
+    """
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {name: metadata.version(name) for name in ("aiohttp", "aiokafka", "redis", "pydantic")}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "packages": versions,
+        "note": "Kafka (JVM), Redis, the receiver and the load generator share these cores",
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings()
+    secret = settings.whmcs.webhook_secrets[0].get_secret_value()
+    suffix = uuid.uuid4().hex[:8]
+    topic, dlq = f"bench.whmcs.billing.{suffix}", f"bench.ingress.dlq.{suffix}"
+    await ensure_topics(settings.kafka.bootstrap, [TopicSpec(topic, 4, DAY_MS), TopicSpec(dlq, 1, DAY_MS)])
+    info = machine_info()
+    port = _free_port()
+    argv = ["-m", "bench.ingress_bench", "--serve", str(port), topic, dlq]
+    proc = await asyncio.create_subprocess_exec(sys.executable, *argv, cwd=ROOT)
+    try:
+        await _wait_ready(port, proc)
+        runs = await _all_runs(args, port, secret)
+        info["receiver_metrics"] = await _receiver_metrics(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 60)
+    try:
+        on_topic = await topic_records(settings.kafka.bootstrap, topic)
+    finally:  # the shared stack keeps no bench data
+        await _delete_topics(settings.kafka.bootstrap, [topic, dlq])
+        await _forget_marks(settings.redis.url.get_secret_value())
+    return _report(args, info, runs, on_topic, await bench_salesforce_cdc(settings))
+
+
+async def _forget_marks(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in redis.scan_iter(match=f"{DEDUPE_PREFIX}msg_bench_{BENCH_ID}_*", count=10_000)]
+        for start in range(0, len(keys), 10_000):
+            await redis.unlink(*keys[start : start + 10_000])
+    finally:
+        await redis.aclose()
+
+
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def _all_runs(args: argparse.Namespace, port: int, secret: str) -> list[Run]:
+    await drive(Run("warm-up", None, presign(WARM_UP, VERIFIED_PATH, port, secret)), port, args.connections)
+    plan: list[tuple[str, str, float | None]] = []
+    for rate in args.rates:
+        plan += [(f"bare@{rate:g}/s", BARE_PATH, rate), (f"verified@{rate:g}/s", VERIFIED_PATH, rate)]
+    plan += [("bare@max", BARE_PATH, None), ("verified@max", VERIFIED_PATH, None)]
+    runs = []
+    for label, path, rate in plan:
+        count = int((rate or args.max_rate_guess) * args.duration)
+        run = Run(label, rate, presign(count, path, port, secret))
+        await drive(run, port, args.connections)
+        print(json.dumps(run.summary()), flush=True)
+        runs.append(run)
+        await asyncio.sleep(1.0)
+    return runs
+
+
+def _report(
+    args: argparse.Namespace, info: dict[str, Any], runs: list[Run], on_topic: int, cdc: dict[str, Any] | None
+) -> dict[str, Any]:
+    by_label = {run.label: run.summary() for run in runs}
+    bare, verified = by_label["bare@max"], by_label["verified@max"]
+    accepted = sum(run.statuses.get(200, 0) for run in runs if run.label.startswith("verified")) + WARM_UP
+    return {
+        "benchmark": "whmcs webhook ingress",
+        "command": "python -m bench.ingress_bench",
+        "at": datetime.now(UTC).isoformat(),
+        "machine": info,
+        "settings": {"duration_s": args.duration, "connections": args.connections, "rates": args.rates},
+        "runs": list(by_label.values()),
+        "max_throughput": {
+            "verified_durable_per_s": verified["accepted_per_s"],
+            "bare_per_s": bare["accepted_per_s"],
+            "ratio_to_bare": round(verified["accepted_per_s"] / bare["accepted_per_s"], 3),
+            "target": ">= 2000/s and >= 0.5 of bare",
+        },
+        "ratio_to_bare_at_offered_rates": {
+            f"{rate:g}/s": round(
+                by_label[f"verified@{rate:g}/s"]["accepted_per_s"] / by_label[f"bare@{rate:g}/s"]["accepted_per_s"], 3
+            )
+            for rate in args.rates
+        },
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "durability": {"accepted_200": accepted, "records_on_topic": on_topic, "lossless": on_topic == accepted},
+        "salesforce_cdc": cdc,
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[500.0, 2000.0])
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--max-rate-guess", type=float, default=4000.0, help="sizes the closed-loop runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--serve", nargs=3, metavar=("PORT", "TOPIC", "DLQ"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    options = parse_args(sys.argv[1:])
+    if options.serve:
+        run_server(int(options.serve[0]), options.serve[1], options.serve[2])
+        sys.exit(0)
+    result = asyncio.run(main(options))
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["max_throughput"] | {"durability": result["durability"]}, indent=2))

@@ -1,0 +1,503 @@
+"""The WHMCS webhook receiver (``fleet run whmcs-webhooks``): aiohttp app, signature check, metrics.
+
+``POST /webhooks/whmcs`` takes Standard Webhooks requests (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``), checks them in this order and
+answers with the first rule that applies:
+
+    413  body over the limit (Content-Length, or counted while streaming: never buffered whole)
+    401  signature headers missing, timestamp malformed or outside the tolerance, no valid signature
+    400  not JSON, unknown event, invalid payload, webhook-id not 1-256 visible ASCII characters
+         (such signed bodies go to the ingress DLQ first, so nothing a real sender signed is lost)
+    200  webhook-id already done: nothing produced again
+    409  webhook-id in progress in another request (Retry-After): the sender retries, and then gets 200
+    503  Kafka did not acknowledge (Retry-After); nothing is marked done, so the retry produces again
+    200  produced and acknowledged by all in-sync replicas
+
+Delivery semantics: 2xx is the sender's signal to forget the webhook, so it is sent only after
+Kafka acknowledged (``acks=all``). The record's CloudEvent id is derived from the webhook id
+(``whmcs-webhook:<id>``), so whatever slips past the Redis marks (an ack lost after the write, Redis
+forgetting a mark) is removed downstream by the per-group inbox, which dedupes on that id.
+
+Owns: HTTP, signature verification, the dedupe/produce order, metrics and health routes. Must not:
+interpret payloads (``whmcs_webhooks.translate`` does) or read the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer
+from events.base import to_envelope
+from events.errors import DependencyUnavailable
+from events.topics import Topic
+from schemas.whmcs_webhook import WhmcsWebhook, parse_webhook
+from workers.config import ConfigError, Settings
+from workers.ingress.dedupe import Claim, DedupeStore, RedisDedupeStore
+from workers.ingress.whmcs_webhooks import translate
+
+log = structlog.get_logger(__name__)
+
+PATH = "/webhooks/whmcs"
+SOURCE = "/fleet/whmcs-webhooks"
+H_ID, H_TIMESTAMP, H_SIGNATURE = "webhook-id", "webhook-timestamp", "webhook-signature"
+MAX_WEBHOOK_ID = 256
+_WEBHOOK_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_WEBHOOK_ID}}}")
+#: the webhook path waits this long for an ack, then answers 503: a slow ack means Kafka is in trouble
+PRODUCE_TIMEOUT_S = 5.0
+#: an in-progress mark outlives the longest produce we wait for, so it cannot expire under its owner
+INFLIGHT_TTL_S = 6 * PRODUCE_TIMEOUT_S
+RETRY_AFTER_IN_PROGRESS_S = 1
+RETRY_AFTER_UNAVAILABLE_S = 5
+REDIS_TIMEOUT_S = 1.0
+DEDUPE_PREFIX = "fleet:webhook:whmcs:"
+
+
+# --- signatures ------------------------------------------------------------------------------------
+class SignatureError(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: base64 after the ``whsec_`` prefix."""
+    raw = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(raw + "==")
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError("a webhook secret is not base64 after 'whsec_'") from exc
+    if not key:
+        raise ConfigError("a webhook secret is empty")
+    return key
+
+
+class SignatureVerifier:
+    """Standard Webhooks v1 verification, equivalent to ``standardwebhooks.Webhook.verify`` plus:
+    several secrets (rotation: any one valid), a configurable tolerance, an injectable clock, and
+    never an exception other than ``SignatureError`` on hostile input. HMAC objects are keyed once
+    and copied per request, which skips re-deriving the key pads."""
+
+    def __init__(self, secrets: Sequence[str], *, tolerance_s: float, clock: Callable[[], float] = time.time) -> None:
+        if not secrets:
+            raise ConfigError("no webhook secret configured")
+        self._keys = tuple(hmac.new(decode_secret(s), digestmod=hashlib.sha256) for s in secrets)
+        self._tolerance_s = tolerance_s
+        self._clock = clock
+
+    def verify(self, msg_id: str | None, timestamp: str | None, signature: str | None, body: bytes) -> None:
+        if not (msg_id and timestamp and signature):
+            raise SignatureError(
+                "missing_signature", "webhook-id, webhook-timestamp and webhook-signature are required"
+            )
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 15):
+            raise SignatureError("invalid_timestamp", "webhook-timestamp must be integer seconds since the epoch")
+        if abs(self._clock() - int(timestamp)) > self._tolerance_s:
+            raise SignatureError("stale_timestamp", f"webhook-timestamp is more than {self._tolerance_s:g} s away")
+        offered = _v1_signatures(signature)
+        signed = f"{msg_id}.{timestamp}.".encode("utf-8", "surrogateescape")
+        for key in self._keys:
+            mac = key.copy()
+            mac.update(signed)
+            mac.update(body)
+            digest = mac.digest()
+            if any(hmac.compare_digest(digest, candidate) for candidate in offered):
+                return
+        raise SignatureError("invalid_signature", "no v1 signature matches any active secret")
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    """The decoded ``v1`` signatures of a space-separated header; other versions and junk are skipped."""
+    found = []
+    for part in header.split():
+        version, comma, value = part.partition(",")
+        if version == "v1" and comma:
+            try:
+                found.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError):
+                continue
+    return found
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+class Metrics:
+    """Prometheus metrics in their own registry (several receivers may live in one test process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.received = Counter("fleet_whmcs_webhooks_received", "Webhook requests", registry=r)
+        accepted = Counter("fleet_whmcs_webhooks_accepted", "2xx answers by outcome", ["outcome"], registry=r)
+        self.produced, self.duplicate = accepted.labels("produced"), accepted.labels("duplicate")
+        self.rejected = Counter("fleet_whmcs_webhooks_rejected", "Non-2xx answers by reason", ["reason"], registry=r)
+        self.dedupe_down = Counter(
+            "fleet_whmcs_webhooks_dedupe_unavailable", "Dedupe store errors (the request went on unmarked)", registry=r
+        )
+        self.produce_seconds = Histogram(
+            "fleet_whmcs_webhooks_produce_seconds",
+            "From produce to the acks=all acknowledgement",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+
+# --- the receiver ----------------------------------------------------------------------------------
+class Rejection(Exception):
+    """A non-2xx answer: ``{"error": code, "reason": reason}`` (+ Retry-After when the sender should retry)."""
+
+    def __init__(self, status: int, code: str, reason: str, retry_after: int | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason, self.retry_after = status, code, reason, retry_after
+
+
+def error_response(status: int, code: str, reason: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": code, "reason": reason}, status=status, headers=headers)
+
+
+class WebhookReceiver:
+    """The ``POST /webhooks/whmcs`` handler and its dependencies; ``producer`` may arrive later."""
+
+    def __init__(
+        self,
+        *,
+        verifier: SignatureVerifier,
+        dedupe: DedupeStore,
+        producer: ProducerPort | None,
+        max_body_bytes: int,
+        topic: str = Topic.WHMCS_BILLING,
+        dlq_topic: str = Topic.INGRESS_DLQ,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.verifier, self.dedupe, self.producer = verifier, dedupe, producer
+        self.max_body_bytes, self.topic, self.dlq_topic = max_body_bytes, topic, dlq_topic
+        self.metrics = metrics or Metrics()
+        self._owners = (f"{uuid.uuid4().hex[:12]}-{n}" for n in itertools.count())
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.metrics.received.inc()
+        webhook_id = request.headers.get(H_ID, "")
+        try:
+            payload = await self._admit(request, webhook_id)
+            return await self._deliver(webhook_id, payload)
+        except Rejection as rejection:
+            return self._reject(webhook_id, rejection)
+
+    async def _admit(self, request: web.Request, webhook_id: str) -> WhmcsWebhook:
+        """413 → 401 → 400: nothing is parsed before it is authenticated."""
+        body = await self._read(request)
+        headers = request.headers
+        try:
+            self.verifier.verify(webhook_id, headers.get(H_TIMESTAMP), headers.get(H_SIGNATURE), body)
+        except SignatureError as exc:
+            raise Rejection(401, exc.code, exc.reason) from None
+        try:
+            if not _WEBHOOK_ID.fullmatch(webhook_id):  # it becomes a Redis key, a CloudEvent id, a log field
+                raise Rejection(
+                    400, "invalid_webhook_id", f"webhook-id must be 1-{MAX_WEBHOOK_ID} visible ASCII characters"
+                )
+            return _parse(body)
+        except Rejection as rejection:
+            raise await self._dead_letter(webhook_id, body, rejection) from None
+
+    async def _read(self, request: web.Request) -> bytes:
+        too_large = Rejection(413, "body_too_large", f"body over {self.max_body_bytes} bytes")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise too_large
+        try:  # aiohttp counts while streaming (client_max_size) and stops at the limit
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+
+    async def _deliver(self, webhook_id: str, payload: WhmcsWebhook) -> web.Response:
+        # Mark before producing, so two concurrent copies of one webhook cannot both produce; mark
+        # done only after the ack, so a crash in between leaves a short-lived mark, never a false "done".
+        owner = next(self._owners)
+        claim = await self._claim(webhook_id, owner)
+        if claim is Claim.DUPLICATE:
+            self.metrics.duplicate.inc()
+            return web.json_response({"status": "duplicate", "webhook_id": webhook_id})
+        if claim is Claim.IN_PROGRESS:
+            raise Rejection(409, "in_progress", "this webhook-id is being processed; retry", RETRY_AFTER_IN_PROGRESS_S)
+        try:
+            count = await self._publish(webhook_id, payload)
+        except BaseException as exc:
+            if claim is Claim.NEW:  # let the sender's retry count as new
+                await self._quietly(self.dedupe.release(webhook_id, owner))
+            if isinstance(exc, DependencyUnavailable):
+                raise Rejection(503, "kafka_unavailable", str(exc), RETRY_AFTER_UNAVAILABLE_S) from None
+            raise
+        if claim is Claim.NEW:
+            await self._quietly(self.dedupe.complete(webhook_id))
+        self.metrics.produced.inc()
+        log.debug("webhook_accepted", webhook_id=webhook_id, hook=payload.event, records=count)
+        return web.json_response({"status": "accepted", "webhook_id": webhook_id, "events": count})
+
+    async def _claim(self, webhook_id: str, owner: str) -> Claim | None:
+        # Redis down: accept anyway (fail open). Kafka is the record; the deterministic CloudEvent id
+        # makes a duplicate harmless downstream, while refusing would stall billing ingestion on a cache.
+        try:
+            return await self.dedupe.claim(webhook_id, owner)
+        except DependencyUnavailable as exc:
+            self._dedupe_failed(webhook_id, exc)
+            return None
+
+    async def _quietly(self, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except DependencyUnavailable as exc:  # the mark expires by itself; inboxes dedupe the rest
+            self._dedupe_failed(None, exc)
+
+    def _dedupe_failed(self, webhook_id: str | None, exc: DependencyUnavailable) -> None:
+        self.metrics.dedupe_down.inc()
+        log.warning("webhook_dedupe_unavailable", webhook_id=webhook_id, error=str(exc))
+
+    async def _publish(self, webhook_id: str, payload: WhmcsWebhook) -> int:
+        producer = self.producer
+        if producer is None:
+            raise DependencyUnavailable("kafka producer not started yet", upstream="kafka")
+        occurred = payload.occurred_at if payload.occurred_at.tzinfo else payload.occurred_at.replace(tzinfo=UTC)
+        envelopes = [
+            to_envelope(event, source=SOURCE, id=_event_id(webhook_id, n)).model_copy(update={"time": occurred})
+            for n, event in enumerate(translate(payload, webhook_id=webhook_id))
+        ]
+        started = time.perf_counter()
+        if len(envelopes) == 1:  # every hook today: skip gather's task per publish
+            await producer.publish(self.topic, envelopes[0])
+        else:  # one key, so one partition; a failure of any one answers 503 and the retry re-sends all
+            await asyncio.gather(*(producer.publish(self.topic, envelope) for envelope in envelopes))
+        self.metrics.produce_seconds.observe(time.perf_counter() - started)
+        return len(envelopes)
+
+    async def _dead_letter(self, webhook_id: str, body: bytes, rejection: Rejection) -> Rejection:
+        """Keep a signed body we cannot read (a hook file newer than this receiver, say) for replay.
+        400 only once it is on the ingress DLQ; if Kafka cannot take it, 503 so the sender retries."""
+        if self.producer is None:
+            return Rejection(503, "kafka_unavailable", "kafka producer not started yet", RETRY_AFTER_UNAVAILABLE_S)
+        headers = [
+            ("webhook_id", webhook_id.encode("utf-8", "surrogateescape")),
+            ("ingress", b"whmcs-webhooks"),
+            ("error_code", rejection.code.encode()),
+            ("error_message", rejection.reason.encode()[:1000]),
+            ("failed_at", datetime.now(UTC).isoformat().encode()),
+        ]
+        try:
+            await self.producer.publish_raw(self.dlq_topic, headers[0][1], body, headers)
+        except DependencyUnavailable as exc:
+            return Rejection(503, "kafka_unavailable", str(exc), RETRY_AFTER_UNAVAILABLE_S)
+        return rejection
+
+    def _reject(self, webhook_id: str, rejection: Rejection) -> web.Response:
+        self.metrics.rejected.labels(rejection.code).inc()
+        level = log.error if rejection.status >= 500 else log.warning
+        level(
+            "webhook_rejected",
+            webhook_id=webhook_id,
+            status=rejection.status,
+            error=rejection.code,
+            reason=rejection.reason,
+        )
+        response = error_response(rejection.status, rejection.code, rejection.reason, rejection.retry_after)
+        if rejection.status == 413:
+            response.force_close()  # do not keep reading a body we refused
+        return response
+
+
+def _event_id(webhook_id: str, index: int) -> str:
+    return f"whmcs-webhook:{webhook_id}" if index == 0 else f"whmcs-webhook:{webhook_id}:{index}"
+
+
+def _parse(body: bytes) -> WhmcsWebhook:
+    # pydantic-core parses and validates the bytes in one pass (~2 µs here, faster than json.loads alone)
+    try:
+        return parse_webhook(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> Rejection:
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return Rejection(400, "malformed_json", f"body is not JSON: {first['msg']}")
+    if first["type"] == "union_tag_invalid":
+        tag = first.get("ctx", {}).get("tag", "?")
+        return Rejection(400, "unknown_event", f"unknown event {str(tag)[:100]!r}")
+    where = ".".join(str(part) for part in first["loc"][1:]) or "body"  # loc[0] is the event name
+    return Rejection(400, "invalid_payload", f"{where}: {first['msg']}")
+
+
+# --- the application -------------------------------------------------------------------------------
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """aiohttp's own errors (404, 405) and our bugs answer JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except Exception:
+        log.exception("webhook_receiver_error", path=request.path, webhook_id=request.headers.get(H_ID))
+        return error_response(500, "internal_error", "unexpected error; see the receiver's logs")
+
+
+def build_app(receiver: WebhookReceiver) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=receiver.max_body_bytes)
+    app.router.add_post(PATH, receiver.handle)
+    app.router.add_get("/metrics", _metrics_handler(receiver.metrics))
+    app.router.add_get("/livez", _live)
+    app.router.add_get("/readyz", _ready_handler(receiver))
+    return app
+
+
+def _metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler
+
+
+async def _live(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "live"})
+
+
+def _ready_handler(receiver: WebhookReceiver) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_request: web.Request) -> web.Response:
+        if receiver.producer is None:
+            return error_response(503, "not_ready", "kafka producer not started", RETRY_AFTER_UNAVAILABLE_S)
+        return web.json_response({"status": "ready"})
+
+    return handler
+
+
+# --- the entrypoint --------------------------------------------------------------------------------
+def make_receiver(
+    settings: Settings, *, producer: ProducerPort | None, redis: Redis, **overrides: Any
+) -> WebhookReceiver:
+    """The receiver as ``serve`` builds it; tests and the benchmark override ``topic``/``dlq_topic``."""
+    cfg = settings.whmcs
+    if cfg.webhook_dedupe_ttl_s <= cfg.webhook_tolerance_s:
+        raise ConfigError("FLEET_WHMCS__WEBHOOK_DEDUPE_TTL_S must exceed FLEET_WHMCS__WEBHOOK_TOLERANCE_S")
+    store = RedisDedupeStore(
+        redis, prefix=DEDUPE_PREFIX, inflight_ttl_s=INFLIGHT_TTL_S, done_ttl_s=cfg.webhook_dedupe_ttl_s
+    )
+    verifier = SignatureVerifier(
+        [s.get_secret_value() for s in cfg.webhook_secrets], tolerance_s=cfg.webhook_tolerance_s
+    )
+    return WebhookReceiver(
+        verifier=verifier, dedupe=store, producer=producer, max_body_bytes=cfg.webhook_max_body_bytes, **overrides
+    )
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    producer: ProducerPort | None = None,
+    redis: Redis | None = None,
+    configure: Callable[[web.Application], None] | None = None,
+    **overrides: Any,
+) -> None:
+    """Serve until ``stop`` is set; builds the Redis client and the Kafka producer unless injected.
+
+    The HTTP side starts first and answers 503 until the producer is up (``/readyz`` says so), so
+    a Kafka outage at boot is a retry for the sender, not a crash loop. On stop, in-flight requests
+    finish (their acks included) before the producer is flushed and closed. ``overrides`` go to
+    ``WebhookReceiver`` (tests inject ``topic``/``dlq_topic``).
+    """
+    own_redis = redis is None
+    client = redis or _redis_client(settings)
+    receiver = make_receiver(settings, producer=producer, redis=client, **overrides)
+    app = build_app(receiver)
+    if configure is not None:  # the benchmark adds its bare route to the very same app
+        configure(app)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.runtime.shutdown_grace_s, lingering_time=2.0)
+    finished = asyncio.Event()
+    kafka = None if producer else asyncio.create_task(_own_producer(settings, receiver, finished))
+    try:
+        await runner.setup()
+        host, port = settings.whmcs.webhook_listen_host, settings.whmcs.webhook_listen_port
+        await web.TCPSite(runner, host, port).start()
+        log.info("webhook_receiver_listening", host=host, port=port, path=PATH, topic=receiver.topic)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        finished.set()
+        if kafka is not None:
+            await kafka
+        if own_redis:
+            await client.aclose()
+
+
+def _redis_client(settings: Settings) -> Redis:
+    # One attempt, short timeouts: the receiver fails open on dedupe errors, so retrying inside the
+    # client would only delay the answer (a blackholed Redis would cost seconds per request).
+    return Redis.from_url(
+        settings.redis.url.get_secret_value(),
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def _own_producer(settings: Settings, receiver: WebhookReceiver, finished: asyncio.Event) -> None:
+    """Start the producer (retrying with back-off), hand it to the receiver, stop it at the end."""
+    delay = 0.5
+    while not finished.is_set():
+        raw = durable_producer(
+            settings.kafka.bootstrap,
+            f"{settings.kafka.client_id}-whmcs-webhooks",
+            request_timeout_ms=settings.kafka.request_timeout_ms,
+        )
+        try:
+            await raw.start()
+        except Exception as exc:  # aiokafka raises KafkaError or OSError subclasses; retry either way
+            await raw.stop()
+            log.warning("kafka_producer_start_failed", error=repr(exc), retry_in_s=delay)
+            await _wait(finished, delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        receiver.producer = AiokafkaProducer(raw, timeout_s=PRODUCE_TIMEOUT_S)
+        log.info("kafka_producer_started", bootstrap=settings.kafka.bootstrap)
+        try:
+            await finished.wait()
+        finally:
+            receiver.producer = None
+            await raw.stop()  # flushes what is still buffered
+        return
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+__all__ = [
+    "Metrics",
+    "PATH",
+    "SignatureError",
+    "SignatureVerifier",
+    "WebhookReceiver",
+    "build_app",
+    "make_receiver",
+    "serve",
+]
