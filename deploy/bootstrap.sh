@@ -10,6 +10,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v php >/dev/null 2>&1 || need+=(php-cli)
+php -m 2>/dev/null | grep -qi "^curl$" || need+=(php-curl)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
