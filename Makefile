@@ -60,10 +60,19 @@ test-e2e: up ## End-to-end tests (worker processes and the CLI)
 test: check up ## Everything: check, then unit, integration and e2e tests
 	$(PYTEST) tests -q
 
-run: up ## Run the fleet on the embedded local stack with the sandboxes
-	$(FLEET) run all
+run: up ## Run the fleet on the embedded local stack with the sandboxes, then the demo scenario (Ctrl-C stops)
+	$(FLEET) demo up
 
-bench-runtime: up ## Benchmark the consume runtime against raw aiokafka and faust
-	$(BIN)/python -m bench.runtime_bench
+bench-runtime: up ## Benchmark the consume runtime against raw aiokafka and faust (bench/results/runtime.json)
+	$(BIN)/python -m bench.runtime_bench --repeat 3
 
-.PHONY: help install fmt lint typecheck schemas check up down status test-unit test-integration test-e2e test run bench-runtime
+bench-ingress: up ## Benchmark webhook ingress and CDC ingress (bench/results/ingress.json)
+	$(BIN)/python -m bench.ingress_bench
+
+bench-e2e: up ## Benchmark orders and cache busting end to end through the sandboxes (bench/results/e2e.json)
+	$(BIN)/python -m bench.e2e_bench
+
+bench: bench-runtime bench-ingress bench-e2e ## Every benchmark
+
+.PHONY: help install fmt lint typecheck schemas check up down status test-unit test-integration test-e2e test run \
+	bench bench-runtime bench-ingress bench-e2e
