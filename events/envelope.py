@@ -107,45 +107,49 @@ def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
     return out
 
 
+def binary_type(h: Mapping[str, bytes | None]) -> bytes | None:
+    """The consume loop's fast path of ``check_binary_headers``: the raw ``ce_type`` when every check
+    passes, else ``None`` (then ``check_binary_headers`` says what is wrong). Same rules, no decoding:
+    the loop looks the raw type up in its dispatch table."""
+    event_type = h.get(H_TYPE)
+    if not (event_type and h.get(H_SPECVERSION) == _SPECVERSION_B and h.get(H_ID) and h.get(H_SOURCE)):
+        return None
+    content_type = h.get(H_CONTENT_TYPE)
+    if content_type is not None and not content_type.startswith(_JSON_B):
+        return None
+    time = h.get(H_TIME)
+    if time:
+        try:
+            _fromisoformat(time.decode("utf-8", "replace"))
+        except ValueError:
+            return None
+    return event_type
+
+
 def check_binary_headers(h: Mapping[str, bytes | None]) -> str:
     """The header checks of ``from_record`` on a header dict (last value wins), without touching the value.
 
-    The consume loop's fast path: it validates the value straight into the event model
+    The consume loop's checks: it validates the value straight into the event model
     (``model_validate_json``) and builds the ``Envelope`` only when a handler asks for it. Same
     rules and messages as ``from_record``: required attributes present and non-empty, specversion
     1.0, a JSON content type, a parseable ``ce_time``. Returns ``ce_type``.
     """
-    event_type = h.get(H_TYPE)
-    content_type = h.get(H_CONTENT_TYPE)
-    time = h.get(H_TIME)
-    if (  # the common case in one expression: every record pays for this line
-        event_type
-        and h.get(H_SPECVERSION) == _SPECVERSION_B
-        and h.get(H_ID)
-        and h.get(H_SOURCE)
-        and (content_type is None or content_type.startswith(_JSON_B))
-        and (not time or _iso_ok(time))
-    ):
-        return event_type.decode("utf-8", errors="replace")
+    event_type = binary_type(h)
+    if event_type is not None:
+        return event_type.decode("utf-8", "replace")
     missing = [name for name in REQUIRED_HEADERS if not h.get(name)]
     if missing:
         raise InvalidPayload(f"not a CloudEvents binary record: missing {', '.join(missing)}")
     spec = h[H_SPECVERSION]
     if spec != _SPECVERSION_B:
         raise InvalidPayload(f"unsupported CloudEvents specversion {_text(spec)!r}")
+    content_type = h.get(H_CONTENT_TYPE)
     if content_type is not None and not content_type.startswith(_JSON_B):
         raise InvalidPayload(f"unsupported content-type {_text(content_type)!r}")
-    raise InvalidPayload(f"bad ce_time {_text(time)!r}")
+    raise InvalidPayload(f"bad ce_time {_text(h.get(H_TIME))!r}")
 
 
-def _iso_ok(value: bytes) -> bool:
-    try:
-        datetime.fromisoformat(value.decode("utf-8", errors="replace"))
-    except ValueError:
-        return False
-    return True
-
-
+_fromisoformat = datetime.fromisoformat
 _SPECVERSION_B = SPECVERSION.encode()
 _JSON_B = JSON.encode()
 

@@ -1,7 +1,11 @@
 """structlog configuration: JSON when stderr is not a TTY, console otherwise; secrets redacted.
 
-Context (event id, correlation id, topic/partition/offset, order id) is bound per message by the
-runtime with ``structlog.contextvars.bound_contextvars``; ``merge_contextvars`` runs first here.
+Context bound with ``structlog.contextvars`` (order id, ...) is merged by ``merge_contextvars``. The
+consume runtime does not bind its per-record keys (topic, partition, offset, event_id, event_type,
+correlation_id, key) one by one: it sets one context variable to the record it handles
+(``set_record_context``: one ``ContextVar.set`` per record) and ``merge_record_context``, which runs
+first here, renders those keys only when a line is actually logged. Precedence: keys passed in the
+log call, then the current record's keys, then keys bound with ``structlog.contextvars``.
 The redaction processor runs last before rendering, so no secret reaches any output: values of
 secret-named keys are masked, and every known secret value is scrubbed from every string.
 """
@@ -12,7 +16,8 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any, Literal, TextIO
+from contextvars import ContextVar
+from typing import Any, Literal, Protocol, TextIO
 
 import structlog
 
@@ -65,6 +70,39 @@ def _is_secret_key(key: Any, value: Any) -> bool:
 REDACTOR = Redactor()
 
 
+class LogContext(Protocol):
+    """Something that knows its log keys (``workers.runtime.Message``): asked only when a line is logged."""
+
+    def log_context(self) -> Mapping[str, Any]: ...
+
+
+_RECORD_CONTEXT: ContextVar[LogContext | None] = ContextVar("fleet_record_context", default=None)
+
+#: ``set_record_context(ctx)`` makes ``ctx.log_context()`` part of every line logged in this context
+#: (``None`` clears it); like any ``ContextVar.set``, a task's own context copy keeps its own value.
+set_record_context = _RECORD_CONTEXT.set
+
+
+def merge_record_context(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Add the current record's keys to the event dict; keys passed in the log call win. Runs before
+    ``merge_contextvars``, so the record's keys also win over (stale) bound ones of the same name."""
+    ctx = _RECORD_CONTEXT.get()
+    if ctx is not None:
+        for key, value in ctx.log_context().items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+def get_log_context() -> dict[str, Any]:
+    """The context a line logged here would carry: the bound ``structlog.contextvars`` overlaid with
+    the current record's keys (the processors' precedence)."""
+    merged = structlog.contextvars.get_contextvars()
+    ctx = _RECORD_CONTEXT.get()
+    if ctx is not None:
+        merged.update(ctx.log_context())
+    return merged
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -78,6 +116,7 @@ def configure_logging(
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
+            merge_record_context,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -204,9 +204,9 @@ async def test_the_handler_sees_the_message_and_the_log_context_is_bound() -> No
     seen: list[dict[str, Any]] = []
 
     async def handler(event: OrderChanged, msg: Message) -> None:
-        import structlog
+        from workers.logs import get_log_context
 
-        seen.append(structlog.contextvars.get_contextvars())
+        seen.append(get_log_context())
         assert msg.envelope.data["sf_order_id"] == event.sf_order_id
         assert msg.envelope.correlationid == "corr-1"
 

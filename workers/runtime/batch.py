@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
-from structlog.contextvars import bind_contextvars
 
 from events import failure as fh
-from events.envelope import check_binary_headers
-from events.errors import FleetError, InvalidPayload
+from events.envelope import binary_type
+from events.errors import FleetError
 from events.failure import Stage
+from workers.logs import set_record_context
 from workers.runtime.consumer import ConsumerRecord
 from workers.runtime.failure import FailureInfo
 from workers.runtime.message import Message, header_int
@@ -93,7 +93,7 @@ Entry = tuple[ConsumerRecord, dict[str, bytes | None], Message]
 async def run_batch(worker: Worker, st: _Partition, head: Entry, handler: BatchHandler) -> None:
     """Handle ``head`` (the partition's first buffered record, decoded) and the records behind it."""
     entries = [head, *_followers(worker, st, handler)]
-    bind_contextvars(offset=head[0].offset, event_id=None, event_type=head[2].event_type, key=None)
+    set_record_context(_BatchLog(head[2]))  # during the batch call: the head's coordinates, no record ids
     trial = False if worker.breaker.closed else await worker.breaker.admit()
     started = st.busy_since = time.perf_counter()
     try:
@@ -106,8 +106,7 @@ async def run_batch(worker: Worker, st: _Partition, head: Entry, handler: BatchH
     try:
         for (rec, h, msg), outcome in zip(entries, outcomes, strict=True):
             st.stats.observe(elapsed)
-            key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
-            bind_contextvars(offset=rec.offset, event_id=msg.event_id, correlation_id=msg.correlation_id, key=key)
+            set_record_context(msg)
             if outcome is None:
                 st.stats.processed += 1
                 worker.breaker.record_success()
@@ -143,13 +142,13 @@ def _decode(
 ) -> Message | None:
     """The record as a Message when ``handler`` takes it and it decodes; None leaves it to the loop
     (which dead-letters, skips or dispatches it exactly as without batching)."""
+    entry = worker._fast.get(binary_type(h))  # None: a header check failed, or not a type of this route
+    if entry is None or entry[1] is not handler:
+        return None
+    validate, _, event_type, _ = entry
     try:
-        event_type = check_binary_headers(h)
-        entry = worker._table.get(event_type)
-        if entry is None or entry[1] is not handler:
-            return None
-        event = entry[0].model_validate_json(rec.value if rec.value is not None else b"")
-    except (InvalidPayload, ValidationError):
+        event = validate(rec.value if rec.value is not None else b"")
+    except ValidationError:
         return None
     return Message(
         event=event,
@@ -166,6 +165,28 @@ def _decode(
         tier=st.tier,
         attempts=header_int(h, fh.ATTEMPTS) + 1 if st.tier else 1,
     )
+
+
+class _BatchLog:
+    """The log context while a batch call runs: the head record's coordinates and type, no record ids
+    (the outcomes are then logged under each record's own context)."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: Message) -> None:
+        self.head = head
+
+    def log_context(self) -> dict[str, Any]:
+        head = self.head
+        return {
+            "topic": head.topic,
+            "partition": head.partition,
+            "offset": head.offset,
+            "event_id": None,
+            "event_type": head.event_type,
+            "correlation_id": None,
+            "key": None,
+        }
 
 
 async def _defer(

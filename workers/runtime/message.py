@@ -44,7 +44,6 @@ class Message:
         "value",
         "headers",
         "header_map",
-        "event_id",
         "event_type",
         "tier",
         "attempts",
@@ -77,12 +76,17 @@ class Message:
         self.value = value
         self.headers = headers
         self.header_map = header_map
-        self.event_id: str = (header_map.get(H_ID) or b"").decode("utf-8", errors="replace")
         self.event_type = event_type
         #: 0 on a source topic, n on ``<group>.retry.<n>``
         self.tier = tier
         self.attempts = attempts
         self._envelope: Envelope | None = None
+
+    @property
+    def event_id(self) -> str:
+        """``ce_id`` (decoded on access: the loop builds a Message per record, few handlers read it)."""
+        raw = self.header_map.get(H_ID)
+        return raw.decode("utf-8", "replace") if raw else ""
 
     @property
     def envelope(self) -> Envelope:
@@ -94,7 +98,21 @@ class Message:
     @property
     def correlation_id(self) -> str | None:
         raw = self.header_map.get(H_CORRELATION)
-        return raw.decode("utf-8", errors="replace") if raw else None
+        return raw.decode("utf-8", "replace") if raw else None
+
+    def log_context(self) -> dict[str, Any]:
+        """The record's log context (``workers.logs.merge_record_context`` adds it to every log line
+        emitted while this record is handled): computed only when something is actually logged."""
+        key = self.key
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "correlation_id": self.correlation_id,
+            "key": key.decode("utf-8", "replace") if key is not None else None,
+        }
 
     @property
     def replay_count(self) -> int:

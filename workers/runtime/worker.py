@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from operator import attrgetter
+from typing import Any
 
 import asyncpg
 import structlog
@@ -37,11 +39,12 @@ from structlog.contextvars import bind_contextvars
 from adapters.kafka import ProducerPort
 from events import failure as fh
 from events.base import REGISTRY, event_types
-from events.envelope import H_CORRELATION, check_binary_headers
+from events.envelope import H_CORRELATION, H_ID, H_TYPE, binary_type, check_binary_headers
 from events.errors import DependencyUnavailable, InvalidPayload, UnknownEventType
 from events.failure import Stage
 from events.topics import retry_topic
 from workers.config import RuntimeSettings
+from workers.logs import set_record_context
 from workers.runtime.batch import BatchHandler, run_batch
 from workers.runtime.breaker import BreakerConfig, CircuitBreaker
 from workers.runtime.consumer import ConsumerPort, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -55,7 +58,7 @@ from workers.runtime.failure import (
 )
 from workers.runtime.inbox import purge_once
 from workers.runtime.message import Message, header_int
-from workers.runtime.metrics import PartitionGauge, RuntimeMetrics, Snapshot, TopicStats
+from workers.runtime.metrics import LATENCY_BUCKETS, PartitionGauge, RuntimeMetrics, Snapshot, TopicStats
 from workers.runtime.offsets import OffsetTracker
 from workers.runtime.policy import Decision, RetryPolicy, Verdict
 from workers.runtime.route import Handler, Route
@@ -64,6 +67,8 @@ log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 PartitionsFor = Callable[[str], Awaitable[int | None]]
+#: the loop's dispatch entry: the model's core JSON validator, the handler, ``ce_type``, batch mode
+_FastEntry = tuple[Callable[[bytes], Any], Handler, str, bool]
 
 # why a partition is paused; it resumes when no reason is left
 BUFFER_FULL = "buffer_full"
@@ -164,8 +169,14 @@ class Worker:
         self._table = route.handled_types
         # The hot path calls each model's core validator directly: exactly what model_validate_json
         # delegates to (same errors, same result), minus a Python wrapper that costs ~0.35 µs/record.
-        self._fast = {
-            event_type: (model.__pydantic_validator__.validate_json, handler)
+        # Keyed by the raw ``ce_type`` bytes: the loop looks the header value up without decoding it.
+        self._fast: dict[bytes | None, _FastEntry] = {
+            event_type.encode(): (
+                model.__pydantic_validator__.validate_json,
+                handler,
+                event_type,
+                isinstance(handler, BatchHandler),
+            )
             for event_type, (model, handler) in self._table.items()
         }
         delays = route.tier_delays_ms(settings.retry_tier_delays_ms)
@@ -419,19 +430,16 @@ class Worker:
     async def _partition_loop(self, st: _Partition) -> None:
         """Handle the partition's records in order. The success path is inlined and allocation-light
         (it runs 100k times a second in the benchmark); everything else branches out."""
-        # Log context, bound once per message. The partition task runs in its own context copy, so
-        # the values are set straight on structlog's context variables (Token.var) rather than via
-        # ``bound_contextvars``, whose context manager costs more than the rest of the success path.
-        tokens = bind_contextvars(
-            topic=st.topic, partition=st.partition, offset=None, event_id=None, event_type=None, key=None
-        )
-        set_offset, set_event_id = tokens["offset"].var.set, tokens["event_id"].var.set
-        set_event_type, set_key = tokens["event_type"].var.set, tokens["key"].var.set
-        set_correlation = bind_contextvars(correlation_id=None)["correlation_id"].var.set
+        # Log context: topic and partition bound once for the task (lines outside a record); each
+        # record's keys come from one context variable set to its Message (workers.logs renders them
+        # only when a line is logged), instead of five structlog context variables per record.
+        bind_contextvars(topic=st.topic, partition=st.partition)
+        set_context = set_record_context
         buf, tracker, stats, table = st.buffer, st.tracker, st.stats, self._fast
+        latency_counts, bounds = stats.latency_counts, LATENCY_BUCKETS
         breaker, group, tier, low = self.breaker, self.route.group, st.tier, self._low_water
         topic, partition = st.topic, st.partition
-        yield_every, perf, log_debug = self.tuning.yield_every, time.perf_counter, log.debug
+        yield_every, perf = self.tuning.yield_every, time.perf_counter
         handled = 0
         while True:
             if not buf:
@@ -446,59 +454,53 @@ class Worker:
             h: dict[str, bytes | None] = dict(rec.headers)
             if tier:
                 await self._wait_not_before(st, h)
-            # Fast path: header checks only, then the model's validator straight from the value (no
-            # intermediate dict, no Envelope: Message.envelope decodes that on demand).
-            event_type = ""
-            failure: tuple[Exception, str] | None = None
+            # Fast path: the header checks on the raw ce_type, looked up undecoded; then the model's
+            # validator straight from the value (no intermediate dict, no Envelope: Message.envelope
+            # decodes that on demand). Anything else (bad headers, a type without a handler here)
+            # takes _decode_slow, which dead-letters or skips it exactly as before.
+            raw_type = binary_type(h)
+            entry = table.get(raw_type)
             msg: Message | None = None
-            try:
-                event_type = check_binary_headers(h)
-                entry = table.get(event_type)
-                if entry is not None:
-                    handler = entry[1]
+            if entry is not None:
+                validate, handler, event_type, batch = entry
+                value = rec.value
+                try:
+                    event = validate(value if value is not None else b"")
+                except ValidationError as exc:
+                    set_context(_RecordLog(rec, h))
+                    await self._reject(st, rec, h, *_invalid_payload(event_type, exc))
+                else:
                     msg = Message(  # positional: event, group, topic, partition, offset, timestamp, key,
                         # value, headers, header_map, event_type, tier, attempts
-                        entry[0](rec.value if rec.value is not None else b""),
+                        event,
                         group,
                         topic,
                         partition,
                         rec.offset,
                         rec.timestamp,
                         rec.key,
-                        rec.value,
+                        value,
                         rec.headers,
                         h,
                         event_type,
                         tier,
                         header_int(h, fh.ATTEMPTS) + 1 if tier else 1,
                     )
-            except InvalidPayload as exc:
-                failure = (exc, Stage.DECODE)
-            except ValidationError as exc:
-                failure = _invalid_payload(event_type, exc)
-            if failure is not None:
-                # Permanent: the same bytes fail the same way, so straight to the dead letter.
-                await self._reject(st, rec, h, *failure)
-            elif msg is None:
-                if event_type in REGISTRY:
-                    # Another group's type on a shared topic: acknowledged and counted, not handled.
-                    stats.skipped += 1
-                    log_debug("record_skipped", event_type=event_type, offset=rec.offset)
-                else:
-                    await self._unhandled(st, rec, h, event_type)
-            elif isinstance(handler, BatchHandler):
+            else:
+                decoded = await self._decode_slow(st, rec, h, raw_type)
+                if decoded is not None:
+                    msg, handler, batch = decoded
+            if msg is None:
+                pass  # dead-lettered or skipped: done
+            elif batch:
                 # Batch mode (workers.runtime.batch): the handler takes this record and the due ones
                 # right behind it; run_batch finishes every one of them in offset order itself.
+                assert isinstance(handler, BatchHandler)
                 await run_batch(self, st, (rec, h, msg), handler)
                 await asyncio.sleep(0)  # a batch is a good moment to let the others run
                 continue
             else:
-                set_offset(rec.offset)
-                set_event_id(msg.event_id)
-                set_event_type(event_type)
-                correlation = h.get(H_CORRELATION)
-                set_correlation(correlation.decode("utf-8", "replace") if correlation else None)
-                set_key(rec.key.decode("utf-8", "replace") if rec.key is not None else None)
+                set_context(msg)
                 if not breaker.closed:
                     await self._handle_admitted(st, rec, h, msg, handler)
                 else:
@@ -510,8 +512,10 @@ class Worker:
                         stats.observe(perf() - started)
                         await self._failed(st, rec, h, msg, handler, exc, False)
                     else:
+                        elapsed = perf() - started
                         st.busy_since = None
-                        stats.observe(perf() - started)
+                        latency_counts[bisect_left(bounds, elapsed)] += 1  # TopicStats.observe, inlined
+                        stats.latency_sum += elapsed
                         stats.processed += 1
                         breaker.record_success()
             # Done: handled, skipped, or its failure copy acknowledged by Kafka.
@@ -524,6 +528,57 @@ class Worker:
             if handled >= yield_every:
                 handled = 0
                 await asyncio.sleep(0)  # let the poll loop and the other partitions run
+
+    async def _decode_slow(
+        self, st: _Partition, rec: ConsumerRecord, h: dict[str, bytes | None], raw_type: bytes | None
+    ) -> tuple[Message, Handler, bool] | None:
+        """A record the fast path did not take: headers that fail a check (dead letter), a type this
+        route does not handle (skipped) or that nobody knows (dead letter). Returns the decoded record
+        and its handler when it is one of ours after all (a ``ce_type`` that is not plain UTF-8)."""
+        event_type = ""
+        try:
+            # raw_type is None when a header check failed: check_binary_headers raises saying which
+            event_type = raw_type.decode("utf-8", "replace") if raw_type is not None else check_binary_headers(h)
+            entry = self._table.get(event_type)
+            if entry is not None:
+                model, handler = entry
+                event = model.model_validate_json(rec.value if rec.value is not None else b"")
+                tier = st.tier
+                attempts = header_int(h, fh.ATTEMPTS) + 1 if tier else 1
+                msg = Message(
+                    event,
+                    self.route.group,
+                    st.topic,
+                    st.partition,
+                    rec.offset,
+                    rec.timestamp,
+                    rec.key,
+                    rec.value,
+                    rec.headers,
+                    h,
+                    event_type,
+                    tier,
+                    attempts,
+                )
+                return msg, handler, isinstance(handler, BatchHandler)
+        except InvalidPayload as exc:
+            set_record_context(_RecordLog(rec, h))
+            await self._reject(st, rec, h, exc, Stage.DECODE)
+            return None
+        except ValidationError as exc:
+            set_record_context(_RecordLog(rec, h))
+            await self._reject(st, rec, h, *_invalid_payload(event_type, exc))
+            return None
+        if event_type in REGISTRY:
+            # Another group's type on a shared topic: acknowledged and counted, not handled (the
+            # common case on shared topics, so no record context: its one log line names the record).
+            set_record_context(None)
+            st.stats.skipped += 1
+            log.debug("record_skipped", event_type=event_type, offset=rec.offset)
+        else:
+            set_record_context(_RecordLog(rec, h))
+            await self._unhandled(st, rec, h, event_type)
+        return None
 
     async def _handle_admitted(
         self, st: _Partition, rec: ConsumerRecord, h: dict[str, bytes | None], msg: Message, handler: Handler
@@ -819,6 +874,31 @@ class _Attempts:
         except Exception as exc:
             return exc
         return None
+
+
+class _RecordLog:
+    """The log context of a record that has no ``Message`` (it failed to decode): see ``workers.logs``."""
+
+    __slots__ = ("rec", "h")
+
+    def __init__(self, rec: ConsumerRecord, h: Mapping[str, bytes | None]) -> None:
+        self.rec, self.h = rec, h
+
+    def log_context(self) -> dict[str, Any]:
+        rec, h = self.rec, self.h
+        return {
+            "topic": rec.topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "event_id": _text(h.get(H_ID)),
+            "event_type": _text(h.get(H_TYPE)),
+            "correlation_id": _text(h.get(H_CORRELATION)),
+            "key": _text(rec.key),
+        }
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8", "replace") if raw is not None else None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
