@@ -65,3 +65,33 @@ class OffsetTracker:
 
     def mark_committed(self, offset: int) -> None:
         self.committed = offset
+
+
+class InOrderTracker:
+    """The worker's tracker: for a partition whose records finish strictly in fetch order.
+
+    Each partition's records are finished by one task, front to back of its buffer (batch mode too,
+    see ``workers.runtime.batch._finish``), so the first offset not done is always the buffer's head
+    and everything fetched before it is done: ``committable`` is one past the last record finished,
+    with no per-offset bookkeeping (``OffsetTracker`` costs a ``deque`` append and ``popleft`` per
+    record for out-of-order completion, which the worker never does). Gaps (compaction, transaction
+    markers) need nothing either: the committed offset is one past a record that was handled.
+    """
+
+    __slots__ = ("committable", "committed", "received_up_to")
+
+    def __init__(self) -> None:
+        #: the offset a commit would store now (None until something is done)
+        self.committable: int | None = None
+        #: the offset last committed successfully
+        self.committed: int | None = None
+        #: one past the last received offset (the consumer's fetch position as this tracker saw it)
+        self.received_up_to: int | None = None
+
+    def done(self, offset: int) -> None:
+        """``offset`` is finished, and so is every offset received before it (the caller's guarantee)."""
+        assert self.committable is None or offset >= self.committable, "records finish in fetch order"
+        self.committable = offset + 1
+
+    def mark_committed(self, offset: int) -> None:
+        self.committed = offset

@@ -4,7 +4,8 @@ Owns offsets, pausing, retries and dead letters for one route. Must not contain 
 
 Shape: one poll loop (``getmany`` batches) feeds a bounded buffer per partition; one task per
 partition handles its records strictly in order (concurrency across partitions, order within
-one); an ``OffsetTracker`` per partition says which offset is safe to commit (the first not done),
+one); an ``InOrderTracker`` per partition says which offset is safe to commit (the first not done:
+records finish in fetch order, so that is one past the last finished record),
 and the poll loop commits those on a timer, on revocation and on shutdown. Never auto-commit:
 a record is committed only after its handler returned, or after its retry/dead-letter copy was
 acknowledged by Kafka, so a crash at any point redelivers it (at-least-once; the inbox makes the
@@ -26,7 +27,6 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -59,7 +59,7 @@ from workers.runtime.failure import (
 from workers.runtime.inbox import purge_once
 from workers.runtime.message import Message, header_int
 from workers.runtime.metrics import LATENCY_BUCKETS, PartitionGauge, RuntimeMetrics, Snapshot, TopicStats
-from workers.runtime.offsets import OffsetTracker
+from workers.runtime.offsets import InOrderTracker
 from workers.runtime.policy import Decision, RetryPolicy, Verdict
 from workers.runtime.route import Handler, Route
 
@@ -96,6 +96,35 @@ class Tuning:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
+_gc_freezes = 0  # workers of this process running with the start-up heap frozen
+_gc_collected = False  # the process's first freeze collected its start-up garbage first
+
+
+def _freeze_gc() -> None:
+    """Everything alive when the first worker starts (modules, pydantic schemas, clients) is long-lived:
+    move it out of the collector's reach (``gc.freeze``) so the generational collections triggered by
+    the loop's per-record allocations stop rescanning it (about a fifth of the loop's CPU otherwise).
+
+    The process's first freeze collects first: frozen objects are never collected, so garbage cycles
+    left by start-up would stay until the unfreeze (once: a full collection costs tens of ms, and test
+    processes start hundreds of workers). Counted per process: a second worker must not freeze the
+    first one's in-flight records, and the first one to stop must not unfreeze the heap under the other."""
+    global _gc_freezes, _gc_collected
+    if _gc_freezes == 0:
+        if not _gc_collected:
+            _gc_collected = True
+            gc.collect()
+        gc.freeze()
+    _gc_freezes += 1
+
+
+def _unfreeze_gc() -> None:
+    global _gc_freezes
+    _gc_freezes -= 1
+    if _gc_freezes == 0:
+        gc.unfreeze()
+
+
 class _Partition:
     """The state of one assigned partition: its buffer, tracker, task and pause reasons."""
 
@@ -120,7 +149,7 @@ class _Partition:
         self.partition: int = tp.partition
         self.tier = tier  # 0 source topic, n = <group>.retry.<n>
         self.buffer: deque[ConsumerRecord] = deque()
-        self.tracker = OffsetTracker()
+        self.tracker = InOrderTracker()
         self.stats = stats
         self.wakeup = asyncio.Event()
         self.paused: set[str] = set()
@@ -230,10 +259,7 @@ class Worker:
             # partition (order per partition, hence per key, holds either way).
             log.warning("max_in_flight_per_partition_ignored", value=self.settings.max_in_flight_per_partition)
         if self.tuning.freeze_gc:
-            # Everything alive now (modules, pydantic schemas, clients) is long-lived: move it out of
-            # the collector's reach so the generational collections triggered by the loop's
-            # per-record allocations stop rescanning it (about a fifth of the loop's CPU otherwise).
-            gc.freeze()
+            _freeze_gc()
         self.started = True
         self._last_loop = time.perf_counter()
         log.info("worker_started", route=self.route.name, group=self.route.group, topics=list(self.topics))
@@ -247,7 +273,7 @@ class Worker:
                 await asyncio.gather(purge, return_exceptions=True)
             await self._shutdown()
             if self.tuning.freeze_gc:
-                gc.unfreeze()
+                _unfreeze_gc()
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
         consumer, parts, tuning = self._consumer, self._parts, self.tuning
@@ -274,11 +300,13 @@ class Worker:
                         self._pause(st, BUFFER_FULL)
             batch = await consumer.getmany(*room, timeout_ms=tuning.poll_timeout_ms, max_records=tuning.max_records)
             for tp, records in batch.items():
+                if not records:
+                    continue
                 st = parts.get(tp)
                 if st is None:
                     st = self._open(tp)
                 st.buffer.extend(records)
-                st.tracker.received(map(_offset_of, records))
+                st.tracker.received_up_to = records[-1].offset + 1
                 st.stats.consumed += len(records)
                 st.wakeup.set()
             now = self._last_loop = time.perf_counter()
@@ -518,8 +546,9 @@ class Worker:
                         stats.latency_sum += elapsed
                         stats.processed += 1
                         breaker.record_success()
-            # Done: handled, skipped, or its failure copy acknowledged by Kafka.
-            tracker.done(rec.offset)
+            # Done: handled, skipped, or its failure copy acknowledged by Kafka. In fetch order, so one
+            # past it is committable (InOrderTracker.done, inlined).
+            tracker.committable = rec.offset + 1
             buf.popleft()
             self._done_since_commit += 1
             if st.paused and len(buf) <= low and BUFFER_FULL in st.paused:
@@ -819,7 +848,9 @@ class Worker:
         gauges = []
         for st in self._parts.values():
             highwater = self._highwater(st.tp)
-            first_not_done, position = st.tracker.first_not_done, st.tracker.received_up_to
+            # the buffer's head is the first record not done (records finish in fetch order)
+            first_not_done = st.buffer[0].offset if st.buffer else st.tracker.committable
+            position = st.tracker.received_up_to
             gauges.append(
                 PartitionGauge(
                     st.topic,
@@ -915,9 +946,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._worker._on_assigned(assigned)
-
-
-_offset_of = attrgetter("offset")
 
 
 def _lag(highwater: int | None, offset: int | None) -> int | None:
