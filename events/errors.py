@@ -34,6 +34,9 @@ class FleetError(Exception):
     """
 
     retriable: ClassVar[bool] = True
+    #: may many records fail this way at once because of the environment (an outage, revoked
+    #: credentials) rather than the record itself? Only these can trip the batch circuit breaker.
+    systemic: ClassVar[bool] = True
     #: short, stable machine code (written to Salesforce / DLQ headers where relevant)
     default_code: ClassVar[str] = "FLEET_ERROR"
 
@@ -93,6 +96,7 @@ class NotYetComplete(RetryableError):
 
 class PermanentError(FleetError):
     retriable = False
+    systemic = False  # a poison message: dead-letter it and go on with the next record
     default_code = "PERMANENT"
 
 
@@ -113,6 +117,7 @@ class RejectedByUpstream(PermanentError):
 
 
 class AuthenticationFailed(PermanentError):
+    systemic = True  # revoked credentials fail every record alike: hold them, don't dead-letter them all
     default_code = "AUTHENTICATION_FAILED"
 
 
@@ -120,4 +125,11 @@ def is_retriable(exc: BaseException) -> bool:
     """Classify any exception: our tree says so itself; anything else counts as transient."""
     if isinstance(exc, FleetError):
         return exc.retriable
+    return True
+
+
+def is_systemic(exc: BaseException) -> bool:
+    """Could this failure be the environment's rather than the record's? Unknown errors: yes."""
+    if isinstance(exc, FleetError):
+        return exc.systemic
     return True

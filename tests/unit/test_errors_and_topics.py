@@ -52,3 +52,18 @@ def test_catalog_has_unique_versioned_names() -> None:
     assert all(t.value.endswith(".v1") for t in Topic)
     for group in ConsumerGroup:
         assert dlq_topic(group) in names and retry_topic(group, 2) in names
+
+
+@pytest.mark.parametrize(
+    ("exc", "systemic"),
+    [
+        (errors.UpstreamUnavailable("x"), True),
+        (errors.AuthenticationFailed("x"), True),  # revoked credentials fail every record alike
+        (errors.InvalidPayload("x"), False),  # a poison message
+        (errors.RejectedByUpstream("x"), False),
+        (errors.MappingMissing("x"), False),
+        (KeyError("bug"), True),
+    ],
+)
+def test_only_systemic_failures_can_trip_the_breaker(exc: BaseException, systemic: bool) -> None:
+    assert errors.is_systemic(exc) is systemic

@@ -13,7 +13,7 @@ from aiokafka.errors import CommitFailedError
 from structlog.testing import capture_logs
 
 from events import failure as fh
-from events.errors import InvalidPayload, MappingMissing, RateLimited, UpstreamUnavailable
+from events.errors import InvalidPayload, MappingMissing, RateLimited, RejectedByUpstream, UpstreamUnavailable
 from events.salesforce import CatalogChanged, OrderChanged
 from events.topics import dlq_topic, retry_topic
 from workers.config import RuntimeSettings
@@ -550,6 +550,18 @@ async def test_a_systemic_outage_trips_the_breaker_instead_of_moving_records() -
     assert "circuit_breaker_closed" in events
 
 
+async def test_a_run_of_poison_messages_is_dead_lettered_without_tripping_the_breaker() -> None:
+    """Record-specific permanent errors say nothing about the environment: no hold, no pause."""
+    h = Harness(attempts=1, delays=(), breaker=BreakerConfig(window=10, min_outcomes=5, cooldown_s=60))
+    for i in range(8):
+        h.handler.fail[f"801{i}"] = [RejectedByUpstream("ENTITY_IS_DELETED")]
+        h.send(i)
+    await h.until(lambda: h.committed() == 8, timeout=5)
+    await h.finish()
+    assert len(h.producer.on(DLQ)) == 8
+    assert h.worker.breaker.trips == 0 and h.worker.breaker.closed
+
+
 async def test_an_open_breaker_pauses_every_partition() -> None:
     h = Harness(attempts=1, partitions=2, breaker=BreakerConfig(window=4, min_outcomes=1, cooldown_s=60))
     hold = asyncio.Event()
@@ -661,3 +673,75 @@ async def test_a_half_open_trial_cancelled_by_shutdown_hands_its_permit_on() -> 
     await h.finish()
     assert h.committed() is None and h.producer.records == []
     assert await asyncio.wait_for(h.worker.breaker.admit(), 1) is True  # the permit is free again
+
+
+# --- the hot path's shortcuts keep their promises ----------------------------------------------
+
+
+async def test_a_handler_log_line_carries_the_record_context_and_explicit_keys_win() -> None:
+    """One context variable per record (workers.logs.merge_record_context) renders the same keys the
+    five structlog context variables did; keys passed in the call and other bound keys still show."""
+    import io
+
+    import structlog
+
+    from workers.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging("INFO", "json", [], stream=out)
+    h = Harness()
+
+    async def handler(event: OrderChanged, msg: Message) -> None:
+        with structlog.contextvars.bound_contextvars(order_id=event.sf_order_id):
+            structlog.get_logger("handler").info("handled", partition="explicit")
+
+    h.route = Route("test", GROUP, (SRC,), {OrderChanged: handler})
+    h.worker = Worker(h.route, h.consumer, h.producer, RuntimeSettings(), tuning=Tuning(poll_timeout_ms=2))
+    h.send(1, correlationid="corr-1")
+    h.send(2)
+    await h.until(lambda: h.committed() == 2)
+    await h.finish()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    handled = [line for line in lines if line["event"] == "handled"]
+    assert [(line["offset"], line["key"], line["order_id"]) for line in handled] == [
+        (0, "8011", "8011"),
+        (1, "8012", "8012"),
+    ]
+    first, second = handled
+    assert first["topic"] == SRC and first["partition"] == "explicit"
+    assert first["event_type"] == "fleet.order.changed.v1" and first["correlation_id"] == "corr-1"
+    assert first["event_id"] and first["event_id"] != second["event_id"]
+    assert second["correlation_id"] is None  # not the previous record's
+
+
+async def test_an_undecodable_record_is_logged_under_its_own_context() -> None:
+    import io
+
+    from workers.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging("INFO", "json", [], stream=out)
+    h = Harness()
+    h.send(1, correlationid="corr-1")
+    good = list(h.consumer.logs[TopicPartition(SRC, 0)][0].headers)
+    bad = [(k, b"evt-bad" if k == "ce_id" else v) for k, v in good]
+    h.consumer.append(SRC, b"not json", key=b"bad-key", headers=bad)
+    await h.until(lambda: h.committed() == 2)
+    await h.finish()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    (undecodable,) = [line for line in lines if line["event"] == "record_undecodable"]
+    assert (undecodable["offset"], undecodable["event_id"], undecodable["key"]) == (1, "evt-bad", "bad-key")
+    assert undecodable["topic"] == SRC and undecodable["partition"] == 0
+
+
+async def test_a_full_buffer_shortens_the_poll_so_the_partition_never_runs_dry() -> None:
+    """A partition over its buffer limit is not polled; the poll of the others (here the idle retry
+    tiers) must not then wait the whole poll timeout, or the partition's task works through its buffer
+    and idles until that poll returns, while more of its records wait in the consumer."""
+    h = Harness(tuning={"buffer_per_partition": 2, "poll_timeout_ms": 2_000, "max_records": 5})
+    for i in range(20):
+        h.send(i)
+    # four fetches of five records, each filling the buffer: without the short poll, 2 s per fetch
+    await h.until(lambda: len(h.handler.seen) == 20, timeout=1.0)
+    await h.finish()
+    assert h.committed() == 20

@@ -40,7 +40,7 @@ from adapters.kafka import ProducerPort
 from events import failure as fh
 from events.base import REGISTRY, event_types
 from events.envelope import H_CORRELATION, H_ID, H_TYPE, binary_type, check_binary_headers
-from events.errors import DependencyUnavailable, InvalidPayload, UnknownEventType
+from events.errors import DependencyUnavailable, InvalidPayload, UnknownEventType, is_systemic
 from events.failure import Stage
 from events.topics import retry_topic
 from workers.config import RuntimeSettings
@@ -75,6 +75,9 @@ BUFFER_FULL = "buffer_full"
 BACKOFF = "backoff"
 NOT_BEFORE = "not_before"
 BREAKER = "breaker"
+_ONLY_FULL = {BUFFER_FULL}
+#: the poll timeout while a partition waits for room in its buffer (see Worker._poll_loop)
+FULL_POLL_TIMEOUT_MS = 5
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,11 @@ class Tuning:
     """Loop knobs with production defaults; tests shrink them."""
 
     poll_timeout_ms: int = 100  # how long one getmany waits for data (also the stop-signal latency)
-    max_records: int = 2_000  # per getmany
+    # per getmany: a whole fetch (4 MiB per partition, see consumer_options) in one to three polls,
+    # since aiokafka fetches nothing more from a broker until its partitions are drained (2,000
+    # meant up to twelve polls per fetch, each one behind the partition tasks' turns). A partition's
+    # buffer may overshoot buffer_per_partition by up to this many records.
+    max_records: int = 10_000
     buffer_per_partition: int = 4_000  # pause fetching above this, resume below half
     commit_interval_s: float = 0.2  # commit done offsets at least this often...
     commit_every: int = 5_000  # ...or after this many done records
@@ -287,18 +294,25 @@ class Worker:
             # for them until it is drained. Pausing instead would cost a stall on every resume:
             # aiokafka has one fetch in flight per broker, and with the source partitions paused
             # that fetch long-polls the (usually empty) retry tiers for fetch_max_wait_ms.
-            room = [
-                tp
-                for tp in consumer.assignment()
-                if (st := parts.get(tp)) is None or not st.paused and len(st.buffer) < high
-            ]
+            room: list[TopicPartition] = []
+            full = False  # some partition waits for room in its buffer, not for a back-off or the breaker
+            for tp in consumer.assignment():
+                st = parts.get(tp)
+                if st is None or not st.paused and len(st.buffer) < high:
+                    room.append(tp)
+                elif not st.paused or st.paused == _ONLY_FULL:
+                    full = True
             if not room:
                 # Everything full or waiting: pause the full ones and poll anyway (an all-paused
                 # poll returns nothing), so the member keeps within max.poll.interval.ms.
                 for st in parts.values():
                     if len(st.buffer) >= high:
                         self._pause(st, BUFFER_FULL)
-            batch = await consumer.getmany(*room, timeout_ms=tuning.poll_timeout_ms, max_records=tuning.max_records)
+            # A full partition gets room as its task works through its buffer, but a long poll of the
+            # others (often only the idle retry tiers) would not return for it: poll briefly then, or
+            # the partition tasks run dry and idle until the poll times out.
+            timeout_ms = min(tuning.poll_timeout_ms, FULL_POLL_TIMEOUT_MS) if full else tuning.poll_timeout_ms
+            batch = await consumer.getmany(*room, timeout_ms=timeout_ms, max_records=tuning.max_records)
             for tp, records in batch.items():
                 if not records:
                     continue
@@ -686,9 +700,11 @@ class Worker:
                 if decision.verdict is Verdict.BLOCK:
                     log.error("record_blocked", error=str(error), error_class=error_class(error), attempts=run.count)
                     await self._paused_sleep(st, BACKOFF, self.policy.backoff_max_s)
-                elif self.breaker.record_failure(error_class(error)):
+                elif is_systemic(error) and self.breaker.record_failure(error_class(error)):
                     # Systemic outage: moving the record would only add work; hold it and retry it
                     # when the breaker lets a trial through (the record stays uncommitted meanwhile).
+                    # Record-specific permanent errors (poison messages) never count: a run of them
+                    # must reach the dead letter, not hold the good records behind them.
                     trial = False
                     log.warning("record_held_by_breaker", error_class=error_class(error))
                     trial = await self.breaker.admit()
