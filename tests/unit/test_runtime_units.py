@@ -22,7 +22,7 @@ from workers.runtime.failure import (
     truncate_head,
     truncate_tail,
 )
-from workers.runtime.offsets import OffsetTracker
+from workers.runtime.offsets import InOrderTracker, OffsetTracker
 from workers.runtime.policy import RetryPolicy, Verdict
 
 
@@ -363,3 +363,136 @@ async def test_released_trial_goes_to_the_next_waiter() -> None:
     await asyncio.sleep(0)
     b.release_trial()
     assert await waiter is True
+
+
+def test_the_in_order_tracker_commits_one_past_the_last_finished_record() -> None:
+    t = InOrderTracker()
+    assert t.committable is None
+    t.done(10)
+    t.done(13)  # a gap (compaction): one past the last handled record
+    assert t.committable == 14
+    with pytest.raises(AssertionError, match="fetch order"):
+        t.done(12)
+    t.mark_committed(14)
+    assert t.committed == 14
+
+
+# --- the hot path's helpers ------------------------------------------------------------------
+
+
+def _good_headers() -> dict[str, bytes | None]:
+    return {
+        "ce_specversion": b"1.0",
+        "ce_id": b"e-1",
+        "ce_source": b"/test",
+        "ce_type": b"fleet.order.changed.v1",
+        "ce_time": b"2025-11-26T07:27:01.123Z",
+        "content-type": b"application/json",
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"content-type": None},
+        {"ce_time": None},
+        {"ce_time": b""},
+        {"content-type": b"application/json; charset=utf-8"},
+        {"ce_type": None},
+        {"ce_type": b""},
+        {"ce_id": b""},
+        {"ce_source": None},
+        {"ce_specversion": b"0.3"},
+        {"content-type": b"text/plain"},
+        {"ce_time": b"yesterday"},
+        {"ce_time": b"2025-11-26\xff07:27:01"},  # any separator, even an undecodable byte
+        {"ce_type": b"fleet.\xff"},
+    ],
+)
+def test_the_fast_header_check_agrees_with_check_binary_headers(change: dict[str, bytes | None]) -> None:
+    from events.envelope import binary_type, check_binary_headers
+
+    h: dict[str, bytes | None] = {k: v for k, v in {**_good_headers(), **change}.items() if v is not None}
+    raw = binary_type(h)
+    try:
+        expected: str | None = check_binary_headers(h)
+    except InvalidPayload:
+        expected = None
+    assert (raw.decode("utf-8", "replace") if raw is not None else None) == expected
+
+
+def test_the_record_context_processor_renders_the_record_keys_lazily() -> None:
+    import contextvars
+
+    contextvars.copy_context().run(_record_context_checks)  # nothing set here leaks into other tests
+
+
+def _record_context_checks() -> None:
+    import structlog
+
+    from events.salesforce import OrderChanged
+    from workers.logs import get_log_context, merge_record_context, set_record_context
+    from workers.runtime.message import Message
+
+    msg = Message(
+        OrderChanged(sf_order_id="801"),
+        "g",
+        "t",
+        2,
+        7,
+        0,
+        b"801",
+        b"{}",
+        [],
+        {"ce_id": b"e-1", "ce_correlationid": b"c-1"},
+        OrderChanged.TYPE,
+    )
+    set_record_context(msg)
+    structlog.contextvars.bind_contextvars(offset=-1, order_id="801")  # a stale bind of a record key
+    event = merge_record_context(None, "info", {"event": "x", "key": "explicit"})
+    assert event == {
+        "event": "x",
+        "key": "explicit",  # passed in the call: wins
+        "topic": "t",
+        "partition": 2,
+        "offset": 7,
+        "event_id": "e-1",
+        "event_type": OrderChanged.TYPE,
+        "correlation_id": "c-1",
+    }
+    merged = structlog.contextvars.merge_contextvars(None, "info", event)
+    assert merged["offset"] == 7 and merged["order_id"] == "801"  # record beats stale; other binds kept
+    assert get_log_context()["offset"] == 7 and get_log_context()["order_id"] == "801"
+    set_record_context(None)
+    assert merge_record_context(None, "info", {"event": "y"}) == {"event": "y"}
+
+
+def test_message_event_id_is_decoded_on_access() -> None:
+    from events.salesforce import OrderChanged
+    from workers.runtime.message import Message
+
+    event = OrderChanged(sf_order_id="801")
+    msg = Message(event, "g", "t", 0, 0, 0, None, None, [], {"ce_id": b"e-\xff"}, OrderChanged.TYPE)
+    assert msg.event_id == "e-\ufffd"
+    assert Message(event, "g", "t", 0, 0, 0, None, None, [], {}, OrderChanged.TYPE).event_id == ""
+    assert msg.log_context()["key"] is None
+
+
+def test_gc_freezing_is_counted_per_process() -> None:
+    import gc
+
+    from workers.runtime import worker
+
+    assert worker._gc_freezes == 0
+    worker._freeze_gc()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        worker._freeze_gc()  # a second worker: freezes nothing more
+        assert gc.get_freeze_count() == frozen
+        worker._unfreeze_gc()  # the first one stops: the other still runs frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        worker._unfreeze_gc()
+    assert gc.get_freeze_count() == 0
