@@ -45,8 +45,9 @@ async def seed(dsn: str, oid: str, state: str) -> None:
     pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
         store, at = PgSagaStore(pool), datetime.now(UTC) - timedelta(minutes=3)
+        sim_account = f"070{uuid.uuid4().int % 10**8:08d}"  # unique: the shared database keeps rows
         order = SagaOrder(oid, state=state, sf_account_id="0015g00000000002AA", order_type="SIM",
-                          current_step="sim_confirm", whmcs_client_id=1002, sim_account=f"070{uuid.uuid4().int % 10**8:08d}",
+                          current_step="sim_confirm", whmcs_client_id=1002, sim_account=sim_account,
                           error_code="FREEBIT_TIMEOUT", error_message="Freebit did not complete the registration",
                           requests=1, created_at=at)  # fmt: skip
         steps = [

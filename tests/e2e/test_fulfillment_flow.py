@@ -76,8 +76,14 @@ class WorkerConfig:
     salesforce_url: str
     whmcs_url: str
     freebit_url: str
+    outcome_topic: str = ""
+    writeback_topic: str = ""
     tiers_ms: tuple[int, ...] = (300, 1000)
     max_wait_s: int = 60
+
+    def output_topics(self) -> dict[Topic, str]:
+        """The test's own output topics: its commands must never reach the fleet's real groups."""
+        return {Topic.FULFILLMENT_OUTCOME: self.outcome_topic, Topic.SF_WRITEBACK: self.writeback_topic}
 
     def settings(self) -> Settings:
         return Settings(
@@ -121,6 +127,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event, *, hook: StepHook |
             pool=pool,
             group=cfg.group,
             hook=hook,
+            output_topics=cfg.output_topics(),
         )
         route = Route(name="fulfillment", group=cfg.group, topics=(cfg.order_topic, cfg.billing_topic),
                       handlers=handlers, retry_delays_ms=cfg.tiers_ms)  # fmt: skip
@@ -162,18 +169,20 @@ class World:
         self.cfg = WorkerConfig(
             bootstrap=env["KAFKA_BOOTSTRAP"], dsn=env["DATABASE_URL"], group=f"fleet.fulfillment.e2e-{tag}",
             order_topic=f"e2e.{tag}.sf.order.v1", billing_topic=f"e2e.{tag}.whmcs.billing.v1",
+            outcome_topic=f"e2e.{tag}.fulfillment.outcome.v1", writeback_topic=f"e2e.{tag}.sf.writeback.v1",
             salesforce_url=self.salesforce.url, whmcs_url=whmcs.base_url, freebit_url=freebit.base_url,
         )  # fmt: skip
         self.store: PgSagaStore | None = None
         self.producer: AiokafkaProducer | None = None
-        self.tap = OutputTap(env["KAFKA_BOOTSTRAP"], [Topic.FULFILLMENT_OUTCOME, Topic.SF_WRITEBACK])
+        self.tap = OutputTap(env["KAFKA_BOOTSTRAP"], [self.cfg.outcome_topic, self.cfg.writeback_topic])
 
     async def prepare(self) -> None:
         await migrate(self.cfg.dsn)
         pool = await create_pool(self.cfg.dsn, min_size=1, max_size=4)
         await seed_id_mappings(pool, demo_data.id_mappings())
         self.store = PgSagaStore(pool)
-        specs = [TopicSpec(t, 2, DAY_MS) for t in (self.cfg.order_topic, self.cfg.billing_topic)]
+        own = (self.cfg.order_topic, self.cfg.billing_topic, self.cfg.outcome_topic, self.cfg.writeback_topic)
+        specs = [TopicSpec(t, 2, DAY_MS) for t in own]
         await ensure_topics(self.cfg.bootstrap, [*catalog(), *specs, *group_topics(self.cfg.group, 2)])
         aioproducer = durable_producer(self.cfg.bootstrap, f"e2e-test-{self.tag}")
         await aioproducer.start()
@@ -241,14 +250,14 @@ class World:
     async def published(self, topic: str, key: str, *, at_least: int = 1, settle_s: float = 0.3) -> list[DomainEvent]:
         """The events on ``topic`` keyed ``key``, once ``at_least`` arrived and ``settle_s`` passed
         without more (so an "exactly one" assertion would see a duplicate)."""
+        topic = self.cfg.output_topics().get(Topic(topic), topic) if topic in set(Topic) else topic
         await eventually(lambda: _async(len(self.tap.on(topic, key)) >= at_least), 20, f"{topic} records of {key}")
         await asyncio.sleep(settle_s)
         return [decode_event(e) for e in self.tap.on(topic, key)]
 
 
 class OutputTap:
-    """Reads the shared output topics from their end at start-up, in the background (records of
-    other suites are there too; callers filter by key)."""
+    """Reads the test's output topics from their end at start-up, in the background (callers filter by key)."""
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
         self.bootstrap, self.topics = bootstrap, topics

@@ -6,7 +6,7 @@ Owns the working copy a step reads and changes and the one way it is saved (``Ru
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -54,14 +54,20 @@ class SagaResult:
 
 
 class Publisher:
-    """Publishes the saga's commands and outcomes as children of the message that caused them."""
+    """Publishes the saga's commands and outcomes as children of the message that caused them.
 
-    def __init__(self, producer: ProducerPort, source: str) -> None:
+    ``topics`` maps a catalog topic to the name actually written (default: itself); tests give
+    their own names so their commands never reach the fleet's real groups on a shared broker.
+    """
+
+    def __init__(self, producer: ProducerPort, source: str, topics: Mapping[Topic, str] | None = None) -> None:
         self._producer = producer
         self._source = source
+        self._topics = dict(topics or {})
 
     async def send(self, topic: Topic, event: DomainEvent, cause: Envelope | None) -> None:
-        await self._producer.publish(topic, child_envelope(event, self._source, cause))
+        target = self._topics.get(topic, topic)
+        await self._producer.publish(target, child_envelope(event, self._source, cause))
 
 
 def child_envelope(event: DomainEvent, source: str, cause: Envelope | None) -> Envelope:

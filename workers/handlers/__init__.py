@@ -16,7 +16,7 @@ from adapters.saga_store import PgSagaStore, SagaStore
 from events.base import DomainEvent
 from events.billing import PaymentMethodChanged
 from events.salesforce import OrderActivationRequested, SimActivationRequested
-from events.topics import ConsumerGroup
+from events.topics import ConsumerGroup, Topic
 from workers.fulfillment.model import Step
 from workers.fulfillment.run import Clock, Publisher, StepFn, StepHook, utcnow
 from workers.fulfillment.saga import Saga
@@ -71,9 +71,10 @@ def build_saga(
     group: str = ConsumerGroup.FULFILLMENT,
     clock: Clock = utcnow,
     hook: StepHook | None = None,
+    output_topics: Mapping[Topic, str] | None = None,
 ) -> Saga:
     """The saga with every step bound to its ports; wake-ups go to ``group``'s retry tiers."""
-    publisher = Publisher(producer, FULFILLMENT_SOURCE)
+    publisher = Publisher(producer, FULFILLMENT_SOURCE, output_topics)
     max_wait_s = float(settings.freebit.confirm_max_wait_s)
     steps: dict[Step, StepFn] = {
         Step.VALIDATE: partial(validate_order, salesforce=salesforce),
@@ -109,6 +110,7 @@ def bind_fulfillment(
     group: str = ConsumerGroup.FULFILLMENT,
     clock: Clock = utcnow,
     hook: StepHook | None = None,
+    output_topics: Mapping[Topic, str] | None = None,
 ) -> dict[type[DomainEvent], Handler]:
     """The fulfillment route's handlers, for ``Route(group=ConsumerGroup.FULFILLMENT, handlers=...)``.
 
@@ -131,6 +133,7 @@ def bind_fulfillment(
         group=group,
         clock=clock,
         hook=hook,
+        output_topics=output_topics,
     )
     return {
         OrderActivationRequested: partial(fulfill_order, saga=saga),
