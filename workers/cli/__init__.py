@@ -30,9 +30,9 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from workers.cli import config, db, dlq, events, orders, run, sandbox, stack, topics
+    from workers.cli import config, db, demo, dlq, events, orders, run, sandbox, stack, topics
 
-    for module in (stack, topics, db, events, run, sandbox, dlq, orders, config):
+    for module in (stack, topics, db, events, run, sandbox, demo, dlq, orders, config):
         main.add_command(module.group)
 
 
