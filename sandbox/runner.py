@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,24 @@ from sandbox.whmcs import DEFAULT_WEBHOOK_SECRET, WhmcsSandbox
 
 log = logging.getLogger("sandbox")
 SYSTEMS = ("salesforce", "whmcs", "freebit")
+
+
+def command_line(
+    host: str,
+    ports: dict[str, int],
+    *,
+    webhook_url: str | None = None,
+    ready_file: Path | None = None,
+) -> list[str]:
+    """``python -m sandbox ...`` for a child process (``fleet sandbox up`` and ``fleet demo up``)."""
+    argv = [sys.executable, "-m", "sandbox", "--host", host]
+    for name in SYSTEMS:
+        argv += [f"--{name}-port", str(ports[name])]
+    if ready_file is not None:
+        argv += ["--ready-file", str(ready_file)]
+    if webhook_url:
+        argv += ["--webhook-url", webhook_url]
+    return argv
 
 
 def build_sandboxes(

@@ -22,6 +22,7 @@ from typing import NoReturn
 import click
 import httpx
 
+from sandbox.runner import command_line
 from workers.cli._context import Context, pass_ctx
 from workers.config import Settings
 
@@ -112,23 +113,8 @@ def _spawn(settings: Settings, files: Files) -> int:
     files.dir.mkdir(parents=True, exist_ok=True)
     files.ready.unlink(missing_ok=True)
     s = settings.sandbox
-    command = [
-        sys.executable,
-        "-m",
-        "sandbox",
-        "--host",
-        s.host,
-        "--salesforce-port",
-        str(s.salesforce_port),
-        "--whmcs-port",
-        str(s.whmcs_port),
-        "--freebit-port",
-        str(s.freebit_port),
-        "--ready-file",
-        str(files.ready),
-    ]
-    if s.whmcs_webhook_url:
-        command += ["--webhook-url", s.whmcs_webhook_url]
+    ports = {"salesforce": s.salesforce_port, "whmcs": s.whmcs_port, "freebit": s.freebit_port}
+    command = command_line(s.host, ports, webhook_url=s.whmcs_webhook_url, ready_file=files.ready)
     env = os.environ | {SECRET_ENV: settings.whmcs.webhook_secrets[0].get_secret_value()}
     with files.log.open("ab") as log:
         # a new session: Ctrl-C in the terminal that ran `up` must not reach the sandboxes

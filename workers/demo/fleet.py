@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from adapters.db import create_pool, seed_id_mappings
+from sandbox.runner import command_line
 from workers import stack
 from workers.config import STACK_ENV_FILE, Settings
 from workers.supervisor import ChildSpec, ChildStatus, StopReport, Supervisor
@@ -176,21 +177,8 @@ class Fleet:
 
     def _sandbox_spec(self, secret: str) -> ChildSpec:
         s = self.settings.sandbox
-        argv = [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "--host",
-            s.host,
-            "--salesforce-port",
-            str(s.salesforce_port),
-            "--whmcs-port",
-            str(s.whmcs_port),
-            "--freebit-port",
-            str(s.freebit_port),
-            "--webhook-url",
-            self.endpoints.webhook,
-        ]
+        ports = {"salesforce": s.salesforce_port, "whmcs": s.whmcs_port, "freebit": s.freebit_port}
+        argv = command_line(s.host, ports, webhook_url=self.endpoints.webhook)
         if self.options.freebit_activation_delay_s is not None:
             argv += ["--freebit-activation-delay", str(self.options.freebit_activation_delay_s)]
         # One probe URL stands for the process: the three apps start together, before it answers.
