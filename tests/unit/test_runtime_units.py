@@ -24,21 +24,7 @@ from workers.runtime.failure import (
 )
 from workers.runtime.offsets import InOrderTracker, OffsetTracker
 from workers.runtime.policy import RetryPolicy, Verdict
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
+from workers.runtime.testing import FakeClock
 
 # --- offsets ---------------------------------------------------------------------------------
 

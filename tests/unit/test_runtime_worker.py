@@ -19,25 +19,11 @@ from events.topics import dlq_topic, retry_topic
 from workers.config import RuntimeSettings
 from workers.runtime import BreakerConfig, HealthServer, Message, Route, Tuning, Worker
 from workers.runtime.consumer import TopicPartition
-from workers.runtime.testing import FakeConsumer, LoopbackProducer
+from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer
 
 GROUP = "t.group"
 SRC = "t.src"
 RETRY1, RETRY2, DLQ = retry_topic(GROUP, 1), retry_topic(GROUP, 2), dlq_topic(GROUP)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class Recorder:

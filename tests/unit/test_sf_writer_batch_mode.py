@@ -24,25 +24,11 @@ from sandbox import demo_data
 from workers.config import RuntimeSettings, Settings
 from workers.runtime import BreakerConfig, Message, Route, Tuning, Worker
 from workers.runtime.batch import BatchHandler, Defer, Outcome
-from workers.runtime.testing import FakeConsumer, LoopbackProducer
+from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer
 
 GROUP = "t.sfw"
 SRC = "t.writeback"
 RETRY1, RETRY2, DLQ = retry_topic(GROUP, 1), retry_topic(GROUP, 2), dlq_topic(GROUP)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def command(n: int, **fields: Any) -> UpdateSalesforceRecord:

@@ -185,6 +185,22 @@ class FakeConsumer:
         return set(range(self.partition_counts.get(topic, 1)))
 
 
+class FakeClock:
+    """Injectable wall clock and sleep for a ``Worker``: sleeping advances time at once."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
 @dataclass
 class LoopbackProducer(FakeProducer):
     """A ``FakeProducer`` whose records also land in ``consumer`` (when it reads that topic)."""
