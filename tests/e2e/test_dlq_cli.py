@@ -21,7 +21,6 @@ import uuid
 from asyncio.subprocess import PIPE
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -31,6 +30,7 @@ from events.base import to_envelope
 from events.errors import InvalidPayload, RejectedByUpstream
 from events.salesforce import OrderChanged
 from events.topics import TopicSpec, dlq_topic, group_topics, retry_topic
+from tests.support import eventually
 from workers.config import KafkaSettings, RuntimeSettings, Settings
 from workers.dlq.reader import TopicReader
 from workers.dlq.testing import Letter, produce
@@ -210,15 +210,6 @@ async def test_purge_requires_typing_the_group_name(stack_env: dict[str, str], t
     assert unasked.returncode == 0 and summary(unasked.stdout)["purged"] == "1"
     rows = await fetch(stack_env, "SELECT action, status FROM dlq_audit WHERE consumer_group = $1", group)
     assert [tuple(r.values()) for r in rows] == [("purge", "completed")] * 2, "a refused purge leaves no audit row"
-
-
-async def eventually(check: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def fleet_async(stack_env: dict[str, str], *args: str, tmp: Path) -> tuple[int, str, str]:

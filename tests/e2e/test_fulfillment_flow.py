@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -49,6 +49,7 @@ from sandbox.salesforce import SalesforceSandbox
 from sandbox.salesforce.org import AGENT
 from sandbox.whmcs import WhmcsSandbox
 from tests.contracts.support import Served, serving
+from tests.support import eventually
 from workers.config import FreebitSettings, KafkaSettings, PostgresSettings, RuntimeSettings, Settings
 from workers.dlq.reader import partitions_of
 from workers.fulfillment.run import StepHook
@@ -293,17 +294,6 @@ class OutputTap:
 
 async def _async(value: Any) -> Any:
     return value
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from events.base import to_envelope
 from events.fulfillment import UpdateSalesforceRecord
 from events.topics import DAY_MS, TopicSpec, dlq_topic, group_topics
 from sandbox.salesforce import SalesforceSandbox
+from tests.support import eventually
 from workers.config import KafkaSettings, RuntimeSettings, Settings
 from workers.handlers.sf_writer import bind_sf_writer
 from workers.runtime.consumer import build_consumer, partition_counter
@@ -39,17 +40,6 @@ pytestmark = pytest.mark.e2e
 
 PARTITIONS = 4
 ORDERS = 200
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 class World:

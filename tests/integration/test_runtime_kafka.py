@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from events.errors import MappingMissing, UpstreamUnavailable
 from events.salesforce import OrderChanged
 from events.topics import DAY_MS, TopicSpec, dlq_topic, group_topics, retry_topic
 from tests.stack_fixtures import stack_env  # noqa: F401
+from tests.support import eventually
 from workers.config import KafkaSettings, RuntimeSettings
 from workers.runtime import Message, Route, Tuning, Worker, build_consumer, idempotent, partition_counter
 
@@ -139,14 +140,6 @@ async def committed_offsets(env: dict[str, Any], group: str, topic: str) -> dict
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
     finally:
         await consumer.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 async def count(env: dict[str, Any], sql: str, *args: Any) -> int:
