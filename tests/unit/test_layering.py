@@ -46,3 +46,31 @@ def test_the_check_catches_a_forbidden_import() -> None:
         "adapters",
     }
     assert imported_packages("from . import sibling\n") == set()
+
+
+# Every entry point a user or `make` starts must import on its own, in a fresh interpreter: an import
+# cycle (workers.stack -> workers.cli -> workers.demo -> workers.stack) only shows when the first import
+# is the wrong one, which the test process (having imported everything already) never sees.
+ENTRY_MODULES = [
+    "workers.cli",
+    "workers.stack",
+    "workers.stack.provision",
+    "workers.demo.fleet",
+    "workers.bootstrap",
+    "sandbox.runner",
+    "bench.runtime_bench",
+    "bench.ingress_bench",
+    "bench.e2e_bench",
+]
+
+
+def test_entry_modules_import_alone() -> None:
+    import subprocess
+    import sys
+
+    failed = {}
+    for module in ENTRY_MODULES:
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            failed[module] = proc.stderr.strip().splitlines()[-1]
+    assert failed == {}

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import click
 
-from adapters.kafka import ensure_topics, list_topics
+from adapters.kafka import list_topics
 from events.topics import catalog
 from workers.cli._context import Context, pass_ctx, run_async
-
-
-async def ensure_catalog(bootstrap: str) -> list[str]:
-    """Create every catalog topic that is missing; returns the names created."""
-    return await ensure_topics(bootstrap, catalog())
+from workers.stack.provision import ensure_catalog
 
 
 @click.group(name="topics")

@@ -9,7 +9,14 @@ from __future__ import annotations
 import asyncio
 
 from adapters.db import migrate
-from workers.cli.topics import ensure_catalog
+from adapters.kafka import ensure_topics
+from events.topics import catalog
+
+
+async def ensure_catalog(bootstrap: str) -> list[str]:
+    """Create every catalog topic that is missing; returns the names created. Lives here, not in the
+    CLI: the stack and the demo need it too, and workers/stack must not import workers/cli (a cycle)."""
+    return await ensure_topics(bootstrap, catalog())
 
 
 async def ensure_topics_and_schema(bootstrap: str, dsn: str) -> list[str]:
