@@ -1,15 +1,16 @@
 """Redis (redis-py asyncio, RESP2/3) as the portal's cache: delete stale keys, tell portal instances.
 
-Owns the Redis side of invalidation: ``UNLINK`` pipelined (one command per key, so it also works on a
-Redis Cluster), reading the portal's dependency SETs, ``PUBLISH`` of the invalidation notice, and
-the mapping of redis-py errors onto ``events.errors``. Must not build key names (``workers.cache_keys``
-does), read configuration or build the client (the composition root passes a ``redis.asyncio.Redis``).
+Owns the Redis side of invalidation: reading the portal's dependency SETs, then for a whole batch
+of events one pipelined round trip of ``UNLINK`` (one command per key, so it also works on a Redis
+Cluster), ``SREM`` and ``PUBLISH`` of each event's notice; and the mapping of redis-py errors onto
+``events.errors``. Must not build key names (``workers.cache_keys`` does), read configuration or
+build the client (the composition root passes a ``redis.asyncio.Redis``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,26 +42,35 @@ class InvalidationNotice:
         return json.dumps(body, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class Invalidation:
+    """One event's share of ``CachePort.invalidate``: ``UNLINK`` the notice's keys, ``SREM`` the
+    ``untrack`` members from their dependency SETs, then ``PUBLISH`` the notice."""
+
+    notice: InvalidationNotice
+    untrack: Mapping[str, Iterable[str]] = field(default_factory=dict)
+
+
 class CachePort(Protocol):
     async def dependents(self, *index_keys: str) -> dict[str, frozenset[str]]:
         """Members of each dependency SET (one pipelined round trip); a missing SET has none.
 
-        Read-only and idempotent. Raises ``DependencyUnavailable`` when Redis cannot answer."""
+        Read-only and idempotent. Raises ``DependencyUnavailable`` when Redis cannot answer, and
+        ``RejectedByUpstream`` (permanent) when one of the keys is not a SET (``WRONGTYPE``)."""
         ...
 
-    async def invalidate(self, keys: Iterable[str], *, untrack: Mapping[str, Iterable[str]] | None = None) -> int:
-        """``UNLINK`` every key and ``SREM`` the ``untrack`` members from their SETs, pipelined in one
-        round trip; returns how many keys existed. Idempotent: deleting a missing key is a no-op, so a
-        retried invalidation deletes nothing twice. ``SREM`` rather than deleting a whole SET keeps
-        members the portal added meanwhile, and a failure half-way leaves the SET for the retry.
-        Raises ``DependencyUnavailable`` (retryable) when Redis is unreachable or times out."""
-        ...
+    async def invalidate(self, items: Sequence[Invalidation]) -> list[int | FleetError]:
+        """For each item, in order: ``UNLINK`` its keys, ``SREM`` its untracked members, ``PUBLISH`` its
+        notice; all items in one pipelined round trip. Returns, per item, how many of its keys existed,
+        or the error of a command Redis refused for that item (the other items are unaffected).
 
-    async def publish(self, notice: InvalidationNotice) -> int:
-        """``PUBLISH`` the notice on the invalidation channel; returns the receivers counted by Redis.
-
-        Pub/sub is fire-and-forget: a portal instance that is not subscribed now misses it (its L1
-        copies expire by TTL). Raises ``DependencyUnavailable`` as ``invalidate``."""
+        Order: Redis runs a pipeline in order, so no notice goes out before its own keys are gone.
+        Idempotent: deleting a missing key is a no-op, so a retry deletes nothing twice (and repeats
+        the notice, which subscribers treat as idempotent). ``SREM`` rather than deleting a whole SET
+        keeps members the portal added meanwhile, and a failure half-way leaves the SET for the retry.
+        Pub/sub is fire-and-forget: an instance not subscribed now misses the notice (its L1 copies
+        expire by TTL). Raises ``DependencyUnavailable`` (retryable, for every item: any prefix of the
+        pipeline may have run) when Redis is unreachable or times out."""
         ...
 
 
@@ -81,41 +91,57 @@ class RedisCache:
             answers = await pipe.execute()
         return {index: frozenset(_text(m) for m in members) for index, members in zip(index_keys, answers, strict=True)}
 
-    async def invalidate(self, keys: Iterable[str], *, untrack: Mapping[str, Iterable[str]] | None = None) -> int:
-        keys = list(dict.fromkeys(keys))
-        removals = {index: sorted(members) for index, members in (untrack or {}).items() if members}
-        if not keys and not removals:
-            return 0
-        with _mapped("UNLINK"):
-            pipe = self._redis.pipeline(transaction=False)
+    async def invalidate(self, items: Sequence[Invalidation]) -> list[int | FleetError]:
+        if not items:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        unlinks: list[int] = []  # per item: its UNLINK commands (they come first in its span)
+        spans: list[int] = []  # per item: its commands
+        for item in items:
+            keys = list(dict.fromkeys(item.notice.keys))
+            removals = {index: sorted(members) for index, members in item.untrack.items() if members}
             for key in keys:
                 pipe.unlink(key)
             for index, members in removals.items():
                 pipe.srem(index, *members)
-            answers = await pipe.execute()
-        return sum(int(n) for n in answers[: len(keys)])
-
-    async def publish(self, notice: InvalidationNotice) -> int:
-        with _mapped("PUBLISH"):
-            return int(await self._redis.publish(self._channel, notice.to_json()))
+            pipe.publish(self._channel, item.notice.to_json())
+            unlinks.append(len(keys))
+            spans.append(len(keys) + len(removals) + 1)
+        with _mapped("UNLINK/SREM/PUBLISH"):
+            # raise_on_error=False: a refused command comes back as its error, in its item's span
+            answers = await pipe.execute(raise_on_error=False)
+        results: list[int | FleetError] = []
+        start = 0
+        for n_unlink, span in zip(unlinks, spans, strict=True):
+            part = answers[start : start + span]
+            start += span
+            refused = next((a for a in part if isinstance(a, Exception)), None)
+            results.append(_error("UNLINK/SREM/PUBLISH", refused) if refused else sum(int(n) for n in part[:n_unlink]))
+        return results
 
 
 @contextmanager
 def _mapped(operation: str) -> Iterator[None]:
-    """The one place redis-py errors become ours: connection trouble is retryable, a refused
-    command (``WRONGTYPE`` on a dependency SET the portal wrote wrongly) is not."""
+    """redis-py errors raised by a call become ours (``_error``)."""
     try:
         yield
     except FleetError:
         raise
-    except rx.ResponseError as exc:
-        if isinstance(exc, rx.ReadOnlyError):  # a failover in progress: the new primary will take it
-            raise DependencyUnavailable(f"redis {operation} failed: {exc!r}", upstream=UPSTREAM) from exc
-        raise RejectedByUpstream(
-            f"redis {operation} refused: {exc!r}", upstream=UPSTREAM, code="REDIS_COMMAND_REFUSED"
-        ) from exc
     except (rx.RedisError, OSError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"redis {operation} failed: {exc!r}", upstream=UPSTREAM) from exc
+        raise _error(operation, exc) from exc
+
+
+def _error(operation: str, exc: Exception) -> FleetError:
+    """The one place redis-py errors become ours: connection trouble is retryable, a refused command
+    (``WRONGTYPE`` on a dependency SET the portal wrote wrongly) is not."""
+    if isinstance(exc, rx.ResponseError) and not isinstance(exc, rx.ReadOnlyError):
+        error: FleetError = RejectedByUpstream(
+            f"redis {operation} refused: {exc!r}", upstream=UPSTREAM, code="REDIS_COMMAND_REFUSED"
+        )
+    else:  # unreachable, timed out, loading, or a read-only replica in a failover: the new primary will take it
+        error = DependencyUnavailable(f"redis {operation} failed: {exc!r}", upstream=UPSTREAM)
+    error.__cause__ = exc
+    return error
 
 
 def _text(value: bytes | str) -> str:
@@ -126,14 +152,19 @@ def _text(value: bytes | str) -> str:
 class FakeCache:
     """In-memory ``CachePort``: plain values in ``values``, dependency SETs in ``sets``.
 
-    Records every key it was asked to delete (``invalidated_keys``, in order) and every notice
-    (``notices``); ``fail_next_with`` makes the next call raise that error, before any effect.
+    Records every key it was asked to delete (``invalidated_keys``, in order), every notice
+    (``notices``) and every call (``calls``: ``"dependents"`` / ``"invalidate"``, one per round trip);
+    ``fail_next_with`` makes the next call raise that error, before any effect; a key in
+    ``wrong_type`` is refused like Redis refuses ``WRONGTYPE`` (``SMEMBERS`` raises, an item whose
+    ``SREM`` names it reports the error after its ``UNLINK``s, as a pipeline would).
     """
 
     values: dict[str, str] = field(default_factory=dict)
     sets: dict[str, set[str]] = field(default_factory=dict)
     invalidated_keys: list[str] = field(default_factory=list)
     notices: list[InvalidationNotice] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    wrong_type: set[str] = field(default_factory=set)
     fail_next_with: Exception | None = None
 
     def track(self, index: str, *keys: str) -> None:
@@ -141,28 +172,35 @@ class FakeCache:
         self.sets.setdefault(index, set()).update(keys)
 
     async def dependents(self, *index_keys: str) -> dict[str, frozenset[str]]:
-        self._maybe_fail()
+        self._enter("dependents")
+        refused = [index for index in index_keys if index in self.wrong_type]
+        if refused:
+            raise _error("SMEMBERS", rx.ResponseError(f"WRONGTYPE {refused[0]}"))
         return {index: frozenset(self.sets.get(index, ())) for index in index_keys}
 
-    async def invalidate(self, keys: Iterable[str], *, untrack: Mapping[str, Iterable[str]] | None = None) -> int:
-        self._maybe_fail()
-        keys = list(dict.fromkeys(keys))
+    async def invalidate(self, items: Sequence[Invalidation]) -> list[int | FleetError]:
+        self._enter("invalidate")
+        return [self._invalidate_one(item) for item in items]
+
+    def _invalidate_one(self, item: Invalidation) -> int | FleetError:
+        keys = list(dict.fromkeys(item.notice.keys))
         self.invalidated_keys.extend(keys)
         existed = sum(1 for k in keys if self.values.pop(k, None) is not None or self.sets.pop(k, None) is not None)
-        for index, members in (untrack or {}).items():
+        refused: FleetError | None = None
+        for index, members in item.untrack.items():
+            if index in self.wrong_type:
+                refused = refused or _error("SREM", rx.ResponseError(f"WRONGTYPE {index}"))
+                continue
             remaining = self.sets.get(index, set()) - set(members)
             if remaining:
                 self.sets[index] = remaining
             else:
                 self.sets.pop(index, None)  # Redis deletes an emptied SET
-        return existed
+        self.notices.append(item.notice)  # the pipeline publishes after a refused SREM too
+        return refused if refused is not None else existed
 
-    async def publish(self, notice: InvalidationNotice) -> int:
-        self._maybe_fail()
-        self.notices.append(notice)
-        return 1
-
-    def _maybe_fail(self) -> None:
+    def _enter(self, call: str) -> None:
+        self.calls.append(call)
         if self.fail_next_with is not None:
             exc, self.fail_next_with = self.fail_next_with, None
             raise exc

@@ -3,7 +3,9 @@
 Contract: with the portal's keys seeded for two users (plus their accounts, the catalog lists and
 the dependency SETs), each event type deletes exactly its keys: a SCAN of every seeded family
 afterwards finds all the others, and the notice arrives on the pub/sub channel. Users come from
-the real ``id_mappings`` table. When Redis is down the handler raises a retryable error and
+the real ``id_mappings`` table. One batch of every event type costs one lookup and one pipeline and
+still gives each event exactly its keys and its own notice; a command Redis refuses fails only its
+own event's share of the pipeline. When Redis is down the handler raises a retryable error and
 nothing is lost: after Redis is back, the redelivered event deletes the keys and notifies (a private
 ``redis-server`` is started and stopped for this; the shared one is never touched).
 """
@@ -26,18 +28,19 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from adapters.cache import RedisCache
+from adapters.cache import Invalidation, InvalidationNotice, RedisCache
 from adapters.db import seed_id_mappings
 from adapters.mappings import PgIdMappings
 from events.base import DomainEvent
 from events.billing import ClientChanged, InvoiceChanged, PaymentMethodChanged, ServiceChanged, WhmcsOrderChanged
 from events.envelope import H_ID
-from events.errors import DependencyUnavailable
+from events.errors import DependencyUnavailable, RejectedByUpstream
 from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, OrderChanged
 from sandbox import demo_data
 from workers import cache_keys as ck
 from workers.handlers.cache import bind_cache_invalidator
+from workers.runtime.batch import BatchHandler
 from workers.runtime.message import Message
 
 pytestmark = pytest.mark.integration
@@ -262,6 +265,67 @@ async def test_id_mappings_lookups_by_client_and_by_account(portal: Portal, pool
     assert by_client == by_account == by_short and by_client.user_id == row["user_id"]
     assert await mappings.for_whmcs_client(99_999) == []
     assert await mappings.for_sf_account(sf_id("001")) == []
+
+
+async def test_one_batch_of_every_event_type_busts_each_events_keys_with_its_own_notice(
+    portal: Portal, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    channel = f"portal:cache:invalidated:test-{secrets.token_hex(4)}"
+    handler = bind_cache_invalidator(cache=RedisCache(redis, channel=channel), mappings=PgIdMappings(pool))[
+        InvoiceChanged
+    ]
+    assert isinstance(handler, BatchHandler)
+    batch = [*cases(portal), ("unmapped", InvoiceChanged(whmcs_client_id=99_999, invoice_id=1), set())]
+    msgs = [message(event) for _, event, _ in batch]
+    before = await portal.present()
+
+    async with Listener(redis, channel) as listener:
+        outcomes = await handler.handle_batch(msgs)
+        notices = [await listener.notice() for _ in range(len(batch) - 1)]
+
+    assert outcomes == [None] * len(batch)
+    assert {n["event_id"]: set(n["keys"]) for n in notices} == {
+        msg.event_id: expected for msg, (_, _, expected) in zip(msgs, batch, strict=True) if expected
+    }
+    after = await portal.present()
+    emptied = {k for k in before - after if ":deps:" in k}
+    assert after == before - set().union(*(expected for _, _, expected in batch)) - emptied
+
+
+async def test_batch_lookups_resolve_clients_and_accounts_in_one_query_each(portal: Portal, pool: asyncpg.Pool) -> None:
+    mappings = PgIdMappings(pool)
+    a, b = portal.a, portal.b
+
+    by_client = await mappings.for_whmcs_clients([a["whmcs_client_id"], b["whmcs_client_id"], 99_999, 2**40])
+    by_account = await mappings.for_sf_accounts([a["sf_account_id"], b["sf_account_id"][:15], sf_id("001")])
+
+    assert [r.user_id for r in by_client[a["whmcs_client_id"]]] == [a["user_id"]]
+    assert [r.user_id for r in by_client[b["whmcs_client_id"]]] == [b["user_id"]]
+    assert by_client[99_999] == [] and by_client[2**40] == [], "unmapped, and beyond the column's range"
+    assert [r.user_id for r in by_account[a["sf_account_id"]]] == [a["user_id"]]
+    assert [r.user_id for r in by_account[b["sf_account_id"][:15]]] == [b["user_id"]], "15-character id"
+    assert sum(len(rows) for rows in by_account.values()) == 2
+
+
+async def test_a_command_redis_refuses_fails_only_its_own_item(redis: Redis) -> None:
+    """``WRONGTYPE`` on one item's SREM: its UNLINKs (earlier in the pipeline) ran, the others are untouched."""
+    tag = secrets.token_hex(4)
+    a, b, c, not_a_set = (f"portal:v1:test:{tag}:{n}" for n in ("a", "b", "c", "deps"))
+    await redis.mset({a: "1", b: "1", c: "1", not_a_set: "a string"})
+    cache = RedisCache(redis, channel=f"test-{tag}")
+    try:
+        results = await cache.invalidate(
+            [
+                Invalidation(InvalidationNotice("e1", "t", (a,), "r")),
+                Invalidation(InvalidationNotice("e2", "t", (b,), "r"), {not_a_set: [b]}),
+                Invalidation(InvalidationNotice("e3", "t", (c,), "r")),
+            ]
+        )
+        assert results[0] == 1 and results[2] == 1
+        assert isinstance(results[1], RejectedByUpstream) and not results[1].retriable
+        assert await redis.exists(a, b, c) == 0
+    finally:
+        await redis.unlink(a, b, c, not_a_set)
 
 
 async def test_postgres_unreachable_is_retryable() -> None:

@@ -4,7 +4,9 @@ Contract: keys come only from ``workers.cache_keys``; users are resolved through
 client without a mapping busts nothing and is not an error); order caches are busted only for
 customer-facing changes and on fulfillment outcomes; catalog changes bust what the product's
 dependency SET lists (plus every list when list membership may change); Redis or Postgres down →
-``DependencyUnavailable`` (retryable) and nothing is published.
+``DependencyUnavailable`` (retryable) and nothing is published. In a batch: one ``id_mappings`` lookup
+per id kind and one Redis pipeline for every event, each event still with exactly its keys and its own
+notice; a record-specific refusal fails that record alone, an outage fails the whole batch.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from adapters.mappings import FakeIdMappings
 from events.base import DomainEvent
 from events.billing import ClientChanged, InvoiceChanged, PaymentMethodChanged, ServiceChanged, WhmcsOrderChanged
 from events.envelope import H_ID
-from events.errors import DependencyUnavailable, InvalidPayload
+from events.errors import DependencyUnavailable, InvalidPayload, RejectedByUpstream
 from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, OrderActivationRequested, OrderChanged
 from sandbox import demo_data
 from workers import cache_keys as ck
 from workers.handlers.cache import bind_cache_invalidator
+from workers.runtime.batch import BatchHandler, Outcome
 from workers.runtime.message import Message
 
 TANAKA, SUZUKI = demo_data.CUSTOMERS[0], demo_data.CUSTOMERS[1]
 T_USER, T_CLIENT, T_ACCOUNT = TANAKA["user_id"], TANAKA["whmcs_client_id"], TANAKA["sf_account_id"]
+S_USER, S_CLIENT, S_ACCOUNT = SUZUKI["user_id"], SUZUKI["whmcs_client_id"], SUZUKI["sf_account_id"]
 ORDER = demo_data.sf_id("801", 77)
 PRODUCT = demo_data.sf_id("01t", 1)
 
@@ -68,6 +72,12 @@ class World:
 
     def deleted(self) -> set[str]:
         return set(self.cache.invalidated_keys)
+
+    async def deliver_batch(self, events: list[DomainEvent]) -> tuple[list[Message], list[Outcome]]:
+        handler = self.handlers[type(events[0])]
+        assert isinstance(handler, BatchHandler)
+        msgs = [message(e) for e in events]
+        return msgs, await handler.handle_batch(msgs)
 
 
 def message(event: DomainEvent) -> Message:
@@ -130,7 +140,7 @@ async def test_a_whmcs_client_without_a_portal_user_busts_nothing(world: World) 
     await world.deliver(InvoiceChanged(whmcs_client_id=424242, invoice_id=1))
 
     assert world.cache.invalidated_keys == [] and world.cache.notices == []
-    assert world.mappings.lookups == [("whmcs_client_id", 424242)]
+    assert world.mappings.lookups == [("whmcs_client_id", (424242,))]
 
 
 async def test_a_customer_facing_order_change_busts_the_accounts_orders_and_the_order(world: World) -> None:
@@ -267,6 +277,106 @@ async def test_postgres_down_is_retryable(world: World) -> None:
 async def test_an_id_that_cannot_be_a_key_segment_is_a_permanent_bad_payload(world: World) -> None:
     with pytest.raises(InvalidPayload):
         await world.deliver(AccountEligibilityChanged(sf_account_id="001:*"))
+
+
+# --- batches -----------------------------------------------------------------------------------
+async def test_a_mixed_batch_costs_one_lookup_and_one_pipeline_and_each_event_busts_exactly_its_keys(
+    world: World,
+) -> None:
+    product_change = CatalogChanged(
+        entity="PricebookEntry", record_id=demo_data.sf_id("01u", 1), product2_id=PRODUCT, changed_fields=["UnitPrice"]
+    )
+    cases: list[tuple[DomainEvent, set[str]]] = [
+        (InvoiceChanged(whmcs_client_id=T_CLIENT, invoice_id=5001),
+         {ck.user_invoices(T_USER), ck.user_invoice(T_USER, 5001)}),
+        (ServiceChanged(whmcs_client_id=S_CLIENT, service_id=9001),
+         {ck.user_subscriptions(S_USER), ck.user_subscription(S_USER, 9001)}),
+        (InvoiceChanged(whmcs_client_id=424242, invoice_id=1), set()),  # no portal user: no notice
+        (OrderChanged(sf_order_id=ORDER, sf_account_id=T_ACCOUNT, changed_fields=["Status"]),
+         {ck.account_orders(T_ACCOUNT), ck.account_order(T_ACCOUNT, ORDER)}),
+        (product_change, {"catalog:internet:plans"}),
+        (AccountEligibilityChanged(sf_account_id=S_ACCOUNT), {ck.eligibility(S_ACCOUNT)}),
+    ]  # fmt: skip
+
+    msgs, outcomes = await world.deliver_batch([event for event, _ in cases])
+
+    assert outcomes == [None] * len(cases)
+    assert world.mappings.lookups == [("whmcs_client_id", tuple(sorted((T_CLIENT, S_CLIENT, 424242))))]
+    assert world.cache.calls == ["dependents", "invalidate"], "one SMEMBERS pipeline, one UNLINK/PUBLISH pipeline"
+    notices = {n.event_id: set(n.keys) for n in world.cache.notices}
+    assert notices == {msg.event_id: keys for msg, (_, keys) in zip(msgs, cases, strict=True) if keys}
+    assert world.deleted() == set().union(*(keys for _, keys in cases))
+
+
+async def test_an_outcome_naming_only_its_account_is_resolved_by_account_in_the_same_batch(world: World) -> None:
+    events: list[DomainEvent] = [
+        OrderFulfilled(sf_order_id=ORDER, sf_account_id=S_ACCOUNT[:15], whmcs_order_id=9),
+        PaymentMethodChanged(whmcs_client_id=S_CLIENT, paymethod_id=1),
+    ]
+
+    _, outcomes = await world.deliver_batch(events)
+
+    assert outcomes == [None, None]
+    assert sorted(world.mappings.lookups) == [("sf_account_id", (S_ACCOUNT[:15],)), ("whmcs_client_id", (S_CLIENT,))]
+    assert {ck.user_subscriptions(S_USER), ck.user_invoices(S_USER), ck.user_paymethods(S_USER)} <= world.deleted()
+
+
+async def test_a_bad_id_fails_only_its_record(world: World) -> None:
+    _, outcomes = await world.deliver_batch(
+        [AccountEligibilityChanged(sf_account_id="001:*"), InvoiceChanged(whmcs_client_id=T_CLIENT, invoice_id=5001)]
+    )
+
+    assert isinstance(outcomes[0], InvalidPayload) and outcomes[1] is None
+    assert world.deleted() == {ck.user_invoices(T_USER), ck.user_invoice(T_USER, 5001)}
+
+
+async def test_a_refused_dependency_set_fails_only_the_events_naming_it(world: World) -> None:
+    """A SET of the wrong type is a portal bug (dead letter), not a reason to hold the other events."""
+    world.cache.wrong_type.add(ck.product_deps(PRODUCT))
+    events: list[DomainEvent] = [
+        CatalogChanged(entity="Product2", record_id=PRODUCT, product2_id=PRODUCT, changed_fields=["Description"]),
+        OrderChanged(sf_order_id=ORDER, sf_account_id=T_ACCOUNT, changed_fields=["Status"]),
+        InvoiceChanged(whmcs_client_id=T_CLIENT, invoice_id=5001),
+    ]
+
+    _, outcomes = await world.deliver_batch(events)
+
+    assert isinstance(outcomes[0], RejectedByUpstream) and not outcomes[0].retriable
+    assert outcomes[1:] == [None, None]
+    assert world.deleted() == {
+        ck.account_orders(T_ACCOUNT), ck.account_order(T_ACCOUNT, ORDER), ck.user_invoices(T_USER),
+        ck.user_invoice(T_USER, 5001),
+    }  # fmt: skip
+
+
+async def test_redis_down_fails_the_whole_batch_retryably_and_deletes_nothing(world: World) -> None:
+    world.cache.fail_next_with = DependencyUnavailable("redis down", upstream="redis")
+    events: list[DomainEvent] = [
+        InvoiceChanged(whmcs_client_id=T_CLIENT, invoice_id=5001),
+        ClientChanged(whmcs_client_id=S_CLIENT),
+    ]
+
+    _, outcomes = await world.deliver_batch(events)
+
+    assert all(isinstance(o, DependencyUnavailable) and o.retriable for o in outcomes)
+    assert world.cache.notices == [] and ck.user_invoices(T_USER) in world.cache.values
+
+
+async def test_postgres_down_fails_the_whole_batch_retryably(world: World) -> None:
+    world.mappings.fail_next_with = DependencyUnavailable("pg down", upstream="postgres")
+
+    _, outcomes = await world.deliver_batch(
+        [InvoiceChanged(whmcs_client_id=T_CLIENT, invoice_id=5001), AccountEligibilityChanged(sf_account_id=T_ACCOUNT)]
+    )
+
+    assert all(isinstance(o, DependencyUnavailable) for o in outcomes)
+    assert world.cache.invalidated_keys == [] and world.cache.notices == []
+
+
+def test_every_event_type_shares_one_batch_handler(world: World) -> None:
+    """One object, so the runtime's batch runs on across event types instead of ending at each change."""
+    (handler,) = set(world.handlers.values())
+    assert isinstance(handler, BatchHandler)
 
 
 def test_the_composition_root_binding_covers_every_busting_event_type() -> None:
