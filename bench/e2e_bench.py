@@ -1,6 +1,7 @@
 """End-to-end benchmark: the whole fleet under the demo supervisor, orders and webhooks through the sandboxes.
 
     python -m bench.e2e_bench [--orders 1000] [--paced-orders 200 --paced-rate 4] [--out bench/results/e2e.json]
+    python -m bench.e2e_bench --skip-orders      # the webhook phase alone
 
 What runs: the local stack, the sandboxes and the five workers exactly as ``fleet demo up`` starts
 them (``workers.demo.fleet``), with fixed latencies injected through the sandboxes' fault API
@@ -21,11 +22,19 @@ added to them:
 * webhook → cache key gone: signed webhooks (Standard Webhooks, as the WHMCS sandbox signs them)
   fired at the receiver at a fixed rate, each naming an invoice whose portal key was seeded; the
   key counts as gone when the cache-invalidator's notice naming it arrives on the invalidation
-  channel (it publishes after ``UNLINK``); the keys are checked with ``EXISTS`` afterwards.
+  channel (it publishes after ``UNLINK``); the keys are checked with ``EXISTS`` afterwards. Per
+  stage (``stages``): scheduled send → the record's CreateTime (the receiver's producer stamps it)
+  → key gone, and CreateTime → first read by the bench's own group-less consumer of the billing
+  topic (Kafka's delivery floor under the same load; that consumer is one more reader the broker
+  serves, a few % of a core at 1,000/s). ``workers``: CPU ms per webhook of the receiver and the
+  invalidator (/proc, the whole run) and the invalidator's handler time per record (its /metrics);
+* the invalidator's drain rate: ``--webhook-drain`` InvoiceChanged events produced straight onto
+  the billing topic by one producer (the receiver is not on this path), first produce → last notice.
 
 Phases: calibrate → paced (open loop at ``--paced-rate``: the latency distribution against the
 floor) → calibrate → burst (``--orders`` approved as fast as the control API takes them: orders/s)
-→ webhooks. A part whose workers are missing is reported as "not measured: <reason>".
+→ webhooks (each rate, then the drain). A part whose workers are missing, or that was skipped, is
+reported as "not measured: <reason>".
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -53,12 +63,16 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from standardwebhooks.webhooks import Webhook
 
 from adapters.db import create_pool, seed_id_mappings
+from adapters.kafka import durable_producer
 from bench.ingress_bench import machine_info
-from events.topics import ConsumerGroup
+from events.base import to_envelope
+from events.billing import InvoiceChanged
+from events.envelope import to_record
+from events.topics import ConsumerGroup, Topic
 from sandbox.demo_data import sf_id
 from workers import cache_keys as ck
 from workers.config import STACK_ENV_FILE, Settings, load_settings
-from workers.demo.fleet import Endpoints, Fleet, FleetOptions
+from workers.demo.fleet import Endpoints, Fleet, FleetOptions, health_ports
 from workers.demo.probes import forget_stale_sagas
 from workers.fulfillment.policy import POLL_FIRST_S
 from workers.logs import configure_logging
@@ -458,8 +472,9 @@ def bench_users(count: int) -> list[BenchUser]:
     return [BenchUser(str(uuid.uuid5(ns, f"bench-user-{i}")), BENCH_CLIENT_BASE + i) for i in range(count)]
 
 
-async def run_webhooks(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """One run per rate (a low one shows the floor, the target is read at the highest)."""
+async def run_webhooks(settings: Settings, args: argparse.Namespace, fleet: Fleet | None = None) -> dict[str, Any]:
+    """One run per rate (a low one shows the floor, the target is read at the highest), then the
+    invalidator's drain rate (``--webhook-drain`` events straight onto the billing topic)."""
     users = bench_users(args.webhook_users)
     pool = await create_pool(settings.postgres.dsn.get_secret_value(), 1, 1)
     try:  # synthetic portal users, so the invalidator maps each webhook's client to one user
@@ -471,40 +486,56 @@ async def run_webhooks(settings: Settings, args: argparse.Namespace) -> dict[str
     finally:
         await pool.close()
     redis = aioredis.from_url(settings.redis.url.get_secret_value(), decode_responses=True)
+    probes = WorkerProbes.of(fleet)
     runs = []
     try:
         for rate in args.webhook_rates:
-            base = int(time.time() * 1000) % 10**9 * 10  # invoice ids unique per run
-            plan = [(users[i % len(users)], base + i) for i in range(int(rate * args.webhook_seconds))]
-            runs.append(await _webhooks(settings, redis, plan, rate, args.webhook_connections))
+            plan = _plan(users, int(rate * args.webhook_seconds))
+            runs.append(await _webhooks(settings, redis, plan, rate, args.webhook_connections, probes))
             shown = {k: runs[-1][k] for k in ("receiver_answered_ms", "key_gone_ms")}
             print(json.dumps({"phase": f"webhooks@{rate:g}/s", **shown}), flush=True)
             await asyncio.sleep(2.0)
+        drain = await _drain(settings, redis, users, args.webhook_drain, probes) if args.webhook_drain else None
     finally:
         await redis.aclose()
     top = max(runs, key=lambda r: r["offered_rate_per_s"])
     target = _target(top["key_gone_ms"]["p99"], 100, "<=") | {"at_rate_per_s": top["offered_rate_per_s"]}
-    return {"runs": runs, "users": args.webhook_users, "targets": {"key_gone_p99_within_100ms": target}}
+    report: dict[str, Any] = {"runs": runs, "users": args.webhook_users}
+    if drain is not None:
+        print(json.dumps({"phase": "invalidator drain", **{k: drain[k] for k in ("events", "events_per_s")}}))
+        report["invalidator_drain"] = drain
+    return report | {"targets": {"key_gone_p99_within_100ms": target}}
+
+
+def _plan(users: list[BenchUser], count: int) -> list[tuple[BenchUser, int]]:
+    base = int(time.time() * 1000) % 10**9 * 10  # invoice ids unique per run
+    return [(users[i % len(users)], base + i) for i in range(count)]
 
 
 async def _webhooks(
-    settings: Settings, redis: aioredis.Redis, plan: list[tuple[BenchUser, int]], rate: float, connections: int
+    settings: Settings,
+    redis: aioredis.Redis,
+    plan: list[tuple[BenchUser, int]],
+    rate: float,
+    connections: int,
+    probes: WorkerProbes,
 ) -> dict[str, Any]:
     keys = [ck.user_invoice(u.user_id, inv) for u, inv in plan]
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.set(key, "{}", ex=900)
-        await pipe.execute()
+    await _seed_keys(redis, keys)
     gone: dict[str, float] = {}
     listener = asyncio.create_task(_listen(redis, settings.redis.invalidation_channel, set(keys), gone))
+    tap = await Tap.start(settings.kafka.bootstrap)
     await asyncio.sleep(0.5)  # subscribed before the first webhook
     secret = settings.whmcs.webhook_secrets[0].get_secret_value()
     host, port = settings.whmcs.webhook_listen_host, settings.whmcs.webhook_listen_port
     requests = presign(plan, host, port, secret)
+    before = await probes.read()
     fired = await fire(requests, host, port, rate, connections)
     deadline = time.monotonic() + 30
     while len(gone) < len(keys) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    after = await probes.read()
+    await tap.stop()
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     left = sum([await redis.exists(*keys[i : i + 500]) for i in range(0, len(keys), 500)])
@@ -519,7 +550,190 @@ async def _webhooks(
         "keys_still_present": left,
         "key_gone_ms": percentiles(latencies),
         "measured": "scheduled send time → invalidation notice naming the key (published after UNLINK)",
+        "stages": _stages(plan, keys, fired, tap, gone),
+        "workers": probes.delta(before, after, len(plan)),
     }
+
+
+def _stages(
+    plan: list[tuple[BenchUser, int]], keys: list[str], fired: Fired, tap: Tap, gone: dict[str, float]
+) -> dict[str, Any]:
+    """Where the time goes, per webhook, on one clock (monotonic; a record's CreateTime converted)."""
+    to_kafka, fetched, kafka_to_gone = [], [], []
+    for i, ((_, invoice), key) in enumerate(zip(plan, keys, strict=True)):
+        written = tap.written.get(invoice)
+        if written is None or i not in fired.due:
+            continue
+        to_kafka.append((written - fired.due[i]) * 1000)
+        if invoice in tap.seen:
+            fetched.append((tap.seen[invoice] - written) * 1000)
+        if key in gone:
+            kafka_to_gone.append((gone[key] - written) * 1000)
+    return {
+        "sent_to_written_ms": percentiles(to_kafka),
+        "written_to_idle_consumer_ms": percentiles(fetched),
+        "written_to_key_gone_ms": percentiles(kafka_to_gone),
+        "records_tapped": len(tap.written),
+        "measured": "sent = scheduled send time; written = the record's CreateTime (stamped by the receiver's "
+        "producer, ms); idle consumer = the bench's own group-less consumer of the billing topic (Kafka's "
+        "delivery floor); key gone = the invalidation notice naming the key",
+    }
+
+
+async def _drain(
+    settings: Settings, redis: aioredis.Redis, users: list[BenchUser], count: int, probes: WorkerProbes
+) -> dict[str, Any]:
+    """The invalidator's own rate: ``count`` InvoiceChanged events produced straight onto the billing
+    topic as fast as one producer goes (the receiver is not on this path), timed by the notices."""
+    plan = _plan(users, count)
+    keys = [ck.user_invoice(u.user_id, inv) for u, inv in plan]
+    await _seed_keys(redis, keys)
+    gone: dict[str, float] = {}
+    listener = asyncio.create_task(_listen(redis, settings.redis.invalidation_channel, set(keys), gone))
+    await asyncio.sleep(0.5)
+    records = [
+        to_record(to_envelope(InvoiceChanged(whmcs_client_id=u.client_id, invoice_id=inv, hook="InvoicePaid"),
+                              source="/bench/e2e"))
+        for u, inv in plan
+    ]  # fmt: skip
+    producer = durable_producer(settings.kafka.bootstrap, "e2e-bench-drain", linger_ms=5)
+    await producer.start()
+    before = await probes.read()
+    try:
+        began = time.monotonic()
+        sent = [await producer.send(str(Topic.WHMCS_BILLING), value=v, key=k, headers=h) for k, v, h in records]
+        await asyncio.gather(*sent)
+        produced = time.monotonic()
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 60
+    while len(gone) < len(keys) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    after = await probes.read()
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    left = sum([await redis.exists(*keys[i : i + 500]) for i in range(0, len(keys), 500)])
+    span = (max(gone.values()) - began) if gone else None
+    return {
+        "events": count,
+        "produced_in_s": round(produced - began, 2),
+        "notices_seen_for": len(gone),
+        "keys_still_present": left,
+        "drained_in_s": round(span, 2) if span else None,
+        "events_per_s": round(len(gone) / span) if span else None,
+        "workers": probes.delta(before, after, count),
+        "measured": "first produce → last notice; events/s is a lower bound when drained_in_s ≈ produced_in_s",
+    }
+
+
+async def _seed_keys(redis: aioredis.Redis, keys: list[str]) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.set(key, "{}", ex=900)
+        await pipe.execute()
+
+
+class Tap:
+    """The billing topic read beside the fleet by a group-less consumer from its end: each bench
+    record's CreateTime (when the receiver produced it) and when an idle consumer first had it."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.written: dict[int, float] = {}  # invoice id → CreateTime on the monotonic clock
+        self.seen: dict[int, float] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, bootstrap: str) -> Tap:
+        consumer = AIOKafkaConsumer(
+            str(Topic.WHMCS_BILLING), bootstrap_servers=bootstrap, enable_auto_commit=False,
+            auto_offset_reset="latest", isolation_level="read_committed", fetch_max_wait_ms=100,
+        )  # fmt: skip
+        await consumer.start()  # no group: every partition is assigned at once, read from its end
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # resolve the end now, before the first webhook
+        tap = cls(consumer)
+        tap.task = asyncio.create_task(tap._run())
+        return tap
+
+    async def _run(self) -> None:
+        offset = time.time() - time.monotonic()  # wall → monotonic
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
+            for records in batch.values():
+                for rec in records:
+                    invoice = json.loads(rec.value).get("invoice_id") if rec.value else None
+                    if isinstance(invoice, int):
+                        self.written.setdefault(invoice, rec.timestamp / 1000 - offset)
+                        self.seen.setdefault(invoice, now)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.consumer.stop()
+
+
+@dataclass
+class WorkerProbes:
+    """CPU seconds of the two webhook-path workers (/proc, the process and its children) and the
+    invalidator's handler time on the billing topic (its /metrics), read around a run."""
+
+    pids: dict[str, int]
+    metrics_url: str | None
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=5.0))
+
+    @classmethod
+    def of(cls, fleet: Fleet | None) -> WorkerProbes:
+        if fleet is None:
+            return cls({}, None)
+        pids = {s.name: s.pid for s in fleet.status() if s.name in WEBHOOK_WORKERS and s.pid is not None}
+        port = health_ports(fleet.options)["cache-invalidator"]
+        return cls(pids, f"http://{fleet.settings.runtime.health_host}:{port}/metrics")
+
+    async def read(self) -> dict[str, float]:
+        found = {f"{name}_cpu_s": _cpu_s(pid) for name, pid in self.pids.items()}
+        if self.metrics_url is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                text = (await self.http.get(self.metrics_url)).text
+                found |= _handler_totals(text, str(Topic.WHMCS_BILLING))
+        return found
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, Any]:
+        d = {k: after[k] - before[k] for k in after if k in before}
+        out: dict[str, Any] = {
+            f"{k[:-6]}_cpu_ms_per_event": round(v * 1000 / events, 3) for k, v in d.items() if k.endswith("_cpu_s")
+        }
+        if d.get("handler_count"):
+            out["invalidator_handler_ms_mean"] = round(d["handler_sum_s"] * 1000 / d["handler_count"], 3)
+        out["note"] = "CPU ms per event over the whole run (idle polling included); handler time per record"
+        return out
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and its direct children, in seconds (0 when gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1] is the ppid
+                total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _handler_totals(text: str, topic: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if f'topic="{topic}"' not in line:
+            continue
+        if line.startswith("fleet_handler_duration_seconds_sum"):
+            found["handler_sum_s"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("fleet_handler_duration_seconds_count"):
+            found["handler_count"] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 async def _listen(redis: aioredis.Redis, channel: str, wanted: set[str], gone: dict[str, float]) -> None:
@@ -648,14 +862,14 @@ async def _measure(
         lat = Latencies(args.sf_latency_ms, args.whmcs_latency_ms, args.freebit_latency_ms, delay)
         await sandboxes.inject(lat)
         try:
-            why = missing(statuses, ORDER_WORKERS)
+            why = "skipped (--skip-orders)" if args.skip_orders else missing(statuses, ORDER_WORKERS)
             orders = {"not measured": why} if why else await run_orders(settings, sandboxes, lat, args)
         finally:
             await sandboxes.clear_faults()
-    why = missing(fleet.status(), WEBHOOK_WORKERS)
+    why = "skipped (--skip-webhooks)" if args.skip_webhooks else missing(fleet.status(), WEBHOOK_WORKERS)
     if why is None:  # start from an idle invalidator, not one still busy with the burst's events
         await wait_caught_up(settings.kafka.bootstrap, str(ConsumerGroup.CACHE_INVALIDATOR), timeout_s=120)
-    webhooks = {"not measured": why} if why else await run_webhooks(settings, args)
+    webhooks = {"not measured": why} if why else await run_webhooks(settings, args, fleet)
     return {
         "benchmark": "end-to-end fleet (orders through the sandboxes; webhooks to cache keys)",
         "command": "python -m bench.e2e_bench " + " ".join(sys.argv[1:]),
@@ -702,6 +916,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--webhook-seconds", type=float, default=5.0)
     parser.add_argument("--webhook-users", type=int, default=200)
     parser.add_argument("--webhook-connections", type=int, default=32)
+    parser.add_argument("--webhook-drain", type=int, default=20_000, help="events for the invalidator's drain rate")
+    parser.add_argument("--skip-orders", action="store_true", help="measure the webhook phase alone")
+    parser.add_argument("--skip-webhooks", action="store_true", help="measure the order phases alone")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--env-file",

@@ -2,44 +2,117 @@
 
 Keyed by the Salesforce record id, so every change of one record stays in order on one partition.
 ``change`` keeps the raw change event (header + changed fields) for audit and replay.
+
+Versions: the activation requests are at v2, which adds ``snapshot`` (the order and its lines as
+sf-cdc read them in bulk right after the change), so the saga needs no read of its own. v1 stays
+registered so records already on the topic (and dead letters replayed later) still decode; a v1
+record, or a v2 without a snapshot, makes the saga read the order itself. Consumers of a new
+version deploy before its producers (an older consumer dead-letters a type it does not know,
+replayable once it is upgraded). ``LINEAGE`` names the first version, so one change keeps one
+event id across the bump and inbox deduplication holds over an upgrade.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from events.base import DomainEvent
 
 
-class OrderActivationRequested(DomainEvent):
+class OrderLineSnapshot(BaseModel):
+    """One order line as read: its product's WHMCS mapping and billing cycles."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sf_order_item_id: str
+    sf_product2_id: str | None = None
+    product_name: str | None = None
+    sku: str | None = None
+    item_class: str | None = None
+    #: the WHMCS ``pid`` the product maps to (text, as Salesforce holds it)
+    whmcs_product_id: str | None = None
+    #: the line's own billing cycle, and the product's (the line's wins when set)
+    billing_cycle: str | None = None
+    product_billing_cycle: str | None = None
+    quantity: float = 1.0
+
+
+class OrderSnapshot(BaseModel):
+    """An Order and its lines at ``read_at`` (event-carried state for the fulfillment saga)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sf_order_id: str
+    read_at: datetime
+    last_modified_at: datetime | None = None
+    sf_account_id: str | None = None
+    order_type: str | None = None
+    status: str | None = None
+    activation_status: str | None = None
+    #: the WHMCS order id Salesforce already holds (an order fulfilled before the fleet saw it)
+    whmcs_order_id: str | None = None
+    sim_type: str | None = None
+    eid: str | None = None
+    sim_voice_mail: bool | None = None
+    sim_call_waiting: bool | None = None
+    lines: list[OrderLineSnapshot] = []
+
+
+class _OrderRequest(DomainEvent):
+    """Fields every activation request carries (no ``TYPE``: not an event type of its own)."""
+
+    LINEAGE: ClassVar[str]
+    sf_order_id: str
+    sf_account_id: str | None = None
+    status: str | None = None
+    replay_id: int | None = None
+    change: dict[str, Any] | None = None
+
+    def key(self) -> str:
+        return self.sf_order_id
+
+
+class OrderActivationRequested(_OrderRequest):
     """``Activation_Status__c`` became ``Activating`` with ``Status`` in the trigger set."""
 
-    TYPE = "fleet.order.activation-requested.v1"
-    sf_order_id: str
-    sf_account_id: str | None = None
-    status: str | None = None
+    TYPE = "fleet.order.activation-requested.v2"
+    LINEAGE = "fleet.order.activation-requested"
     order_type: str | None = None
-    replay_id: int | None = None
-    change: dict[str, Any] | None = None
-
-    def key(self) -> str:
-        return self.sf_order_id
+    snapshot: OrderSnapshot | None = None
 
 
-class SimActivationRequested(DomainEvent):
+class SimActivationRequested(_OrderRequest):
     """``Status`` became ``Processed`` on a SIM order: the Freebit step may run."""
 
-    TYPE = "fleet.order.sim-activation-requested.v1"
-    sf_order_id: str
-    sf_account_id: str | None = None
-    status: str | None = None
+    TYPE = "fleet.order.sim-activation-requested.v2"
+    LINEAGE = "fleet.order.sim-activation-requested"
     sim_type: str | None = None
-    replay_id: int | None = None
-    change: dict[str, Any] | None = None
+    snapshot: OrderSnapshot | None = None
 
-    def key(self) -> str:
-        return self.sf_order_id
+
+class OrderActivationRequestedV1(_OrderRequest):
+    """v1 of ``OrderActivationRequested`` (no snapshot); decoded and handled, no longer produced."""
+
+    TYPE = "fleet.order.activation-requested.v1"
+    LINEAGE = "fleet.order.activation-requested"
+    order_type: str | None = None
+
+
+class SimActivationRequestedV1(_OrderRequest):
+    """v1 of ``SimActivationRequested`` (no snapshot); decoded and handled, no longer produced."""
+
+    TYPE = "fleet.order.sim-activation-requested.v1"
+    LINEAGE = "fleet.order.sim-activation-requested"
+    sim_type: str | None = None
+
+
+#: every activation request the saga takes, any version
+ActivationRequest = (
+    OrderActivationRequested | SimActivationRequested | OrderActivationRequestedV1 | SimActivationRequestedV1
+)
 
 
 class OrderChanged(DomainEvent):

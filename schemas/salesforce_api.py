@@ -106,7 +106,11 @@ class CollectionUpdateRequest(BaseModel):
 
 # --- queries ----------------------------------------------------------------------------------
 class QueryPage(_Envelope):
-    """``GET /query?q=...`` answer; ``next_records_url`` is set while ``done`` is false."""
+    """``GET /query?q=...`` answer; ``next_records_url`` is set while ``done`` is false.
+
+    A parent-to-child sub-query's rows arrive in the same shape, nested under the relationship name
+    of each parent record (``"OrderItems": {"totalSize", "done", "records"}``), or ``null`` when the
+    parent has none (SOQL and SOSL Reference, "Understanding Query Results")."""
 
     total_size: int = Field(alias="totalSize")
     done: bool
@@ -176,3 +180,5 @@ class OrderRecord(_Record):
     billing_country: str | None = Field(None, alias="BillingCountry")
     created_date: datetime | None = Field(None, alias="CreatedDate")
     last_modified_date: datetime | None = Field(None, alias="LastModifiedDate")
+    #: the ``OrderItems`` sub-query result when the query selected one (None: not selected, or no lines)
+    order_items: QueryPage | None = Field(None, alias="OrderItems")

@@ -63,8 +63,8 @@ ROUTES: dict[str, RouteSpec] = {
             ConsumerGroup.FULFILLMENT,
             GROUP_SOURCES[ConsumerGroup.FULFILLMENT],
             handlers={
-                "fleet.order.activation-requested.v1": "saga: run the order to its next wait or its end",
-                "fleet.order.sim-activation-requested.v1": "saga: Freebit registration, then billing",
+                "fleet.order.activation-requested.v2": "saga: run the order to its next wait or its end (v1 too)",
+                "fleet.order.sim-activation-requested.v2": "saga: Freebit registration, then billing (v1 too)",
                 "fleet.billing.payment-method-changed.v1": "saga: resume the client's parked orders",
             },
             bind="workers.handlers:fulfillment_route",
@@ -90,7 +90,7 @@ ROUTES: dict[str, RouteSpec] = {
                 "fleet.account.eligibility-changed.v1": "UNLINK the account's eligibility key",
             },
             bind="workers.handlers.cache:bind_from_deps",
-            description="portal Redis cache busting on every customer-facing change",
+            description="portal Redis cache busting on every customer-facing change (batched: a lookup and a pipeline)",
         ),
     )
 }

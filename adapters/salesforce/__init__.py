@@ -16,7 +16,9 @@ from adapters.salesforce.auth import (
 from adapters.salesforce.fake import FakeSalesforce
 from adapters.salesforce.http import HttpSalesforce
 from adapters.salesforce.port import (
+    BULK_READ_LIMIT,
     COLLECTION_LIMIT,
+    OrderWithItems,
     RecordError,
     RecordResult,
     RecordUpdate,
@@ -24,11 +26,13 @@ from adapters.salesforce.port import (
 )
 
 __all__ = [
+    "BULK_READ_LIMIT",
     "COLLECTION_LIMIT",
     "AccessToken",
     "FakeSalesforce",
     "HttpSalesforce",
     "JwtBearerAuth",
+    "OrderWithItems",
     "PasswordAuth",
     "RecordError",
     "RecordResult",

@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.salesforce.port import COLLECTION_LIMIT, RecordError, RecordResult, RecordUpdate
+from adapters.salesforce.port import (
+    BULK_READ_LIMIT,
+    COLLECTION_LIMIT,
+    OrderWithItems,
+    RecordError,
+    RecordResult,
+    RecordUpdate,
+)
 from events.errors import FleetError, RateLimited, RejectedByUpstream
 from schemas.salesforce_api import OrderItemRecord, OrderRecord
 
@@ -36,6 +43,8 @@ class FakeSalesforce:
         self.updates: list[RecordUpdate] = []
         self.collection_calls: list[list[RecordUpdate]] = []
         self.queries: list[str] = []
+        #: the id lists of every ``get_orders_with_items`` call (one entry per 200-id chunk)
+        self.bulk_reads: list[list[str]] = []
         self._fail_next: list[FleetError] = []
         self._record_failures: dict[str, list[RecordError]] = {}
         self._used = 0
@@ -69,8 +78,20 @@ class FakeSalesforce:
 
     async def get_order_items(self, order_id: str) -> list[OrderItemRecord]:
         self._enter()
-        rows = [r for r in self.records.get("OrderItem", {}).values() if r.get("OrderId") == order_id]
-        return [OrderItemRecord.model_validate(self._with_product(r)) for r in sorted(rows, key=lambda r: r["Id"])]
+        return self._items_of(order_id)
+
+    async def get_orders_with_items(self, order_ids: Sequence[str]) -> list[OrderWithItems]:
+        wanted = list(dict.fromkeys(order_ids))
+        found: list[OrderWithItems] = []
+        for start in range(0, len(wanted), BULK_READ_LIMIT):
+            self._enter()
+            chunk = wanted[start : start + BULK_READ_LIMIT]
+            self.bulk_reads.append(chunk)
+            for order_id in chunk:
+                row = self.records.get("Order", {}).get(order_id)
+                if row is not None:
+                    found.append(OrderWithItems(OrderRecord.model_validate(row), self._items_of(order_id)))
+        return found
 
     async def query(self, soql: str) -> list[dict[str, Any]]:
         self._enter()
@@ -141,6 +162,10 @@ class FakeSalesforce:
             return RecordError("ENTITY_IS_DELETED", "entity is deleted")
         queued = self._record_failures.get(update.record_id)
         return queued.pop(0) if queued else None
+
+    def _items_of(self, order_id: str) -> list[OrderItemRecord]:
+        rows = [r for r in self.records.get("OrderItem", {}).values() if r.get("OrderId") == order_id]
+        return [OrderItemRecord.model_validate(self._with_product(r)) for r in sorted(rows, key=lambda r: r["Id"])]
 
     def _with_product(self, row: dict[str, Any]) -> dict[str, Any]:
         product = self.records.get("Product2", {}).get(str(row.get("Product2Id")))

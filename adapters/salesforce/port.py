@@ -17,6 +17,8 @@ from schemas.salesforce_api import OrderItemRecord, OrderRecord
 
 #: sObject Collections accepts at most this many records per request
 COLLECTION_LIMIT = 200
+#: Order ids per bulk read (one SOQL ``IN`` list; keeps the statement far below SOQL's length limit)
+BULK_READ_LIMIT = 200
 
 #: per-record status codes after which the same update may succeed later: a lock held by another
 #: transaction, or a record that was fine but rolled back because a sibling failed (all-or-none)
@@ -30,6 +32,14 @@ class RecordUpdate:
     sobject: str
     record_id: str
     fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class OrderWithItems:
+    """An Order and its lines (with their ``Product2`` mapping fields), read together."""
+
+    order: OrderRecord
+    items: list[OrderItemRecord]
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,13 @@ class SalesforcePort(Protocol):
         """Read the Order's lines with their ``Product2`` mapping fields (``WH_Product_ID__c``,
         ``Billing_Cycle__c``...), oldest first. Idempotent; an unknown order gives ``[]``.
         Raises as ``get_order``."""
+        ...
+
+    async def get_orders_with_items(self, order_ids: Sequence[str]) -> list[OrderWithItems]:
+        """Read many Orders with their lines: one SOQL query per ``BULK_READ_LIMIT`` ids, the lines
+        in a parent-to-child sub-query (``(SELECT ... FROM OrderItems)``), so n orders cost
+        ceil(n / 200) API calls instead of 2n. Orders that do not exist are absent from the answer
+        (no error); the order of the answer is unspecified. Idempotent. Raises as ``query``."""
         ...
 
     async def query(self, soql: str) -> list[dict[str, Any]]:

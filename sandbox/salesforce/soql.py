@@ -1,18 +1,23 @@
 """The SOQL subset the fleet uses, parsed and run against the sandbox store.
 
-Grammar: ``SELECT path (, path)* FROM Type [WHERE cond (AND cond)*] [ORDER BY path [ASC|DESC]
-(, ...)*] [LIMIT n]`` where ``cond`` is ``path op literal`` (``= != <> < <= > >=``) or ``path [NOT] IN
-(literal, ...)``, and a path may walk lookups (``Product2.WH_Product_ID__c``,
+Grammar: ``SELECT item (, item)* FROM Type [WHERE cond (AND cond)*] [ORDER BY path [ASC|DESC]
+(, ...)*] [LIMIT n]`` where an item is a path or a parent-to-child sub-query ``(SELECT path, ... FROM
+<ChildRelationship> [WHERE ...] [ORDER BY ...] [LIMIT n])`` (one level, as in Salesforce; the
+relationships in ``CHILD_RELATIONSHIPS``), ``cond`` is ``path op literal`` (``= != <> < <= > >=``) or
+``path [NOT] IN (literal, ...)``, and a path may walk lookups (``Product2.WH_Product_ID__c``,
 ``PricebookEntry.Product2.Billing_Cycle__c``). Literals: 'strings', numbers, true/false/null, dates
-and datetimes (``2026-01-01T00:00:00Z``). Not supported (answered as MALFORMED_QUERY): OR, NOT
-outside IN, functions, sub-queries, GROUP BY, OFFSET. Errors carry Salesforce's error codes.
+and datetimes (``2026-01-01T00:00:00Z``). A sub-query's rows come back nested under the relationship
+name as a query result of their own (``{"totalSize", "done", "records"}``), or ``null`` when the parent
+has none, as the REST API answers ("Understanding Query Results", SOQL and SOSL Reference). Not
+supported (answered as MALFORMED_QUERY): OR, NOT outside IN, functions, semi-joins, nested
+sub-queries, GROUP BY, OFFSET. Errors carry Salesforce's error codes.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +44,12 @@ _ORDERING: dict[str, Callable[[Any, Any], Any]] = {
 }
 #: words that can never be a field or object name (ORDER can: "FROM Order ORDER BY Id" is valid SOQL)
 _RESERVED = {"SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "LIMIT"}
+#: parent-to-child relationship names: parent object -> {relationship: (child object, lookup field)}
+CHILD_RELATIONSHIPS: dict[str, dict[str, tuple[str, str]]] = {
+    "Account": {"Orders": ("Order", "AccountId"), "Contacts": ("Contact", "AccountId")},
+    "Order": {"OrderItems": ("OrderItem", "OrderId")},
+    "Product2": {"PricebookEntries": ("PricebookEntry", "Product2Id")},
+}
 
 
 class SoqlError(Exception):
@@ -63,6 +74,8 @@ class Query:
     conditions: list[Condition] = field(default_factory=list)
     order: list[tuple[str, bool]] = field(default_factory=list)
     limit: int | None = None
+    #: parent-to-child sub-queries, by position in the select list (``sobject`` = the relationship name)
+    children: dict[int, Query] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,10 +122,17 @@ def tokenize(text: str) -> _Tokens:
 # --- parsing ----------------------------------------------------------------------------------
 def parse(text: str) -> Query:
     tokens = tokenize(text)
+    query = _select(tokens, nested=False)
+    if tokens.peek() is not None:
+        raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{tokens.take()[1]}'")
+    return query
+
+
+def _select(tokens: _Tokens, *, nested: bool) -> Query:
     tokens.expect("SELECT")
-    fields = _field_list(tokens)
+    fields, children = _field_list(tokens, nested)
     tokens.expect("FROM")
-    query = Query(fields=fields, sobject=_name(tokens))
+    query = Query(fields=fields, sobject=_name(tokens), children=children)
     if tokens.keyword("WHERE"):
         query.conditions = _conditions(tokens)
     if tokens.keyword("ORDER"):
@@ -123,8 +143,6 @@ def parse(text: str) -> Query:
         if kind != "number":
             raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{value}', expected a LIMIT number")
         query.limit = int(value)
-    if tokens.peek() is not None:
-        raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{tokens.take()[1]}'")
     return query
 
 
@@ -135,12 +153,24 @@ def _name(tokens: _Tokens) -> str:
     return value
 
 
-def _field_list(tokens: _Tokens) -> list[str]:
-    fields = [_name(tokens)]
-    while tokens.peek() == ("punct", ","):
+def _field_list(tokens: _Tokens, nested: bool) -> tuple[list[str], dict[int, Query]]:
+    fields: list[str] = []
+    children: dict[int, Query] = {}
+    while True:
+        if tokens.peek() == ("punct", "("):
+            if nested:
+                raise SoqlError("MALFORMED_QUERY", "Nesting of sub-queries is not supported")
+            tokens.take()
+            child = _select(tokens, nested=True)
+            if tokens.take() != ("punct", ")"):
+                raise SoqlError("MALFORMED_QUERY", "unexpected token, expected ')' closing the sub-query")
+            children[len(fields)] = child
+            fields.append(child.sobject)
+        else:
+            fields.append(_name(tokens))
+        if tokens.peek() != ("punct", ","):
+            return fields, children
         tokens.take()
-        fields.append(_name(tokens))
-    return fields
 
 
 def _conditions(tokens: _Tokens) -> list[Condition]:
@@ -210,14 +240,76 @@ def run(store: Store, query: Query, *, api_version: str) -> list[dict[str, Any]]
     """The matching records shaped as the REST API returns them (``attributes`` first)."""
     if query.sobject not in KEY_PREFIX:
         raise SoqlError("INVALID_TYPE", f"sObject type '{query.sobject}' is not supported.")
-    for path in [*query.fields, *(c.path for c in query.conditions), *(p for p, _ in query.order)]:
+    children = {i: _child_of(query.sobject, sub) for i, sub in query.children.items()}
+    plain = [f for i, f in enumerate(query.fields) if i not in children]
+    for path in [*plain, *(c.path for c in query.conditions), *(p for p, _ in query.order)]:
         _check_path(query.sobject, path)
-    rows = [r for r in store.rows(query.sobject) if all(_matches(store, query.sobject, r, c) for c in query.conditions)]
+    rows = _select_rows(store, query.sobject, _candidates(store, query), query)
+    buckets = {index: _by_parent(store, child, lookup, rows) for index, (child, lookup) in children.items()}
+    out = []
+    for row in rows:
+        shaped = _shape(store, query.sobject, row, plain, api_version)
+        for index, (child, _) in children.items():
+            related = buckets[index].get(row["Id"], [])
+            shaped[query.fields[index]] = _nested(store, child, related, query.children[index], api_version)
+        out.append(_in_select_order(shaped, query.fields))
+    return out
+
+
+def _candidates(store: Store, query: Query) -> Iterable[dict[str, Any]]:
+    """The rows to filter: only the named ones for ``Id = / IN``, else every row of the object."""
+    by_id = next((c for c in query.conditions if c.path == "Id" and c.op in ("=", "IN")), None)
+    if by_id is None:
+        return store.rows(query.sobject)
+    found = (store.get(query.sobject, v) for v in dict.fromkeys(by_id.values) if isinstance(v, str))
+    return [row for row in found if row is not None]
+
+
+def _by_parent(store: Store, child: str, lookup: str, parents: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    wanted = {row["Id"] for row in parents}
+    buckets: dict[str, list[dict[str, Any]]] = {}
+    for row in store.rows(child):
+        if row.get(lookup) in wanted:
+            buckets.setdefault(row[lookup], []).append(row)
+    return buckets
+
+
+def _select_rows(store: Store, sobject: str, rows: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+    picked = [r for r in rows if all(_matches(store, sobject, r, c) for c in query.conditions)]
     for path, descending in reversed(query.order):
-        rows.sort(key=_sorter(store, query.sobject, path), reverse=descending)
-    if query.limit is not None:
-        rows = rows[: query.limit]
-    return [_shape(store, query.sobject, row, query.fields, api_version) for row in rows]
+        picked.sort(key=_sorter(store, sobject, path), reverse=descending)
+    return picked if query.limit is None else picked[: query.limit]
+
+
+def _child_of(parent: str, sub: Query) -> tuple[str, str]:
+    """The child object and its lookup to ``parent`` for a sub-query's relationship name."""
+    found = CHILD_RELATIONSHIPS.get(parent, {}).get(sub.sobject)
+    if found is None:
+        message = f"Didn't understand relationship '{sub.sobject}' in FROM part of query call. " + (
+            "If you are attempting to use a custom relationship, be sure to append the '__r' after the custom "
+            "relationship name. Please reference your WSDL or the describe call for the appropriate names."
+        )
+        raise SoqlError("INVALID_TYPE", message)
+    child = found[0]
+    for path in [*sub.fields, *(c.path for c in sub.conditions), *(p for p, _ in sub.order)]:
+        _check_path(child, path)
+    return found
+
+
+def _nested(
+    store: Store, child: str, related: Iterable[dict[str, Any]], sub: Query, version: str
+) -> dict[str, Any] | None:
+    """A sub-query's result under its parent: a query result of its own, ``null`` when empty."""
+    rows = _select_rows(store, child, related, sub)
+    if not rows:
+        return None
+    records = [_shape(store, child, row, sub.fields, version) for row in rows]
+    return {"totalSize": len(records), "done": True, "records": records}
+
+
+def _in_select_order(shaped: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    heads = dict.fromkeys(["attributes", *(f.split(".", 1)[0] for f in fields)])
+    return {k: shaped[k] for k in heads if k in shaped}
 
 
 def attributes(sobject: str, record_id: str, api_version: str) -> dict[str, str]:

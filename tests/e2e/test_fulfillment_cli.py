@@ -136,7 +136,7 @@ def test_retry_sends_an_audited_activation_request_to_the_first_retry_tier(
     assert "order_retry_requested" in result.stderr and "Freebit caught up" in result.stderr
 
     [(headers, envelope)] = asyncio.run(retry_records(stack_env["KAFKA_BOOTSTRAP"], oid))
-    assert envelope.type == "fleet.order.activation-requested.v1" and envelope.source == RETRY_SOURCE
+    assert envelope.type == "fleet.order.activation-requested.v2" and envelope.source == RETRY_SOURCE
     assert envelope.data["sf_order_id"] == oid and envelope.data["sf_account_id"] == "0015g00000000002AA"
     assert int(headers[fh.NOT_BEFORE]) <= int(datetime.now(UTC).timestamp() * 1000)
     timeline = json.loads(cli.invoke(main, ["orders", "show", oid, "--json"]).stdout)["timeline"]

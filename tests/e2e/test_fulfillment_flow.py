@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -35,25 +36,28 @@ from adapters.freebit import HttpFreebit
 from adapters.http import build_client
 from adapters.kafka import AiokafkaProducer, durable_producer, ensure_topics
 from adapters.saga_store import PgSagaStore, SagaRecord
-from adapters.salesforce import HttpSalesforce, PasswordAuth
+from adapters.salesforce import HttpSalesforce, OrderWithItems, PasswordAuth
+from adapters.salesforce.http import ORDERS_WITH_ITEMS_SOQL
 from adapters.whmcs import HttpWhmcs
 from events.base import DomainEvent, decode_event, to_envelope
 from events.billing import PaymentMethodChanged
 from events.envelope import Envelope, from_record
 from events.fulfillment import OrderFulfilled, UpdateSalesforceRecord
-from events.salesforce import OrderActivationRequested
+from events.salesforce import OrderActivationRequested, OrderSnapshot
 from events.topics import DAY_MS, Topic, TopicSpec, catalog, group_topics
 from sandbox import demo_data
 from sandbox.freebit import FreebitSandbox
-from sandbox.salesforce import SalesforceSandbox
+from sandbox.salesforce import SalesforceSandbox, soql
 from sandbox.salesforce.org import AGENT
 from sandbox.whmcs import WhmcsSandbox
+from schemas.salesforce_api import OrderItemRecord, OrderRecord
 from tests.contracts.support import Served, serving
 from tests.support import eventually
 from workers.config import FreebitSettings, KafkaSettings, PostgresSettings, RuntimeSettings, Settings
 from workers.dlq.reader import partitions_of
 from workers.fulfillment.run import StepHook
 from workers.handlers import bind_fulfillment
+from workers.ingress.cdc_translate import order_snapshot
 from workers.runtime.consumer import build_consumer, partition_counter
 from workers.runtime.route import Route
 from workers.runtime.worker import Worker
@@ -215,8 +219,10 @@ class World:
                 items.append(tx.create("OrderItem", line)["Id"])
         return order_id, items
 
-    async def request(self, order_id: str, *, event_id: str | None = None) -> Envelope:
-        event = OrderActivationRequested(sf_order_id=order_id)
+    async def request(
+        self, order_id: str, *, event_id: str | None = None, snapshot: OrderSnapshot | None = None
+    ) -> Envelope:
+        event = OrderActivationRequested(sf_order_id=order_id, snapshot=snapshot)
         envelope = to_envelope(event, source="/e2e/sf-cdc", **({"id": event_id} if event_id else {}))
         assert self.producer is not None
         await self.producer.publish(self.cfg.order_topic, envelope)
@@ -239,6 +245,14 @@ class World:
 
         found: SagaRecord = await eventually(check, timeout, f"order {order_id} {state}")
         return found
+
+    def snapshot(self, order_id: str) -> OrderSnapshot:
+        """What sf-cdc attaches: the bulk read's query run on the sandbox's records directly (so the
+        request log shows only the worker's own calls), translated by ``cdc_translate``."""
+        text = ORDERS_WITH_ITEMS_SOQL.format(ids=f"'{order_id}'")
+        (row,) = soql.run(self.salesforce.store, soql.parse(text), api_version="60.0")
+        items = [OrderItemRecord.model_validate(r) for r in row["OrderItems"]["records"]]
+        return order_snapshot(OrderWithItems(OrderRecord.model_validate(row), items), datetime.now(UTC))
 
     def whmcs_orders(self, order_id: str) -> list[Any]:
         assert isinstance(self.whmcs, WhmcsSandbox)
@@ -377,6 +391,17 @@ async def test_each_order_type_is_fulfilled_end_to_end(world: World, case: str) 
         assert record.steps["sim_confirm"].attempts >= 1
     else:
         assert record.order.sim_account is None
+
+
+async def test_a_request_carrying_a_snapshot_is_fulfilled_without_reading_salesforce(world: World) -> None:
+    order_id, items = world.place_order("suzuki", "VPN", ["VPN-TOKYO", "VPN-ACTIVATION"], VPN_Region__c="Tokyo")
+    await world.request(order_id, snapshot=world.snapshot(order_id))
+    await world.reaches(order_id, "fulfilled")
+
+    reads = [r for r in world.salesforce.requests if r.endpoint in ("sobjects.get", "query")]
+    assert [r for r in reads if order_id in r.path or order_id in r.query.get("q", "")] == []
+    [whmcs_order] = world.whmcs_orders(order_id)
+    assert whmcs_order.status == "Active" and len(whmcs_order.service_ids) == len(items)
 
 
 async def test_redelivered_and_replayed_requests_create_nothing_twice(world: World) -> None:

@@ -262,8 +262,8 @@ async def world(stack_env: dict[str, str]) -> AsyncIterator[World]:  # noqa: F81
 
 
 # --- the translation rules, end to end ----------------------------------------------------------
-ACTIVATION = "fleet.order.activation-requested.v1"
-SIM_ACTIVATION = "fleet.order.sim-activation-requested.v1"
+ACTIVATION = "fleet.order.activation-requested.v2"
+SIM_ACTIVATION = "fleet.order.sim-activation-requested.v2"
 CHANGED = "fleet.order.changed.v1"
 CATALOG = "fleet.catalog.changed.v1"
 ELIGIBILITY = "fleet.account.eligibility-changed.v1"
@@ -281,6 +281,13 @@ async def test_an_approved_order_becomes_an_activation_request(world: World) -> 
     assert activation.value["status"] == "Approved" and activation.value["sf_account_id"] == order["AccountId"]
     assert activation.value["change"]["payload"]["Activation_Status__c"] == "Activating"
     assert activation.value["replay_id"] > 0 and activation.headers["ce_source"] == f"/salesforce{ORDER_CH}"
+    # the order and its lines as sf-cdc read them (one SOQL query with an OrderItems sub-query), for the saga
+    snapshot = activation.value["snapshot"]
+    assert (snapshot["sf_order_id"], snapshot["order_type"], snapshot["status"]) == (oid, "Internet", "Approved")
+    (line,) = snapshot["lines"]
+    assert line["sf_order_item_id"] == order["items"][0]["id"] and line["whmcs_product_id"] == "182"
+    reads = (await world.http.get("/_sandbox/requests", params={"endpoint": "query"})).json()
+    assert any(oid in r["query"]["q"] and "FROM OrderItems" in r["query"]["q"] for r in reads)
 
     def order_changes() -> list[dict[str, Any]]:
         return [r.value for r in tap.on(world.topics.order, CHANGED) if r.value["entity"] == "Order"]

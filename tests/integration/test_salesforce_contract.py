@@ -312,3 +312,17 @@ async def test_collection_updates_send_call_options_and_one_transaction(
     assert len({h["transactionKey"] for h in headers}) == 1
     assert [h["sequenceNumber"] for h in headers] == [1, 2]
     assert all(h["changeOrigin"].endswith(f";client={CALL_OPTIONS_CLIENT}") for h in headers)
+
+
+async def test_a_bulk_read_of_many_orders_is_one_query_with_the_lines_as_a_subquery(
+    world: SandboxUpstream, salesforce: HttpSalesforce
+) -> None:
+    orders = [await world.seed_order("tanaka", ["INT-1G-GOLD", "INT-INSTALL-SINGLE"]) for _ in range(3)]
+    queries_before = len(await world.requests("query"))
+
+    found = await salesforce.get_orders_with_items([order_id for order_id, _ in orders])
+
+    assert {r.order.id: sorted(i.id for i in r.items) for r in found} == {o: sorted(lines) for o, lines in orders}
+    queries = await world.requests("query")
+    assert len(queries) == queries_before + 1
+    assert "FROM OrderItems" in queries[-1]["query"]["q"]

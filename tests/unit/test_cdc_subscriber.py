@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,10 +15,9 @@ import httpx
 import pytest
 
 from adapters.kafka import Delivered, FakeProducer
-from adapters.salesforce import FakeSalesforce
+from adapters.salesforce import FakeSalesforce, OrderWithItems
 from events.envelope import Envelope, header_map
 from events.errors import AuthenticationFailed, UpstreamUnavailable
-from schemas.salesforce_api import OrderRecord
 from tests.unit.test_cdc_translate import (
     CHANNELS,
     ITEM_ID,
@@ -69,10 +68,10 @@ class GatedOrg(FakeSalesforce):
         self.blocked = blocked
         self.gate = asyncio.Event()
 
-    async def get_order(self, order_id: str) -> OrderRecord:
-        if order_id == self.blocked:
+    async def get_orders_with_items(self, order_ids: Sequence[str]) -> list[OrderWithItems]:
+        if self.blocked in order_ids:
             await self.gate.wait()
-        return await super().get_order(order_id)
+        return await super().get_orders_with_items(order_ids)
 
 
 @dataclass
@@ -165,7 +164,7 @@ async def test_events_reach_their_topics_and_the_checkpoint_follows(rig: Rig) ->
     assert [e["sf_order_id"] for e in rig.on(TOPICS.order)] == [ORDER_ID, ORDER_ID]
     assert len(rig.on(TOPICS.catalog)) == 1
     await eventually(lambda: len(rig.on(TOPICS.account)) == 1)
-    assert rig.metric("sf_cdc_events_emitted_total", channel=ORDER_CH, type="fleet.order.activation-requested.v1") == 1
+    assert rig.metric("sf_cdc_events_emitted_total", channel=ORDER_CH, type="fleet.order.activation-requested.v2") == 1
 
 
 async def test_nothing_is_checkpointed_before_kafka_acknowledged() -> None:
@@ -245,8 +244,8 @@ async def test_an_overflow_publishes_a_resync_request_and_the_resynced_records(r
     assert request["entity"] == "Order" and request["reason"] == "GAP_OVERFLOW"
     types = {header_map(h)["ce_type"] for _, _, h in rig.producer.on(TOPICS.order)}
     assert types == {
-        "fleet.order.activation-requested.v1",
-        "fleet.order.sim-activation-requested.v1",
+        "fleet.order.activation-requested.v2",
+        "fleet.order.sim-activation-requested.v2",
         "fleet.order.changed.v1",
     }
 

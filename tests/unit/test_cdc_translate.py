@@ -4,6 +4,7 @@ like Salesforce's (and the sandbox's) and are reused by the other sf-cdc unit te
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from events.salesforce import (
 )
 from workers.ingress.cdc_translate import (
     INTERNAL_ORDER_FIELDS,
+    MAX_SNAPSHOT_LINES,
     OVERFLOW_LOOKBACK,
     Rules,
     Translator,
@@ -169,12 +171,66 @@ async def test_activation_reads_the_status_when_the_event_does_not_carry_it() ->
     assert events[0].status == "Approved" and t.rereads == 1
 
 
-async def test_a_create_carries_every_field_so_it_needs_no_reread() -> None:
-    t = translator()
+async def test_a_create_knows_every_guard_field_but_an_activation_still_carries_a_snapshot() -> None:
+    """The guards pass on the change alone; the read is for the saga (its snapshot), and an order
+    the read no longer finds is not activated."""
+    sf = fake_org()
+    new_id = sf_id("801", 9)
+    sf.add_record("Order", {"Id": new_id, "AccountId": ACCOUNT_ID, "Status": "Approved", "Type": "VPN"})
+    t = translator(sf)
     fields = {"Status": "Approved", "Activation_Status__c": "Activating", "AccountId": ACCOUNT_ID, "Type": "VPN"}
-    events = await emitted(change_message("Order", "CREATE", [sf_id("801", 9)], fields), t)
+    events = await emitted(change_message("Order", "CREATE", [new_id], fields), t)
     assert types(events) == [OrderActivationRequested, OrderChanged]
-    assert t.rereads == 0 and events[0].order_type == "VPN"
+    assert t.rereads == 1 and events[0].order_type == "VPN"
+    assert events[0].snapshot is not None and events[0].snapshot.order_type == "VPN"
+
+
+async def test_an_activation_request_carries_the_order_and_its_lines_as_read() -> None:
+    sf = fake_org()
+    sf.add_record(
+        "Product2",
+        {
+            "Id": sf_id("01t", 1),
+            "Name": "Gold",
+            "StockKeepingUnit": "INT-1G-GOLD",
+            "WH_Product_ID__c": "182",
+            "Billing_Cycle__c": "Monthly",
+            "Item_Class__c": "Service",
+        },
+    )
+    sf.records["OrderItem"][ITEM_ID].update({"Product2Id": sf_id("01t", 1), "Quantity": 2})  # fmt: skip
+    read_at = datetime(2026, 1, 1, 1, tzinfo=UTC)
+    events = await emitted(
+        change_message("Order", fields={"Status": "Approved", "Activation_Status__c": "Activating"}), translator(sf)
+    )
+    snapshot = events[0].snapshot
+    assert snapshot.read_at == read_at and snapshot.sf_account_id == ACCOUNT_ID
+    assert (snapshot.order_type, snapshot.status, snapshot.whmcs_order_id) == ("Internet", "Approved", None)
+    (line,) = snapshot.lines
+    assert line.sf_order_item_id == ITEM_ID and line.quantity == 2
+    assert (line.whmcs_product_id, line.product_billing_cycle, line.sku) == ("182", "Monthly", "INT-1G-GOLD")
+    assert "WH_Product_ID__c" not in events[0].model_dump_json()  # events carry our names, not Salesforce's
+
+
+async def test_an_order_with_too_many_lines_travels_without_a_snapshot() -> None:
+    sf = fake_org()
+    for n in range(MAX_SNAPSHOT_LINES):
+        sf.add_record("OrderItem", {"Id": sf_id("802", 500 + n), "OrderId": ORDER_ID, "Quantity": 1})
+    events = await emitted(change_message("Order", fields={"Activation_Status__c": "Activating"}), translator(sf))
+    assert types(events) == [OrderActivationRequested] and events[0].snapshot is None
+
+
+async def test_concurrent_rereads_share_one_bulk_query() -> None:
+    """Lanes re-reading at the same time cost one SOQL query (with the lines as a sub-query), not one each."""
+    sf = fake_org()
+    ids = [sf_id("801", 100 + n) for n in range(12)]
+    for order_id in ids:
+        sf.add_record("Order", {"Id": order_id, "AccountId": ACCOUNT_ID, "Status": "Approved", "Type": "VPN"})
+    t = translator(sf)
+    messages = [change_message("Order", record_ids=[i], fields={"Activation_Status__c": "Activating"}) for i in ids]
+    results = await asyncio.gather(*(t.translate(parse(m)) for m in messages))
+    assert [r.emissions[0].event.sf_order_id for r in results] == ids
+    assert t.rereads == 1 and sf.bulk_reads == [ids]
 
 
 async def test_an_activation_of_a_deleted_order_emits_nothing() -> None:
@@ -205,8 +261,9 @@ async def test_status_processed_on_an_internet_order_is_only_a_change() -> None:
 async def test_the_sim_rule_uses_the_type_the_event_carries() -> None:
     t = translator()
     message = change_message("Order", record_ids=[ORDER_ID], fields={"Status": "Processed", "Type": "SIM"})
-    assert types(await emitted(message, t)) == [SimActivationRequested, OrderChanged]
-    assert t.rereads == 0
+    events = await emitted(message, t)
+    assert types(events) == [SimActivationRequested, OrderChanged]  # the record says Internet: the event wins
+    assert t.rereads == 1 and events[0].snapshot is not None
 
 
 # --- order changed ------------------------------------------------------------------------------

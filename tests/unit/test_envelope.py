@@ -25,7 +25,7 @@ def test_binary_mode_headers_and_key() -> None:
     assert key == b"8015g00000000001AA"
     assert h["ce_specversion"] == b"1.0"
     assert h["ce_id"] == env.id.encode()
-    assert h["ce_type"] == b"fleet.order.activation-requested.v1"
+    assert h["ce_type"] == b"fleet.order.activation-requested.v2"
     assert h["ce_source"] == b"/fleet/sf-cdc"
     assert h["ce_subject"] == b"8015g00000000001AA"
     assert h["ce_correlationid"] == b"corr-1"

@@ -28,12 +28,20 @@ from events.billing import PaymentMethodChanged
 from events.envelope import Envelope, from_record, to_record
 from events.errors import RejectedByUpstream, UpstreamUnavailable
 from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked, UpdateSalesforceRecord
-from events.salesforce import OrderActivationRequested, SimActivationRequested
+from events.salesforce import (
+    OrderActivationRequested,
+    OrderActivationRequestedV1,
+    OrderSnapshot,
+    SimActivationRequested,
+    SimActivationRequestedV1,
+)
 from events.topics import ConsumerGroup, Topic, retry_topic
 from sandbox import demo_data
 from workers.config import FreebitSettings, Settings
 from workers.fulfillment.model import OrderState, Step, StepStatus
+from workers.fulfillment.policy import SNAPSHOT_MAX_AGE_S
 from workers.handlers import bind_fulfillment
+from workers.ingress.cdc_translate import order_snapshot
 from workers.runtime.message import Message
 
 GROUP = ConsumerGroup.FULFILLMENT
@@ -265,6 +273,63 @@ async def test_an_internet_order_becomes_one_accepted_whmcs_order_and_is_written
     assert outcome.whmcs_service_ids == list(whmcs_order.service_ids)
     assert await world.state(order_id) == OrderState.FULFILLED
     assert world.freebit.calls == []
+
+
+async def snapshot_of(world: World, order_id: str, read_at: datetime) -> OrderSnapshot:
+    """The snapshot sf-cdc would attach (read in bulk, translated by ``cdc_translate``)."""
+    (read,) = await world.salesforce.get_orders_with_items([order_id])
+    return order_snapshot(read, read_at)
+
+
+def sf_calls(world: World) -> int:
+    usage = world.salesforce.api_usage()
+    return usage[0] if usage else 0
+
+
+async def test_a_request_with_a_fresh_snapshot_is_planned_without_reading_salesforce(world: World) -> None:
+    """The plan comes from the request's snapshot: no Salesforce call at all, the same WHMCS order."""
+    order_id = world.place_order("tanaka", "Internet", ["INT-1G-GOLD", "INT-INSTALL-SINGLE"])
+    snapshot = await snapshot_of(world, order_id, world.clock.now)
+    world.salesforce.records["Order"][order_id]["Type"] = "VPN"  # changed after the read: the snapshot counts
+    before = sf_calls(world)
+
+    await world.deliver(OrderActivationRequested(sf_order_id=order_id, snapshot=snapshot))
+
+    assert sf_calls(world) == before
+    [add] = world.calls(world.whmcs, "add_order")
+    assert [(line.pid, line.billing_cycle) for line in add["lines"]] == [(182, "monthly"), (242, "onetime")]
+    assert (await world.store.get(order_id)).order.order_type == "Internet"  # type: ignore[union-attr]
+    assert await world.state(order_id) == OrderState.FULFILLED
+
+
+async def test_a_stale_snapshot_or_a_v1_request_reads_the_order_instead(world: World) -> None:
+    stale_id = world.place_order("tanaka", "Internet", ["INT-1G-GOLD"])
+    snapshot = await snapshot_of(world, stale_id, world.clock.now - timedelta(seconds=SNAPSHOT_MAX_AGE_S + 1))
+    v1_id = world.place_order("suzuki", "VPN", ["VPN-TOKYO", "VPN-ACTIVATION"])
+    before = sf_calls(world)
+
+    await world.deliver(OrderActivationRequested(sf_order_id=stale_id, snapshot=snapshot))
+    await world.deliver(OrderActivationRequestedV1(sf_order_id=v1_id))
+
+    assert sf_calls(world) == before + 4  # Order + lines, twice
+    assert [len(world.whmcs_orders(i)) for i in (stale_id, v1_id)] == [1, 1]
+    assert {await world.state(i) for i in (stale_id, v1_id)} == {OrderState.FULFILLED}
+
+
+async def test_a_replayed_request_with_a_snapshot_creates_no_second_whmcs_order(world: World) -> None:
+    """Same change delivered again under a new event id (replay): saga state and WHMCS lookup-before-create hold."""
+    order_id = world.place_order("tanaka", "Internet", ["INT-1G-GOLD"])
+    snapshot = await snapshot_of(world, order_id, world.clock.now)
+    request = OrderActivationRequested(sf_order_id=order_id, snapshot=snapshot)
+    world.crash_at = (Step.WHMCS_CREATE, "called")
+    with pytest.raises(Crash):
+        await world.deliver(request, event_id="first")
+    await world.deliver(request, event_id="second")
+    await world.deliver(request, event_id="third")
+
+    assert len(world.whmcs_orders(order_id)) == 1
+    assert len(world.calls(world.whmcs, "add_order")) == 1
+    assert await world.state(order_id) == OrderState.FULFILLED
 
 
 async def test_a_vpn_order_is_billed_in_whmcs_only(world: World) -> None:
@@ -629,4 +694,5 @@ def test_the_route_binder_takes_the_composition_roots_deps() -> None:
     deps = SimpleNamespace(settings=Settings(), producer=FakeProducer(), pool=object(), salesforce=FakeSalesforce(),
                            whmcs=FakeWhmcs(), freebit=FakeFreebit())  # fmt: skip
     table = fulfillment_route(deps)  # type: ignore[arg-type]
-    assert set(table) == {OrderActivationRequested, SimActivationRequested, PaymentMethodChanged} == set(HANDLERS)
+    requests = {OrderActivationRequested, SimActivationRequested, OrderActivationRequestedV1, SimActivationRequestedV1}
+    assert set(table) == {*requests, PaymentMethodChanged} == set(HANDLERS)

@@ -77,6 +77,24 @@ class SalesforcePortContract:
         assert item.whmcs_product_id is None
         assert item.effective_billing_cycle is None
 
+    async def test_orders_with_items_are_read_in_bulk_with_their_product_mapping(self, upstream: Upstream) -> None:
+        """One bulk read returns each existing order with its lines (an unknown id is simply absent)."""
+        first, first_lines = await upstream.seed_order("tanaka", ["INT-1G-GOLD", "INT-INSTALL-SINGLE"], Type="Internet")
+        second, second_lines = await upstream.seed_order("suzuki", ["VPN-TOKYO"], Type="VPN", Status="Approved")
+        unknown = demo_data.sf_id("801", 999_998)
+
+        found = {r.order.id: r for r in await upstream.port.get_orders_with_items([first, second, unknown])}
+
+        assert set(found) == {first, second}
+        assert (found[second].order.type, found[second].order.status) == ("VPN", "Approved")
+        assert found[first].order.account_id == demo_data.CUSTOMERS[0]["sf_account_id"]
+        assert [i.id for i in found[first].items] == sorted(first_lines)
+        assert [i.id for i in found[second].items] == second_lines
+        by_sku = {i.product.sku if i.product else None: i for i in found[first].items}
+        assert by_sku["INT-1G-GOLD"].whmcs_product_id == "182"
+        assert by_sku["INT-1G-GOLD"].effective_billing_cycle == "Monthly"
+        assert all(i.order_id == first for i in found[first].items)
+
     async def test_an_unknown_order_is_rejected_as_not_found(self, upstream: Upstream) -> None:
         with pytest.raises(RejectedByUpstream) as caught:
             await upstream.port.get_order(demo_data.sf_id("801", 999_999))

@@ -104,6 +104,33 @@ def test_soql_walks_two_lookups(org: Org) -> None:
     assert row["PricebookEntry"]["Product2"]["WH_Product_ID__c"] == "182"
 
 
+def test_soql_parent_to_child_subquery_nests_each_orders_items_as_a_query_result(org: Org) -> None:
+    first, items = place_order(org, ["INT-1G-GOLD", "INT-INSTALL-SINGLE"])
+    with org.transaction(AGENT) as tx:
+        empty = tx.create("Order", {"AccountId": demo_data.CUSTOMERS[0]["sf_account_id"]})["Id"]
+
+    rows = query(org, f"SELECT Id, Status, (SELECT Id, Quantity, Product2.WH_Product_ID__c FROM OrderItems "
+                      f"ORDER BY Id) FROM Order WHERE Id IN ('{first}', '{empty}')")  # fmt: skip
+
+    by_id = {r["Id"]: r for r in rows}
+    nested = by_id[first]["OrderItems"]
+    assert list(by_id[first]) == ["attributes", "Id", "Status", "OrderItems"]
+    assert (nested["totalSize"], nested["done"]) == (2, True)
+    assert [r["Id"] for r in nested["records"]] == sorted(items)
+    assert nested["records"][0]["attributes"]["type"] == "OrderItem"
+    assert {r["Product2"]["WH_Product_ID__c"] for r in nested["records"]} == {"182", "242"}
+    assert by_id[empty]["OrderItems"] is None  # no children: null, as the REST API answers
+
+
+def test_soql_subquery_filters_and_limits_the_children(org: Org) -> None:
+    order_id, items = place_order(org, ["INT-1G-GOLD", "INT-INSTALL-SINGLE"])
+
+    (row,) = query(org, f"SELECT Id, (SELECT Id FROM OrderItems WHERE Id != '{items[0]}' LIMIT 5) FROM Order "
+                        f"WHERE Id = '{order_id}'")  # fmt: skip
+
+    assert [r["Id"] for r in row["OrderItems"]["records"]] == [items[1]]
+
+
 @pytest.mark.parametrize(
     ("text", "code"),
     [
@@ -113,6 +140,10 @@ def test_soql_walks_two_lookups(org: Org) -> None:
         ("SELECT Nope__c FROM Order", "INVALID_FIELD"),
         ("SELECT Foo.Name FROM OrderItem", "INVALID_FIELD"),
         ("SELECT Id FROM Invoice__c", "INVALID_TYPE"),
+        ("SELECT Id, (SELECT Id FROM Lines) FROM Order", "INVALID_TYPE"),
+        ("SELECT Id, (SELECT Nope__c FROM OrderItems) FROM Order", "INVALID_FIELD"),
+        ("SELECT Id, (SELECT Id, (SELECT Id FROM OrderItems) FROM Orders) FROM Account", "MALFORMED_QUERY"),
+        ("SELECT Id, (SELECT Id FROM OrderItems FROM Order", "MALFORMED_QUERY"),
     ],
 )
 def test_bad_soql_is_answered_with_salesforce_error_codes(org: Org, text: str, code: str) -> None:

@@ -59,3 +59,53 @@ async def test_a_cancelled_submitter_leaves_the_others_outcomes_intact() -> None
 
     assert await second == [None] * 3
     assert window.runs == 1
+
+
+async def test_a_quiet_window_flushes_after_the_short_linger() -> None:
+    """Commands arriving slowly (a lone order) wait only ``linger_s``: one call each."""
+    fake = FakeSalesforce()
+    governor = BudgetGovernor(low_priority_share=0.8, usage=fake.api_usage)
+    window = BatchWindow(SalesforceWriter(fake, governor), linger_s=0.01, busy_linger_s=5.0, busy_rate=1000)
+    first = asyncio.create_task(window.write(batch(0, 1, fake)))
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(window.write(batch(1, 1, fake)))
+
+    await asyncio.wait_for(asyncio.gather(first, second), 2.0)
+
+    assert window.runs == 2 and [len(c) for c in fake.collection_calls] == [1, 1]
+
+
+async def test_a_busy_window_gathers_several_orders_into_one_call() -> None:
+    """At ``busy_rate`` commands/s or more the window stays open ``busy_linger_s`` from its first
+    command, so commands arriving apart share one call."""
+    fake = FakeSalesforce()
+    governor = BudgetGovernor(low_priority_share=0.8, usage=fake.api_usage)
+    window = BatchWindow(SalesforceWriter(fake, governor), linger_s=0.01, busy_linger_s=0.3, busy_rate=10)
+    await window.write(batch(0, 20, fake))  # 20 commands in the last second: busy
+    later = [batch(p, 1, fake) for p in (1, 2, 3)]
+
+    tasks = []
+    for pending in later:
+        tasks.append(asyncio.create_task(window.write(pending)))
+        await asyncio.sleep(0.03)
+    await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
+
+    assert window.runs == 2 and [len(c) for c in fake.collection_calls] == [20, 3]
+
+
+def test_the_rate_counts_commands_of_the_last_second_only() -> None:
+    now = [100.0]
+    fake = FakeSalesforce()
+    window = BatchWindow(
+        SalesforceWriter(fake, BudgetGovernor(low_priority_share=0.8, usage=fake.api_usage)),
+        linger_s=0.01,
+        busy_linger_s=0.1,
+        busy_rate=20,
+        clock=lambda: now[0],
+    )
+    window._note_arrival(now[0], 15)
+    now[0] += 0.5
+    window._note_arrival(now[0], 10)
+    assert window.rate() == 25 and window.linger() == 0.1
+    now[0] += 0.7
+    assert window.rate() == 10 and window.linger() == 0.01

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from adapters.whmcs.port import OrderLine
+from events.salesforce import OrderLineSnapshot, OrderSnapshot
 from schemas.salesforce_api import OrderItemRecord, OrderRecord
 from workers.fulfillment.model import ErrorCode, Fail, OrderType
 
@@ -80,6 +81,46 @@ def build_plan(order: OrderRecord, items: list[OrderItemRecord]) -> OrderPlan | 
         sf_whmcs_order_id=int(order.whmcs_order_id)
         if order.whmcs_order_id and order.whmcs_order_id.isdigit()
         else None,
+    )
+
+
+def records_from_snapshot(sf_order_id: str, snapshot: OrderSnapshot) -> tuple[OrderRecord, list[OrderItemRecord]]:
+    """The records ``build_plan`` takes, from an activation request's snapshot (so one set of rules
+    plans from a snapshot and from a fresh read alike)."""
+    order = OrderRecord.model_validate(
+        {
+            "Id": sf_order_id,
+            "AccountId": snapshot.sf_account_id,
+            "Type": snapshot.order_type,
+            "Status": snapshot.status,
+            "Activation_Status__c": snapshot.activation_status,
+            "WHMCS_Order_ID__c": snapshot.whmcs_order_id,
+            "SIM_Type__c": snapshot.sim_type,
+            "EID__c": snapshot.eid,
+            "SIM_Voice_Mail__c": snapshot.sim_voice_mail,
+            "SIM_Call_Waiting__c": snapshot.sim_call_waiting,
+        }
+    )
+    return order, [_item_record(sf_order_id, line) for line in snapshot.lines]
+
+
+def _item_record(sf_order_id: str, line: OrderLineSnapshot) -> OrderItemRecord:
+    product = {
+        "Name": line.product_name,
+        "StockKeepingUnit": line.sku,
+        "WH_Product_ID__c": line.whmcs_product_id,
+        "Billing_Cycle__c": line.product_billing_cycle,
+        "Item_Class__c": line.item_class,
+    }
+    return OrderItemRecord.model_validate(
+        {
+            "Id": line.sf_order_item_id,
+            "OrderId": sf_order_id,
+            "Product2Id": line.sf_product2_id,
+            "Quantity": line.quantity,
+            "Billing_Cycle__c": line.billing_cycle,
+            "Product2": product if any(v is not None for v in product.values()) else None,
+        }
     )
 
 

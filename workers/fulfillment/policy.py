@@ -7,6 +7,8 @@ keep the two together. Must not do I/O.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from events.errors import FleetError, MappingMissing, RejectedByUpstream
 from workers.fulfillment.model import ErrorCode, Step
 
@@ -34,6 +36,12 @@ UPSTREAM_CODES: dict[str, ErrorCode] = {
 #: codes that park the order (resumed automatically by the event that fixes them) instead of failing it
 PARKING_CODES = frozenset({ErrorCode.PAYMENT_METHOD_MISSING})
 
+#: How old an activation request's snapshot (the order as sf-cdc read it right after the change) may
+#: be for ``validate`` to build the plan from it instead of reading Salesforce again. The snapshot is
+#: the order as approved; a backlog of a few minutes is normal under a burst, while a request older
+#: than this (a dead letter replayed hours later, a long retry) reads the order as it is now.
+SNAPSHOT_MAX_AGE_S = 300.0
+
 #: Freebit polling: first look after 5 s, doubling, at most once a minute (PA03-02, one account per call)
 POLL_FIRST_S = 5.0
 POLL_MAX_S = 60.0
@@ -51,6 +59,11 @@ def poll_delay(attempt: int, remaining_s: float) -> float:
     """Seconds until the next look at an asynchronous Freebit job (never past the deadline)."""
     delay = min(POLL_FIRST_S * 2.0 ** max(attempt - 1, 0), POLL_MAX_S)
     return max(min(delay, remaining_s), 1.0)
+
+
+def snapshot_usable(read_at: datetime, now: datetime) -> bool:
+    """May ``validate`` plan from a snapshot read at ``read_at``? (Clock skew backwards counts as fresh.)"""
+    return (now - read_at).total_seconds() <= SNAPSHOT_MAX_AGE_S
 
 
 def reverts_status(order_type: str | None) -> bool:

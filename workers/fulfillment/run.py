@@ -15,6 +15,7 @@ from adapters.kafka import ProducerPort
 from adapters.saga_store import HistoryEntry, InboxClaim, SagaOrder, SagaRecord, SagaStore, StepRecord
 from events.base import DomainEvent, to_envelope
 from events.envelope import Envelope
+from events.salesforce import OrderSnapshot
 from events.topics import Topic
 from workers.fulfillment.model import FINISHED, ErrorCode, OrderState, Outcome, Step, seq_of, steps_for
 from workers.fulfillment.plan import OrderPlan
@@ -33,7 +34,9 @@ def utcnow() -> datetime:
 @dataclass(frozen=True)
 class Trigger:
     """Why the saga runs for an order now. ``only_if`` limits it to orders in those states; a
-    ``wakeup`` (scheduled by the saga itself) runs only while it is the order's latest one."""
+    ``wakeup`` (scheduled by the saga itself) runs only while it is the order's latest one.
+    ``snapshot``: the order and its lines as the request carried them (``validate`` may plan from
+    it instead of reading Salesforce)."""
 
     sf_order_id: str
     reason: str
@@ -42,6 +45,7 @@ class Trigger:
     cause: Envelope | None = None
     only_if: frozenset[OrderState] | None = None
     wakeup: bool = False
+    snapshot: OrderSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ class Run:
         self.clock = clock
         self.was = (OrderState(record.order.state), record.order.error_code)
         self._history: list[HistoryEntry] = []
+        #: steps completed in memory whose records the next ``save`` writes (saga rule 3), and other
+        #: step records changed in memory (reopened on resume) that it writes too
+        self.unsaved: list[Step] = []
+        self.pending: list[Step] = []
 
     @property
     def order(self) -> SagaOrder:
@@ -116,9 +124,15 @@ class Run:
         await self.save(step)
 
     async def save(self, *steps: Step, claim: InboxClaim | None = None) -> bool:
+        """One transaction: the order, ``steps`` and the steps completed since the last save, the
+        history noted meanwhile, and the inbox row of ``claim``."""
         self.order.updated_at = self.clock()
         history, self._history = self._history, []
-        return await self.store.save(self.order, [self.step(s) for s in steps], history, claim)
+        names = list(dict.fromkeys([*self.pending, *self.unsaved, *steps]))
+        saved = await self.store.save(self.order, [self.step(s) for s in names], history, claim)
+        self.unsaved.clear()
+        self.pending.clear()
+        return saved
 
 
 StepFn = Callable[[Run], Awaitable[Outcome]]

@@ -15,7 +15,12 @@ from adapters.mappings import IdMappingsPort, PgIdMappings
 from adapters.saga_store import PgSagaStore, SagaStore
 from events.base import DomainEvent
 from events.billing import PaymentMethodChanged
-from events.salesforce import OrderActivationRequested, SimActivationRequested
+from events.salesforce import (
+    OrderActivationRequested,
+    OrderActivationRequestedV1,
+    SimActivationRequested,
+    SimActivationRequestedV1,
+)
 from events.topics import ConsumerGroup, Topic
 from workers.fulfillment.model import Step
 from workers.fulfillment.run import Clock, Publisher, StepFn, StepHook, utcnow
@@ -55,6 +60,8 @@ FULFILLMENT_SOURCE = "fleet/fulfillment"
 HANDLERS: Mapping[type[DomainEvent], Any] = {
     OrderActivationRequested: fulfill_order,
     SimActivationRequested: fulfill_order,
+    OrderActivationRequestedV1: fulfill_order,  # still on the topic, or replayed from a dead letter
+    SimActivationRequestedV1: fulfill_order,
     PaymentMethodChanged: resume_parked_orders,
 }
 
@@ -138,6 +145,8 @@ def bind_fulfillment(
     return {
         OrderActivationRequested: partial(fulfill_order, saga=saga),
         SimActivationRequested: partial(fulfill_order, saga=saga),
+        OrderActivationRequestedV1: partial(fulfill_order, saga=saga),
+        SimActivationRequestedV1: partial(fulfill_order, saga=saga),
         PaymentMethodChanged: partial(resume_parked_orders, saga=saga, store=store),
     }
 

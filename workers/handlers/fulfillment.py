@@ -4,11 +4,13 @@ Owns what each step does against Salesforce, id_mappings, WHMCS and Freebit, and
 is safe: every step either only reads, sets absolute values, or looks for its own earlier result
 before creating anything. Must not persist state, sleep, or write Salesforce statuses directly: the
 saga (``workers.fulfillment.saga``) records outcomes and publishes ``UpdateSalesforceRecord``
-commands; Salesforce is called here only to re-read the order.
+commands; Salesforce is called here only to read the order, and only when the activation request
+carries no usable snapshot of it (a v1 request, a wake-up, a resume, a snapshot too old).
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +20,12 @@ from adapters.freebit.port import DUPLICATE_ACCOUNT, FreebitAccount
 from adapters.saga_store import InboxClaim
 from events.billing import PaymentMethodChanged
 from events.errors import RejectedByUpstream, RetryableError
-from events.salesforce import OrderActivationRequested, SimActivationRequested
+from events.salesforce import ActivationRequest, OrderActivationRequested, SimActivationRequested
 from events.topics import Topic
 from workers.fulfillment import writeback
 from workers.fulfillment.model import Done, ErrorCode, Fail, OrderState, Outcome, Park, Skipped, Step, Wait
-from workers.fulfillment.plan import SimSpec, build_plan, sim_identity
-from workers.fulfillment.policy import poll_delay
+from workers.fulfillment.plan import SimSpec, build_plan, records_from_snapshot, sim_identity
+from workers.fulfillment.policy import poll_delay, snapshot_usable
 from workers.fulfillment.run import Publisher, Run, Trigger
 from workers.fulfillment.saga import Saga
 from workers.fulfillment.wakeup import WAKEUP_SOURCE
@@ -43,9 +45,17 @@ SIM_CANDIDATES = 8  # numbers tried before giving up when other orders already h
 
 # --- steps: common -------------------------------------------------------------------------------
 async def validate_order(run: Run, *, salesforce: SalesforcePort) -> Outcome:
-    # Reads only: the order is re-read on every attempt, so a fixed Product2 mapping is picked up.
-    order = await salesforce.get_order(run.order.sf_order_id)
-    plan = build_plan(order, await salesforce.get_order_items(order.id))
+    # Reads only. Plans from the request's snapshot when it carries a fresh one (read by sf-cdc
+    # right after the change that triggered this run: a re-approval after a fixed Product2 mapping
+    # brings a new one); otherwise reads the order and its lines now.
+    snapshot, sf_order_id = run.trigger.snapshot, run.order.sf_order_id
+    if snapshot is not None and snapshot.sf_order_id == sf_order_id and snapshot_usable(snapshot.read_at, run.clock()):
+        order, items = records_from_snapshot(sf_order_id, snapshot)
+        run.note("planned_from_snapshot", Step.VALIDATE, read_at=snapshot.read_at.isoformat())
+    else:
+        order = await salesforce.get_order(sf_order_id)
+        items = await salesforce.get_order_items(order.id)
+    plan = build_plan(order, items)
     if isinstance(plan, Fail):
         return plan
     run.order.plan = plan.model_dump(mode="json")
@@ -172,27 +182,32 @@ async def write_sim_fields(run: Run, *, whmcs: WhmcsPort) -> Outcome:
 # --- step: Salesforce write-back -----------------------------------------------------------------
 async def write_back_to_salesforce(run: Run, *, publisher: Publisher) -> Outcome:
     # Commands carry absolute values, so a re-sent command (crash before this step committed)
-    # makes the sf-writer write the same fields again.
+    # makes the sf-writer write the same fields again. They go out together (one produce request,
+    # each record on its own key's partition), so the sf-writer tends to fetch them in one batch
+    # and write the order and its lines in one sObject Collections call; the step is done only
+    # once every one is acknowledged.
     created = run.ids(Step.WHMCS_CREATE)
     updates = writeback.fulfilled(
         run.order.sf_order_id, run.plan.lines, int(created["whmcs_order_id"]), created["service_ids"]
     )
-    for update in updates:
-        await publisher.send(Topic.SF_WRITEBACK, update, run.trigger.cause)
+    await asyncio.gather(*(publisher.send(Topic.SF_WRITEBACK, u, run.trigger.cause) for u in updates))
     return Done({"commands": len(updates)})
 
 
 # --- message handlers ----------------------------------------------------------------------------
-async def fulfill_order(event: OrderActivationRequested | SimActivationRequested, msg: Message, *, saga: Saga) -> None:
+async def fulfill_order(event: ActivationRequest, msg: Message, *, saga: Saga) -> None:
     """Start, resume or poll the order's saga: as far as it can go now."""
     envelope = msg.envelope
+    wakeup = envelope.source == WAKEUP_SOURCE
+    snapshot = event.snapshot if isinstance(event, OrderActivationRequested | SimActivationRequested) else None
     trigger = Trigger(
         event.sf_order_id,
-        reason="wakeup" if envelope.source == WAKEUP_SOURCE else event.TYPE,
+        reason="wakeup" if wakeup else event.TYPE,
         sf_account_id=event.sf_account_id,
         claim=inbox_claim(msg),
         cause=envelope,
-        wakeup=envelope.source == WAKEUP_SOURCE,
+        wakeup=wakeup,
+        snapshot=None if wakeup else snapshot,
     )
     result = await saga.handle(trigger)
     log.info("fulfillment_handled", sf_order_id=event.sf_order_id, state=result.state, step=result.step)

@@ -50,7 +50,7 @@ def build_sf_writer(
     salesforce: SalesforcePort,
     settings: Settings,
     usage: Callable[[], tuple[int, int] | None] | None = None,
-    linger_s: float = 0.01,
+    linger_s: float = 0.005,
 ) -> BatchWindow:
     """The writer behind the handler (exposed so the composition root can export its stats).
 

@@ -3,9 +3,13 @@
 ``parse`` turns one CometD delivery into a ``Change`` or raises ``InvalidPayload`` (the subscriber
 dead-letters it). The rules are pure functions over what a change carries. When a guard needs a
 field the change does not carry (updates carry only the changed fields, gap events none at all),
-``Translator`` re-reads the record through the Salesforce port instead of guessing. Overflow
-events and wildcard record ids become a ``ResyncRequested`` that ``Translator.resync`` serves with
-a SOQL window on ``LastModifiedDate``. No Kafka, checkpoints or connections here.
+``Translator`` re-reads the record through the Salesforce port instead of guessing. A change that
+may start fulfillment (activation, SIM activation, a gap on an Order) always reads the Order with
+its lines, in bulk with the reads of other lanes (``order_reads``), and the request carries that
+read as its ``snapshot`` (vendor fields translated to ours here, ``events/`` stays free of them),
+so the saga need not read again. Overflow events and wildcard record ids become a
+``ResyncRequested`` that ``Translator.resync`` serves with a SOQL window on ``LastModifiedDate``.
+No Kafka, checkpoints or connections here.
 """
 
 from __future__ import annotations
@@ -21,17 +25,20 @@ from typing import Any, Protocol
 import structlog
 from pydantic import ValidationError
 
+from adapters.salesforce.port import OrderWithItems
 from events.base import DomainEvent
-from events.errors import InvalidPayload, PermanentError, RejectedByUpstream
+from events.errors import InvalidPayload, PermanentError
 from events.salesforce import (
     AccountEligibilityChanged,
     CatalogChanged,
     OrderActivationRequested,
     OrderChanged,
+    OrderLineSnapshot,
+    OrderSnapshot,
     ResyncRequested,
     SimActivationRequested,
 )
-from schemas.salesforce_api import OrderRecord
+from schemas.salesforce_api import OrderItemRecord
 from schemas.salesforce_cdc import (
     CREATE,
     DELETE,
@@ -43,6 +50,7 @@ from schemas.salesforce_cdc import (
     ChangeEventMessage,
     EventInfo,
 )
+from workers.ingress.order_reads import BulkOrderReader
 
 log = structlog.get_logger()
 
@@ -85,6 +93,9 @@ RESYNC_FIELDS: dict[str, tuple[str, ...]] = {
     PRODUCT2: (),
     PRICEBOOK_ENTRY: ("Product2Id",),
 }
+#: an order with more lines travels without a snapshot (the saga reads it): keeps every request far
+#: below Kafka's 1 MB record limit, whatever the order's size
+MAX_SNAPSHOT_LINES = 200
 #: how long the event bus keeps changes: the widest window a lost position can need
 RETENTION = timedelta(hours=72)
 #: an overflow's records were modified while its (possibly long) transaction ran
@@ -105,7 +116,7 @@ class UnresolvableChange(PermanentError):
 class RecordReader(Protocol):
     """The slice of ``SalesforcePort`` the re-read hook uses (any port implementation fits)."""
 
-    async def get_order(self, order_id: str) -> OrderRecord: ...
+    async def get_orders_with_items(self, order_ids: Sequence[str]) -> list[OrderWithItems]: ...
 
     async def query(self, soql: str) -> list[dict[str, Any]]: ...
 
@@ -342,11 +353,20 @@ class _Source:
     change_type: str
 
     def emit(self, event: DomainEvent, record_id: str) -> Emission:
-        return Emission(event, event_id(self.basis, record_id, event.TYPE), self.basis)
+        # the type's version-free lineage where it has one: one change keeps one id across a version bump
+        name = getattr(event, "LINEAGE", event.TYPE)
+        return Emission(event, event_id(self.basis, record_id, name), self.basis)
 
 
 def _order_events(
-    src: _Source, order_id: str, view: Mapping[str, Any], *, activation: bool, sim: bool, fields: list[str] | None
+    src: _Source,
+    order_id: str,
+    view: Mapping[str, Any],
+    *,
+    activation: bool,
+    sim: bool,
+    fields: list[str] | None,
+    snapshot: OrderSnapshot | None = None,
 ) -> list[Emission]:
     common: dict[str, Any] = {
         "sf_order_id": order_id,
@@ -357,9 +377,11 @@ def _order_events(
     }
     out: list[Emission] = []
     if activation:
-        out.append(src.emit(OrderActivationRequested(**common, order_type=text(view.get("Type"))), order_id))
+        request = OrderActivationRequested(**common, order_type=text(view.get("Type")), snapshot=snapshot)
+        out.append(src.emit(request, order_id))
     if sim:
-        out.append(src.emit(SimActivationRequested(**common, sim_type=text(view.get("SIM_Type__c"))), order_id))
+        sim_request = SimActivationRequested(**common, sim_type=text(view.get("SIM_Type__c")), snapshot=snapshot)
+        out.append(src.emit(sim_request, order_id))
     if fields is not None:
         del common["status"]
         changed = OrderChanged(**common, record_id=order_id, changed_fields=fields, change_type=src.change_type)
@@ -414,8 +436,43 @@ def _ceil_second(moment: datetime) -> datetime:
     return whole if whole == moment else whole + timedelta(seconds=1)
 
 
-def _record_view(record: OrderRecord) -> dict[str, Any]:
-    return record.model_dump(by_alias=True)
+def _record_view(read: OrderWithItems) -> dict[str, Any]:
+    return read.order.model_dump(by_alias=True, exclude={"order_items"})
+
+
+def order_snapshot(read: OrderWithItems, read_at: datetime) -> OrderSnapshot:
+    """The Order and its lines in the fleet's words (the one place their Salesforce names are mapped)."""
+    order = read.order
+    return OrderSnapshot(
+        sf_order_id=order.id,
+        read_at=read_at,
+        last_modified_at=order.last_modified_date,
+        sf_account_id=order.account_id,
+        order_type=order.type,
+        status=order.status,
+        activation_status=order.activation_status,
+        whmcs_order_id=order.whmcs_order_id,
+        sim_type=order.sim_type,
+        eid=order.eid,
+        sim_voice_mail=order.sim_voice_mail,
+        sim_call_waiting=order.sim_call_waiting,
+        lines=[_line_snapshot(item) for item in read.items],
+    )
+
+
+def _line_snapshot(item: OrderItemRecord) -> OrderLineSnapshot:
+    product = item.product
+    return OrderLineSnapshot(
+        sf_order_item_id=item.id,
+        sf_product2_id=item.product2_id,
+        product_name=product.name if product else None,
+        sku=product.sku if product else None,
+        item_class=product.item_class if product else None,
+        whmcs_product_id=product.whmcs_product_id if product else None,
+        billing_cycle=item.billing_cycle,
+        product_billing_cycle=product.billing_cycle if product else None,
+        quantity=float(item.quantity),
+    )
 
 
 # --- the translator (rules + the re-read hook) --------------------------------------------------
@@ -423,16 +480,25 @@ def _record_view(record: OrderRecord) -> dict[str, Any]:
 class Translator:
     """Applies the rules to a ``Change``, re-reading through ``reader`` where a guard needs it.
 
-    ``rereads`` counts API calls made (a metric); ``parents`` remembers OrderItem -> Order ids
-    learnt from creates and re-reads, so the delete of a known line still finds its order.
+    ``rereads`` counts API calls made (a metric; a bulk read of many orders counts once);
+    ``parents`` remembers OrderItem -> Order ids learnt from creates and re-reads, so the delete of
+    a known line still finds its order. Order reads go through ``orders`` (bulk, see ``order_reads``).
     """
 
     rules: Rules
     reader: RecordReader
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     parent_cache_size: int = 10_000
-    rereads: int = 0
+    queries: int = 0
     parents: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    orders: BulkOrderReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.orders = BulkOrderReader(self.reader.get_orders_with_items, clock=self.clock)
+
+    @property
+    def rereads(self) -> int:
+        return self.queries + self.orders.calls
 
     async def translate(self, change: Change) -> Translation:
         """Domain events for ``change``; raises ``UnresolvableChange`` or the port's errors."""
@@ -473,12 +539,16 @@ class Translator:
         view: dict[str, Any] = dict(change.values)
         activation = transitions and becomes_activating(view, changed)
         sim = transitions and becomes_processed(view, changed)
-        needed = (_ACTIVATION_GUARD_FIELDS if activation else ()) + (_SIM_GUARD_FIELDS if sim else ())
-        if any(not change.knows(name) for name in needed):
-            current = await self._read_order(order_id)
-            if current is None:  # deleted since: nothing left to activate
+        snapshot = None
+        if activation or sim:
+            # a request that may start fulfillment always carries the order as read now (one bulk
+            # query shared with other lanes), also when the change knows every guard field: the
+            # saga then reads nothing, which costs fewer calls than the saga's own two reads
+            read = await self._read_order(order_id)
+            if read is None:  # deleted since: nothing left to activate
                 activation = sim = False
             else:  # what the change carries wins; the re-read only fills what it lacks
+                current, snapshot = read
                 view = {**current, **view}
         fields = customer_facing_order_fields(changed)
         emit_changed = bool(fields) or change.change_type in (CREATE, DELETE, UNDELETE)
@@ -489,18 +559,21 @@ class Translator:
             activation=activation and activation_guards_pass(view, self.rules),
             sim=sim and is_sim_order(view),
             fields=fields if emit_changed else None,
+            snapshot=snapshot,
         )
 
     async def _order_gap(self, change: Change, order_id: str, src: _Source) -> list[Emission]:
         """Gap events carry no fields: emit from the record's current state."""
-        current = None if change.change_type == GAP_DELETE else await self._read_order(order_id)
-        if current is None:
+        read = None if change.change_type == GAP_DELETE else await self._read_order(order_id)
+        if read is None:
             return _order_events(src, order_id, {}, activation=False, sim=False, fields=[])
-        return self._order_from_state(src, order_id, current)
+        return self._order_from_state(src, order_id, *read)
 
-    def _order_from_state(self, src: _Source, order_id: str, view: Mapping[str, Any]) -> list[Emission]:
-        activation = activation_pending(view, self.rules)
-        return _order_events(src, order_id, view, activation=activation, sim=sim_activation_pending(view), fields=[])
+    def _order_from_state(
+        self, src: _Source, order_id: str, view: Mapping[str, Any], snapshot: OrderSnapshot | None = None
+    ) -> list[Emission]:
+        activation, sim = activation_pending(view, self.rules), sim_activation_pending(view)
+        return _order_events(src, order_id, view, activation=activation, sim=sim, fields=[], snapshot=snapshot)
 
     async def _order_item(self, change: Change, item_id: str, src: _Source) -> list[Emission]:
         assert change.header is not None
@@ -516,7 +589,7 @@ class Translator:
     async def _parent_of(self, item_id: str, values: Mapping[str, Any]) -> str | None:
         order_id = text(values.get("OrderId")) or self.parents.get(item_id)
         if order_id is None:
-            self.rereads += 1
+            self.queries += 1
             rows = await self.reader.query(f"SELECT Id, OrderId FROM OrderItem WHERE Id = '{item_id}'")
             order_id = next((text(r.get("OrderId")) for r in rows if text(r.get("OrderId"))), None)
         if order_id is not None:
@@ -529,15 +602,15 @@ class Translator:
         while len(self.parents) > self.parent_cache_size:
             self.parents.popitem(last=False)
 
-    async def _read_order(self, order_id: str) -> dict[str, Any] | None:
-        self.rereads += 1
-        try:
-            record = await self.reader.get_order(order_id)
-        except RejectedByUpstream as exc:
-            if exc.code == "NOT_FOUND":
-                return None
-            raise
-        return _record_view(record)
+    async def _read_order(self, order_id: str) -> tuple[dict[str, Any], OrderSnapshot | None] | None:
+        """The order's fields (for the rules) and its snapshot, or None when it no longer exists."""
+        read, read_at = await self.orders.read(order_id)
+        if read is None:
+            return None
+        for item in read.items:
+            self._remember_parent(item.id, order_id)
+        snapshot = order_snapshot(read, read_at) if len(read.items) <= MAX_SNAPSHOT_LINES else None
+        return _record_view(read), snapshot
 
     # --- resync ---------------------------------------------------------------------------------
     def resync_request(self, entity: str, since: datetime | None, until: datetime, reason: str, basis: str) -> Emission:
@@ -562,7 +635,7 @@ class Translator:
             return []
         until = event.until or self.clock()
         since = event.since or until - RETENTION
-        self.rereads += 1
+        self.queries += 1
         # whole seconds, widened outwards: SOQL datetime literals may carry no fraction, and a
         # window truncated at ``until`` would miss what changed in its last second
         since, until = since.replace(microsecond=0), _ceil_second(until)
