@@ -13,6 +13,12 @@ time, not from when a connection became free, so a stalled server shows up in th
 of silently lowering the offered rate (no coordinated omission). The max-throughput run is closed
 loop (each connection sends as soon as its previous answer arrived). Afterwards the topic's end
 offsets are summed and must equal the number of 200 answers: "accepted" means "on Kafka".
+
+Each run also records the CPU time the receiver process (``/proc/<pid>/stat``) and the load
+generator (``os.times``) spent during it, as a share of one core and per 200 answer. This measures
+nothing new; it says what bounds a run: the receiver is one event loop, so a receiver near 100% of
+a core is the limit, and a generator near 100% would mean the bare rate is the generator's, not
+the server's (it is not: at bare@max the receiver sits at ~100%, the generator at ~45%).
 """
 
 from __future__ import annotations
@@ -119,6 +125,8 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    receiver_cpu_s: float = 0.0
+    generator_cpu_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         ok = self.statuses.get(200, 0)
@@ -134,7 +142,24 @@ class Run:
             "max_ms": round(lat[-1] * 1000, 2) if lat else None,
             "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
             "elapsed_s": round(self.elapsed_s, 3),
+            "receiver_cpu_pct_of_core": round(100 * self.receiver_cpu_s / self.elapsed_s) if self.elapsed_s else None,
+            "receiver_cpu_us_per_200": round(1e6 * self.receiver_cpu_s / ok, 1) if ok else None,
+            "generator_cpu_pct_of_core": round(100 * self.generator_cpu_s / self.elapsed_s) if self.elapsed_s else None,
         }
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``; 0.0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -153,7 +178,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def drive(run: Run, port: int, connections: int) -> None:
+async def drive(run: Run, port: int, connections: int, receiver_pid: int | None = None) -> None:
     """Send ``run.requests`` over ``connections`` keep-alive connections (open loop when rated)."""
     counter = itertools.count()
     total = len(run.requests)
@@ -173,8 +198,11 @@ async def drive(run: Run, port: int, connections: int) -> None:
                 run.latencies.append(loop.time() - due)
 
     started = loop.time()
+    cpu_before = (process_cpu_s(receiver_pid) if receiver_pid else 0.0), _own_cpu_s()
     await asyncio.gather(*(connection(r, w) for r, w in streams))
     run.elapsed_s = loop.time() - max(started, t0) if run.rate else loop.time() - started
+    run.receiver_cpu_s = (process_cpu_s(receiver_pid) if receiver_pid else 0.0) - cpu_before[0]
+    run.generator_cpu_s = _own_cpu_s() - cpu_before[1]
     for _, writer in streams:
         writer.close()
 
@@ -249,7 +277,10 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    versions = {name: metadata.version(name) for name in ("aiohttp", "aiokafka", "redis", "pydantic")}
+    versions = {}
+    for name in ("aiohttp", "aiokafka", "redis", "hiredis", "pydantic"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -273,7 +304,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(sys.executable, *argv, cwd=ROOT)
     try:
         await _wait_ready(port, proc)
-        runs = await _all_runs(args, port, secret)
+        runs = await _all_runs(args, port, secret, proc.pid)
         info["receiver_metrics"] = await _receiver_metrics(port)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -283,7 +314,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:  # the shared stack keeps no bench data
         await _delete_topics(settings.kafka.bootstrap, [topic, dlq])
         await _forget_marks(settings.redis.url.get_secret_value())
-    return _report(args, info, runs, on_topic, await bench_salesforce_cdc(settings))
+    cdc = None if args.no_cdc else await bench_salesforce_cdc(settings)
+    return _report(args, info, runs, on_topic, cdc)
 
 
 async def _forget_marks(redis_url: str) -> None:
@@ -305,7 +337,7 @@ async def _delete_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
-async def _all_runs(args: argparse.Namespace, port: int, secret: str) -> list[Run]:
+async def _all_runs(args: argparse.Namespace, port: int, secret: str, receiver_pid: int) -> list[Run]:
     await drive(Run("warm-up", None, presign(WARM_UP, VERIFIED_PATH, port, secret)), port, args.connections)
     plan: list[tuple[str, str, float | None]] = []
     for rate in args.rates:
@@ -315,7 +347,7 @@ async def _all_runs(args: argparse.Namespace, port: int, secret: str) -> list[Ru
     for label, path, rate in plan:
         count = int((rate or args.max_rate_guess) * args.duration)
         run = Run(label, rate, presign(count, path, port, secret))
-        await drive(run, port, args.connections)
+        await drive(run, port, args.connections, receiver_pid)
         print(json.dumps(run.summary()), flush=True)
         runs.append(run)
         await asyncio.sleep(1.0)
@@ -340,6 +372,14 @@ def _report(
             "bare_per_s": bare["accepted_per_s"],
             "ratio_to_bare": round(verified["accepted_per_s"] / bare["accepted_per_s"], 3),
             "target": ">= 2000/s and >= 0.5 of bare",
+            "receiver_cpu_pct_of_core": {
+                "bare": bare["receiver_cpu_pct_of_core"],
+                "verified": verified["receiver_cpu_pct_of_core"],
+            },
+            "receiver_cpu_us_per_200": {
+                "bare": bare["receiver_cpu_us_per_200"],
+                "verified": verified["receiver_cpu_us_per_200"],
+            },
         },
         "ratio_to_bare_at_offered_rates": {
             f"{rate:g}/s": round(
@@ -360,6 +400,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--max-rate-guess", type=float, default=4000.0, help="sizes the closed-loop runs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--no-cdc", action="store_true", help="webhook runs only (the CDC part is bench.cdc_bench)")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "TOPIC", "DLQ"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
 from adapters.kafka import ensure_topics
+from events.errors import DependencyUnavailable
 from events.topics import TopicSpec
 from tests.unit.test_webhook_dedupe import DedupeContract
 from workers.config import Settings
@@ -283,3 +284,18 @@ class TestRedisDedupeStore(DedupeContract):
 
     async def advance(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def test_the_redis_store_raises_dependency_unavailable_when_redis_is_away() -> None:
+    """Every batched call fails as a whole, and each waiting request gets the receiver's "fail open" signal."""
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    store = RedisDedupeStore(redis, prefix="test:dedupe:away:", inflight_ttl_s=30, done_ttl_s=60)
+    try:
+        results = await asyncio.gather(
+            store.claim("a", "o1"), store.claim("b", "o2"), store.complete("c"), return_exceptions=True
+        )
+        assert all(isinstance(result, DependencyUnavailable) for result in results), results
+        with pytest.raises(DependencyUnavailable):
+            await store.release("a", "o1")
+    finally:
+        await redis.aclose()

@@ -58,6 +58,22 @@ class DedupeContract:
         await store.release(webhook_id, "a")  # a done mark is never released
         assert await store.claim(webhook_id, "c") is Claim.DUPLICATE
 
+    async def test_many_concurrent_ids_each_have_their_own_answer(self, store: DedupeStore) -> None:
+        """More requests at once than one batched store call carries: every id still gets its own answer."""
+        ids = [f"msg_many_{uuid.uuid4().hex}" for _ in range(1_200)]
+        assert set(await asyncio.gather(*(store.claim(i, "a") for i in ids))) == {Claim.NEW}
+        assert set(await asyncio.gather(*(store.claim(i, "b") for i in ids))) == {Claim.IN_PROGRESS}
+        await asyncio.gather(*(store.complete(i) for i in ids[::2]))
+        answers = await asyncio.gather(*(store.claim(i, "c") for i in ids))
+        assert answers == [Claim.DUPLICATE if n % 2 == 0 else Claim.IN_PROGRESS for n in range(len(ids))]
+
+    async def test_a_copy_arriving_as_the_original_completes_sees_it_done(
+        self, store: DedupeStore, webhook_id: str
+    ) -> None:
+        await store.claim(webhook_id, "a")
+        _, copy = await asyncio.gather(store.complete(webhook_id), store.claim(webhook_id, "b"))
+        assert copy is Claim.DUPLICATE
+
     async def test_an_abandoned_claim_expires(self, store: DedupeStore, webhook_id: str) -> None:
         await store.claim(webhook_id, "crashed")
         await self.advance(0.4)

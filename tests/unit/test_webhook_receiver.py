@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -25,10 +25,14 @@ from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
 from adapters.kafka import Delivered, FakeProducer
-from events.envelope import Envelope, from_record
+from events.base import to_envelope
+from events.billing import InvoiceChanged
+from events.envelope import Envelope, from_record, to_record
 from events.errors import DependencyUnavailable
+from schemas.whmcs_webhook import parse_webhook
+from tests.unit.test_webhook_translate import CASES
 from workers.ingress.dedupe import Claim, FakeDedupeStore
-from workers.ingress.webhook_server import PATH, SignatureVerifier, WebhookReceiver, build_app
+from workers.ingress.webhook_server import PATH, SOURCE, SignatureVerifier, WebhookReceiver, build_app, encode_record
 from workers.ingress.whmcs_webhooks import translate
 
 SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA=="
@@ -239,7 +243,7 @@ async def test_other_routes_and_methods_answer_json_errors(harness: Harness) -> 
 
 async def test_an_unexpected_bug_answers_500_json_and_is_logged(harness: Harness) -> None:
     class Exploding(FakeProducer):
-        async def publish(self, topic: str, envelope: Envelope) -> Delivered:
+        async def publish_raw(self, *args: Any, **kwargs: Any) -> Delivered:
             raise RuntimeError("bug")
 
     harness.receiver.producer = Exploding()
@@ -275,9 +279,9 @@ async def test_concurrent_copies_of_one_webhook_produce_it_once(harness: Harness
     gate = asyncio.Event()
 
     class Slow(FakeProducer):
-        async def publish(self, topic: str, envelope: Envelope) -> Delivered:
+        async def publish_raw(self, *args: Any, **kwargs: Any) -> Delivered:
             await gate.wait()
-            return await super().publish(topic, envelope)
+            return await super().publish_raw(*args, **kwargs)
 
     harness.receiver.producer = slow = Slow()
     body = payload()
@@ -305,3 +309,34 @@ async def test_a_hook_that_means_several_events_gets_one_deterministic_id_each(
     status, answer, _ = await harness.post(body, signed(body, "msg_two"))
     assert (status, answer["events"]) == (200, 2)
     assert [e.id for e in harness.produced()] == ["whmcs-webhook:msg_two", "whmcs-webhook:msg_two:1"]
+
+
+async def test_the_answer_echoes_any_valid_webhook_id_as_json(harness: Harness) -> None:
+    body = payload()
+    tricky = 'msg_"quoted"\\back\\slash'
+    status, answer, headers = await harness.post(body, signed(body, tricky))
+    assert (status, answer, headers["Content-Type"]) == (
+        200,
+        {"status": "accepted", "webhook_id": tricky, "events": 1},
+        "application/json",
+    )
+    status, answer, _ = await harness.post(body, signed(body, tricky))
+    assert (status, answer) == (200, {"status": "duplicate", "webhook_id": tricky})
+
+
+@pytest.mark.parametrize(("event", "data", "_"), CASES, ids=[case[0] for case in CASES])
+def test_each_record_is_exactly_what_the_envelope_path_encodes(event: str, data: dict[str, Any], _: Any) -> None:
+    """``encode_record`` skips the ``Envelope`` model for speed; its bytes must stay the envelope's."""
+    occurred = datetime(2027, 1, 15, 8, 0, tzinfo=timezone(timedelta(hours=9)))
+    body = {"event": event, "occurred_at": occurred.isoformat(), "data": {"client_id": 12, **data}}
+    [domain_event] = translate(parse_webhook(json.dumps(body)), webhook_id='msg_"ü"')
+    for event_id in ('whmcs-webhook:msg_"ü"', 'whmcs-webhook:msg_"ü":1'):
+        envelope = to_envelope(domain_event, source=SOURCE, id=event_id).model_copy(update={"time": occurred})
+        assert encode_record(domain_event, event_id, occurred) == to_record(envelope)
+
+
+def test_the_record_encoding_keeps_vendor_text_byte_for_byte() -> None:
+    event = InvoiceChanged(whmcs_client_id=7, invoice_id=1, status='支払い済み "\\ \n\t', raw={"note": "é\u2028"})
+    occurred = datetime(2027, 1, 15, 8, 0, 0, 123456, tzinfo=UTC)
+    envelope = to_envelope(event, source=SOURCE, id="whmcs-webhook:x").model_copy(update={"time": occurred})
+    assert encode_record(event, "whmcs-webhook:x", occurred) == to_record(envelope)

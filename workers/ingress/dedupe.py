@@ -11,6 +11,7 @@ receiver answers, or read configuration.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from events.errors import DependencyUnavailable
@@ -32,6 +33,33 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Every completion and claim of one event-loop turn in one command. KEYS: the ids to complete, then
+# the ids to claim. ARGV: the number of completions, the in-progress TTL, the done TTL, then one
+# owner mark per claim. A claim is ``SET key inflight:<owner> NX PX ttl GET``: it sets the mark only
+# if there is none and returns the mark that was there, so "won" and "who holds it" come in one step.
+# Answers one integer per claim: 0 new, 1 done, 2 in progress. Completions run first, so a copy that
+# arrives in the very turn its original completes is answered "duplicate" rather than "in progress".
+_MARKS = """
+local completes = tonumber(ARGV[1])
+for i = 1, completes do
+  redis.call('SET', KEYS[i], 'done', 'PX', ARGV[3])
+end
+local answers = {}
+for i = completes + 1, #KEYS do
+  local held = redis.call('SET', KEYS[i], ARGV[i - completes + 3], 'NX', 'PX', ARGV[2], 'GET')
+  if not held then
+    answers[#answers + 1] = 0
+  elseif held == 'done' then
+    answers[#answers + 1] = 1
+  else
+    answers[#answers + 1] = 2
+  end
+end
+return answers
+"""
+#: marks per script call: one call holds Redis for a few microseconds per mark, so bound the batch
+MAX_MARKS_PER_CALL = 500
 
 
 class Claim(Enum):
@@ -60,30 +88,28 @@ class DedupeStore(Protocol):
 class RedisDedupeStore:
     """``DedupeStore`` over a ``redis.asyncio.Redis`` built by the composition root (Redis >= 7.0).
 
-    ``claim`` is one atomic command, ``SET key inflight:<owner> NX PX <ttl> GET``: it sets the mark
-    only if there is none and returns the mark that was there, so "won" and "who holds it" come in
-    one round trip with no window between them. Claims and completions of concurrent requests go
-    out together, one pipeline per event-loop turn (the idea of the Kafka producer's linger): the
-    per-command cost of the client, not Redis, is what limits a receiver otherwise.
+    Claims and completions of concurrent requests go out together as one ``EVALSHA`` of ``_MARKS``:
+    what is asked during one event-loop turn leaves at the next, and while a call is out, what is
+    asked meanwhile waits for it and leaves as the next call. Not a pipeline of ``SET``s: redis-py
+    packs and parses every pipelined command in Python, which cost more receiver CPU than the rest
+    of the request; one script call is one command however many marks it carries. Each mark keeps
+    its own atomic ``SET NX GET``, so the contract is that of one command per request. The script touches
+    several keys, so it needs a standalone Redis (or keys in one hash slot): ``serve`` builds one.
     """
 
     def __init__(self, redis: Redis, *, prefix: str, inflight_ttl_s: float, done_ttl_s: float) -> None:
         self._prefix = prefix
-        self._inflight_ms = int(inflight_ttl_s * 1000)
-        self._done_ms = int(done_ttl_s * 1000)
-        self._batch = _Pipeliner(redis)
+        self._batch = _MarkBatcher(
+            redis.register_script(_MARKS), inflight_ms=int(inflight_ttl_s * 1000), done_ms=int(done_ttl_s * 1000)
+        )
         self._release = redis.register_script(_RELEASE)
 
     async def claim(self, webhook_id: str, owner: str) -> Claim:
-        key, mark, ttl = self._prefix + webhook_id, _INFLIGHT + owner, self._inflight_ms
-        held = await self._batch.run(lambda pipe: pipe.set(key, mark, nx=True, px=ttl, get=True), "claim")
-        if held is None:
-            return Claim.NEW
-        return Claim.DUPLICATE if held in (DONE, DONE.encode()) else Claim.IN_PROGRESS
+        answer: Claim = await self._batch.ask(self._prefix + webhook_id, _INFLIGHT + owner, "claim")
+        return answer
 
     async def complete(self, webhook_id: str) -> None:
-        key, ttl = self._prefix + webhook_id, self._done_ms
-        await self._batch.run(lambda pipe: pipe.set(key, DONE, px=ttl), "complete")
+        await self._batch.ask(self._prefix + webhook_id, None, "complete")
 
     async def release(self, webhook_id: str, owner: str) -> None:
         try:
@@ -92,48 +118,79 @@ class RedisDedupeStore:
             raise _unavailable("release", exc) from exc
 
 
-class _Pipeliner:
-    """Queues commands and sends everything queued during one event-loop turn as one pipeline."""
+_ANSWERS = (Claim.NEW, Claim.DUPLICATE, Claim.IN_PROGRESS)  # the script's 0, 1, 2
 
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._queued: list[tuple[Callable[[Pipeline], object], asyncio.Future[Any]]] = []
 
-    async def run(self, command: Callable[[Pipeline], object], what: str) -> Any:
+class _MarkBatcher:
+    """Queues marks and sends them as ``_MARKS`` calls, one call in flight at a time: what is asked
+    while a call is out goes in the next one, so calls grow with the load instead of multiplying."""
+
+    def __init__(self, script: AsyncScript, *, inflight_ms: int, done_ms: int) -> None:
+        self._script, self._inflight_ms, self._done_ms = script, inflight_ms, done_ms
+        self._completes: list[tuple[str, asyncio.Future[Any]]] = []
+        self._claims: list[tuple[str, str, asyncio.Future[Any]]] = []
+        self._scheduled = self._busy = False
+
+    async def ask(self, key: str, owner_mark: str | None, what: str) -> Any:
+        """Claim ``key`` for ``owner_mark`` (→ ``Claim``), or complete it (``owner_mark`` None → None)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((command, future))
-        if len(self._queued) == 1:  # the first of this turn schedules the send for the next turn
-            asyncio.get_running_loop().call_soon(self._send_queued)
+        if owner_mark is None:
+            self._completes.append((key, future))
+        else:
+            self._claims.append((key, owner_mark, future))
+        self._kick()
         try:
             return await future
         except (RedisError, OSError) as exc:
             raise _unavailable(what, exc) from exc
 
-    def _send_queued(self) -> None:
-        batch, self._queued = self._queued, []
-        task = asyncio.ensure_future(self._send(batch))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+    def _kick(self) -> None:
+        if not (self._scheduled or self._busy):  # sent at the next turn: collects the rest of this one
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
 
-    async def _send(self, batch: list[tuple[Callable[[Pipeline], object], asyncio.Future[Any]]]) -> None:
+    def _send_queued(self) -> None:
+        self._scheduled = False
+        room = MAX_MARKS_PER_CALL
+        completes, self._completes = self._completes[:room], self._completes[room:]
+        room -= len(completes)
+        claims, self._claims = self._claims[:room], self._claims[room:]
+        if not (completes or claims):
+            return
+        self._busy = True
+        task = asyncio.ensure_future(self._send(completes, claims))
+        _BACKGROUND.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        _BACKGROUND.discard(task)
+        self._busy = False
+        if self._completes or self._claims:
+            self._kick()
+
+    async def _send(
+        self, completes: list[tuple[str, asyncio.Future[Any]]], claims: list[tuple[str, str, asyncio.Future[Any]]]
+    ) -> None:
+        keys = [key for key, _ in completes] + [key for key, _, _ in claims]
+        args: list[str | int] = [len(completes), self._inflight_ms, self._done_ms]
+        args += [mark for _, mark, _ in claims]
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for command, _ in batch:
-                command(pipe)
-            results = await pipe.execute(raise_on_error=False)
+            answers = await self._script(keys=keys, args=args)
         except Exception as exc:  # one failure answers every request of the batch
-            results = [exc] * len(batch)
+            for future in itertools.chain((f for _, f in completes), (f for _, _, f in claims)):
+                if not future.done():
+                    future.set_exception(exc)
+            return
         except BaseException:  # shutdown: nobody gets an answer
-            for _, future in batch:
+            for future in itertools.chain((f for _, f in completes), (f for _, _, f in claims)):
                 future.cancel()
             raise
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the waiting request was cancelled
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        for _, future in completes:
+            if not future.done():  # the waiting request was cancelled
+                future.set_result(None)
+        for (_, _, future), answer in zip(claims, answers, strict=True):
+            if not future.done():
+                future.set_result(_ANSWERS[answer])
 
 
 #: strong references to in-flight pipeline sends (the event loop keeps only weak ones)

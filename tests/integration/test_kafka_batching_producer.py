@@ -1,0 +1,103 @@
+"""``BatchingProducer`` against the real broker: shared batches keep every promise of ``send_and_wait``.
+
+Contract: every concurrent caller gets the (topic, partition, offset) its own record landed at, and
+nothing else is on the topic; a key lands on the partition ``send`` would pick, and one key's records
+keep the order they were published in; a stopped producer answers ``DependencyUnavailable`` rather
+than hanging or pretending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer
+
+from adapters.kafka import AiokafkaProducer, BatchingProducer, Delivered, durable_producer, ensure_topics
+from events.errors import DependencyUnavailable
+from events.topics import TopicSpec
+
+pytestmark = pytest.mark.integration
+
+HEADERS = [("ce_id", b"x"), ("content-type", b"application/json")]
+
+
+@pytest_asyncio.fixture
+async def kafka(stack_env: dict[str, str]) -> AsyncIterator[tuple[str, str, Any]]:
+    bootstrap, topic = stack_env["KAFKA_BOOTSTRAP"], f"t-batching-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [TopicSpec(topic, 4, 3_600_000)])
+    producer = durable_producer(bootstrap, "test-batching")
+    await producer.start()
+    try:
+        yield bootstrap, topic, producer
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        for _ in range(50):
+            batches = await consumer.getmany(timeout_ms=200)
+            found += [record for batch in batches.values() for record in batch]
+            if len(found) >= expected:
+                break
+        batches = await consumer.getmany(timeout_ms=300)  # nothing more may follow
+        found += [record for batch in batches.values() for record in batch]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_concurrent_callers_each_get_their_own_acknowledged_record(kafka: tuple[str, str, Any]) -> None:
+    bootstrap, topic, raw = kafka
+    producer = BatchingProducer(raw, timeout_s=10)
+    calls = [(f"client-{n % 37}".encode(), f"value-{n}".encode()) for n in range(1_500)]
+
+    delivered = await asyncio.gather(*(producer.publish_raw(topic, key, value, HEADERS) for key, value in calls))
+
+    records = await read_all(bootstrap, topic, len(calls))
+    assert len(records) == len(calls)
+    at = {(r.topic, r.partition, r.offset): (r.key, r.value, list(r.headers)) for r in records}
+    for (key, value), where in zip(calls, delivered, strict=True):
+        assert at[(where.topic, where.partition, where.offset)] == (key, value, HEADERS)
+
+
+async def test_keys_land_where_send_puts_them_in_the_order_published(kafka: tuple[str, str, Any]) -> None:
+    bootstrap, topic, raw = kafka
+    keys = [f"{n}".encode() for n in range(1, 60)]
+    plain = AiokafkaProducer(raw)
+    expected: dict[bytes, int] = {}
+    for key in keys:
+        expected[key] = (await plain.publish_raw(topic, key, b"plain", HEADERS)).partition
+
+    producer = BatchingProducer(raw, timeout_s=10)
+    calls = [(key, f"{n}".encode()) for n in range(10) for key in keys]  # each key 10 times, interleaved
+    delivered: list[Delivered] = await asyncio.gather(
+        *(producer.publish_raw(topic, key, value, HEADERS) for key, value in calls)
+    )
+
+    assert all(where.partition == expected[key] for (key, _), where in zip(calls, delivered, strict=True))
+    records = sorted(
+        (r for r in await read_all(bootstrap, topic, len(keys) + len(calls)) if r.value != b"plain"),
+        key=lambda r: (r.partition, r.offset),
+    )
+    for key in keys:
+        assert [r.value for r in records if r.key == key] == [f"{n}".encode() for n in range(10)]
+
+
+async def test_a_stopped_producer_answers_dependency_unavailable(kafka: tuple[str, str, Any]) -> None:
+    _, topic, raw = kafka
+    producer = BatchingProducer(raw, timeout_s=5)
+    await producer.publish_raw(topic, b"k", b"before", HEADERS)  # the topic's metadata is known now
+    await raw.stop()
+    with pytest.raises(DependencyUnavailable):
+        await asyncio.wait_for(producer.publish_raw(topic, b"k", b"after", HEADERS), 10)
