@@ -466,19 +466,25 @@ def test_message_event_id_is_decoded_on_access() -> None:
 
 
 def test_gc_freezing_is_counted_per_process() -> None:
+    """The first worker freezes the heap and spaces full collections out; the last one to stop restores both."""
     import gc
 
     from workers.runtime import worker
 
     assert worker._gc_freezes == 0
-    worker._freeze_gc()
+    before = gc.get_threshold()
+    worker._freeze_gc(100)
     try:
         frozen = gc.get_freeze_count()
         assert frozen > 0
-        worker._freeze_gc()  # a second worker: freezes nothing more
+        assert gc.get_threshold() == (before[0], before[1], max(before[2], 100))
+        worker._freeze_gc(1_000)  # a second worker: freezes nothing more, changes nothing
         assert gc.get_freeze_count() == frozen
+        assert gc.get_threshold()[2] == max(before[2], 100)
         worker._unfreeze_gc()  # the first one stops: the other still runs frozen
         assert gc.get_freeze_count() == frozen
+        assert gc.get_threshold()[2] == max(before[2], 100)
     finally:
         worker._unfreeze_gc()
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before

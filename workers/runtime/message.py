@@ -43,7 +43,7 @@ class Message:
         "key",
         "value",
         "headers",
-        "header_map",
+        "_header_map",
         "event_type",
         "tier",
         "attempts",
@@ -60,8 +60,8 @@ class Message:
         timestamp: int,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
-        header_map: Mapping[str, bytes | None],
+        headers: Sequence[tuple[str, bytes | None]],
+        header_map: Mapping[str, bytes | None] | None,
         event_type: str,
         tier: int = 0,
         attempts: int = 1,
@@ -75,12 +75,21 @@ class Message:
         self.key = key
         self.value = value
         self.headers = headers
-        self.header_map = header_map
+        self._header_map = header_map  # None: built from ``headers`` on first access
         self.event_type = event_type
         #: 0 on a source topic, n on ``<group>.retry.<n>``
         self.tier = tier
         self.attempts = attempts
         self._envelope: Envelope | None = None
+
+    @property
+    def header_map(self) -> Mapping[str, bytes | None]:
+        """The headers by name, last value wins (built on first access when the runtime's header check
+        did not need one: most handlers read no header)."""
+        h = self._header_map
+        if h is None:
+            h = self._header_map = dict(self.headers)
+        return h
 
     @property
     def event_id(self) -> str:

@@ -39,7 +39,7 @@ from structlog.contextvars import bind_contextvars
 from adapters.kafka import ProducerPort
 from events import failure as fh
 from events.base import REGISTRY, event_types
-from events.envelope import H_CORRELATION, H_ID, H_TYPE, binary_type, check_binary_headers
+from events.envelope import H_CORRELATION, H_ID, H_TYPE, binary_type, check_binary_headers, ordered_binary_type
 from events.errors import DependencyUnavailable, InvalidPayload, UnknownEventType, is_systemic
 from events.failure import Stage
 from events.topics import retry_topic
@@ -99,29 +99,44 @@ class Tuning:
     purge_batch: int = 1_000
     purge_max_batches: int = 100
     yield_every: int = 64  # records a partition task handles before letting other tasks run
-    freeze_gc: bool = True  # see Worker.run
+    freeze_gc: bool = True  # see _freeze_gc
+    # With freeze_gc: gen-1 collections between two full ones (CPython's threshold2, default 10), see _freeze_gc
+    gc_full_every: int = 100
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
 _gc_freezes = 0  # workers of this process running with the start-up heap frozen
 _gc_collected = False  # the process's first freeze collected its start-up garbage first
+_gc_threshold: tuple[int, int, int] | None = None  # the thresholds before the first freeze
 
 
-def _freeze_gc() -> None:
+def _freeze_gc(full_every: int) -> None:
     """Everything alive when the first worker starts (modules, pydantic schemas, clients) is long-lived:
     move it out of the collector's reach (``gc.freeze``) so the generational collections triggered by
     the loop's per-record allocations stop rescanning it (about a fifth of the loop's CPU otherwise).
+
+    Full collections are made rarer too (``full_every`` gen-1 collections apart instead of 10): a
+    fetched record waits in its partition's buffer long enough to survive both young collections, so
+    nearly every record reaches the old generation, and CPython's guard against quadratic full
+    collections (objects promoted since the last full one must exceed a quarter of the old generation,
+    which after the freeze holds only what is buffered) passes at every tenth gen-1 collection: a full
+    collection every ~7,000 records, rescanning every buffered record (in bench/runtime_bench.py 18 of
+    them per 200,000 records, ~8% of the loop's CPU). At 100 it is one per ~70,000 records. What it
+    costs: a garbage cycle (rare on the loop's paths: a traceback kept by a failure) that reached the
+    old generation lives that much longer; young garbage is collected as before.
 
     The process's first freeze collects first: frozen objects are never collected, so garbage cycles
     left by start-up would stay until the unfreeze (once: a full collection costs tens of ms, and test
     processes start hundreds of workers). Counted per process: a second worker must not freeze the
     first one's in-flight records, and the first one to stop must not unfreeze the heap under the other."""
-    global _gc_freezes, _gc_collected
+    global _gc_freezes, _gc_collected, _gc_threshold
     if _gc_freezes == 0:
         if not _gc_collected:
             _gc_collected = True
             gc.collect()
         gc.freeze()
+        _gc_threshold = gc.get_threshold()
+        gc.set_threshold(_gc_threshold[0], _gc_threshold[1], max(_gc_threshold[2], full_every))
     _gc_freezes += 1
 
 
@@ -129,6 +144,8 @@ def _unfreeze_gc() -> None:
     global _gc_freezes
     _gc_freezes -= 1
     if _gc_freezes == 0:
+        if _gc_threshold is not None:
+            gc.set_threshold(*_gc_threshold)
         gc.unfreeze()
 
 
@@ -266,7 +283,7 @@ class Worker:
             # partition (order per partition, hence per key, holds either way).
             log.warning("max_in_flight_per_partition_ignored", value=self.settings.max_in_flight_per_partition)
         if self.tuning.freeze_gc:
-            _freeze_gc()
+            _freeze_gc(self.tuning.gc_full_every)
         self.started = True
         self._last_loop = time.perf_counter()
         log.info("worker_started", route=self.route.name, group=self.route.group, topics=list(self.topics))
@@ -493,14 +510,24 @@ class Worker:
             if st.stopping:
                 return
             rec = buf[0]
-            h: dict[str, bytes | None] = dict(rec.headers)
+            headers = rec.headers
+            h: dict[str, bytes | None] | None = None  # the header dict, built only where needed
+            attempts = 1
             if tier:
+                h = dict(headers)
+                attempts = header_int(h, fh.ATTEMPTS) + 1
                 await self._wait_not_before(st, h)
-            # Fast path: the header checks on the raw ce_type, looked up undecoded; then the model's
-            # validator straight from the value (no intermediate dict, no Envelope: Message.envelope
-            # decodes that on demand). Anything else (bad headers, a type without a handler here)
-            # takes _decode_slow, which dead-letters or skips it exactly as before.
-            raw_type = binary_type(h)
+            # Fast path: the header checks on the header list by position (ordered_binary_type; headers
+            # in another order get the same checks on a header dict), the raw ce_type looked up
+            # undecoded; then the model's validator straight from the value (no intermediate dict, no
+            # Envelope: Message.envelope decodes that on demand, Message.header_map builds the header
+            # dict). Anything else (bad headers, a type without a handler here) takes _decode_slow,
+            # which dead-letters or skips it exactly as before.
+            raw_type = ordered_binary_type(headers)
+            if raw_type is None:
+                if h is None:
+                    h = dict(headers)
+                raw_type = binary_type(h)
             entry = table.get(raw_type)
             msg: Message | None = None
             if entry is not None:
@@ -509,6 +536,7 @@ class Worker:
                 try:
                     event = validate(value if value is not None else b"")
                 except ValidationError as exc:
+                    h = dict(headers)
                     set_context(_RecordLog(rec, h))
                     await self._reject(st, rec, h, *_invalid_payload(event_type, exc))
                 else:
@@ -522,14 +550,14 @@ class Worker:
                         rec.timestamp,
                         rec.key,
                         value,
-                        rec.headers,
+                        headers,
                         h,
                         event_type,
                         tier,
-                        header_int(h, fh.ATTEMPTS) + 1 if tier else 1,
+                        attempts,
                     )
             else:
-                decoded = await self._decode_slow(st, rec, h, raw_type)
+                decoded = await self._decode_slow(st, rec, dict(headers) if h is None else h, raw_type)
                 if decoded is not None:
                     msg, handler, batch = decoded
             if msg is None:
@@ -538,13 +566,13 @@ class Worker:
                 # Batch mode (workers.runtime.batch): the handler takes this record and the due ones
                 # right behind it; run_batch finishes every one of them in offset order itself.
                 assert isinstance(handler, BatchHandler)
-                await run_batch(self, st, (rec, h, msg), handler)
+                await run_batch(self, st, (rec, dict(headers) if h is None else h, msg), handler)
                 await asyncio.sleep(0)  # a batch is a good moment to let the others run
                 continue
             else:
                 set_context(msg)
                 if not breaker.closed:
-                    await self._handle_admitted(st, rec, h, msg, handler)
+                    await self._handle_admitted(st, rec, msg, handler)
                 else:
                     started = st.busy_since = perf()
                     try:
@@ -552,7 +580,7 @@ class Worker:
                     except Exception as exc:  # CancelledError (shutdown) is no Exception: never a failure
                         st.busy_since = None
                         stats.observe(perf() - started)
-                        await self._failed(st, rec, h, msg, handler, exc, False)
+                        await self._failed(st, rec, msg.header_map, msg, handler, exc, False)
                     else:
                         elapsed = perf() - started
                         st.busy_since = None
@@ -623,9 +651,7 @@ class Worker:
             await self._unhandled(st, rec, h, event_type)
         return None
 
-    async def _handle_admitted(
-        self, st: _Partition, rec: ConsumerRecord, h: dict[str, bytes | None], msg: Message, handler: Handler
-    ) -> None:
+    async def _handle_admitted(self, st: _Partition, rec: ConsumerRecord, msg: Message, handler: Handler) -> None:
         """The breaker is not closed: wait to be admitted (maybe as the half-open trial), then handle.
         A trial that ends without an outcome (cancelled by revocation or shutdown) hands the permit on."""
         trial = await self.breaker.admit()
@@ -637,7 +663,7 @@ class Worker:
                 st.busy_since = None
                 st.stats.observe(time.perf_counter() - started)
                 trial, was_trial = False, trial  # _failed settles (or releases) the trial from here on
-                await self._failed(st, rec, h, msg, handler, exc, was_trial)
+                await self._failed(st, rec, msg.header_map, msg, handler, exc, was_trial)
                 return
             st.busy_since = None
             st.stats.observe(time.perf_counter() - started)
