@@ -26,7 +26,9 @@ added to them:
   stage (``stages``): scheduled send → the record's CreateTime (the receiver's producer stamps it)
   → key gone, and CreateTime → first read by the bench's own group-less consumer of the billing
   topic (Kafka's delivery floor under the same load; that consumer is one more reader the broker
-  serves, a few % of a core at 1,000/s). ``workers``: CPU ms per webhook of the receiver and the
+  serves, a few % of a core at 1,000/s). The notice listener and that consumer run in an observer
+  process of their own: read on the load generator's loop, a notice would wait for the loop's turn
+  and the figure would include the bench's own lag. ``workers``: CPU ms per webhook of the receiver and the
   invalidator (/proc, the whole run) and the invalidator's handler time per record (its /metrics);
 * the invalidator's drain rate: ``--webhook-drain`` InvoiceChanged events produced straight onto
   the billing topic by one producer (the receiver is not on this path), first produce → last notice.
@@ -522,22 +524,16 @@ async def _webhooks(
 ) -> dict[str, Any]:
     keys = [ck.user_invoice(u.user_id, inv) for u, inv in plan]
     await _seed_keys(redis, keys)
-    gone: dict[str, float] = {}
-    listener = asyncio.create_task(_listen(redis, settings.redis.invalidation_channel, set(keys), gone))
-    tap = await Tap.start(settings.kafka.bootstrap)
-    await asyncio.sleep(0.5)  # subscribed before the first webhook
+    # The notices and the tap are read by an observer process: on this process's loop, next to the
+    # load generator, a notice waits for the loop's turn and the figure grows by the bench's own lag.
+    observer = await Observer.start(settings, keys, [inv for _, inv in plan], timeout_s=len(plan) / rate + 30)
     secret = settings.whmcs.webhook_secrets[0].get_secret_value()
     host, port = settings.whmcs.webhook_listen_host, settings.whmcs.webhook_listen_port
     requests = presign(plan, host, port, secret)
     before = await probes.read()
     fired = await fire(requests, host, port, rate, connections)
-    deadline = time.monotonic() + 30
-    while len(gone) < len(keys) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    gone, tap = await observer.result()
     after = await probes.read()
-    await tap.stop()
-    listener.cancel()
-    await asyncio.gather(listener, return_exceptions=True)
     left = sum([await redis.exists(*keys[i : i + 500]) for i in range(0, len(keys), 500)])
     latencies = [(gone[k] - fired.due[i]) * 1000 for i, k in enumerate(keys) if k in gone and i in fired.due]
     return {
@@ -556,7 +552,7 @@ async def _webhooks(
 
 
 def _stages(
-    plan: list[tuple[BenchUser, int]], keys: list[str], fired: Fired, tap: Tap, gone: dict[str, float]
+    plan: list[tuple[BenchUser, int]], keys: list[str], fired: Fired, tap: Tapped, gone: dict[str, float]
 ) -> dict[str, Any]:
     """Where the time goes, per webhook, on one clock (monotonic; a record's CreateTime converted)."""
     to_kafka, fetched, kafka_to_gone = [], [], []
@@ -631,6 +627,78 @@ async def _seed_keys(redis: aioredis.Redis, keys: list[str]) -> None:
         for key in keys:
             pipe.set(key, "{}", ex=900)
         await pipe.execute()
+
+
+@dataclass
+class Tapped:
+    """What the tap saw, per invoice id: CreateTime and first read, on the monotonic clock."""
+
+    written: dict[int, float]
+    seen: dict[int, float]
+
+
+class Observer:
+    """The notice listener and the tap in a child process with its own event loop (spawned, so it
+    shares no loop, client or GIL with the load generator). Times are ``time.monotonic()``:
+    CLOCK_MONOTONIC, one system-wide clock on Linux, so the child's and the parent's compare."""
+
+    def __init__(self, process: Any, conn: Any) -> None:
+        self._process, self._conn = process, conn
+
+    @classmethod
+    async def start(cls, settings: Settings, keys: list[str], invoices: list[int], timeout_s: float) -> Observer:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        args = (child, settings.redis.url.get_secret_value(), settings.redis.invalidation_channel)
+        process = ctx.Process(target=_observer_main, args=(*args, settings.kafka.bootstrap, keys, invoices, timeout_s))
+        process.start()
+        observer = cls(process, parent)
+        ready = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
+        if ready != "ready":
+            raise RuntimeError(f"observer failed to start: {ready}")
+        return observer
+
+    async def result(self) -> tuple[dict[str, float], Tapped]:
+        """Blocks (in a thread) until every key's notice arrived or the observer's deadline passed."""
+        gone, written, seen = await asyncio.get_running_loop().run_in_executor(None, self._conn.recv)
+        await asyncio.get_running_loop().run_in_executor(None, self._process.join, 10)
+        return gone, Tapped(written, seen)
+
+
+def _observer_main(
+    conn: Any, redis_url: str, channel: str, bootstrap: str, keys: list[str], invoices: list[int], timeout_s: float
+) -> None:
+    try:
+        asyncio.run(_observe(conn, redis_url, channel, bootstrap, keys, invoices, timeout_s))
+    except BaseException as exc:
+        conn.send(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        conn.close()
+
+
+async def _observe(
+    conn: Any, redis_url: str, channel: str, bootstrap: str, keys: list[str], invoices: list[int], timeout_s: float
+) -> None:
+    redis = aioredis.from_url(redis_url, decode_responses=True)
+    gone: dict[str, float] = {}
+    listener = asyncio.create_task(_listen(redis, channel, set(keys), gone))
+    tap = await Tap.start(bootstrap)
+    await asyncio.sleep(0.5)  # subscribed before the first webhook
+    conn.send("ready")
+    deadline = time.monotonic() + timeout_s
+    while len(gone) < len(keys) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    tap_deadline = time.monotonic() + 2.0  # the tap is another reader: let it catch up with the notices
+    while not set(invoices) <= tap.written.keys() and time.monotonic() < tap_deadline:
+        await asyncio.sleep(0.05)
+    await tap.stop()
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    await redis.aclose()
+    conn.send((gone, tap.written, tap.seen))
 
 
 class Tap:
