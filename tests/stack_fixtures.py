@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from adapters.kafka import delete_topics, list_topics
+from events.topics import catalog
 from workers import stack
 from workers.config import STACK_ENV_FILE, StackSettings, load_settings
 from workers.stack.envfile import DATABASE_URL, KAFKA_BOOTSTRAP, REDIS_URL, read
@@ -42,7 +44,10 @@ async def stack_env() -> AsyncIterator[dict[str, str]]:
             await ensure_topics_and_schema(env[KAFKA_BOOTSTRAP], env[DATABASE_URL])
             yield env
         return
-    yield await _embedded_stack_env()
+    env = await _embedded_stack_env()
+    before = await list_topics(env[KAFKA_BOOTSTRAP])
+    yield env
+    await _delete_session_topics(env[KAFKA_BOOTSTRAP], before)
 
 
 async def _embedded_stack_env() -> dict[str, str]:
@@ -55,6 +60,19 @@ async def _embedded_stack_env() -> dict[str, str]:
     # Always (re)provision: idempotent and cheap, and a running stack may predate newer migrations.
     await ensure_topics_and_schema(values[KAFKA_BOOTSTRAP], values[DATABASE_URL])
     return {name: values[name] for name in (KAFKA_BOOTSTRAP, REDIS_URL, DATABASE_URL)}
+
+
+async def _delete_session_topics(bootstrap: str, before: set[str]) -> None:
+    """The stack outlives the session, its throwaway topics should not: delete every topic the session
+    created (unique t-*/test.*/e2e names), never one that existed before it or one of the catalog's."""
+    keep = before | {spec.name for spec in catalog()}
+    created = [name for name in await list_topics(bootstrap) if name not in keep and not name.startswith("__")]
+    try:
+        deleted = await delete_topics(bootstrap, created)
+    except Exception as exc:  # cleanup only: a failure here must not fail a green run
+        _log.warning("could not delete the session's %d topics: %r", len(created), exc)
+    else:
+        _log.info("deleted the session's %d topics", len(deleted))
 
 
 def _stack_settings() -> StackSettings:
