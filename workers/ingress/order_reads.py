@@ -2,8 +2,8 @@
 
 The lanes of the subscriber each ask for one Order (with its lines) when a rule needs the record;
 ``BulkOrderReader`` gathers the ids asked for into ``get_orders_with_items`` calls (at most 200 ids
-per query). No timer: a request waits for nothing but one event-loop turn (so the lanes woken by
-the same CometD batch join it) when a read slot is free; while ``max_concurrent`` reads are running,
+per query). When idle, no timer: a request waits for nothing but one event-loop turn (so the lanes
+woken by the same CometD batch join it) when a read slot is free; while ``max_concurrent`` reads are running,
 requests gather for the next one, so under load a batch grows by itself with the arrival rate
 times the read's round trip ("smart batching"). While reads are asked for at ``busy_rate`` or more
 (per second, over the last second: a burst of approvals), a query also waits ``busy_linger_s``
