@@ -3,7 +3,7 @@
 Context bound with ``structlog.contextvars`` (order id, ...) is merged by ``merge_contextvars``. The
 consume runtime does not bind its per-record keys (topic, partition, offset, event_id, event_type,
 correlation_id, key) one by one: it sets one context variable to the record it handles
-(``set_record_context``: one ``ContextVar.set`` per record) and ``merge_record_context``, which runs
+(``open_record_slot`` once per task, then one attribute store per record) and ``merge_record_context``, which runs
 first here, renders those keys only when a line is actually logged. Precedence: keys passed in the
 log call, then the current record's keys, then keys bound with ``structlog.contextvars``.
 The redaction processor runs last before rendering, so no secret reaches any output: values of
@@ -76,17 +76,47 @@ class LogContext(Protocol):
     def log_context(self) -> Mapping[str, Any]: ...
 
 
-_RECORD_CONTEXT: ContextVar[LogContext | None] = ContextVar("fleet_record_context", default=None)
+class RecordSlot:
+    """The record whose keys lines logged in a context carry (``current``; None: none)."""
 
-#: ``set_record_context(ctx)`` makes ``ctx.log_context()`` part of every line logged in this context
-#: (``None`` clears it); like any ``ContextVar.set``, a task's own context copy keeps its own value.
-set_record_context = _RECORD_CONTEXT.set
+    __slots__ = ("current", "mutable")
+
+    def __init__(self, current: LogContext | None = None, *, mutable: bool = False) -> None:
+        self.current = current
+        self.mutable = mutable
+
+
+_RECORD_CONTEXT: ContextVar[RecordSlot | None] = ContextVar("fleet_record_context", default=None)
+
+
+def set_record_context(ctx: LogContext | None) -> None:
+    """Make ``ctx.log_context()`` part of every line logged in this context (``None`` clears it).
+
+    Like ``ContextVar.set`` (a task's own context copy keeps its own value), except inside a task that
+    opened a slot with ``open_record_slot``: there the slot is updated in place."""
+    slot = _RECORD_CONTEXT.get()
+    if slot is not None and slot.mutable:
+        slot.current = ctx
+    else:
+        _RECORD_CONTEXT.set(RecordSlot(ctx))
+
+
+def open_record_slot() -> RecordSlot:
+    """A slot for a task that handles one record after another (a consume loop's partition task): set
+    once in the task's context, then ``slot.current = record`` per record. Why not ``ContextVar.set``
+    per record: each set builds a new context mapping and a token, ~5% of the loop's time at 150k
+    records/s. The price: a task a handler leaves running after it returns (it copied this context,
+    so it shares the slot) logs under the record the loop handles by then; handlers await their work."""
+    slot = RecordSlot(mutable=True)
+    _RECORD_CONTEXT.set(slot)
+    return slot
 
 
 def merge_record_context(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Add the current record's keys to the event dict; keys passed in the log call win. Runs before
     ``merge_contextvars``, so the record's keys also win over (stale) bound ones of the same name."""
-    ctx = _RECORD_CONTEXT.get()
+    slot = _RECORD_CONTEXT.get()
+    ctx = slot.current if slot is not None else None
     if ctx is not None:
         for key, value in ctx.log_context().items():
             event_dict.setdefault(key, value)
@@ -97,7 +127,8 @@ def get_log_context() -> dict[str, Any]:
     """The context a line logged here would carry: the bound ``structlog.contextvars`` overlaid with
     the current record's keys (the processors' precedence)."""
     merged = structlog.contextvars.get_contextvars()
-    ctx = _RECORD_CONTEXT.get()
+    slot = _RECORD_CONTEXT.get()
+    ctx = slot.current if slot is not None else None
     if ctx is not None:
         merged.update(ctx.log_context())
     return merged

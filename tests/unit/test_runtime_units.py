@@ -454,6 +454,50 @@ def _record_context_checks() -> None:
     assert merge_record_context(None, "info", {"event": "y"}) == {"event": "y"}
 
 
+class _Ctx:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def log_context(self) -> dict[str, str]:
+        return {"record": self.name}
+
+
+async def test_a_record_slot_is_updated_in_place_in_its_task_and_is_a_snapshot_elsewhere() -> None:
+    import asyncio
+
+    from workers.logs import get_log_context, open_record_slot, set_record_context
+
+    async def consume_task(seen: list[object]) -> None:
+        slot = open_record_slot()
+        slot.current = _Ctx("r1")
+        seen.append(get_log_context().get("record"))
+        set_record_context(_Ctx("r2"))  # a slow path in the same task: the slot, not a new value
+        seen.append(slot.current.log_context()["record"] if slot.current else None)
+        seen.append(get_log_context().get("record"))
+        slot.current = None
+        seen.append(get_log_context().get("record"))
+
+    seen: list[object] = []
+    await asyncio.create_task(consume_task(seen))
+    assert seen == ["r1", "r2", "r2", None]
+    assert get_log_context().get("record") is None  # the task's slot did not leak out
+
+    # Without a slot: ContextVar semantics, a child task keeps the value it copied
+    set_record_context(_Ctx("parent"))
+    gate, later = asyncio.Event(), []
+
+    async def child() -> None:
+        await gate.wait()
+        later.append(get_log_context().get("record"))
+
+    task = asyncio.create_task(child())
+    set_record_context(_Ctx("changed"))
+    gate.set()
+    await task
+    assert later == ["parent"] and get_log_context()["record"] == "changed"
+    set_record_context(None)
+
+
 def test_message_event_id_is_decoded_on_access() -> None:
     from events.salesforce import OrderChanged
     from workers.runtime.message import Message

@@ -44,7 +44,7 @@ from events.errors import DependencyUnavailable, InvalidPayload, UnknownEventTyp
 from events.failure import Stage
 from events.topics import retry_topic
 from workers.config import RuntimeSettings
-from workers.logs import set_record_context
+from workers.logs import open_record_slot, set_record_context
 from workers.runtime.batch import BatchHandler, run_batch
 from workers.runtime.breaker import BreakerConfig, CircuitBreaker
 from workers.runtime.consumer import ConsumerPort, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -490,10 +490,10 @@ class Worker:
         """Handle the partition's records in order. The success path is inlined and allocation-light
         (it runs 100k times a second in the benchmark); everything else branches out."""
         # Log context: topic and partition bound once for the task (lines outside a record); each
-        # record's keys come from one context variable set to its Message (workers.logs renders them
-        # only when a line is logged), instead of five structlog context variables per record.
+        # record's keys come from the task's record slot, set to its Message (workers.logs renders
+        # them only when a line is logged), instead of five structlog context variables per record.
         bind_contextvars(topic=st.topic, partition=st.partition)
-        set_context = set_record_context
+        slot = open_record_slot()  # set_record_context in this task (slow paths, batch.py) updates it too
         buf, tracker, stats, table = st.buffer, st.tracker, st.stats, self._fast
         latency_counts, bounds = stats.latency_counts, LATENCY_BUCKETS
         breaker, group, tier, low = self.breaker, self.route.group, st.tier, self._low_water
@@ -537,7 +537,7 @@ class Worker:
                     event = validate(value if value is not None else b"")
                 except ValidationError as exc:
                     h = dict(headers)
-                    set_context(_RecordLog(rec, h))
+                    slot.current = _RecordLog(rec, h)
                     await self._reject(st, rec, h, *_invalid_payload(event_type, exc))
                 else:
                     msg = Message(  # positional: event, group, topic, partition, offset, timestamp, key,
@@ -570,7 +570,7 @@ class Worker:
                 await asyncio.sleep(0)  # a batch is a good moment to let the others run
                 continue
             else:
-                set_context(msg)
+                slot.current = msg
                 if not breaker.closed:
                     await self._handle_admitted(st, rec, msg, handler)
                 else:
