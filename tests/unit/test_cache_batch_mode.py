@@ -8,9 +8,6 @@ are then retried (each as a batch of one) until the keys are gone: nothing dead-
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 from adapters.cache import FakeCache
 from adapters.mappings import FakeIdMappings, IdMapping
 from events.billing import InvoiceChanged
@@ -21,7 +18,7 @@ from workers import cache_keys as ck
 from workers.config import RuntimeSettings
 from workers.handlers.cache import bind_cache_invalidator
 from workers.runtime import BreakerConfig, Route, Tuning, Worker
-from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer
+from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 
 GROUP = "t.cache"
 SRC = "t.billing"
@@ -29,8 +26,11 @@ RETRY1, RETRY2, DLQ = retry_topic(GROUP, 1), retry_topic(GROUP, 2), dlq_topic(GR
 USERS = [IdMapping(f"00000000-0000-4000-8000-{n:012d}", 7000 + n, f"001{n:015d}") for n in range(10)]
 
 
-class Harness:
+class Harness(WorkerRun):
+    source_topic = SRC
+
     def __init__(self, partitions: int = 2) -> None:
+        super().__init__()
         self.clock = FakeClock()
         self.cache = FakeCache()
         self.mappings = FakeIdMappings(list(USERS))
@@ -48,8 +48,6 @@ class Harness:
             clock=self.clock,
             tuning=Tuning(poll_timeout_ms=2, commit_interval_s=0.005, breaker=BreakerConfig(enabled=False)),
         )
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
     def invoice(self, n: int, *, partition: int) -> set[str]:
         user = USERS[n % len(USERS)]
@@ -60,26 +58,6 @@ class Harness:
         self.cache.values.update(dict.fromkeys(keys, "{}"))
         return keys
 
-    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        if self.task is None:
-            self.task = asyncio.create_task(self.worker.run(self.stop))
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not condition():
-            if self.task.done():
-                self.task.result()
-                raise AssertionError("worker stopped early")
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("condition not reached in time")
-            await asyncio.sleep(0.001)
-
-    async def finish(self) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 5)
-
-    def committed(self, partition: int) -> int | None:
-        return self.consumer.committed_offset(SRC, partition)
-
 
 async def test_400_invoice_events_on_2_partitions_cost_a_few_round_trips_each_with_its_own_notice() -> None:
     h = Harness()
@@ -88,7 +66,7 @@ async def test_400_invoice_events_on_2_partitions_cost_a_few_round_trips_each_wi
         expected |= h.invoice(n, partition=n % 2)
     h.consumer.append_event(SRC, AccountEligibilityChanged(sf_account_id="001:*"), partition=0)  # a bad id
 
-    await h.until(lambda: h.committed(0) == 201 and h.committed(1) == 200)
+    await h.until(lambda: h.committed(partition=0) == 201 and h.committed(partition=1) == 200)
     await h.finish()
 
     assert h.cache.values == {} and set(h.cache.invalidated_keys) == expected
@@ -106,7 +84,7 @@ async def test_a_redis_outage_fails_the_batch_and_every_record_is_retried_until_
         expected |= h.invoice(n, partition=0)
     h.cache.fail_next_with = DependencyUnavailable("redis down", upstream="redis")
 
-    await h.until(lambda: h.committed(0) == 20)
+    await h.until(lambda: h.committed(partition=0) == 20)
     await h.finish()
 
     assert h.cache.values == {} and expected <= set(h.cache.invalidated_keys)

@@ -19,7 +19,7 @@ from events.topics import dlq_topic, retry_topic
 from workers.config import RuntimeSettings
 from workers.runtime import BreakerConfig, HealthServer, Message, Route, Tuning, Worker
 from workers.runtime.consumer import TopicPartition
-from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer
+from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 
 GROUP = "t.group"
 SRC = "t.src"
@@ -55,7 +55,10 @@ def order(i: int | str) -> OrderChanged:
     return OrderChanged(sf_order_id=f"801{i}", changed_fields=["Status"])
 
 
-class Harness:
+class Harness(WorkerRun):
+    source_topic = SRC
+    until_timeout_s = 3.0
+
     def __init__(
         self,
         *,
@@ -67,6 +70,7 @@ class Harness:
         settings: dict[str, Any] | None = None,
         tuning: dict[str, Any] | None = None,
     ) -> None:
+        super().__init__()
         self.clock = FakeClock()
         self.handler = Recorder()
         counts = {SRC: partitions, RETRY1: partitions, RETRY2: partitions, DLQ: partitions}
@@ -97,38 +101,9 @@ class Harness:
                 }
             ),
         )
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
     def send(self, i: int | str, *, partition: int = 0, topic: str = SRC, **envelope: Any) -> None:
         self.consumer.append_event(topic, order(i), partition=partition, **envelope)
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.worker.run(self.stop))
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 3.0) -> None:
-        if self.task is None:
-            await self.start()
-        assert self.task is not None
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not condition():
-            if self.task.done():
-                self.task.result()
-                raise AssertionError("worker stopped before the condition held")
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("condition not reached in time")
-            await asyncio.sleep(0.001)
-
-    async def finish(self) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 5)
-
-    def committed(self, topic: str = SRC, partition: int = 0) -> int | None:
-        return self.consumer.committed_offset(topic, partition)
-
-    def on(self, topic: str) -> list[dict[str, bytes]]:
-        return [dict(h) for _, _, h in self.producer.on(topic)]
 
 
 # --- consume and commit ----------------------------------------------------------------------

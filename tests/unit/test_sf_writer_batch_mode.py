@@ -12,7 +12,7 @@ is handled by the loop as usual. End to end with ``FakeSalesforce``: N commands 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from events import failure as fh
@@ -24,7 +24,7 @@ from sandbox import demo_data
 from workers.config import RuntimeSettings, Settings
 from workers.runtime import BreakerConfig, Message, Route, Tuning, Worker
 from workers.runtime.batch import BatchHandler, Defer, Outcome
-from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer
+from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 
 GROUP = "t.sfw"
 SRC = "t.writeback"
@@ -56,8 +56,11 @@ class Scripted:
         return [n for batch in self.batches for n in batch]
 
 
-class Harness:
+class Harness(WorkerRun):
+    source_topic = SRC
+
     def __init__(self, handler: Any, *, partitions: int = 1, breaker: BreakerConfig | None = None) -> None:
+        super().__init__()
         self.clock = FakeClock()
         counts = {SRC: partitions, RETRY1: partitions, RETRY2: partitions, DLQ: partitions}
         self.consumer = FakeConsumer(counts)
@@ -72,34 +75,9 @@ class Harness:
             clock=self.clock,
             tuning=Tuning(poll_timeout_ms=2, commit_interval_s=0.005, breaker=breaker or BreakerConfig(enabled=False)),
         )
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
     def send(self, n: int, *, partition: int = 0, **fields: Any) -> None:
         self.consumer.append_event(SRC, command(n, **fields), partition=partition)
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        if self.task is None:
-            self.task = asyncio.create_task(self.worker.run(self.stop))
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not condition():
-            if self.task.done():
-                self.task.result()
-                raise AssertionError("worker stopped early")
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("condition not reached in time")
-            await asyncio.sleep(0.001)
-
-    async def finish(self) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 5)
-
-    def committed(self, topic: str = SRC, partition: int = 0) -> int | None:
-        return self.consumer.committed_offset(topic, partition)
-
-    def on(self, topic: str) -> list[dict[str, bytes]]:
-        return [dict(h) for _, _, h in self.producer.on(topic)]
 
 
 async def test_buffered_records_reach_the_handler_as_batches_in_order() -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
 
@@ -21,6 +21,9 @@ from adapters.kafka import Delivered, FakeProducer, Headers
 from events.base import DomainEvent, to_envelope
 from events.envelope import to_record
 from workers.runtime.consumer import ConsumerRecord, TopicPartition
+
+if TYPE_CHECKING:
+    from workers.runtime.worker import Worker
 
 
 def record(
@@ -222,3 +225,48 @@ class LoopbackProducer(FakeProducer):
             rec = self.consumer.append(topic, value, key=key, headers=list(headers), partition=partition or 0)
             return Delivered(topic, rec.partition, rec.offset)
         return delivered
+
+
+class WorkerRun:
+    """A ``Worker`` over a ``FakeConsumer`` and a ``LoopbackProducer``, started by the first ``until``
+    and stopped by ``finish``: the common half of the unit suites' harnesses (they build the worker)."""
+
+    worker: Worker
+    consumer: FakeConsumer
+    producer: LoopbackProducer
+    source_topic: str = ""  # ``committed``'s default topic
+    until_timeout_s: float = 5.0
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.worker.run(self.stop))
+
+    async def until(self, condition: Callable[[], bool], timeout: float | None = None) -> None:
+        """Run the worker (started on first use) until ``condition()`` holds; fail if it stops first."""
+        if self.task is None:
+            await self.start()
+        assert self.task is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.until_timeout_s if timeout is None else timeout)
+        while not condition():
+            if self.task.done():
+                self.task.result()
+                raise AssertionError("worker stopped before the condition held")
+            if loop.time() > deadline:
+                raise AssertionError("condition not reached in time")
+            await asyncio.sleep(0.001)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 5)
+
+    def committed(self, topic: str | None = None, partition: int = 0) -> int | None:
+        return self.consumer.committed_offset(topic or self.source_topic, partition)
+
+    def on(self, topic: str) -> list[dict[str, bytes]]:
+        """The headers of every record produced to ``topic``."""
+        return [dict(h) for _, _, h in self.producer.on(topic)]
