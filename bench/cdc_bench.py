@@ -3,9 +3,9 @@
     python -m bench.cdc_bench [--events 5000] [--live 1000] [--rate 200] [--out bench/results/cdc.json]
 
 The subscriber runs exactly as ``fleet run sf-cdc`` builds it (``serve``: CometD over aiosfstream-ng,
-REST re-reads through ``HttpSalesforce``, the idempotent ``acks=all`` producer, Postgres
-checkpoints) against the Salesforce sandbox in this process and the local stack's Kafka and
-Postgres, on fresh topics and a fresh checkpoint key. Two measurements:
+bulk Order re-reads (SOQL with the lines as a sub-query) through ``HttpSalesforce``, the idempotent
+``acks=all`` producer, Postgres checkpoints) against the Salesforce sandbox in this process and the
+local stack's Kafka and Postgres, on fresh topics and a fresh checkpoint key. Two measurements:
 
 * backlog: ``n_events`` changes are committed in the sandbox while the subscriber is down, with
   a checkpoint in front of them; from "subscribed" until every channel's *checkpoint* (written
@@ -14,8 +14,9 @@ Postgres, on fresh topics and a fresh checkpoint key. Two measurements:
   is the Kafka record timestamp (set when the producer takes the event) minus the change's
   ``commitTimestamp``, per change (its first domain event).
 
-The mix: 70% customer-facing Order updates, 10% activations (a REST re-read per change), 10%
-OrderItem quantity changes (a SOQL parent lookup the first time per line), 10% Product2 updates.
+The mix: 70% customer-facing Order updates, 10% activations (a bulk SOQL re-read with the lines;
+concurrent activations share one query), 10% OrderItem quantity changes (a SOQL parent lookup the
+first time per line), 10% Product2 updates.
 The sandbox shares the process (and the GIL) with the subscriber: a conservative setting.
 """
 
@@ -255,7 +256,7 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
                 },
             },
             "salesforce_rereads": int(rereads),
-            "mix": "70% Order status, 10% activation (REST re-read), 10% OrderItem (SOQL parent), 10% Product2",
+            "mix": "70% Order status, 10% activation (bulk SOQL re-read), 10% OrderItem (SOQL parent), 10% Product2",
             "options": {"lanes": options.lanes, "max_in_flight": options.max_in_flight},
         }
     finally:
