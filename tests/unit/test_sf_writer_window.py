@@ -103,9 +103,24 @@ def test_the_rate_counts_commands_of_the_last_second_only() -> None:
         busy_rate=20,
         clock=lambda: now[0],
     )
-    window._note_arrival(now[0], 15)
+    window._arrivals.note(15)
     now[0] += 0.5
-    window._note_arrival(now[0], 10)
+    window._arrivals.note(10)
     assert window.rate() == 25 and window.linger() == 0.1
     now[0] += 0.7
     assert window.rate() == 10 and window.linger() == 0.01
+
+
+def test_arrival_rate_counts_only_the_last_window() -> None:
+    from workers.arrival_rate import ArrivalRate
+
+    now = [100.0]
+    rate = ArrivalRate(window_s=1.0, clock=lambda: now[0])
+    rate.note(3)
+    now[0] += 0.5
+    rate.note()
+    assert rate.per_second() == 4
+    now[0] += 0.6  # the first three fall out of the window
+    assert rate.per_second() == 1
+    now[0] += 1.0
+    assert rate.per_second() == 0

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from adapters.salesforce.port import BULK_READ_LIMIT, OrderWithItems
+from workers.arrival_rate import ArrivalRate
 
 Fetch = Callable[[Sequence[str]], Awaitable[list[OrderWithItems]]]
 #: the answer to one read: the record (None when the order does not exist) and when it was read
@@ -51,8 +51,7 @@ class BulkOrderReader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy_rate = busy_rate
         self._busy_linger_s = busy_linger_s
-        self._monotonic = monotonic
-        self._asked: deque[float] = deque()  # when reads were asked for, over the last second
+        self._asked = ArrivalRate(clock=monotonic)  # reads asked for per second, over the last second
         #: bulk reads made (one per query sent), and ids read: for metrics and tests
         self.calls = 0
         self.ids_read = 0
@@ -62,16 +61,13 @@ class BulkOrderReader:
         Raises what the port raised for the batch this read was part of."""
         future: asyncio.Future[Read] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(order_id, []).append(future)
-        self._asked.append(self._monotonic())
+        self._asked.note()
         self._start()
         return await future
 
     def rate(self) -> float:
         """Reads asked for per second, over the last second."""
-        horizon = self._monotonic() - 1.0
-        while self._asked and self._asked[0] < horizon:
-            self._asked.popleft()
-        return float(len(self._asked))
+        return self._asked.per_second()
 
     def _start(self) -> None:
         if self._waiting and not self._starting and self._running < self._slots:

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from adapters.salesforce.port import COLLECTION_LIMIT
+from workers.arrival_rate import ArrivalRate
 from workers.sf_writer.writer import Outcome, Pending, SalesforceWriter
-
-#: how far back ``busy_rate`` looks
-RATE_WINDOW_S = 1.0
 
 
 class BatchWindow:
@@ -59,8 +56,7 @@ class BatchWindow:
         self._queue: list[tuple[list[Pending], asyncio.Future[list[Outcome]]]] = []
         self._queued = 0
         self._opened_at = 0.0  # when the first command of the open window arrived
-        self._arrivals: deque[tuple[float, int]] = deque()  # (time, commands) over the last RATE_WINDOW_S
-        self._arrived = 0
+        self._arrivals = ArrivalRate(clock=clock)  # commands per second, over the last second
         self._full = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         #: writer runs made (one per window), for metrics and tests
@@ -70,12 +66,11 @@ class BatchWindow:
         if not items:
             return []
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        now = self._clock()
         if not self._queue:
-            self._opened_at = now
+            self._opened_at = self._clock()
         self._queue.append((list(items), future))
         self._queued += len(items)
-        self._note_arrival(now, len(items))
+        self._arrivals.note(len(items))
         if self._queued >= self._max:
             self._full.set()
         if self._runner is None or self._runner.done():
@@ -84,22 +79,12 @@ class BatchWindow:
         return await asyncio.shield(future)
 
     def rate(self) -> float:
-        """Commands per second that arrived over the last ``RATE_WINDOW_S``."""
-        self._forget(self._clock())
-        return self._arrived / RATE_WINDOW_S
+        """Commands per second that arrived over the last second."""
+        return self._arrivals.per_second()
 
     def linger(self) -> float:
         """How long the open window waits for more commands (from its first one)."""
         return self._busy_linger_s if self.rate() >= self._busy_rate else self._linger_s
-
-    def _note_arrival(self, now: float, commands: int) -> None:
-        self._arrivals.append((now, commands))
-        self._arrived += commands
-        self._forget(now)
-
-    def _forget(self, now: float) -> None:
-        while self._arrivals and self._arrivals[0][0] < now - RATE_WINDOW_S:
-            self._arrived -= self._arrivals.popleft()[1]
 
     async def _run(self) -> None:
         while self._queue:
