@@ -80,24 +80,56 @@ class Envelope(BaseModel):
 
 def to_record(env: Envelope) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """Encode an envelope as (key, value, headers) in CloudEvents binary mode."""
-    # Any order decodes; this one (the six always present, first) is the consume loop's fast path.
-    headers: list[tuple[str, bytes]] = [
-        (H_SPECVERSION, env.specversion.encode()),
-        (H_ID, env.id.encode()),
-        (H_SOURCE, env.source.encode()),
-        (H_TYPE, env.type.encode()),
-        (H_TIME, env.time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
-        (H_CONTENT_TYPE, env.datacontenttype.encode()),
-    ]
-    optional = {
-        H_SUBJECT: env.subject,
-        H_CORRELATION: env.correlationid,
-        H_CAUSATION: env.causationid,
-        H_TRACEPARENT: env.traceparent,
-    }
-    headers.extend((name, value.encode()) for name, value in optional.items() if value is not None)
+    headers = binary_headers(
+        specversion=env.specversion,
+        id=env.id,
+        source=env.source,
+        type=env.type,
+        time=env.time,
+        datacontenttype=env.datacontenttype,
+        subject=env.subject,
+        correlationid=env.correlationid,
+        causationid=env.causationid,
+        traceparent=env.traceparent,
+    )
     value = json.dumps(env.data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
     return env.key.encode(), value, headers
+
+
+def binary_headers(
+    *,
+    specversion: str = SPECVERSION,
+    id: str,
+    source: str,
+    type: str,
+    time: datetime,
+    datacontenttype: str = JSON,
+    subject: str | None = None,
+    correlationid: str | None = None,
+    causationid: str | None = None,
+    traceparent: str | None = None,
+) -> list[tuple[str, bytes]]:
+    """The CloudEvents binary-mode headers of a record, in the one order every producer of the fleet
+    writes them (``to_record``, and the webhook receiver, which encodes without an ``Envelope``).
+    Any order decodes; this one (the six always present, first) is the consume loop's fast path
+    (``ordered_binary_type`` reads them by position)."""
+    headers: list[tuple[str, bytes]] = [
+        (H_SPECVERSION, specversion.encode()),
+        (H_ID, id.encode()),
+        (H_SOURCE, source.encode()),
+        (H_TYPE, type.encode()),
+        (H_TIME, time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
+        (H_CONTENT_TYPE, datacontenttype.encode()),
+    ]
+    for name, value in (
+        (H_SUBJECT, subject),
+        (H_CORRELATION, correlationid),
+        (H_CAUSATION, causationid),
+        (H_TRACEPARENT, traceparent),
+    ):
+        if value is not None:
+            headers.append((name, value.encode()))
+    return headers
 
 
 def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
