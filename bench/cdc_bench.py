@@ -41,7 +41,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from adapters.db import migrate
-from adapters.kafka import ensure_topics
+from adapters.kafka import delete_topics, ensure_topics
 from events.topics import DOMAIN_TOPICS, Topic, TopicSpec
 from sandbox.salesforce import SalesforceSandbox
 from sandbox.salesforce.org import AGENT
@@ -208,6 +208,7 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
     runner = await sandbox.start(port=0)
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
+    topics: CdcTopics | None = None
     try:
         org = Org(sandbox)
         topics = await _fresh_topics(stack.kafka.bootstrap)
@@ -265,6 +266,8 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 30)
         await runner.cleanup()
+        if topics is not None:  # the shared stack keeps no bench topics (a broker full of them slows down)
+            await delete_topics(stack.kafka.bootstrap, list(topics.all()))
 
 
 def machine_info() -> dict[str, Any]:

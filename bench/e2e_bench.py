@@ -66,7 +66,7 @@ from standardwebhooks.webhooks import Webhook
 
 from adapters.db import create_pool, seed_id_mappings
 from adapters.kafka import durable_producer
-from bench.ingress_bench import machine_info
+from bench.ingress_bench import machine_info, signed_request
 from events.base import to_envelope
 from events.billing import InvoiceChanged
 from events.envelope import to_record
@@ -827,12 +827,7 @@ def presign(plan: list[tuple[BenchUser, int]], host: str, port: int, secret: str
         data = {"client_id": user.client_id, "invoice_id": invoice, "status": "Paid", "total": 4800}
         body = json.dumps({"event": "InvoicePaid", "occurred_at": now.isoformat(), "data": data}, separators=(",", ":"))
         webhook_id = f"msg_e2ebench_{uuid.uuid4().hex[:12]}_{n}"
-        head = (
-            f"POST /webhooks/whmcs HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nwebhook-id: {webhook_id}\r\nwebhook-timestamp: {int(now.timestamp())}\r\n"
-            f"webhook-signature: {signer.sign(webhook_id, now, body)}\r\n\r\n"
-        )
-        out.append(head.encode() + body.encode())
+        out.append(signed_request(signer, now, webhook_id, body, "/webhooks/whmcs", f"{host}:{port}"))
     return out
 
 

@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
-from adapters.kafka import ensure_topics
+from adapters.kafka import delete_topics, ensure_topics
 from events.topics import DAY_MS, TopicSpec
 from workers.config import Settings, load_settings
 from workers.ingress.webhook_server import DEDUPE_PREFIX
@@ -105,15 +104,18 @@ def presign(count: int, path: str, port: int, secret: str) -> list[bytes]:
         if id_key:
             data[id_key] = rng.randint(1, 10_000_000)
         body = json.dumps({"event": event, "occurred_at": now.isoformat(), "data": data}, separators=(",", ":"))
-        webhook_id = f"msg_bench_{prefix}_{n}"
-        signature = signer.sign(webhook_id, now, body)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nwebhook-id: {webhook_id}\r\n"
-            f"webhook-timestamp: {int(now.timestamp())}\r\nwebhook-signature: {signature}\r\n\r\n"
-        )
-        out.append(head.encode() + body.encode())
+        out.append(signed_request(signer, now, f"msg_bench_{prefix}_{n}", body, path, f"127.0.0.1:{port}"))
     return out
+
+
+def signed_request(signer: Webhook, now: datetime, webhook_id: str, body: str, path: str, host: str) -> bytes:
+    """One raw HTTP/1.1 POST of ``body``, signed as the WHMCS sandbox signs (Standard Webhooks)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nwebhook-id: {webhook_id}\r\n"
+        f"webhook-timestamp: {int(now.timestamp())}\r\nwebhook-signature: {signer.sign(webhook_id, now, body)}\r\n\r\n"
+    )
+    return head.encode() + body.encode()
 
 
 # --- the load generator -----------------------------------------------------------------------------
@@ -312,7 +314,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         on_topic = await topic_records(settings.kafka.bootstrap, topic)
     finally:  # the shared stack keeps no bench data
-        await _delete_topics(settings.kafka.bootstrap, [topic, dlq])
+        await delete_topics(settings.kafka.bootstrap, [topic, dlq])
         await _forget_marks(settings.redis.url.get_secret_value())
     cdc = None if args.no_cdc else await bench_salesforce_cdc(settings)
     return _report(args, info, runs, on_topic, cdc)
@@ -326,15 +328,6 @@ async def _forget_marks(redis_url: str) -> None:
             await redis.unlink(*keys[start : start + 10_000])
     finally:
         await redis.aclose()
-
-
-async def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 async def _all_runs(args: argparse.Namespace, port: int, secret: str, receiver_pid: int) -> list[Run]:

@@ -299,19 +299,6 @@ async def _create_group_topics(bootstrap: str, groups: list[str]) -> list[str]:
     return created
 
 
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t in names]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-
-
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     bootstrap = args.bootstrap or _stack_bootstrap()
     machine = machine_info(bootstrap)
@@ -330,6 +317,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  [{round_ + 1}/{args.repeat}] {variant:8} {_describe(runs[variant][-1])}", flush=True)
     finally:
         if not args.keep:
+            from adapters.kafka import delete_topics
+
             asyncio.run(delete_topics(bootstrap, [topic, *created]))
     results = {variant: summarize_runs(r) for variant, r in runs.items()}
     for variant, result in results.items():
