@@ -204,6 +204,42 @@ async def test_transient_error_is_retried_in_place_then_succeeds_and_is_committe
     assert sum((await end_offsets(env, dlq_topic(names.group))).values()) == 0
 
 
+async def test_a_backlog_deeper_than_the_buffers_is_handled_in_order_with_fetch_pacing_on_the_real_fetcher(
+    env: dict[str, Any],
+) -> None:
+    """3,000 records over 4 partitions (six times the 500-record buffers) are all handled once, in
+    offset order per partition, and committed. While records flow, aiokafka's fetcher runs with the
+    busy pacing (no prefetch backoff, 5 ms long poll: consumer.FetchPacing sets its attributes, and this
+    fails if an aiokafka upgrade renames them); once idle, its configured values are back."""
+    names = Names("pacing")
+    await topics_for(env, names)
+    seen: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
+    pacing: set[tuple[int, float]] = set()
+    holder: dict[str, Any] = {}
+
+    async def handle(event: OrderChanged, msg: Message) -> None:
+        seen[msg.partition].append(msg.offset)
+        fetcher = holder["consumer"]._fetcher
+        pacing.add((fetcher._fetch_max_wait_ms, fetcher._prefetch_backoff))
+
+    route = Route("t", names.group, (names.topic,), {OrderChanged: handle})
+    async with running(env, route) as worker:
+        holder["consumer"] = worker._consumer
+        events = [names.order(i) for i in range(3_000)]
+        for p in range(PARTITIONS):
+            for key, value, headers in (to_record(to_envelope(e, source="/rt-test")) for e in events[p::PARTITIONS]):
+                await env["producer"].send(names.topic, value=value, key=key, headers=headers, partition=p)
+        await env["producer"].flush()
+        ends = await end_offsets(env, names.topic)
+        await eventually(lambda: _committed_is(env, names, ends), what="every record committed", timeout=60)
+        fetcher = worker._consumer._fetcher  # type: ignore[attr-defined]
+        await eventually(lambda: fetcher._fetch_max_wait_ms == 100, what="idle pacing restored")
+        assert fetcher._prefetch_backoff == pytest.approx(0.1)
+    assert {p: len(offsets) for p, offsets in seen.items()} == {p: 750 for p in range(PARTITIONS)}
+    assert all(offsets == sorted(set(offsets)) for offsets in seen.values())
+    assert (5, 0.0) in pacing
+
+
 async def _committed_is(env: dict[str, Any], names: Names, expected: dict[int, int]) -> bool:
     committed = await committed_offsets(env, names.group, names.topic)
     return all(committed.get(p) == o for p, o in expected.items())

@@ -532,3 +532,35 @@ def test_gc_freezing_is_counted_per_process() -> None:
         worker._unfreeze_gc()
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
+
+
+# --- FetchPacing ---------------------------------------------------------------------------------
+
+
+def test_fetch_pacing_shortens_the_fetchers_waits_while_busy_and_restores_its_own_values_when_idle() -> None:
+    from types import SimpleNamespace
+
+    from workers.runtime.consumer import FetchPacing
+
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=250, _prefetch_backoff=0.1)
+    pacing = FetchPacing(SimpleNamespace(_fetcher=fetcher))
+    pacing.set(False)  # already idle: the consumer's configuration is untouched
+    assert (fetcher._fetch_max_wait_ms, fetcher._prefetch_backoff) == (250, 0.1)
+    pacing.set(True)
+    assert (fetcher._fetch_max_wait_ms, fetcher._prefetch_backoff) == (5, 0.0)
+    pacing.set(True)
+    pacing.set(False)
+    assert (fetcher._fetch_max_wait_ms, fetcher._prefetch_backoff) == (250, 0.1)
+
+
+def test_fetch_pacing_never_lengthens_a_shorter_configured_wait_and_ignores_a_consumer_without_a_fetcher() -> None:
+    from types import SimpleNamespace
+
+    from workers.runtime.consumer import FetchPacing
+
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=2, _prefetch_backoff=0.1)
+    FetchPacing(SimpleNamespace(_fetcher=fetcher)).set(True)
+    assert fetcher._fetch_max_wait_ms == 2
+    not_started = FetchPacing(SimpleNamespace())
+    not_started.set(True)
+    assert not not_started.busy  # nothing to pace yet: it switches once the fetcher exists

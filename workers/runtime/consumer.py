@@ -18,9 +18,11 @@ from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[impo
 from workers.config import KafkaSettings
 
 __all__ = [
+    "BUSY_FETCH_WAIT_MS",
     "ConsumerPort",
     "ConsumerRebalanceListener",
     "ConsumerRecord",
+    "FetchPacing",
     "TopicPartition",
     "build_consumer",
     "consumer_options",
@@ -54,6 +56,11 @@ class ConsumerPort(Protocol):
     def highwater(self, partition: TopicPartition) -> int | None: ...
 
 
+#: while a worker is busy: the broker's long poll of a fetch for partitions without data (ms; the
+#: configured ``fetch_max_wait_ms``, 100, applies when idle), see FetchPacing
+BUSY_FETCH_WAIT_MS = 5
+
+
 def consumer_options(kafka: KafkaSettings, group: str, **overrides: Any) -> dict[str, Any]:
     """The ``AIOKafkaConsumer`` keyword arguments of a worker of ``group``; tests override timeouts.
 
@@ -76,20 +83,60 @@ def consumer_options(kafka: KafkaSettings, group: str, **overrides: Any) -> dict
         # Only a fallback: the worker passes its own ``max_records`` (``Tuning.max_records``) to every
         # ``getmany``, which overrides this.
         "max_poll_records": 1_000,
-        # aiokafka sends a broker no new fetch while any of its partitions has undrained records, so
-        # each fetch is a round trip the loop may wait on; 4 MiB per partition (default 1 MiB) means
-        # a quarter as many (with Tuning.max_records=10_000: ~10% less CPU per record in
-        # bench/runtime_bench.py at 500-byte records). Memory: at most one undrained fetch per
+        # Fewer, larger fetches: 4 MiB per partition (default 1 MiB) cut the CPU per record in
+        # bench/runtime_bench.py at 500-byte records. Memory: at most one undrained fetch per
         # partition, a response capped by ``fetch_max_bytes`` (50 MiB default), plus the worker's
         # buffers (``Tuning.buffer_per_partition`` + ``Tuning.max_records`` records per partition).
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
-        # aiokafka keeps one fetch in flight per broker: while some partitions wait (paused, or
-        # their prefetched batch not yet drained) that fetch may long-poll idle ones (the retry
-        # tiers) for this long, delaying everything behind it. Short = small stalls, cheap idle polls.
+        # How long the broker may hold a fetch whose partitions have no data (the long poll of an idle
+        # worker). The worker shortens it while records flow: see FetchPacing.
         "fetch_max_wait_ms": 100,
     }
     options.update(overrides)
     return options
+
+
+class FetchPacing:
+    """Keeps aiokafka fetching ahead while records flow; restores its idle settings when they stop.
+
+    aiokafka keeps one fetch in flight per broker, and while any partition of a broker holds
+    prefetched records younger than ``prefetch_backoff`` (100 ms) it sends that broker no fetch at
+    all. A busy worker drains its partitions one after another, so a drained one waited for the
+    others, or for those 100 ms; and when the fetch finally went out while every source partition
+    still held records, it asked only for the idle ones (the retry tiers), which the broker held for
+    ``fetch_max_wait_ms`` while the source partitions drained behind it. Deep buffers on our side hid
+    those stalls at a price: a record handled 16,000 records after aiokafka built it is out of the CPU
+    cache (bench/runtime_bench.py: ~0.7 us more per record). While busy, a drained partition is
+    therefore fetched at once (no prefetch backoff) and an empty fetch returns after 5 ms. Idle, the
+    configured long poll applies again: a short one everywhere would poll the broker 200 times a
+    second per idle worker (apache/openwhisk#3971 measured what idle polling costs a broker; centrifugo
+    #997 and Dekaf#607 shortened the wait for the same head-of-line stall).
+
+    aiokafka reads both values from its fetcher's attributes each time it builds a fetch (the
+    backoff when a fetch result is stored) and has no public setter, so this sets those attributes;
+    a consumer without them (the test fake, another client) keeps its configuration. aiokafka is
+    pinned in pyproject.toml, and tests/integration/test_runtime_consume.py fails if the attributes go away."""
+
+    def __init__(self, consumer: object, busy_wait_ms: int = BUSY_FETCH_WAIT_MS) -> None:
+        self._consumer = consumer
+        self.busy_wait_ms = busy_wait_ms
+        self.idle: tuple[int, float] | None = None  # the consumer's own (wait ms, backoff s), read at the first switch
+        self.busy = False
+
+    def set(self, busy: bool) -> None:
+        """Busy (the last poll returned records, or some wait in the worker's buffers) or idle."""
+        if busy is self.busy:
+            return
+        fetcher: Any = getattr(self._consumer, "_fetcher", None)  # exists once the consumer started
+        wait, backoff = getattr(fetcher, "_fetch_max_wait_ms", None), getattr(fetcher, "_prefetch_backoff", None)
+        if not isinstance(wait, int) or not isinstance(backoff, int | float):
+            return
+        if self.idle is None:
+            self.idle = (wait, float(backoff))
+        idle_wait, idle_backoff = self.idle
+        fetcher._fetch_max_wait_ms = min(self.busy_wait_ms, idle_wait) if busy else idle_wait
+        fetcher._prefetch_backoff = 0.0 if busy else idle_backoff
+        self.busy = busy
 
 
 def revoke_grace_s(options: Mapping[str, Any], shutdown_grace_s: float) -> float:

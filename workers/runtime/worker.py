@@ -47,7 +47,13 @@ from workers.config import RuntimeSettings
 from workers.logs import open_record_slot, set_record_context
 from workers.runtime.batch import BatchHandler, run_batch
 from workers.runtime.breaker import BreakerConfig, CircuitBreaker
-from workers.runtime.consumer import ConsumerPort, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from workers.runtime.consumer import (
+    ConsumerPort,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    FetchPacing,
+    TopicPartition,
+)
 from workers.runtime.failure import (
     FailedRecord,
     FailureInfo,
@@ -85,12 +91,13 @@ class Tuning:
     """Loop knobs with production defaults; tests shrink them."""
 
     poll_timeout_ms: int = 100  # how long one getmany waits for data (also the stop-signal latency)
-    # per getmany: a whole fetch (4 MiB per partition, see consumer_options) in one to three polls,
-    # since aiokafka fetches nothing more from a broker until its partitions are drained (2,000
-    # meant up to twelve polls per fetch, each one behind the partition tasks' turns). A partition's
-    # buffer may overshoot buffer_per_partition by up to this many records.
-    max_records: int = 10_000
-    buffer_per_partition: int = 4_000  # pause fetching above this, resume below half
+    # Shallow on purpose: a record is decoded and handled soon after aiokafka built it, while it is
+    # still in the CPU cache (with 4,000 buffered per partition and 10,000 per getmany the same loop
+    # cost ~0.8 us more per record in bench/runtime_bench.py). Deep buffers used to hide a fetch
+    # stall (consumer.FetchPacing, which fixes it instead). A partition's buffer may overshoot
+    # buffer_per_partition by up to max_records.
+    max_records: int = 500
+    buffer_per_partition: int = 500  # pause fetching above this, resume below half
     commit_interval_s: float = 0.2  # commit done offsets at least this often...
     commit_every: int = 5_000  # ...or after this many done records
     revoke_grace_s: float | None = None  # wait for in-flight records of revoked partitions (None: see Worker)
@@ -302,6 +309,7 @@ class Worker:
     async def _poll_loop(self, stop: asyncio.Event) -> None:
         consumer, parts, tuning = self._consumer, self._parts, self.tuning
         high = tuning.buffer_per_partition
+        pacing = FetchPacing(consumer)
         next_commit = time.perf_counter() + tuning.commit_interval_s
         while not stop.is_set():
             if self._crash is not None:
@@ -330,6 +338,9 @@ class Worker:
             # the partition tasks run dry and idle until the poll times out.
             timeout_ms = min(tuning.poll_timeout_ms, FULL_POLL_TIMEOUT_MS) if full else tuning.poll_timeout_ms
             batch = await consumer.getmany(*room, timeout_ms=timeout_ms, max_records=tuning.max_records)
+            # Busy while records flow: aiokafka fetches a drained partition at once and an empty
+            # fetch does not hold up the busy partitions (consumer.FetchPacing).
+            pacing.set(bool(batch) or any(st.buffer for st in parts.values()))
             for tp, records in batch.items():
                 if not records:
                     continue
