@@ -108,14 +108,17 @@ class Clock:
         self.start = time.perf_counter()
         self.first: float | None = None
         self.last: float | None = None
+        self.first_cpu = self.last_cpu = 0.0  # process CPU time (user + system) at first and last record
 
     def saw(self, count: int = 1) -> bool:
         """Count ``count`` records; True once all N were seen."""
         if self.first is None:
             self.first = time.perf_counter()
+            self.first_cpu = time.process_time()
         self.seen += count
         if self.seen >= self.n and self.last is None:
             self.last = time.perf_counter()
+            self.last_cpu = time.process_time()
         return self.last is not None
 
     def result(self, **extra: Any) -> dict[str, Any]:
@@ -129,6 +132,8 @@ class Clock:
             "wall_s": round(wall, 3),
             "rate": round(self.n / timed, 1),
             "wall_rate": round(self.n / wall, 1),
+            "cpu_share": round((self.last_cpu - self.first_cpu) / timed, 2),
+            "cpu_us_per_record": round((self.last_cpu - self.first_cpu) / self.n * 1e6, 2),
             **extra,
         }
 
@@ -360,7 +365,8 @@ def _describe(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"FAILED: {result['error'][:300]}"
     return (
-        f"{result['rate']:>10,.0f} msg/s  (wall incl. join {result['wall_rate']:,.0f} msg/s, join {result['join_s']} s)"
+        f"{result['rate']:>10,.0f} msg/s  (wall incl. join {result['wall_rate']:,.0f} msg/s, join {result['join_s']} s;"
+        f" cpu {result.get('cpu_share')} of a core, {result.get('cpu_us_per_record')} us/record)"
     )
 
 
