@@ -64,7 +64,7 @@ run: up ## Run the fleet on the embedded local stack with the sandboxes, then th
 	$(FLEET) demo up
 
 bench-runtime: up ## Benchmark the consume runtime against raw aiokafka and faust (bench/results/runtime.json)
-	$(BIN)/python -m bench.runtime_bench --repeat 5
+	$(BIN)/python -m bench.runtime_bench --repeat 7
 
 bench-ingress: up ## Benchmark webhook ingress and CDC ingress (bench/results/ingress.json)
 	$(BIN)/python -m bench.ingress_bench
