@@ -513,25 +513,59 @@ def test_gc_freezing_is_counted_per_process() -> None:
     """The first worker freezes the heap and spaces full collections out; the last one to stop restores both."""
     import gc
 
-    from workers.runtime import worker
+    from workers.runtime import gc_policy
 
-    assert worker._gc_freezes == 0
+    assert gc_policy._freezes == 0
     before = gc.get_threshold()
-    worker._freeze_gc(100)
+    gc_policy.freeze(100)
     try:
         frozen = gc.get_freeze_count()
         assert frozen > 0
         assert gc.get_threshold() == (before[0], before[1], max(before[2], 100))
-        worker._freeze_gc(1_000)  # a second worker: freezes nothing more, changes nothing
+        gc_policy.freeze(1_000)  # a second worker: freezes nothing more, changes nothing
         assert gc.get_freeze_count() == frozen
         assert gc.get_threshold()[2] == max(before[2], 100)
-        worker._unfreeze_gc()  # the first one stops: the other still runs frozen
+        gc_policy.unfreeze()  # the first one stops: the other still runs frozen
         assert gc.get_freeze_count() == frozen
         assert gc.get_threshold()[2] == max(before[2], 100)
     finally:
-        worker._unfreeze_gc()
+        gc_policy.unfreeze()
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
+
+
+def test_timed_collections_replace_the_allocation_counter_while_workers_run_and_collect_on_the_interval() -> None:
+    """Automatic collection is off from the first timed worker to the last; tick collects the young
+    generations once per interval (whichever worker calls it) and everything every full_every-th time."""
+    import gc
+
+    from workers.runtime import gc_policy
+
+    collected: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected.append(info["generation"])
+
+    assert gc.isenabled()
+    gc_policy.start_timed()
+    gc_policy.start_timed()
+    gc.callbacks.append(seen)
+    try:
+        assert not gc.isenabled()
+        gc_policy._next = 0.0
+        gc_policy._young = 0
+        gc_policy.tick(100.0, 0.1, full_every=3)  # due: young
+        gc_policy.tick(100.05, 0.1, full_every=3)  # another worker, within the interval: nothing
+        gc_policy.tick(100.1, 0.1, full_every=3)  # due: young
+        gc_policy.tick(100.2, 0.1, full_every=3)  # the third: full
+        assert collected == [1, 1, 2]
+        gc_policy.stop_timed()  # one worker left: still timed
+        assert not gc.isenabled()
+    finally:
+        gc.callbacks.remove(seen)
+        gc_policy.stop_timed()
+    assert gc.isenabled()
 
 
 # --- FetchPacing ---------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ back-off or a retry tier's ``retry_not_before``, and while the circuit breaker i
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from bisect import bisect_left
 from collections import deque
@@ -45,6 +44,7 @@ from events.failure import Stage
 from events.topics import retry_topic
 from workers.config import RuntimeSettings
 from workers.logs import open_record_slot, set_record_context
+from workers.runtime import gc_policy
 from workers.runtime.batch import BatchHandler, run_batch
 from workers.runtime.breaker import BreakerConfig, CircuitBreaker
 from workers.runtime.consumer import (
@@ -106,54 +106,17 @@ class Tuning:
     purge_batch: int = 1_000
     purge_max_batches: int = 100
     yield_every: int = 64  # records a partition task handles before letting other tasks run
-    freeze_gc: bool = True  # see _freeze_gc
-    # With freeze_gc: gen-1 collections between two full ones (CPython's threshold2, default 10), see _freeze_gc
+    freeze_gc: bool = True  # see gc_policy.freeze
+    # Young collections every this many seconds from the poll loop instead of CPython's allocation
+    # counter (None: the counter), see workers.runtime.gc_policy
+    gc_interval_s: float | None = 0.1
+    # gen-1 (or timed) collections between two full ones (CPython's threshold2, default 10), see gc_policy
     gc_full_every: int = 100
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
-_gc_freezes = 0  # workers of this process running with the start-up heap frozen
-_gc_collected = False  # the process's first freeze collected its start-up garbage first
-_gc_threshold: tuple[int, int, int] | None = None  # the thresholds before the first freeze
-
-
-def _freeze_gc(full_every: int) -> None:
-    """Everything alive when the first worker starts (modules, pydantic schemas, clients) is long-lived:
-    move it out of the collector's reach (``gc.freeze``) so the generational collections triggered by
-    the loop's per-record allocations stop rescanning it (about a fifth of the loop's CPU otherwise).
-
-    Full collections are made rarer too (``full_every`` gen-1 collections apart instead of 10): a
-    fetched record waits in its partition's buffer long enough to survive both young collections, so
-    nearly every record reaches the old generation, and CPython's guard against quadratic full
-    collections (objects promoted since the last full one must exceed a quarter of the old generation,
-    which after the freeze holds only what is buffered) passes at every tenth gen-1 collection: a full
-    collection every ~7,000 records, rescanning every buffered record (in bench/runtime_bench.py 18 of
-    them per 200,000 records, ~8% of the loop's CPU). At 100 it is one per ~70,000 records. What it
-    costs: a garbage cycle (rare on the loop's paths: a traceback kept by a failure) that reached the
-    old generation lives that much longer; young garbage is collected as before.
-
-    The process's first freeze collects first: frozen objects are never collected, so garbage cycles
-    left by start-up would stay until the unfreeze (once: a full collection costs tens of ms, and test
-    processes start hundreds of workers). Counted per process: a second worker must not freeze the
-    first one's in-flight records, and the first one to stop must not unfreeze the heap under the other."""
-    global _gc_freezes, _gc_collected, _gc_threshold
-    if _gc_freezes == 0:
-        if not _gc_collected:
-            _gc_collected = True
-            gc.collect()
-        gc.freeze()
-        _gc_threshold = gc.get_threshold()
-        gc.set_threshold(_gc_threshold[0], _gc_threshold[1], max(_gc_threshold[2], full_every))
-    _gc_freezes += 1
-
-
-def _unfreeze_gc() -> None:
-    global _gc_freezes
-    _gc_freezes -= 1
-    if _gc_freezes == 0:
-        if _gc_threshold is not None:
-            gc.set_threshold(*_gc_threshold)
-        gc.unfreeze()
+# The webhook receiver freezes its start-up heap with the runtime's policy (workers.runtime.gc_policy).
+_freeze_gc, _unfreeze_gc = gc_policy.freeze, gc_policy.unfreeze
 
 
 class _Partition:
@@ -290,7 +253,9 @@ class Worker:
             # partition (order per partition, hence per key, holds either way).
             log.warning("max_in_flight_per_partition_ignored", value=self.settings.max_in_flight_per_partition)
         if self.tuning.freeze_gc:
-            _freeze_gc(self.tuning.gc_full_every)
+            gc_policy.freeze(self.tuning.gc_full_every)
+        if self.tuning.gc_interval_s is not None:
+            gc_policy.start_timed()
         self.started = True
         self._last_loop = time.perf_counter()
         log.info("worker_started", route=self.route.name, group=self.route.group, topics=list(self.topics))
@@ -303,13 +268,16 @@ class Worker:
                 purge.cancel()
                 await asyncio.gather(purge, return_exceptions=True)
             await self._shutdown()
+            if self.tuning.gc_interval_s is not None:
+                gc_policy.stop_timed()
             if self.tuning.freeze_gc:
-                _unfreeze_gc()
+                gc_policy.unfreeze()
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
         consumer, parts, tuning = self._consumer, self._parts, self.tuning
         high = tuning.buffer_per_partition
         pacing = FetchPacing(consumer)
+        gc_interval_s, gc_full_every = tuning.gc_interval_s, tuning.gc_full_every
         next_commit = time.perf_counter() + tuning.commit_interval_s
         while not stop.is_set():
             if self._crash is not None:
@@ -357,6 +325,8 @@ class Worker:
             if now >= next_commit or self._done_since_commit >= tuning.commit_every:
                 await self._commit()
                 next_commit = time.perf_counter() + tuning.commit_interval_s
+            if gc_interval_s is not None:
+                gc_policy.tick(now, gc_interval_s, gc_full_every)
 
     async def _shutdown(self) -> None:
         """SIGTERM path: stop taking records, let in-flight ones finish (bounded), commit, leave."""
