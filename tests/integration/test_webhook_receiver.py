@@ -27,14 +27,15 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
 
 from adapters.kafka import ensure_topics
 from events.errors import DependencyUnavailable
 from events.topics import TopicSpec
 from tests.unit.test_webhook_dedupe import DedupeContract
 from workers.config import Settings
-from workers.ingress.dedupe import RedisDedupeStore
-from workers.ingress.webhook_server import DEDUPE_PREFIX, PATH, serve
+from workers.ingress.dedupe import Claim, DedupeStore, RedisDedupeStore
+from workers.ingress.webhook_server import DEDUPE_PREFIX, PATH, make_receiver, serve
 
 pytestmark = pytest.mark.integration
 
@@ -278,24 +279,54 @@ class TestRedisDedupeStore(DedupeContract):
 
     @pytest_asyncio.fixture
     async def store(self, stack_env: dict[str, str]) -> AsyncIterator[RedisDedupeStore]:
-        redis = Redis.from_url(stack_env["REDIS_URL"])
-        yield RedisDedupeStore(redis, prefix=f"test:dedupe:{uuid.uuid4().hex[:6]}:", inflight_ttl_s=0.3, done_ttl_s=0.6)
-        await redis.aclose()
+        self.redis = Redis.from_url(stack_env["REDIS_URL"])
+        self.prefix = f"test:dedupe:{uuid.uuid4().hex[:6]}:"
+        yield self.build()
+        await self.redis.aclose()
+
+    def build(self, **options: Any) -> RedisDedupeStore:
+        return RedisDedupeStore(self.redis, prefix=self.prefix, inflight_ttl_s=0.3, done_ttl_s=0.6, **options)
 
     async def advance(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def other(self, store: DedupeStore) -> DedupeStore:
+        return self.build()
+
+    async def test_a_lone_completion_is_written_after_its_linger(self, store: DedupeStore, webhook_id: str) -> None:
+        lingering = self.build(complete_linger_s=0.2)
+        await lingering.claim(webhook_id, "a")
+        lingering.complete(webhook_id)
+        assert await store.claim(webhook_id, "b") is Claim.IN_PROGRESS  # queued: no claim of its own carried it
+        await asyncio.sleep(0.25)
+        assert await store.claim(webhook_id, "b") is Claim.DUPLICATE
 
 
 async def test_the_redis_store_raises_dependency_unavailable_when_redis_is_away() -> None:
     """Every batched call fails as a whole, and each waiting request gets the receiver's "fail open" signal."""
     redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
-    store = RedisDedupeStore(redis, prefix="test:dedupe:away:", inflight_ttl_s=30, done_ttl_s=60)
+    lost: list[DependencyUnavailable] = []
+    store = RedisDedupeStore(redis, prefix="test:dedupe:away:", inflight_ttl_s=30, done_ttl_s=60, on_error=lost.append)
     try:
-        results = await asyncio.gather(
-            store.claim("a", "o1"), store.claim("b", "o2"), store.complete("c"), return_exceptions=True
-        )
+        store.complete("c")
+        results = await asyncio.gather(store.claim("a", "o1"), store.claim("b", "o2"), return_exceptions=True)
         assert all(isinstance(result, DependencyUnavailable) for result in results), results
+        assert len(lost) == 1  # the queued completion went with the claims, and failed with them
         with pytest.raises(DependencyUnavailable):
             await store.release("a", "o1")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_done_mark_redis_did_not_take_is_counted_like_any_dedupe_error() -> None:
+    """Nobody awaits a completion, so the receiver ``serve`` builds counts and logs a lost one itself."""
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    receiver = make_receiver(Settings(), producer=None, redis=redis)
+    try:
+        with capture_logs() as logs:
+            receiver.dedupe.complete("msg_lost")
+            await receiver.dedupe.flush()
+        assert receiver.metrics.registry.get_sample_value("fleet_whmcs_webhooks_dedupe_unavailable_total") == 1
+        assert [entry["event"] for entry in logs] == ["webhook_dedupe_unavailable"]
     finally:
         await redis.aclose()

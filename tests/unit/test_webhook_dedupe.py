@@ -19,9 +19,13 @@ from workers.ingress.dedupe import Claim, DedupeStore, FakeDedupeStore
 
 
 class DedupeContract:
-    """Subclasses provide ``store`` (TTLs: in-progress 0.3 s, done 0.6 s) and ``advance(seconds)``."""
+    """Subclasses provide ``store`` (TTLs: in-progress 0.3 s, done 0.6 s), ``advance(seconds)`` and
+    ``other(store)``: a second store over the same marks, as another receiver process has."""
 
     async def advance(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def other(self, store: DedupeStore) -> DedupeStore:
         raise NotImplementedError
 
     @pytest.fixture
@@ -41,7 +45,7 @@ class DedupeContract:
 
     async def test_a_completed_id_is_a_duplicate(self, store: DedupeStore, webhook_id: str) -> None:
         await store.claim(webhook_id, "a")
-        await store.complete(webhook_id)
+        store.complete(webhook_id)
         assert await store.claim(webhook_id, "b") is Claim.DUPLICATE
         assert await store.claim(webhook_id, "a") is Claim.DUPLICATE
 
@@ -54,7 +58,7 @@ class DedupeContract:
         await store.claim(webhook_id, "a")
         await store.release(webhook_id, "b")
         assert await store.claim(webhook_id, "c") is Claim.IN_PROGRESS
-        await store.complete(webhook_id)
+        store.complete(webhook_id)
         await store.release(webhook_id, "a")  # a done mark is never released
         assert await store.claim(webhook_id, "c") is Claim.DUPLICATE
 
@@ -63,16 +67,26 @@ class DedupeContract:
         ids = [f"msg_many_{uuid.uuid4().hex}" for _ in range(1_200)]
         assert set(await asyncio.gather(*(store.claim(i, "a") for i in ids))) == {Claim.NEW}
         assert set(await asyncio.gather(*(store.claim(i, "b") for i in ids))) == {Claim.IN_PROGRESS}
-        await asyncio.gather(*(store.complete(i) for i in ids[::2]))
+        for i in ids[::2]:
+            store.complete(i)
         answers = await asyncio.gather(*(store.claim(i, "c") for i in ids))
         assert answers == [Claim.DUPLICATE if n % 2 == 0 else Claim.IN_PROGRESS for n in range(len(ids))]
 
     async def test_a_copy_arriving_as_the_original_completes_sees_it_done(
         self, store: DedupeStore, webhook_id: str
     ) -> None:
+        """``complete`` returns before the done mark is written: a claim asked after it still sees it."""
         await store.claim(webhook_id, "a")
-        _, copy = await asyncio.gather(store.complete(webhook_id), store.claim(webhook_id, "b"))
-        assert copy is Claim.DUPLICATE
+        store.complete(webhook_id)
+        copies = await asyncio.gather(store.claim(webhook_id, "b"), store.claim(webhook_id, "c"))
+        assert copies == [Claim.DUPLICATE, Claim.DUPLICATE]
+
+    async def test_a_flushed_completion_is_seen_by_another_store(self, store: DedupeStore, webhook_id: str) -> None:
+        """What another receiver process sees once ``flush`` (or the linger) has written the mark."""
+        await store.claim(webhook_id, "a")
+        store.complete(webhook_id)
+        await store.flush()
+        assert await self.other(store).claim(webhook_id, "b") is Claim.DUPLICATE
 
     async def test_an_abandoned_claim_expires(self, store: DedupeStore, webhook_id: str) -> None:
         await store.claim(webhook_id, "crashed")
@@ -83,7 +97,7 @@ class DedupeContract:
         self, store: DedupeStore, webhook_id: str
     ) -> None:
         await store.claim(webhook_id, "a")
-        await store.complete(webhook_id)
+        store.complete(webhook_id)
         await self.advance(0.4)
         assert await store.claim(webhook_id, "b") is Claim.DUPLICATE
         await self.advance(0.4)
@@ -100,9 +114,15 @@ class TestFakeDedupeStore(DedupeContract):
     async def advance(self, seconds: float) -> None:
         self.now += seconds
 
+    def other(self, store: DedupeStore) -> DedupeStore:
+        return store  # one process: the fake's marks are its own
 
-async def test_a_down_fake_raises_dependency_unavailable() -> None:
-    store = FakeDedupeStore(down=True)
-    for call in (store.claim("x", "a"), store.complete("x"), store.release("x", "a")):
+
+async def test_a_down_fake_raises_dependency_unavailable_and_reports_lost_completions() -> None:
+    errors: list[DependencyUnavailable] = []
+    store = FakeDedupeStore(down=True, on_error=errors.append)
+    for call in (store.claim("x", "a"), store.release("x", "a")):
         with pytest.raises(DependencyUnavailable):
             await call
+    store.complete("x")
+    assert len(errors) == 1

@@ -4,19 +4,25 @@ A webhook id moves through two marks: ``claim`` sets an *in-progress* mark atomi
 request may produce a given id at a time; it expires by itself if its owner dies), ``complete``
 replaces it with a *done* mark that lives longer than the sender's signature tolerance (so a
 replayed, still-valid request is recognised), ``release`` removes the in-progress mark after a
-failed produce so the sender's retry is treated as new. Owns: those marks. Must not: decide what a
-receiver answers, or read configuration.
+failed produce so the sender's retry is treated as new.
+
+``complete`` is queued, not awaited: the done mark is written before any later claim of the same
+store is answered (it rides with that claim). Only two things see the delay, bounded by
+``COMPLETE_LINGER_S``: another process, which sees "in progress" (409, the sender retries), and a
+crash inside the window, which leaves the in-progress mark to expire (a later replay is produced
+again; the receiver's deterministic CloudEvent ids make that harmless downstream, exactly as for a
+crash between the Kafka ack and the mark). Owns: those marks. Must not: decide what a receiver
+answers, or read configuration.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -60,6 +66,11 @@ return answers
 """
 #: marks per script call: one call holds Redis for a few microseconds per mark, so bound the batch
 MAX_MARKS_PER_CALL = 500
+#: how long a done mark may wait for a claim to ride with before it is sent on its own
+COMPLETE_LINGER_S = 0.05
+
+#: told about a store error that no caller awaited (a queued done mark that could not be written)
+ErrorListener = Callable[[DependencyUnavailable], None]
 
 
 class Claim(Enum):
@@ -70,18 +81,24 @@ class Claim(Enum):
 
 class DedupeStore(Protocol):
     async def claim(self, webhook_id: str, owner: str) -> Claim:
-        """Atomically mark ``webhook_id`` in progress for ``owner`` unless a mark exists.
-        Raises ``DependencyUnavailable`` when the store cannot answer."""
+        """Atomically mark ``webhook_id`` in progress for ``owner`` unless a mark exists. Any
+        ``complete`` called before is applied first. Raises ``DependencyUnavailable`` when the store
+        cannot answer."""
         ...
 
-    async def complete(self, webhook_id: str) -> None:
-        """Replace the in-progress mark by the long-lived done mark (idempotent).
-        Raises ``DependencyUnavailable``."""
+    def complete(self, webhook_id: str) -> None:
+        """Queue the replacement of the in-progress mark by the long-lived done mark (idempotent);
+        returns at once. Never raises: a mark that cannot be written goes to the store's error listener
+        (the in-progress mark then expires by itself)."""
         ...
 
     async def release(self, webhook_id: str, owner: str) -> None:
         """Remove the in-progress mark if ``owner`` still holds it (idempotent).
         Raises ``DependencyUnavailable``."""
+        ...
+
+    async def flush(self) -> None:
+        """Write the queued done marks now (at shutdown, before the client closes). Never raises."""
         ...
 
 
@@ -90,26 +107,42 @@ class RedisDedupeStore:
 
     Claims and completions of concurrent requests go out together as one ``EVALSHA`` of ``_MARKS``:
     what is asked during one event-loop turn leaves at the next, and while a call is out, what is
-    asked meanwhile waits for it and leaves as the next call. Not a pipeline of ``SET``s: redis-py
+    asked meanwhile waits for it and leaves as the next call. Completions do not start a call: they
+    ride with the next claim, or leave on their own after ``complete_linger_s``. That takes one Redis
+    round trip off every request's path, and at low rates one call per webhook: each call to an idle
+    Redis costs the receiver ~150 us of socket write, wake-up and redis-py work on the bench machine,
+    more than a third of its CPU per webhook at 500/s. Not a pipeline of ``SET``s: redis-py
     packs and parses every pipelined command in Python, which cost more receiver CPU than the rest
     of the request; one script call is one command however many marks it carries. Each mark keeps
     its own atomic ``SET NX GET``, so the contract is that of one command per request. The script touches
     several keys, so it needs a standalone Redis (or keys in one hash slot): ``serve`` builds one.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str, inflight_ttl_s: float, done_ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        inflight_ttl_s: float,
+        done_ttl_s: float,
+        complete_linger_s: float = COMPLETE_LINGER_S,
+        on_error: ErrorListener | None = None,
+    ) -> None:
         self._prefix = prefix
         self._batch = _MarkBatcher(
-            redis.register_script(_MARKS), inflight_ms=int(inflight_ttl_s * 1000), done_ms=int(done_ttl_s * 1000)
+            redis.register_script(_MARKS),
+            inflight_ms=int(inflight_ttl_s * 1000),
+            done_ms=int(done_ttl_s * 1000),
+            linger_s=complete_linger_s,
+            on_error=on_error or _ignore,
         )
         self._release = redis.register_script(_RELEASE)
 
     async def claim(self, webhook_id: str, owner: str) -> Claim:
-        answer: Claim = await self._batch.ask(self._prefix + webhook_id, _INFLIGHT + owner, "claim")
-        return answer
+        return await self._batch.claim(self._prefix + webhook_id, _INFLIGHT + owner)
 
-    async def complete(self, webhook_id: str) -> None:
-        await self._batch.ask(self._prefix + webhook_id, None, "complete")
+    def complete(self, webhook_id: str) -> None:
+        self._batch.complete(self._prefix + webhook_id)
 
     async def release(self, webhook_id: str, owner: str) -> None:
         try:
@@ -117,84 +150,97 @@ class RedisDedupeStore:
         except (RedisError, OSError) as exc:
             raise _unavailable("release", exc) from exc
 
+    async def flush(self) -> None:
+        await self._batch.flush()
+
 
 _ANSWERS = (Claim.NEW, Claim.DUPLICATE, Claim.IN_PROGRESS)  # the script's 0, 1, 2
 
 
 class _MarkBatcher:
     """Queues marks and sends them as ``_MARKS`` calls, one call in flight at a time: what is asked
-    while a call is out goes in the next one, so calls grow with the load instead of multiplying."""
+    while a call is out goes in the next one, so calls grow with the load instead of multiplying.
+    Claims start a call; completions wait for one, ``linger_s`` at most. A call is a task that takes
+    the queue at its first step, the next event-loop turn, so it carries the rest of this turn too."""
 
-    def __init__(self, script: AsyncScript, *, inflight_ms: int, done_ms: int) -> None:
+    def __init__(
+        self, script: AsyncScript, *, inflight_ms: int, done_ms: int, linger_s: float, on_error: ErrorListener
+    ) -> None:
         self._script, self._inflight_ms, self._done_ms = script, inflight_ms, done_ms
-        self._completes: list[tuple[str, asyncio.Future[Any]]] = []
-        self._claims: list[tuple[str, str, asyncio.Future[Any]]] = []
-        self._scheduled = self._busy = False
+        self._linger_s, self._on_error = linger_s, on_error
+        self._completes: list[str] = []
+        self._claims: list[tuple[str, str, asyncio.Future[Claim]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._call: asyncio.Task[None] | None = None  # the call in flight (a strong reference)
 
-    async def ask(self, key: str, owner_mark: str | None, what: str) -> Any:
-        """Claim ``key`` for ``owner_mark`` (→ ``Claim``), or complete it (``owner_mark`` None → None)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if owner_mark is None:
-            self._completes.append((key, future))
-        else:
-            self._claims.append((key, owner_mark, future))
-        self._kick()
+    async def claim(self, key: str, owner_mark: str) -> Claim:
+        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
+        self._claims.append((key, owner_mark, future))
+        if self._call is None:
+            self._start()
         try:
             return await future
         except (RedisError, OSError) as exc:
-            raise _unavailable(what, exc) from exc
+            raise _unavailable("claim", exc) from exc
 
-    def _kick(self) -> None:
-        if not (self._scheduled or self._busy):  # sent at the next turn: collects the rest of this one
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_queued)
+    def complete(self, key: str) -> None:
+        self._completes.append(key)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._linger_over)
 
-    def _send_queued(self) -> None:
-        self._scheduled = False
+    async def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._completes or self._claims or self._call:
+            await asyncio.wait([self._call or self._start()])
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        if self._completes and self._call is None:
+            self._start()
+
+    def _start(self) -> asyncio.Task[None]:
+        self._call = call = asyncio.ensure_future(self._send())
+        call.add_done_callback(self._sent)
+        return call
+
+    def _sent(self, _call: asyncio.Task[None]) -> None:
+        self._call = None
+        # waiting claims go at once; lone completions only if their linger is over (no timer left)
+        if self._claims or (self._completes and self._timer is None):
+            self._start()
+
+    async def _send(self) -> None:
         room = MAX_MARKS_PER_CALL
         completes, self._completes = self._completes[:room], self._completes[room:]
         room -= len(completes)
         claims, self._claims = self._claims[:room], self._claims[room:]
         if not (completes or claims):
             return
-        self._busy = True
-        task = asyncio.ensure_future(self._send(completes, claims))
-        _BACKGROUND.add(task)
-        task.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        _BACKGROUND.discard(task)
-        self._busy = False
-        if self._completes or self._claims:
-            self._kick()
-
-    async def _send(
-        self, completes: list[tuple[str, asyncio.Future[Any]]], claims: list[tuple[str, str, asyncio.Future[Any]]]
-    ) -> None:
-        keys = [key for key, _ in completes] + [key for key, _, _ in claims]
+        keys = completes + [key for key, _, _ in claims]
         args: list[str | int] = [len(completes), self._inflight_ms, self._done_ms]
         args += [mark for _, mark, _ in claims]
         try:
             answers = await self._script(keys=keys, args=args)
         except Exception as exc:  # one failure answers every request of the batch
-            for future in itertools.chain((f for _, f in completes), (f for _, _, f in claims)):
+            for _, _, future in claims:
                 if not future.done():
                     future.set_exception(exc)
+            for _ in completes:  # nobody awaits these: the in-progress marks expire by themselves
+                self._on_error(_unavailable("complete", exc))
             return
         except BaseException:  # shutdown: nobody gets an answer
-            for future in itertools.chain((f for _, f in completes), (f for _, _, f in claims)):
+            for _, _, future in claims:
                 future.cancel()
             raise
-        for _, future in completes:
-            if not future.done():  # the waiting request was cancelled
-                future.set_result(None)
         for (_, _, future), answer in zip(claims, answers, strict=True):
-            if not future.done():
+            if not future.done():  # the waiting request was cancelled
                 future.set_result(_ANSWERS[answer])
 
 
-#: strong references to in-flight pipeline sends (the event loop keeps only weak ones)
-_BACKGROUND: set[asyncio.Task[None]] = set()
+def _ignore(_exc: DependencyUnavailable) -> None:
+    pass
 
 
 def _unavailable(what: str, exc: BaseException) -> DependencyUnavailable:
@@ -203,15 +249,17 @@ def _unavailable(what: str, exc: BaseException) -> DependencyUnavailable:
 
 @dataclass
 class FakeDedupeStore:
-    """In-memory ``DedupeStore`` with the same semantics and an injectable clock.
+    """In-memory ``DedupeStore`` with the same semantics and an injectable clock; marks apply at once.
 
-    ``down = True`` makes every call raise ``DependencyUnavailable``, as Redis being away would.
+    ``down = True`` makes ``claim`` and ``release`` raise ``DependencyUnavailable``, as Redis being
+    away would, and ``complete`` report it to ``on_error``.
     """
 
     inflight_ttl_s: float = 30.0
     done_ttl_s: float = 86_400.0
     clock: Callable[[], float] = time.monotonic
     down: bool = False
+    on_error: ErrorListener | None = None
     marks: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def _get(self, webhook_id: str) -> str | None:
@@ -233,11 +281,19 @@ class FakeDedupeStore:
             return Claim.NEW
         return Claim.DUPLICATE if value == DONE else Claim.IN_PROGRESS
 
-    async def complete(self, webhook_id: str) -> None:
-        self._check()
+    def complete(self, webhook_id: str) -> None:
+        try:
+            self._check()
+        except DependencyUnavailable as exc:
+            if self.on_error is not None:
+                self.on_error(exc)
+            return
         self.marks[webhook_id] = (DONE, self.clock() + self.done_ttl_s)
 
     async def release(self, webhook_id: str, owner: str) -> None:
         self._check()
         if self._get(webhook_id) == _INFLIGHT + owner:
             del self.marks[webhook_id]
+
+    async def flush(self) -> None:
+        pass

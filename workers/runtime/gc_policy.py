@@ -1,4 +1,4 @@
-"""The garbage-collection policy of a process that runs consume-runtime workers (and the webhook receiver).
+"""The garbage-collection policy of a process that runs consume-runtime workers (the webhook receiver uses its freeze).
 
 Owns CPython's collector settings while workers run: the start-up heap frozen out of the collector's
 reach, and young collections on a timer instead of CPython's allocation counter. Counted per process,

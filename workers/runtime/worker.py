@@ -115,10 +115,6 @@ class Tuning:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
-# The webhook receiver freezes its start-up heap with the runtime's policy (workers.runtime.gc_policy).
-_freeze_gc, _unfreeze_gc = gc_policy.freeze, gc_policy.unfreeze
-
-
 class _Partition:
     """The state of one assigned partition: its buffer, tracker, task and pause reasons."""
 
