@@ -149,6 +149,39 @@ async def test_nothing_is_committed_before_its_record_is_done() -> None:
     await h.finish()
 
 
+async def test_a_slow_commit_does_not_stop_the_loop_and_shutdown_waits_for_it_before_the_final_commit() -> None:
+    """The periodic commit runs beside the poll loop: records fetched while it is out are handled;
+    only one is out at a time; the shutdown commit goes after it, so offsets only move forward."""
+    h = Harness()
+    gate = asyncio.Event()
+    commit = h.consumer.commit
+    calls: list[dict[Any, int]] = []
+
+    async def slow_commit(offsets: Any = None) -> None:
+        calls.append(dict(offsets or {}))
+        if len(calls) == 1:
+            await gate.wait()  # the first commit hangs until released
+        await commit(offsets)
+
+    h.consumer.commit = slow_commit  # type: ignore[method-assign]
+    h.send(0)
+    await h.until(lambda: len(calls) == 1)
+    for i in range(1, 6):
+        h.send(i)
+    await h.until(lambda: len(h.handler.seen) == 6)  # handled while the first commit is out
+    await asyncio.sleep(0.03)  # several commit ticks pass
+    assert len(calls) == 1  # no second commit while one is out
+    stopping = asyncio.create_task(h.finish())
+    await asyncio.sleep(0.02)
+    assert not stopping.done()  # shutdown waits for the commit in flight
+    gate.set()
+    await stopping
+    assert [list(c.values()) for c in calls][-1] == [6]
+    assert h.committed() == 6
+    committed = [offset for c in h.consumer.commits for offset in c.values()]
+    assert committed == sorted(committed)
+
+
 async def test_records_of_types_without_a_handler_are_acknowledged_and_skipped() -> None:
     h = Harness()
     h.consumer.append_event(SRC, CatalogChanged(entity="Product2", record_id="01t1"))
