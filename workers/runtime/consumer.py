@@ -114,8 +114,8 @@ class FetchPacing:
 
     aiokafka reads both values from its fetcher's attributes each time it builds a fetch (the
     backoff when a fetch result is stored) and has no public setter, so this sets those attributes;
-    a consumer without them (the test fake, another client) keeps its configuration. aiokafka is
-    pinned in pyproject.toml, and tests/integration/test_runtime_consume.py fails if the attributes go away."""
+    a consumer without them (the test fake, another client) keeps its configuration. aiokafka is held
+    to 0.14.x in pyproject.toml, and tests/integration/test_runtime_kafka.py fails if the attributes go away."""
 
     def __init__(self, consumer: object, busy_wait_ms: int = BUSY_FETCH_WAIT_MS) -> None:
         self._consumer = consumer
