@@ -8,6 +8,7 @@ This module encodes and decodes; it does not produce or consume (that is ``adapt
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -118,7 +119,7 @@ def binary_headers(
         (H_ID, id.encode()),
         (H_SOURCE, source.encode()),
         (H_TYPE, type.encode()),
-        (H_TIME, time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
+        (H_TIME, _ce_time(time, time.fold)),
         (H_CONTENT_TYPE, datacontenttype.encode()),
     ]
     for name, value in (
@@ -130,6 +131,16 @@ def binary_headers(
         if value is not None:
             headers.append((name, value.encode()))
     return headers
+
+
+@functools.lru_cache(maxsize=1024)
+def _ce_time(time: datetime, fold: int) -> bytes:
+    """``ce_time`` as UTC ISO-8601 with ``Z``. Cached: formatting costs ~1 us per record, and the events
+    of a burst share their instants (the webhooks of one second, a replayed batch). Safe to cache on
+    ``==`` plus ``fold``: datetimes of one zone compare their wall times, which name two instants in
+    the hour a clock goes back (``fold`` tells them apart); otherwise equal aware datetimes are one
+    instant, so one UTC text, and a naive one never equals an aware one."""
+    return time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()
 
 
 def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:

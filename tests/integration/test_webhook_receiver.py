@@ -318,6 +318,32 @@ async def test_the_redis_store_raises_dependency_unavailable_when_redis_is_away(
         await redis.aclose()
 
 
+async def test_the_redis_store_bounds_each_call_when_redis_does_not_answer() -> None:
+    """A Redis that accepts and never replies (blackholed): the store's own ``timeout_s`` answers every
+    waiting claim and a release with ``DependencyUnavailable``, although the client has no socket timeout."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=0.5)
+    store = RedisDedupeStore(redis, prefix="test:dedupe:silent:", inflight_ttl_s=30, done_ttl_s=60, timeout_s=0.2)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(store.claim("a", "o1"), store.claim("b", "o2"), return_exceptions=True), 5
+        )
+        assert all(isinstance(result, DependencyUnavailable) for result in results), results
+        with pytest.raises(DependencyUnavailable):
+            await asyncio.wait_for(store.release("a", "o1"), 5)
+    finally:
+        await redis.aclose()
+        for writer in silent:
+            writer.close()
+        server.close()
+
+
 async def test_a_done_mark_redis_did_not_take_is_counted_like_any_dedupe_error() -> None:
     """Nobody awaits a completion, so the receiver ``serve`` builds counts and logs a lost one itself."""
     redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -98,3 +99,18 @@ def test_time_is_utc_iso_with_z() -> None:
     env = sample().model_copy(update={"time": datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)})
     _, _, headers = to_record(env)
     assert dict(headers)["ce_time"] == b"2026-11-26T01:02:03Z"
+
+
+def test_ce_time_stays_exact_for_instants_that_compare_equal() -> None:
+    """``ce_time`` is cached per datetime: wall times of one zone that compare equal but name two instants
+    (the hour a clock goes back, told apart by ``fold``) still get their own UTC text, and so do
+    equal instants written in different zones (one text)."""
+    zone = ZoneInfo("America/New_York")
+    first, second = datetime(2025, 11, 2, 1, 30, tzinfo=zone), datetime(2025, 11, 2, 1, 30, fold=1, tzinfo=zone)
+    assert first == second  # same zone: wall times compared, fold ignored
+    times = [first, second, first, datetime(2025, 11, 2, 6, 30, tzinfo=UTC), second.astimezone(UTC)]
+    texts = [dict(to_record(sample().model_copy(update={"time": t}))[2])["ce_time"] for t in times]
+    assert (
+        texts
+        == [b"2025-11-02T05:30:00Z", b"2025-11-02T06:30:00Z", b"2025-11-02T05:30:00Z"] + [b"2025-11-02T06:30:00Z"] * 2
+    )

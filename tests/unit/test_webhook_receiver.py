@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
@@ -32,7 +33,16 @@ from events.errors import DependencyUnavailable
 from schemas.whmcs_webhook import parse_webhook
 from tests.unit.test_webhook_translate import CASES
 from workers.ingress.dedupe import Claim, FakeDedupeStore
-from workers.ingress.webhook_server import PATH, SOURCE, SignatureVerifier, WebhookReceiver, build_app, encode_record
+from workers.ingress.webhook_server import (
+    PATH,
+    PRODUCE_BUCKETS,
+    SOURCE,
+    Metrics,
+    SignatureVerifier,
+    WebhookReceiver,
+    build_app,
+    encode_record,
+)
 from workers.ingress.whmcs_webhooks import translate
 
 SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA=="
@@ -340,3 +350,33 @@ def test_the_record_encoding_keeps_vendor_text_byte_for_byte() -> None:
     occurred = datetime(2027, 1, 15, 8, 0, 0, 123456, tzinfo=UTC)
     envelope = to_envelope(event, source=SOURCE, id="whmcs-webhook:x").model_copy(update={"time": occurred})
     assert encode_record(event, "whmcs-webhook:x", occurred) == to_record(envelope)
+
+
+def test_the_per_request_metrics_expose_what_prometheus_client_would() -> None:
+    """``Metrics`` counts in plain numbers; the scrape shows the samples of a ``Counter`` and a ``Histogram``."""
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    received = Counter("fleet_whmcs_webhooks_received", "Webhook requests", registry=reference)
+    accepted = Counter("fleet_whmcs_webhooks_accepted", "2xx answers by outcome", ["outcome"], registry=reference)
+    produce = Histogram(
+        "fleet_whmcs_webhooks_produce_seconds",
+        "From produce to the acks=all acknowledgement",
+        registry=reference,
+        buckets=PRODUCE_BUCKETS,
+    )
+    accepted.labels("produced")
+    for seconds in (0.0004, 0.001, 0.0011, 0.003, 0.5, 5.0, 7.5):  # on a bound, between, past the last
+        metrics.received += 1
+        received.inc()
+        metrics.produced += 1
+        accepted.labels("produced").inc()
+        metrics.observe_produce(seconds)
+        produce.observe(seconds)
+    metrics.duplicate += 1
+    accepted.labels("duplicate").inc()
+
+    def samples(registry: CollectorRegistry) -> set[str]:  # created timestamps differ by construction
+        lines = generate_latest(registry).decode().splitlines()
+        return {line for line in lines if "_created" not in line and "rejected" not in line and "dedupe" not in line}
+
+    assert samples(metrics.registry) == samples(reference)

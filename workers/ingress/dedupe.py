@@ -116,6 +116,12 @@ class RedisDedupeStore:
     of the request; one script call is one command however many marks it carries. Each mark keeps
     its own atomic ``SET NX GET``, so the contract is that of one command per request. The script touches
     several keys, so it needs a standalone Redis (or keys in one hash slot): ``serve`` builds one.
+
+    ``timeout_s`` bounds each call (connect, write and reply) here, with ``asyncio.timeout``; an expired
+    call raises ``DependencyUnavailable`` like any Redis error. Give the client no ``socket_timeout``
+    then: redis-py bounds each write with ``asyncio.wait_for``, which on Python 3.11 wraps the write
+    in a task of its own, one more task and loop turn per call (~10-20 us, a sixth of the call's CPU).
+    Cancelled mid-call, redis-py drops the connection, so a late reply is never read as another's.
     """
 
     def __init__(
@@ -127,14 +133,17 @@ class RedisDedupeStore:
         done_ttl_s: float,
         complete_linger_s: float = COMPLETE_LINGER_S,
         on_error: ErrorListener | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self._prefix = prefix
+        self._timeout_s = timeout_s
         self._batch = _MarkBatcher(
             redis.register_script(_MARKS),
             inflight_ms=int(inflight_ttl_s * 1000),
             done_ms=int(done_ttl_s * 1000),
             linger_s=complete_linger_s,
             on_error=on_error or _ignore,
+            timeout_s=timeout_s,
         )
         self._release = redis.register_script(_RELEASE)
 
@@ -146,8 +155,9 @@ class RedisDedupeStore:
 
     async def release(self, webhook_id: str, owner: str) -> None:
         try:
-            await self._release(keys=[self._prefix + webhook_id], args=[_INFLIGHT + owner])
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self._timeout_s):
+                await self._release(keys=[self._prefix + webhook_id], args=[_INFLIGHT + owner])
+        except (RedisError, OSError) as exc:  # OSError: TimeoutError too
             raise _unavailable("release", exc) from exc
 
     async def flush(self) -> None:
@@ -164,9 +174,16 @@ class _MarkBatcher:
     the queue at its first step, the next event-loop turn, so it carries the rest of this turn too."""
 
     def __init__(
-        self, script: AsyncScript, *, inflight_ms: int, done_ms: int, linger_s: float, on_error: ErrorListener
+        self,
+        script: AsyncScript,
+        *,
+        inflight_ms: int,
+        done_ms: int,
+        linger_s: float,
+        on_error: ErrorListener,
+        timeout_s: float | None = None,
     ) -> None:
-        self._script, self._inflight_ms, self._done_ms = script, inflight_ms, done_ms
+        self._script, self._inflight_ms, self._done_ms, self._timeout_s = script, inflight_ms, done_ms, timeout_s
         self._linger_s, self._on_error = linger_s, on_error
         self._completes: list[str] = []
         self._claims: list[tuple[str, str, asyncio.Future[Claim]]] = []
@@ -222,8 +239,9 @@ class _MarkBatcher:
         args: list[str | int] = [len(completes), self._inflight_ms, self._done_ms]
         args += [mark for _, mark, _ in claims]
         try:
-            answers = await self._script(keys=keys, args=args)
-        except Exception as exc:  # one failure answers every request of the batch
+            async with asyncio.timeout(self._timeout_s):
+                answers = await self._script(keys=keys, args=args)
+        except Exception as exc:  # one failure (or the timeout) answers every request of the batch
             for _, _, future in claims:
                 if not future.done():
                     future.set_exception(exc)
