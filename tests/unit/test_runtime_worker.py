@@ -182,6 +182,25 @@ async def test_a_slow_commit_does_not_stop_the_loop_and_shutdown_waits_for_it_be
     assert committed == sorted(committed)
 
 
+async def test_the_collector_is_back_on_even_when_leaving_the_group_fails() -> None:
+    """Timed collections switch CPython's automatic GC off while a worker runs; a failing shutdown
+    must not leave the process without it."""
+    import gc
+
+    h = Harness(tuning={"gc_interval_s": 0.1})
+
+    async def failing_stop() -> None:
+        raise RuntimeError("broker gone")
+
+    h.consumer.stop = failing_stop  # type: ignore[method-assign]
+    h.send(0)
+    await h.until(lambda: h.committed() == 1)
+    assert not gc.isenabled()
+    with pytest.raises(RuntimeError, match="broker gone"):
+        await h.finish()
+    assert gc.isenabled()
+
+
 async def test_records_of_types_without_a_handler_are_acknowledged_and_skipped() -> None:
     h = Harness()
     h.consumer.append_event(SRC, CatalogChanged(entity="Product2", record_id="01t1"))

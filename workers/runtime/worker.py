@@ -93,7 +93,7 @@ class Tuning:
     poll_timeout_ms: int = 100  # how long one getmany waits for data (also the stop-signal latency)
     # Shallow on purpose: a record is decoded and handled soon after aiokafka built it, while it is
     # still in the CPU cache (with 4,000 buffered per partition and 10,000 per getmany the same loop
-    # cost ~0.8 us more per record in bench/runtime_bench.py). Deep buffers used to hide a fetch
+    # cost ~0.7 us more per record in bench/runtime_bench.py). Deep buffers used to hide a fetch
     # stall (consumer.FetchPacing, which fixes it instead). A partition's buffer may overshoot
     # buffer_per_partition by up to max_records.
     max_records: int = 500
@@ -264,11 +264,13 @@ class Worker:
             if purge is not None:
                 purge.cancel()
                 await asyncio.gather(purge, return_exceptions=True)
-            await self._shutdown()
-            if self.tuning.gc_interval_s is not None:
-                gc_policy.stop_timed()
-            if self.tuning.freeze_gc:
-                gc_policy.unfreeze()
+            try:
+                await self._shutdown()
+            finally:  # even when leaving the group fails: the process's collector must not stay off
+                if self.tuning.gc_interval_s is not None:
+                    gc_policy.stop_timed()
+                if self.tuning.freeze_gc:
+                    gc_policy.unfreeze()
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
         consumer, parts, tuning = self._consumer, self._parts, self.tuning
