@@ -301,6 +301,28 @@ class TestRedisDedupeStore(DedupeContract):
         await asyncio.sleep(0.25)
         assert await store.claim(webhook_id, "b") is Claim.DUPLICATE
 
+    async def test_claims_go_on_after_redis_forgot_the_script(self, store: DedupeStore, webhook_id: str) -> None:
+        """The store sends ``EVALSHA`` itself: after ``SCRIPT FLUSH`` (or a restarted Redis) it loads the script again."""
+        assert await store.claim(webhook_id + "a", "a") is Claim.NEW
+        await self.redis.script_flush()
+        assert await store.claim(webhook_id + "b", "b") is Claim.NEW
+        assert await self.redis.get(self.prefix + webhook_id + "b") == b"inflight:b"
+
+    async def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
+        self, store: DedupeStore, webhook_id: str
+    ) -> None:
+        assert await store.claim(webhook_id + "a", "a") is Claim.NEW  # the store holds its connection now
+        (held,) = [c["id"] for c in await self.redis.client_list() if c["cmd"] == "evalsha"]
+        await self.redis.execute_command("CLIENT", "KILL", "ID", held)
+        outcomes = []
+        for attempt in ("b", "c"):
+            try:
+                outcomes.append(await store.claim(webhook_id + attempt, attempt))
+            except DependencyUnavailable:
+                outcomes.append(None)
+        assert outcomes[-1] is Claim.NEW, outcomes
+        assert await self.redis.get(self.prefix + webhook_id + "c") == b"inflight:c"
+
 
 async def test_the_redis_store_raises_dependency_unavailable_when_redis_is_away() -> None:
     """Every batched call fails as a whole, and each waiting request gets the receiver's "fail open" signal."""
