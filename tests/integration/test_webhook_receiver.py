@@ -302,7 +302,7 @@ class TestRedisDedupeStore(DedupeContract):
         assert await store.claim(webhook_id, "b") is Claim.DUPLICATE
 
     async def test_claims_go_on_after_redis_forgot_the_script(self, store: DedupeStore, webhook_id: str) -> None:
-        """The store sends ``EVALSHA`` itself: after ``SCRIPT FLUSH`` (or a restarted Redis) it loads the script again."""
+        """The store sends ``EVALSHA`` itself: after ``SCRIPT FLUSH`` (or a restarted Redis) it loads the script."""
         assert await store.claim(webhook_id + "a", "a") is Claim.NEW
         await self.redis.script_flush()
         assert await store.claim(webhook_id + "b", "b") is Claim.NEW
