@@ -8,7 +8,6 @@ Consuming and offsets are not here: they belong to ``workers.runtime`` alone.
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,12 @@ class ProducerPort(Protocol):
         """Produce bytes as they are (dead letters, retries, replays keep the original record)."""
         ...
 
+    def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
+        """``publish_raw`` as a future: the record is handed over now, the future settles once it is
+        acknowledged (or with ``DependencyUnavailable``). A caller that awaits it directly skips a
+        coroutine per record; ``BatchingProducer`` queues without one, the others wrap ``publish_raw``."""
+        ...
+
 
 class AiokafkaProducer:
     """``ProducerPort`` over a started ``AIOKafkaProducer`` built by the composition root."""
@@ -81,6 +86,9 @@ class AiokafkaProducer:
         except (KafkaError, TimeoutError) as exc:
             raise DependencyUnavailable(f"kafka produce to {topic} failed: {exc!r}", upstream="kafka") from exc
         return Delivered(meta.topic, meta.partition, meta.offset)
+
+    def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
+        return asyncio.ensure_future(self.publish_raw(topic, key, value, headers))
 
 
 class BatchingProducer:
@@ -123,27 +131,30 @@ class BatchingProducer:
     ) -> Delivered:
         if key is None or partition is not None:
             return await self._single.publish_raw(topic, key, value, headers, partition)
-        # the live metadata, as ``send`` reads it (a topic that gained partitions is seen at once)
-        partitions = self._producer.client.cluster.partitions_for_topic(topic)
-        if partitions is None:  # not fetched yet: the only wait before queueing, bounded like a produce
+        if self._producer.client.cluster.partitions_for_topic(topic) is None:
+            # not fetched yet: the only wait before queueing, bounded like a produce
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    partitions = await self._producer.partitions_for(topic)
+                    await self._producer.partitions_for(topic)
             except (KafkaError, TimeoutError) as exc:
                 raise DependencyUnavailable(f"kafka produce to {topic} failed: {exc!r}", upstream="kafka") from exc
-        tp = (topic, _partition_of(key, len(partitions)))
+        return await self.submit(topic, key, value, headers)
+
+    def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
+        # the live metadata, as ``send`` reads it (a topic that gained partitions is seen at once)
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        if key is None or partitions is None:  # unkeyed, or the topic's metadata is not fetched yet
+            return asyncio.ensure_future(self.publish_raw(topic, key, value, headers))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivered] = loop.create_future()
+        tp = (topic, _partition_of(key, len(partitions)))
         self._queued.setdefault(tp, []).append((key, value, list(headers), future))
         if self._sender is None:
             self._sender = loop.create_task(self._send())  # first runs next turn: collects this one
         if not self._turn:
             loop.call_soon(self._time_turn)
         self._turn.append(future)
-        try:
-            return await future
-        except (KafkaError, TimeoutError) as exc:
-            raise DependencyUnavailable(f"kafka produce to {topic} failed: {exc!r}", upstream="kafka") from exc
+        return future
 
     async def flush(self) -> None:
         """Hand every queued record to aiokafka (its ``stop()`` then flushes them); waits at most one
@@ -170,7 +181,7 @@ class BatchingProducer:
                         try:
                             delivered = await self._producer.send_batch(batch, topic, partition=partition)
                         except Exception as exc:  # KafkaError, or the producer stopped under us
-                            _fail(members, exc)
+                            _fail(topic, members, exc)
                             continue
                         delivered.add_done_callback(functools.partial(_settle, topic, partition, members))
                         in_flight.append(delivered)
@@ -183,8 +194,8 @@ class BatchingProducer:
         finally:
             self._sender = None
             # left early (cancelled at shutdown): whoever still waits gets an error, never a silent drop
-            for records in self._queued.values():
-                _fail(records, KafkaError("producer stopped before sending"))
+            for (topic, _), records in self._queued.items():
+                _fail(topic, records, KafkaError("producer stopped before sending"))
             self._queued = {}
 
     def _batches(self, records: list[_Queued]) -> list[tuple[Any, list[_Queued]]]:
@@ -233,11 +244,11 @@ def _partition_of(key: bytes, partitions: int) -> int:
 
 def _settle(topic: str, partition: int, records: list[_Queued], delivered: asyncio.Future[Any]) -> None:
     if delivered.cancelled():
-        _fail(records, KafkaError("batch delivery cancelled"))
+        _fail(topic, records, KafkaError("batch delivery cancelled"))
         return
     exc = delivered.exception()
     if exc is not None:
-        _fail(records, exc)
+        _fail(topic, records, exc)
         return
     base = delivered.result().offset
     for n, (_, _, _, future) in enumerate(records):
@@ -245,16 +256,22 @@ def _settle(topic: str, partition: int, records: list[_Queued], delivered: async
             future.set_result(Delivered(topic, partition, base + n))
 
 
-def _fail(records: list[_Queued], exc: BaseException) -> None:
+def _fail(topic: str, records: list[_Queued], exc: BaseException) -> None:
     for _, _, _, future in records:
-        if not future.done():
-            future.set_exception(copy.copy(exc))
+        if not future.done():  # one exception per caller: a shared one would collect every traceback
+            future.set_exception(_unavailable(f"kafka produce to {topic} failed: {exc!r}", exc))
 
 
 def _expire(futures: list[asyncio.Future[Delivered]], timeout_s: float) -> None:
     for future in futures:
         if not future.done():
-            future.set_exception(TimeoutError(f"no acknowledgement within {timeout_s:g} s"))
+            future.set_exception(_unavailable(f"kafka produce failed: no acknowledgement within {timeout_s:g} s"))
+
+
+def _unavailable(reason: str, cause: BaseException | None = None) -> DependencyUnavailable:
+    error = DependencyUnavailable(reason, upstream="kafka")
+    error.__cause__ = cause
+    return error
 
 
 def durable_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOKafkaProducer:
@@ -295,6 +312,9 @@ class FakeProducer:
             raise exc
         self.records.append((topic, key, value, list(headers)))
         return Delivered(topic, partition or 0, len(self.records) - 1)
+
+    def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
+        return asyncio.ensure_future(self.publish_raw(topic, key, value, headers))  # subclasses' faults apply
 
     def on(self, topic: str) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
         return [(k, v, h) for t, k, v, h in self.records if t == topic]

@@ -294,33 +294,33 @@ class WebhookReceiver:
         # Mark before producing, so two concurrent copies of one webhook cannot both produce; mark
         # done only after the ack, so a crash in between leaves a short-lived mark, never a false "done".
         owner = next(self._owners)
-        claim = await self._claim(webhook_id, owner)
+        try:  # the store's future, awaited here: one frame less to resume than a helper coroutine
+            claim: Claim | None = await self.dedupe.claim(webhook_id, owner)
+        except DependencyUnavailable as exc:
+            # Redis down: accept anyway (fail open). Kafka is the record; the deterministic CloudEvent id
+            # makes a duplicate harmless downstream, while refusing would stall billing ingestion on a cache.
+            self.dedupe_failed(webhook_id, exc)
+            claim = None
         if claim is Claim.DUPLICATE:
             self.metrics.duplicate += 1
             return _json_ok(b'{"status":"duplicate","webhook_id":%b}' % _json_str(webhook_id))
         if claim is Claim.IN_PROGRESS:
             raise Rejection(409, "in_progress", "this webhook-id is being processed; retry", RETRY_AFTER_IN_PROGRESS_S)
         try:
-            count = await self._publish(webhook_id, payload)
+            acknowledged, count = self._publish(webhook_id, payload)
+            started = time.perf_counter()
+            await acknowledged
         except BaseException as exc:
             if claim is Claim.NEW:  # let the sender's retry count as new
                 await self._quietly(self.dedupe.release(webhook_id, owner))
             if isinstance(exc, DependencyUnavailable):
                 raise Rejection(503, "kafka_unavailable", str(exc), RETRY_AFTER_UNAVAILABLE_S) from None
             raise
+        self.metrics.observe_produce(time.perf_counter() - started)
         if claim is Claim.NEW:  # queued: rides with the next claim, so the answer waits for no Redis call
             self.dedupe.complete(webhook_id)
         self.metrics.produced += 1  # no per-webhook log line: the counters say it, rejections are logged
         return _json_ok(b'{"status":"accepted","webhook_id":%b,"events":%d}' % (_json_str(webhook_id), count))
-
-    async def _claim(self, webhook_id: str, owner: str) -> Claim | None:
-        # Redis down: accept anyway (fail open). Kafka is the record; the deterministic CloudEvent id
-        # makes a duplicate harmless downstream, while refusing would stall billing ingestion on a cache.
-        try:
-            return await self.dedupe.claim(webhook_id, owner)
-        except DependencyUnavailable as exc:
-            self.dedupe_failed(webhook_id, exc)
-            return None
 
     async def _quietly(self, call: Awaitable[None]) -> None:
         try:
@@ -332,23 +332,22 @@ class WebhookReceiver:
         self.metrics.dedupe_down.inc()
         log.warning("webhook_dedupe_unavailable", webhook_id=webhook_id, error=str(exc))
 
-    async def _publish(self, webhook_id: str, payload: WhmcsWebhook) -> int:
+    def _publish(self, webhook_id: str, payload: WhmcsWebhook) -> tuple[asyncio.Future[Any], int]:
+        """The webhook's records handed to the producer, and how many: the future settles at their
+        acknowledgement. A future, not a coroutine: ``_deliver`` awaits it directly."""
         producer = self.producer
         if producer is None:
             raise DependencyUnavailable("kafka producer not started yet", upstream="kafka")
         occurred = payload.occurred_at if payload.occurred_at.tzinfo else payload.occurred_at.replace(tzinfo=UTC)
-        records = [
-            encode_record(event, _event_id(webhook_id, n), occurred)
-            for n, event in enumerate(translate(payload, webhook_id=webhook_id))
+        events = translate(payload, webhook_id=webhook_id)
+        if len(events) == 1:  # every hook today: no gather
+            return producer.submit(self.topic, *encode_record(events[0], _event_id(webhook_id, 0), occurred)), 1
+        # one key, so one partition; a failure of any one answers 503 and the retry re-sends all
+        futures = [
+            producer.submit(self.topic, *encode_record(event, _event_id(webhook_id, n), occurred))
+            for n, event in enumerate(events)
         ]
-        started = time.perf_counter()
-        topic = self.topic
-        if len(records) == 1:  # every hook today: skip gather's task per publish
-            await producer.publish_raw(topic, *records[0])
-        else:  # one key, so one partition; a failure of any one answers 503 and the retry re-sends all
-            await asyncio.gather(*(producer.publish_raw(topic, *record) for record in records))
-        self.metrics.observe_produce(time.perf_counter() - started)
-        return len(records)
+        return asyncio.gather(*futures), len(futures)
 
     async def _dead_letter(self, webhook_id: str, body: bytes, rejection: Rejection) -> Rejection:
         """Keep a signed body we cannot read (a hook file newer than this receiver, say) for replay.
