@@ -116,6 +116,10 @@ class BatchingProducer:
         self._sender: asyncio.Task[None] | None = None
         #: callers of this turn; one timer per turn bounds their wait (not one per call)
         self._turn: list[asyncio.Future[Delivered]] = []
+        #: partitions per topic as aiokafka's metadata says, forgotten at each metadata update
+        #: (``partitions_for_topic`` builds a set per call); the listener is aiokafka's public hook
+        self._partition_counts: dict[str, int] = {}
+        producer.client.cluster.add_listener(self._metadata_updated)
 
     async def publish(self, topic: str, envelope: Envelope) -> Delivered:
         key, value, headers = to_record(envelope)
@@ -141,13 +145,13 @@ class BatchingProducer:
         return await self.submit(topic, key, value, headers)
 
     def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
-        # the live metadata, as ``send`` reads it (a topic that gained partitions is seen at once)
-        partitions = self._producer.client.cluster.partitions_for_topic(topic)
-        if key is None or partitions is None:  # unkeyed, or the topic's metadata is not fetched yet
+        # aiokafka's metadata, as ``send`` reads it (partitions added to a topic count from its next update)
+        partitions = self._partition_counts.get(topic) or self._partitions_of(topic)
+        if key is None or not partitions:  # unkeyed, or the topic's metadata is not fetched yet
             return asyncio.ensure_future(self.publish_raw(topic, key, value, headers))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivered] = loop.create_future()
-        tp = (topic, _partition_of(key, len(partitions)))
+        tp = (topic, _partition_of(key, partitions))
         self._queued.setdefault(tp, []).append((key, value, list(headers), future))
         if self._sender is None:
             self._sender = loop.create_task(self._send())  # first runs next turn: collects this one
@@ -155,6 +159,16 @@ class BatchingProducer:
             loop.call_soon(self._time_turn)
         self._turn.append(future)
         return future
+
+    def _partitions_of(self, topic: str) -> int:
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return 0
+        self._partition_counts[topic] = count = len(partitions)
+        return count
+
+    def _metadata_updated(self, _cluster: object) -> None:
+        self._partition_counts.clear()
 
     async def flush(self) -> None:
         """Hand every queued record to aiokafka (its ``stop()`` then flushes them); waits at most one

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from adapters.kafka import AiokafkaProducer, BatchingProducer, Delivered, durable_producer, ensure_topics
 from events.errors import DependencyUnavailable
@@ -101,3 +102,33 @@ async def test_a_stopped_producer_answers_dependency_unavailable(kafka: tuple[st
     await raw.stop()
     with pytest.raises(DependencyUnavailable):
         await asyncio.wait_for(producer.publish_raw(topic, b"k", b"after", HEADERS), 10)
+
+
+async def test_partitions_added_to_a_topic_count_from_the_next_metadata_update(kafka: tuple[str, str, Any]) -> None:
+    """The producer keeps each topic's partition count between metadata updates; after partitions are
+    added and aiokafka refreshed its metadata, keys land where ``send`` puts them again."""
+    bootstrap, _, raw = kafka
+    topic = f"t-batching-grow-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [TopicSpec(topic, 2, 3_600_000)])
+    producer, plain = BatchingProducer(raw, timeout_s=10), AiokafkaProducer(raw)
+    keys = [f"{n}".encode() for n in range(1, 40)]
+    assert {(await producer.publish_raw(topic, key, b"v", HEADERS)).partition for key in keys} == {0, 1}
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_partitions({topic: NewPartitions(total_count=4)})
+    finally:
+        await admin.close()
+    for _ in range(50):  # the broker may take a moment to report the new partitions
+        await raw.client.force_metadata_update()
+        if len(raw.client.cluster.partitions_for_topic(topic) or ()) == 4:
+            break
+        await asyncio.sleep(0.1)
+
+    landed = set()
+    for key in keys:
+        expected = (await plain.publish_raw(topic, key, b"plain", HEADERS)).partition
+        assert (await producer.publish_raw(topic, key, b"v", HEADERS)).partition == expected
+        landed.add(expected)
+    assert landed == {0, 1, 2, 3}
