@@ -132,3 +132,21 @@ async def test_partitions_added_to_a_topic_count_from_the_next_metadata_update(k
         assert (await producer.publish_raw(topic, key, b"v", HEADERS)).partition == expected
         landed.add(expected)
     assert landed == {0, 1, 2, 3}
+
+
+async def test_submit_covers_unkeyed_records_and_topics_not_fetched_yet(kafka: tuple[str, str, Any]) -> None:
+    """``submit`` queues keyed records on known topics itself and hands the rest to ``publish_raw``
+    (metadata fetch, ``send_and_wait``); either way the future settles at the acknowledgement."""
+    bootstrap, _, raw = kafka
+    topic = f"t-batching-fresh-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [TopicSpec(topic, 2, 3_600_000)])
+    producer = BatchingProducer(raw, timeout_s=10)
+    first = await producer.submit(topic, b"k", b"first", HEADERS)  # metadata not fetched by this producer yet
+    unkeyed = await producer.submit(topic, None, b"unkeyed", HEADERS)
+    queued = await asyncio.gather(*(producer.submit(topic, b"k", f"{n}".encode(), HEADERS) for n in range(5)))
+
+    records = {(r.partition, r.offset): r.value for r in await read_all(bootstrap, topic, 7)}
+    assert records[(first.partition, first.offset)] == b"first"
+    assert records[(unkeyed.partition, unkeyed.offset)] == b"unkeyed"
+    assert [records[(d.partition, d.offset)] for d in queued] == [b"0", b"1", b"2", b"3", b"4"]
+    assert len(records) == 7
