@@ -283,8 +283,10 @@ class _MarkBatcher:
             async with asyncio.timeout(self._timeout_s):
                 answers = await self._script.evalsha(keys, args)
         except Exception as exc:  # one failure (or the timeout) answers every request of the batch
+            # Redis errors (and the timeout) become one DependencyUnavailable per waiting request (a
+            # shared exception would collect every request's traceback); anything else is a bug, passed on
             for _, _, future in claims:
-                if not future.done():  # one exception each: a shared one would collect every traceback
+                if not future.done():
                     future.set_exception(_unavailable("claim", exc) if isinstance(exc, RedisError | OSError) else exc)
             for _ in completes:  # nobody awaits these: the in-progress marks expire by themselves
                 self._on_error(_unavailable("complete", exc))
