@@ -150,3 +150,36 @@ async def test_submit_covers_unkeyed_records_and_topics_not_fetched_yet(kafka: t
     assert records[(unkeyed.partition, unkeyed.offset)] == b"unkeyed"
     assert [records[(d.partition, d.offset)] for d in queued] == [b"0", b"1", b"2", b"3", b"4"]
     assert len(records) == 7
+
+
+class CountingBatches:
+    """Wraps ``send_batch`` of the raw producer: the record count of every batch sent, in order."""
+
+    def __init__(self, raw: Any) -> None:
+        self.sizes: list[int] = []
+        self._send_batch = raw.send_batch
+        raw.send_batch = self
+
+    async def __call__(self, batch: Any, topic: str, *, partition: int) -> Any:
+        self.sizes.append(batch.record_count())
+        return await self._send_batch(batch, topic, partition=partition)
+
+
+async def test_under_load_the_next_round_lingers_to_grow(kafka: tuple[str, str, Any]) -> None:
+    """After a round of ``linger_from`` records or more, records that trickle in within ``linger_s``
+    leave together; a quiet producer (rounds below ``linger_from``) sends each at once."""
+    _, topic, raw = kafka
+    counted = CountingBatches(raw)
+    producer = BatchingProducer(raw, timeout_s=10, linger_s=0.5, linger_from=8)
+
+    await producer.publish_raw(topic, b"k", b"warm", HEADERS)  # metadata fetched, a round of one
+    for n in range(3):  # quiet: each alone, no linger after rounds of one
+        await asyncio.wait_for(producer.publish_raw(topic, b"k", f"quiet-{n}".encode(), HEADERS), 0.4)
+    await asyncio.gather(*(producer.publish_raw(topic, b"k", f"load-{n}".encode(), HEADERS) for n in range(10)))
+    trickle = []
+    for n in range(5):  # well apart compared with a round trip, well within the linger
+        trickle.append(asyncio.ensure_future(producer.publish_raw(topic, b"k", f"trickle-{n}".encode(), HEADERS)))
+        await asyncio.sleep(0.02)
+    await asyncio.gather(*trickle)
+
+    assert counted.sizes == [1, 1, 1, 1, 10, 5]

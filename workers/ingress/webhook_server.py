@@ -78,6 +78,8 @@ MAX_WEBHOOK_ID = 256
 _WEBHOOK_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_WEBHOOK_ID}}}")
 #: the webhook path waits this long for an ack, then answers 503: a slow ack means Kafka is in trouble
 PRODUCE_TIMEOUT_S = 5.0
+#: under load, how long a Kafka round may wait to grow to twice the one before (``BatchingProducer``)
+PRODUCE_LINGER_S = 0.001
 #: an in-progress mark outlives the longest produce we wait for, so it cannot expire under its owner
 INFLIGHT_TTL_S = 6 * PRODUCE_TIMEOUT_S
 RETRY_AFTER_IN_PROGRESS_S = 1
@@ -594,7 +596,7 @@ async def _own_producer(settings: Settings, receiver: WebhookReceiver, finished:
             continue
         # Concurrent webhooks share batches (one per partition at a time), each request still
         # answered only after the broker acknowledged the batch holding its own record.
-        producer = BatchingProducer(raw, timeout_s=PRODUCE_TIMEOUT_S)
+        producer = BatchingProducer(raw, timeout_s=PRODUCE_TIMEOUT_S, linger_s=PRODUCE_LINGER_S)
         receiver.producer = producer
         log.info("kafka_producer_started", bootstrap=settings.kafka.bootstrap)
         try:
