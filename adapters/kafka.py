@@ -89,7 +89,7 @@ class AiokafkaProducer:
                     topic, value=value, key=key, headers=list(headers), partition=partition
                 )
         except (KafkaError, TimeoutError) as exc:
-            raise DependencyUnavailable(f"kafka produce to {topic} failed: {exc!r}", upstream="kafka") from exc
+            raise _produce_failed(topic, exc) from exc
         return Delivered(meta.topic, meta.partition, meta.offset)
 
     def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
@@ -159,7 +159,7 @@ class BatchingProducer:
                 async with asyncio.timeout(self._timeout_s):
                     await self._producer.partitions_for(topic)
             except (KafkaError, TimeoutError) as exc:
-                raise DependencyUnavailable(f"kafka produce to {topic} failed: {exc!r}", upstream="kafka") from exc
+                raise _produce_failed(topic, exc) from exc
         return await self.submit(topic, key, value, headers)
 
     def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
@@ -311,13 +311,18 @@ def _settle(topic: str, partition: int, records: list[_Queued], delivered: async
 def _fail(topic: str, records: list[_Queued], exc: BaseException) -> None:
     for _, _, _, future in records:
         if not future.done():  # one exception per caller: a shared one would collect every traceback
-            future.set_exception(_unavailable(f"kafka produce to {topic} failed: {exc!r}", exc))
+            future.set_exception(_produce_failed(topic, exc))
 
 
 def _expire(futures: list[asyncio.Future[Delivered]], timeout_s: float) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(_unavailable(f"kafka produce failed: no acknowledgement within {timeout_s:g} s"))
+
+
+def _produce_failed(topic: str, cause: BaseException) -> DependencyUnavailable:
+    """What every producer here raises (or settles a caller with) when Kafka did not take a record."""
+    return _unavailable(f"kafka produce to {topic} failed: {cause!r}", cause)
 
 
 def _unavailable(reason: str, cause: BaseException | None = None) -> DependencyUnavailable:
