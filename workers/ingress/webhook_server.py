@@ -341,15 +341,13 @@ class WebhookReceiver:
         if producer is None:
             raise DependencyUnavailable("kafka producer not started yet", upstream="kafka")
         occurred = payload.occurred_at if payload.occurred_at.tzinfo else payload.occurred_at.replace(tzinfo=UTC)
-        events = translate(payload, webhook_id=webhook_id)
-        if len(events) == 1:  # every hook today: no gather
-            return producer.submit(self.topic, *encode_record(events[0], _event_id(webhook_id, 0), occurred)), 1
-        # one key, so one partition; a failure of any one answers 503 and the retry re-sends all
         futures = [
             producer.submit(self.topic, *encode_record(event, _event_id(webhook_id, n), occurred))
-            for n, event in enumerate(events)
+            for n, event in enumerate(translate(payload, webhook_id=webhook_id))
         ]
-        return asyncio.gather(*futures), len(futures)
+        # Every hook today has one record: its own future, no gather around it. Several share a key,
+        # so one partition; a failure of any one answers 503 and the retry re-sends all.
+        return (futures[0] if len(futures) == 1 else asyncio.gather(*futures)), len(futures)
 
     async def _dead_letter(self, webhook_id: str, body: bytes, rejection: Rejection) -> Rejection:
         """Keep a signed body we cannot read (a hook file newer than this receiver, say) for replay.
