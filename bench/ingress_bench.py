@@ -61,7 +61,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "ingress.json"
 VERIFIED_PATH, BARE_PATH = "/webhooks/whmcs", "/bench/bare"
 #: in every webhook id of this run, so its dedupe marks can be removed from the shared Redis afterwards
 BENCH_ID = f"{os.getpid()}{uuid.uuid4().hex[:6]}"
-WARM_UP = 2_000  # verified requests before the timed runs: connections open, topic metadata fetched
+WARM_UP = 20_000  # verified requests before the timed runs: connections open, metadata fetched, JVM warm
 EVENTS = (
     ("InvoicePaid", "invoice_id", "Paid"),
     ("InvoiceCreated", "invoice_id", "Unpaid"),
