@@ -78,8 +78,9 @@ MAX_WEBHOOK_ID = 256
 _WEBHOOK_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_WEBHOOK_ID}}}")
 #: the webhook path waits this long for an ack, then answers 503: a slow ack means Kafka is in trouble
 PRODUCE_TIMEOUT_S = 5.0
-#: under load, how long a Kafka round may wait to grow to twice the one before (``BatchingProducer``)
-PRODUCE_LINGER_S = 0.001
+#: under load, how long a Kafka round may wait to grow to twice the one before (``BatchingProducer``);
+#: Kafka's own producer lingers 5 ms by default (``linger.ms``, clients 4.0)
+PRODUCE_LINGER_S = 0.002
 #: an in-progress mark outlives the longest produce we wait for, so it cannot expire under its owner
 INFLIGHT_TTL_S = 6 * PRODUCE_TIMEOUT_S
 RETRY_AFTER_IN_PROGRESS_S = 1
