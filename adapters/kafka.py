@@ -153,13 +153,15 @@ class BatchingProducer:
     ) -> Delivered:
         if key is None or partition is not None:
             return await self._single.publish_raw(topic, key, value, headers, partition)
-        if self._producer.client.cluster.partitions_for_topic(topic) is None:
+        if not (self._partition_counts.get(topic) or self._partitions_of(topic)):
             # not fetched yet: the only wait before queueing, bounded like a produce
             try:
                 async with asyncio.timeout(self._timeout_s):
                     await self._producer.partitions_for(topic)
             except (KafkaError, TimeoutError) as exc:
                 raise _produce_failed(topic, exc) from exc
+            if not self._partitions_of(topic):  # metadata without partitions: ``submit`` would send it back here
+                raise _produce_failed(topic, KafkaError("the topic's metadata lists no partitions"))
         return await self.submit(topic, key, value, headers)
 
     def submit(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
