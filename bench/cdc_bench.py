@@ -18,6 +18,8 @@ The mix: 70% customer-facing Order updates, 10% activations (a bulk SOQL re-read
 concurrent activations share one query), 10% OrderItem quantity changes (a SOQL parent lookup the
 first time per line), 10% Product2 updates.
 The sandbox shares the process (and the GIL) with the subscriber: a conservative setting.
+Kafka is reached through the fleet's ``KafkaConnection`` from the settings (the stack's address,
+TLS and SASL from ``FLEET_KAFKA__*``: ``bench.kafka_connection``), by the subscriber and the bench.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from adapters.db import migrate
-from adapters.kafka import delete_topics, ensure_topics
+from adapters.kafka import KafkaConnection, delete_topics, ensure_topics, start_client
+from bench.kafka_connection import bench_connection, connection_settings
 from events.topics import DOMAIN_TOPICS, Topic, TopicSpec
 from sandbox.salesforce import SalesforceSandbox
 from sandbox.salesforce.org import AGENT
-from workers.config import KafkaSettings, PostgresSettings, RuntimeSettings, SalesforceSettings, Settings, load_settings
+from workers.config import PostgresSettings, RuntimeSettings, SalesforceSettings, Settings, load_settings
 from workers.ingress.sf_cdc import CdcMetrics, CdcOptions, CdcTopics, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,14 +101,14 @@ def _settings(url: str, stack: Settings) -> Settings:
         instance_url=url, login_url=url, auth="refresh_token", refresh_token="sandbox-refresh-token", channels=CHANNELS
     )
     return Settings(
-        kafka=KafkaSettings(bootstrap=stack.kafka.bootstrap),
+        kafka=connection_settings(stack.kafka),
         postgres=PostgresSettings(dsn=stack.postgres.dsn),
         salesforce=salesforce,
         runtime=RuntimeSettings(health_port=0),
     )
 
 
-async def _fresh_topics(bootstrap: str) -> CdcTopics:
+async def _fresh_topics(connection: KafkaConnection) -> CdcTopics:
     suffix = uuid.uuid4().hex[:8]
     topics = CdcTopics(*(f"bench.sfcdc.{suffix}.{n}" for n in ("order", "catalog", "account", "resync", "dlq")))
     production = [Topic.SF_ORDER, Topic.SF_CATALOG, Topic.SF_ACCOUNT, Topic.SF_RESYNC, Topic.INGRESS_DLQ]
@@ -113,7 +116,7 @@ async def _fresh_topics(bootstrap: str) -> CdcTopics:
         TopicSpec(name, DOMAIN_TOPICS[t].partitions, DOMAIN_TOPICS[t].retention_ms)
         for name, t in zip(topics.all(), production, strict=True)
     ]
-    await ensure_topics(bootstrap, specs)
+    await ensure_topics(connection, specs)
     return topics
 
 
@@ -165,10 +168,12 @@ async def _live(org: Org, count: int, rate: float) -> list[dict[str, Any]]:
     return published
 
 
-async def _first_produced_ms(bootstrap: str, topics: list[tuple[str, int]], wanted: set[int]) -> dict[int, int]:
+async def _first_produced_ms(
+    connection: KafkaConnection, topics: list[tuple[str, int]], wanted: set[int]
+) -> dict[int, int]:
     """Kafka timestamp of the first domain event derived from each wanted replay id."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**connection.options(), enable_auto_commit=False)
+    await start_client(consumer, connection)
     first: dict[int, int] = {}
     try:
         partitions = [TopicPartition(t, p) for t, count in topics for p in range(count)]
@@ -202,6 +207,7 @@ def _emitted(metrics: CdcMetrics) -> int:
 async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: float = 200.0) -> dict[str, Any]:
     """Durable change events per second (backlog) and commit-to-produce latency (live)."""
     stack = load_settings()
+    connection = bench_connection(stack)
     dsn = stack.postgres.dsn.get_secret_value()
     await migrate(dsn)
     sandbox = SalesforceSandbox(cometd_timeout_ms=5_000, retention=n_events + live_events + 10 * ORDERS)
@@ -211,7 +217,7 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
     topics: CdcTopics | None = None
     try:
         org = Org(sandbox)
-        topics = await _fresh_topics(stack.kafka.bootstrap)
+        topics = await _fresh_topics(connection)
         subscriber = f"bench-{uuid.uuid4().hex[:8]}"
         await _checkpoint_at(dsn, subscriber, sandbox.bus.last_replay_id)
         backlog = [org.change() for _ in range(n_events)]
@@ -234,7 +240,7 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
             (topics.order, DOMAIN_TOPICS[Topic.SF_ORDER].partitions),
             (topics.catalog, DOMAIN_TOPICS[Topic.SF_CATALOG].partitions),
         ]
-        produced = await _first_produced_ms(stack.kafka.bootstrap, read, set(commit_ms))
+        produced = await _first_produced_ms(connection, read, set(commit_ms))
         latencies = [float(produced[r] - commit_ms[r]) for r in commit_ms if r in produced]
         rereads = metrics.registry.get_sample_value("sf_cdc_salesforce_rereads") or 0
         return {
@@ -267,7 +273,7 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
                 await asyncio.wait_for(task, 30)
         await runner.cleanup()
         if topics is not None:  # the shared stack keeps no bench topics (a broker full of them slows down)
-            await delete_topics(stack.kafka.bootstrap, list(topics.all()))
+            await delete_topics(connection, list(topics.all()))
 
 
 def machine_info() -> dict[str, Any]:

@@ -37,6 +37,10 @@ Phases: calibrate → paced (open loop at ``--paced-rate``: the latency distribu
 floor) → calibrate → burst (``--orders`` approved as fast as the control API takes them: orders/s)
 → webhooks (each rate, then the drain). A part whose workers are missing, or that was skipped, is
 reported as "not measured: <reason>".
+
+The bench's own Kafka clients (the drain's producer, the tap, the lag check) connect through the
+fleet's ``KafkaConnection`` from the settings (the stack's address, TLS and SASL from
+``FLEET_KAFKA__*``: ``bench.kafka_connection``); the workers build theirs from the same settings.
 """
 
 from __future__ import annotations
@@ -65,8 +69,9 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from standardwebhooks.webhooks import Webhook
 
 from adapters.db import create_pool, seed_id_mappings
-from adapters.kafka import durable_producer
+from adapters.kafka import KafkaConnection, durable_producer, start_client
 from bench.ingress_bench import machine_info, signed_request
+from bench.kafka_connection import bench_connection
 from events.base import to_envelope
 from events.billing import InvoiceChanged
 from events.envelope import to_record
@@ -592,8 +597,9 @@ async def _drain(
                               source="/bench/e2e"))
         for u, inv in plan
     ]  # fmt: skip
-    producer = durable_producer(settings.kafka.bootstrap, "e2e-bench-drain", linger_ms=5)
-    await producer.start()
+    connection = bench_connection(settings)
+    producer = durable_producer(connection, "e2e-bench-drain", linger_ms=5)
+    await start_client(producer, connection)
     before = await probes.read()
     try:
         began = time.monotonic()
@@ -652,7 +658,8 @@ class Observer:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         args = (child, settings.redis.url.get_secret_value(), settings.redis.invalidation_channel)
-        process = ctx.Process(target=_observer_main, args=(*args, settings.kafka.bootstrap, keys, invoices, timeout_s))
+        connection = bench_connection(settings)  # a frozen dataclass: pickled to the spawned child as it is
+        process = ctx.Process(target=_observer_main, args=(*args, connection, keys, invoices, timeout_s))
         process.start()
         observer = cls(process, parent)
         ready = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
@@ -668,10 +675,16 @@ class Observer:
 
 
 def _observer_main(
-    conn: Any, redis_url: str, channel: str, bootstrap: str, keys: list[str], invoices: list[int], timeout_s: float
+    conn: Any,
+    redis_url: str,
+    channel: str,
+    connection: KafkaConnection,
+    keys: list[str],
+    invoices: list[int],
+    timeout_s: float,
 ) -> None:
     try:
-        asyncio.run(_observe(conn, redis_url, channel, bootstrap, keys, invoices, timeout_s))
+        asyncio.run(_observe(conn, redis_url, channel, connection, keys, invoices, timeout_s))
     except BaseException as exc:
         conn.send(f"{type(exc).__name__}: {exc}")
         raise
@@ -680,12 +693,18 @@ def _observer_main(
 
 
 async def _observe(
-    conn: Any, redis_url: str, channel: str, bootstrap: str, keys: list[str], invoices: list[int], timeout_s: float
+    conn: Any,
+    redis_url: str,
+    channel: str,
+    connection: KafkaConnection,
+    keys: list[str],
+    invoices: list[int],
+    timeout_s: float,
 ) -> None:
     redis = aioredis.from_url(redis_url, decode_responses=True)
     gone: dict[str, float] = {}
     listener = asyncio.create_task(_listen(redis, channel, set(keys), gone))
-    tap = await Tap.start(bootstrap)
+    tap = await Tap.start(connection)
     await asyncio.sleep(0.5)  # subscribed before the first webhook
     conn.send("ready")
     deadline = time.monotonic() + timeout_s
@@ -712,12 +731,12 @@ class Tap:
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, bootstrap: str) -> Tap:
+    async def start(cls, connection: KafkaConnection) -> Tap:
         consumer = AIOKafkaConsumer(
-            str(Topic.WHMCS_BILLING), bootstrap_servers=bootstrap, enable_auto_commit=False,
+            str(Topic.WHMCS_BILLING), **connection.options(), enable_auto_commit=False,
             auto_offset_reset="latest", isolation_level="read_committed", fetch_max_wait_ms=100,
         )  # fmt: skip
-        await consumer.start()  # no group: every partition is assigned at once, read from its end
+        await start_client(consumer, connection)  # no group: every partition is assigned at once, read from its end
         for tp in consumer.assignment():
             await consumer.position(tp)  # resolve the end now, before the first webhook
         tap = cls(consumer)
@@ -869,12 +888,12 @@ async def _status(reader: asyncio.StreamReader) -> int:
     return int(head[9:12])
 
 
-async def wait_caught_up(bootstrap: str, group: str, timeout_s: float) -> int:
+async def wait_caught_up(connection: KafkaConnection, group: str, timeout_s: float) -> int:
     """Until ``group`` has committed up to the end of everything it reads (bounded); returns the lag left."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
+    admin = AIOKafkaAdminClient(**connection.options())
+    consumer = AIOKafkaConsumer(**connection.options())
+    await start_client(admin, connection)
+    await start_client(consumer, connection)
     try:
         deadline, lag = time.monotonic() + timeout_s, -1
         while lag != 0 and time.monotonic() < deadline:
@@ -931,7 +950,7 @@ async def _measure(
             await sandboxes.clear_faults()
     why = "skipped (--skip-webhooks)" if args.skip_webhooks else missing(fleet.status(), WEBHOOK_WORKERS)
     if why is None:  # start from an idle invalidator, not one still busy with the burst's events
-        await wait_caught_up(settings.kafka.bootstrap, str(ConsumerGroup.CACHE_INVALIDATOR), timeout_s=120)
+        await wait_caught_up(bench_connection(settings), str(ConsumerGroup.CACHE_INVALIDATOR), timeout_s=120)
     webhooks = {"not measured": why} if why else await run_webhooks(settings, args, fleet)
     return {
         "benchmark": "end-to-end fleet (orders through the sandboxes; webhooks to cache keys)",

@@ -23,6 +23,10 @@ generator (``os.times``) spent during it, as a share of one core and per 200 ans
 nothing new; it says what bounds a run: the receiver is one event loop, so a receiver near 100% of
 a core is the limit, and a generator near 100% would mean the bare rate is the generator's, not
 the server's (it is not: at bare@max the receiver sits at ~100%, the generator at ~45%).
+
+Kafka is reached through the fleet's ``KafkaConnection`` from the settings (the stack's address,
+TLS and SASL from ``FLEET_KAFKA__*``: ``bench.kafka_connection``), by the bench's own clients and by
+the receiver, which inherits the environment and builds it as ``serve`` does.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-unt
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
-from adapters.kafka import delete_topics, ensure_topics
+from adapters.kafka import KafkaConnection, delete_topics, ensure_topics, start_client
+from bench.kafka_connection import bench_connection
 from events.topics import DAY_MS, TopicSpec
 from workers.config import Settings, load_settings
 from workers.ingress.webhook_server import DEDUPE_PREFIX
@@ -251,11 +256,11 @@ async def _receiver_metrics(port: int) -> dict[str, float]:
     return found
 
 
-async def topic_records(bootstrap: str, topic: str) -> int:
+async def topic_records(connection: KafkaConnection, topic: str) -> int:
     """Records on ``topic`` (sum of end offsets). Subscribed at construction: aiokafka 0.14 raises
     CancelledError from ``stop()`` of a consumer that never subscribed."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(topic, **connection.options(), enable_auto_commit=False)
+    await start_client(consumer, connection)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         ends = await consumer.end_offsets(partitions)
@@ -300,10 +305,11 @@ def machine_info() -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
+    connection = bench_connection(settings)
     secret = settings.whmcs.webhook_secrets[0].get_secret_value()
     suffix = uuid.uuid4().hex[:8]
     topic, dlq = f"bench.whmcs.billing.{suffix}", f"bench.ingress.dlq.{suffix}"
-    await ensure_topics(settings.kafka.bootstrap, [TopicSpec(topic, 4, DAY_MS), TopicSpec(dlq, 1, DAY_MS)])
+    await ensure_topics(connection, [TopicSpec(topic, 4, DAY_MS), TopicSpec(dlq, 1, DAY_MS)])
     info = machine_info()
     port = _free_port()
     argv = ["-m", "bench.ingress_bench", "--serve", str(port), topic, dlq]
@@ -316,9 +322,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 60)
     try:
-        on_topic = await topic_records(settings.kafka.bootstrap, topic)
+        on_topic = await topic_records(connection, topic)
     finally:  # the shared stack keeps no bench data
-        await delete_topics(settings.kafka.bootstrap, [topic, dlq])
+        await delete_topics(connection, [topic, dlq])
         await _forget_marks(settings.redis.url.get_secret_value())
     cdc = None if args.no_cdc else await bench_salesforce_cdc(settings)
     return _report(args, info, runs, on_topic, cdc)
@@ -362,7 +368,8 @@ def _report(
     verifieds = [by_label[f"verified@max#{n}"] for n in rounds]
 
     def median(runs: list[dict[str, Any]], field: str) -> float:
-        return round(statistics.median(run[field] for run in runs), 1)
+        values: list[float] = [run[field] for run in runs]
+        return round(statistics.median(values), 1)
 
     bare_rate, verified_rate = median(bares, "accepted_per_s"), median(verifieds, "accepted_per_s")
     per_round = [round(v["accepted_per_s"] / b["accepted_per_s"], 3) for b, v in zip(bares, verifieds, strict=True)]

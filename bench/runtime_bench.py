@@ -23,6 +23,10 @@ CPU-bound; lower: it waited for data). With ``--repeat R`` the variants run inte
 rate, the best (``ratios``), the median (``ratios_of_medians``, the headline) and each round's
 ratios with their median (``ratios_per_round``). Ratios b/a and b/c use ``rate``.
 Results, with machine info, go to ``--out``.
+Every Kafka client (the fill, the three variants, the topic admin) connects through the fleet's
+``KafkaConnection``: the address of ``--bootstrap`` (else the stack's), TLS and SASL from the
+``FLEET_KAFKA__*`` settings (``bench.kafka_connection``); faust gets the same through its own
+``broker_credentials``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ import uuid
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapters.kafka import KafkaConnection
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "runtime.json"
@@ -68,7 +75,7 @@ def make_record(i: int, size: int) -> tuple[bytes, bytes, list[tuple[str, bytes]
     return to_record(to_envelope(event, source="/bench/runtime", id=f"bench-{i}"))
 
 
-async def fill_topic(bootstrap: str, topic: str, n: int, size: int) -> dict[str, Any]:
+async def fill_topic(connection: KafkaConnection, topic: str, n: int, size: int) -> dict[str, Any]:
     """Create ``topic`` and produce ``n`` records round-robin over its partitions; returns sizes.
 
     Written the way the fleet's workers write: ``adapters.kafka.durable_producer`` (idempotent,
@@ -76,12 +83,12 @@ async def fill_topic(bootstrap: str, topic: str, n: int, size: int) -> dict[str,
     production layout. (Before 2026-11-26 the fill used 512 KB batches and a 20 ms linger, a layout
     no worker writes; in the interleaved runs that compared both, the raw consumer read either at
     about the same rate and the runtime ~5% faster from the small batches.)"""
-    from adapters.kafka import durable_producer, ensure_topics
+    from adapters.kafka import durable_producer, ensure_topics, start_client
     from events.topics import TopicSpec
 
-    await ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, 6 * 3_600_000)])
-    producer = durable_producer(bootstrap, "bench-runtime-fill")
-    await producer.start()
+    await ensure_topics(connection, [TopicSpec(topic, PARTITIONS, 6 * 3_600_000)])
+    producer = durable_producer(connection, "bench-runtime-fill")
+    await start_client(producer, connection)
     started = time.perf_counter()
     try:
         template = [make_record(i, size) for i in range(min(n, 5_000))]
@@ -170,13 +177,15 @@ class Clock:
         }
 
 
-async def run_raw(bootstrap: str, topic: str, n: int, warm_up: int) -> dict[str, Any]:
+async def run_raw(connection: KafkaConnection, topic: str, n: int, warm_up: int) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer
+
+    from adapters.kafka import start_client
 
     clock = Clock(n, warm_up)
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **connection.options(),
         group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
         enable_auto_commit=True,
         auto_offset_reset="earliest",
@@ -184,7 +193,7 @@ async def run_raw(bootstrap: str, topic: str, n: int, warm_up: int) -> dict[str,
         heartbeat_interval_ms=HEARTBEAT_MS,
         rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
     )
-    await consumer.start()
+    await start_client(consumer, connection)
     try:
         done = False
         while not done:
@@ -198,15 +207,15 @@ async def run_raw(bootstrap: str, topic: str, n: int, warm_up: int) -> dict[str,
     return clock.result(config="aiokafka defaults, getmany, enable_auto_commit=True")
 
 
-async def run_runtime(bootstrap: str, topic: str, n: int, group: str, warm_up: int) -> dict[str, Any]:
+async def run_runtime(settings: Any, topic: str, n: int, group: str, warm_up: int) -> dict[str, Any]:
     """``group``'s retry tiers were created by the parent well before, as in production (a topic created
-    right before subscribing can miss the first metadata and cost a rebalance inside the timed window)."""
+    right before subscribing can miss the first metadata and cost a rebalance inside the timed window).
+    ``settings``: the child's (``_bench_settings``); ``serve`` builds its connection from their Kafka
+    section, the same one ``bench_connection`` builds for the other variants."""
     from events.salesforce import OrderChanged
-    from workers.config import load_settings
     from workers.runtime import Message, Route, serve
     from workers.runtime.worker import Tuning
 
-    settings = _bench_settings(load_settings(env_file=None), bootstrap)
     stop = asyncio.Event()
     clock = Clock(n, warm_up)
 
@@ -231,7 +240,9 @@ def _bench_settings(settings: Any, bootstrap: str) -> Any:
     return settings.model_copy(update={"kafka": kafka})
 
 
-def run_faust(bootstrap: str, topic: str, n: int, max_poll_records: int | None, warm_up: int) -> dict[str, Any]:
+def run_faust(
+    connection: KafkaConnection, topic: str, n: int, max_poll_records: int | None, warm_up: int
+) -> dict[str, Any]:
     import faust
 
     clock = Clock(n, warm_up)
@@ -239,7 +250,8 @@ def run_faust(bootstrap: str, topic: str, n: int, max_poll_records: int | None, 
     stopping: list[asyncio.Future[None]] = []
     app = faust.App(
         f"bench-faust-{uuid.uuid4().hex[:8]}",
-        broker=f"kafka://{bootstrap}",
+        broker=f"kafka://{connection.bootstrap}",
+        broker_credentials=faust_credentials(connection),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
@@ -272,15 +284,54 @@ def run_faust(bootstrap: str, topic: str, n: int, max_poll_records: int | None, 
     return result
 
 
+def faust_credentials(connection: KafkaConnection) -> Any:
+    """faust's ``broker_credentials`` for ``connection``: None for PLAINTEXT (as before).
+
+    faust builds its own aiokafka clients, so a secured connection is passed through faust's API
+    rather than skipping the variant: ``faust.SSLCredentials`` (SSL) or ``faust.SASLCredentials``
+    (SASL_PLAINTEXT, or SASL_SSL with an ssl context) carrying our ssl context (same CA, client
+    certificate and hostname check) and SASL user, mechanism and password. faust turns them into
+    aiokafka options for its consumer, producer and topic creation; they are checked here against
+    ``connection.options()`` so the variant cannot connect differently from the other two."""
+    import faust
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    if connection.security_protocol == "PLAINTEXT":
+        return None
+    context = connection.ssl_context() if connection.uses_tls else None
+    credentials: Any
+    if connection.uses_sasl:
+        credentials = faust.SASLCredentials(
+            username=connection.sasl_username,
+            password=connection.sasl_password,
+            ssl_context=context,
+            mechanism=connection.sasl_mechanism,
+        )
+    else:
+        credentials = faust.SSLCredentials(context)
+    ours = {k: v for k, v in connection.options().items() if k != "bootstrap_servers"}
+    theirs = {k: v for k, v in credentials_to_aiokafka_auth(credentials).items() if v is not None}
+    if theirs != ours:
+        raise RuntimeError(f"faust would not connect as {connection.describe()}: {sorted(theirs)} != {sorted(ours)}")
+    return credentials
+
+
 # --- orchestration --------------------------------------------------------------------------------
 
 
-def run_child(variant: str, bootstrap: str, topic: str, n: int, timeout_s: float, extra: list[str]) -> dict[str, Any]:
-    """One variant in a fresh interpreter; it writes its JSON result to a file (faust owns the terminal)."""
+def run_child(
+    variant: str, connection: KafkaConnection, topic: str, n: int, timeout_s: float, extra: list[str]
+) -> dict[str, Any]:
+    """One variant in a fresh interpreter; it writes its JSON result to a file (faust owns the terminal).
+    The child sees none of the ``FLEET_*`` settings but the connection's security ones: it rebuilds
+    ``connection`` from those and ``--bootstrap`` (``run_variant``)."""
+    from bench.kafka_connection import connection_env
+
     out = Path(tempfile.mkstemp(prefix=f"bench-{variant}-", suffix=".json")[1])
-    cmd = [sys.executable, "-m", "bench.runtime_bench", "--variant", variant, "--bootstrap", bootstrap]
+    cmd = [sys.executable, "-m", "bench.runtime_bench", "--variant", variant, "--bootstrap", connection.bootstrap]
     cmd += ["--topic", topic, "--records", str(n), "--result-file", str(out), *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env.update(connection_env())
     env["FLEET_LOG__LEVEL"] = "WARNING"
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -326,38 +377,39 @@ def ratios(results: dict[str, dict[str, Any]], field: str) -> dict[str, float | 
     }
 
 
-async def _create_group_topics(bootstrap: str, groups: list[str]) -> list[str]:
+async def _create_group_topics(connection: KafkaConnection, groups: list[str]) -> list[str]:
     from adapters.kafka import ensure_topics
     from events.topics import group_topics
 
     created = []
     for group in groups:
-        created += await ensure_topics(bootstrap, group_topics(group))
+        created += await ensure_topics(connection, group_topics(group))
     await asyncio.sleep(1.0)  # let the broker's metadata settle before a consumer subscribes
     return created
 
 
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
-    bootstrap = args.bootstrap or _stack_bootstrap()
+    connection = _stack_connection(args.bootstrap)
+    bootstrap = connection.bootstrap
     machine = machine_info(bootstrap)
     topic = f"bench.runtime.{uuid.uuid4().hex[:8]}"
     print(f"filling {topic} with {args.records} records of ~{args.size} bytes on {bootstrap} ...", flush=True)
-    data = asyncio.run(fill_topic(bootstrap, topic, args.records, args.size))
+    data = asyncio.run(fill_topic(connection, topic, args.records, args.size))
     groups = [f"bench-runtime-{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
-    created = asyncio.run(_create_group_topics(bootstrap, groups))
+    created = asyncio.run(_create_group_topics(connection, groups))
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     try:
         # Interleaved (a b c a b c ...): drift on a shared machine hits every variant alike.
         for round_ in range(args.repeat):
             for variant in args.variants:
                 child = _child_args(variant, args, groups)
-                runs[variant].append(run_child(variant, bootstrap, topic, args.records, args.timeout, child))
+                runs[variant].append(run_child(variant, connection, topic, args.records, args.timeout, child))
                 print(f"  [{round_ + 1}/{args.repeat}] {variant:8} {_describe(runs[variant][-1])}", flush=True)
     finally:
         if not args.keep:
             from adapters.kafka import delete_topics
 
-            asyncio.run(delete_topics(bootstrap, [topic, *created]))
+            asyncio.run(delete_topics(connection, [topic, *created]))
     results = {variant: summarize_runs(r) for variant, r in runs.items()}
     for variant, result in results.items():
         print(f"  {variant:8} best {_describe(result)}; median {result.get('median_rate')}", flush=True)
@@ -416,20 +468,29 @@ def _describe(result: dict[str, Any]) -> str:
     )
 
 
-def _stack_bootstrap() -> str:
+def _stack_connection(bootstrap: str | None) -> KafkaConnection:
+    """``bootstrap`` (default: the local stack's), TLS and SASL from the ``FLEET_KAFKA__*`` settings."""
+    from bench.kafka_connection import bench_connection
     from workers.config import STACK_ENV_FILE, load_settings
 
-    return load_settings(env_file=ROOT / STACK_ENV_FILE).kafka.bootstrap
+    return bench_connection(load_settings(env_file=ROOT / STACK_ENV_FILE), bootstrap)
 
 
 def run_variant(args: argparse.Namespace) -> None:
+    from bench.kafka_connection import bench_connection
+    from workers.config import load_settings
+
+    # The child's settings: defaults, plus the security variables run_child passed on (the stack's
+    # env file holds addresses only, and the address is --bootstrap), so the same connection.
+    settings = _bench_settings(load_settings(env_file=None), args.bootstrap)
+    connection = bench_connection(settings)
     if args.variant == "raw":
-        result = asyncio.run(run_raw(args.bootstrap, args.topic, args.records, warm_up(args)))
+        result = asyncio.run(run_raw(connection, args.topic, args.records, warm_up(args)))
     elif args.variant == "runtime":
-        result = asyncio.run(run_runtime(args.bootstrap, args.topic, args.records, args.group, warm_up(args)))
+        result = asyncio.run(run_runtime(settings, args.topic, args.records, args.group, warm_up(args)))
     else:
         mpr = args.faust_max_poll_records or None
-        result = run_faust(args.bootstrap, args.topic, args.records, mpr, warm_up(args))
+        result = run_faust(connection, args.topic, args.records, mpr, warm_up(args))
     Path(args.result_file).write_text(json.dumps(result))
 
 
@@ -448,7 +509,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
     p.add_argument("--timeout", type=float, default=600, help="seconds per variant run")
     p.add_argument("--faust-max-poll-records", type=int, default=0, help="0 = faust's default (unbounded)")
-    p.add_argument("--bootstrap", help="default: the local stack's (FLEET_KAFKA__BOOTSTRAP / .fleet/stack.env)")
+    p.add_argument(
+        "--bootstrap",
+        help="default: the local stack's (FLEET_KAFKA__BOOTSTRAP / .fleet/stack.env); TLS/SASL: FLEET_KAFKA__*",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--keep", action="store_true", help="keep the benchmark topic")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child mode

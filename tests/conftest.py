@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -14,16 +15,24 @@ except ImportError:  # pragma: no cover - only while the stack module is being w
     pass
 
 
+#: an empty secrets directory for every test: a machine's /run/secrets or systemd credentials must
+#: not leak into settings a test builds (or into the processes it starts)
+EMPTY_SECRETS_DIR = tempfile.mkdtemp(prefix="fleet-test-secrets-")
+_MACHINE_VARS = ("CREDENTIALS_DIRECTORY",)
+
+
 @pytest.fixture(autouse=True)
 def clean_environ() -> Iterator[None]:
-    """No test depends on the developer's shell: FLEET_* variables are removed and restored."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("FLEET_")}
+    """No test depends on the developer's shell: FLEET_* variables (and systemd's credentials
+    directory) are removed and restored; secret files are looked for in an empty directory."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("FLEET_") or k in _MACHINE_VARS}
     for key in saved:
         del os.environ[key]
+    os.environ["FLEET_SECRETS_DIR"] = EMPTY_SECRETS_DIR
     try:
         yield
     finally:
-        for key in [k for k in os.environ if k.startswith("FLEET_")]:
+        for key in [k for k in os.environ if k.startswith("FLEET_") or k in _MACHINE_VARS]:
             del os.environ[key]
         os.environ.update(saved)
 

@@ -4,16 +4,18 @@
     async with bootstrap(settings, whmcs=FakeWhmcs()) as deps:   # any port can be overridden
 
 Owns the lifecycle of clients, pools and producers (opened here, closed on exit, in reverse order).
-Must not hold business rules or bind handlers: ``workers.fleet`` turns ``Deps`` into routes. Nothing
-here runs at import.
+Given a worker's ``needs`` (``workers.routes.Need``), it opens only those: a cache invalidator
+holds no vendor credentials and builds no vendor client (its ports are ``Unconfigured``, which fail
+loudly if a handler reaches for them). Must not hold business rules or bind handlers:
+``workers.routes`` turns ``Deps`` into routes. Nothing here runs at import.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -27,7 +29,7 @@ from redis.backoff import NoBackoff
 from adapters.db import create_pool
 from adapters.freebit import FreebitPort, HttpFreebit
 from adapters.http import build_client
-from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer
+from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer, start_client
 from adapters.salesforce import (
     HttpSalesforce,
     JwtBearerAuth,
@@ -38,6 +40,7 @@ from adapters.salesforce import (
 )
 from adapters.whmcs import HttpWhmcs, WhmcsPort
 from workers.config import ConfigError, HttpSettings, SalesforceSettings, Settings
+from workers.routes import Need
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +57,18 @@ class Deps:
     whmcs: WhmcsPort
     freebit: FreebitPort
     salesforce_tokens: TokenSource | None = None
+
+
+class Unconfigured:
+    """Stands in for a port the worker did not declare a need for: any use is a wiring bug, and says so."""
+
+    def __init__(self, port: str, need: Need) -> None:
+        self._port, self._need = port, need
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConfigError(
+            f"{self._port}.{name} used by a worker that does not declare Need.{self._need.name} (workers/routes.py)"
+        )
 
 
 def _client(http: HttpSettings, **kwargs: Any) -> httpx.AsyncClient:
@@ -103,19 +118,25 @@ async def bootstrap(
     salesforce: SalesforcePort | None = None,
     whmcs: WhmcsPort | None = None,
     freebit: FreebitPort | None = None,
+    needs: Collection[Need] | None = None,
 ) -> AsyncIterator[Deps]:
-    """Open what was not passed in; close exactly what was opened here."""
+    """Open what was not passed in (and is needed: ``needs`` None means everything); close exactly
+    what was opened here."""
+    wanted = set(Need) if needs is None else set(needs)
     async with contextlib.AsyncExitStack() as stack:
         tokens: TokenSource | None = None
         if producer is None:
-            raw = durable_producer(settings.kafka.bootstrap, settings.kafka.client_id)
-            await raw.start()
-            stack.push_async_callback(raw.stop)
+            connection = settings.kafka.connection()
+            raw = durable_producer(connection, settings.kafka.client_id)
+            stack.push_async_callback(raw.stop)  # also after a failed start: it closes what start opened
+            await start_client(raw, connection)
             producer = AiokafkaProducer(raw)
         if pool is None:
             pg = settings.postgres
             pool = await create_pool(pg.dsn.get_secret_value(), pg.min_pool, pg.max_pool)
             stack.push_async_callback(pool.close)
+        if redis is None and Need.REDIS not in wanted:
+            redis = cast(aioredis.Redis, Unconfigured("redis", Need.REDIS))
         if redis is None:
             # no client-side retries: redis-py's default (3 tries with back-off) would hold a partition
             # for seconds per record; the runtime's retry policy decides instead
@@ -126,17 +147,23 @@ async def bootstrap(
                 socket_connect_timeout=2.0,
             )
             stack.push_async_callback(redis.aclose)
+        if salesforce is None and Need.SALESFORCE not in wanted:
+            salesforce = cast(SalesforcePort, Unconfigured("salesforce", Need.SALESFORCE))
         if salesforce is None:
             sf = settings.salesforce
             client = await stack.enter_async_context(_client(sf.http))
             tokens = salesforce_token_source(sf, settings.env, client)
             salesforce = HttpSalesforce(client, tokens, sf.api_version, sf.call_options_client)
+        if whmcs is None and Need.WHMCS_API not in wanted:
+            whmcs = cast(WhmcsPort, Unconfigured("whmcs", Need.WHMCS_API))
         if whmcs is None:
             wh = settings.whmcs
             client = await stack.enter_async_context(_client(wh.http))
             whmcs = HttpWhmcs(
                 client, wh.api_url, wh.identifier, wh.secret.get_secret_value(), wh.access_key.get_secret_value()
             )
+        if freebit is None and Need.FREEBIT not in wanted:
+            freebit = cast(FreebitPort, Unconfigured("freebit", Need.FREEBIT))
         if freebit is None:
             fb = settings.freebit
             client = await stack.enter_async_context(_client(fb.http))

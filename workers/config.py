@@ -1,18 +1,37 @@
 """The one Settings tree of the fleet, built once at start-up and passed down.
 
 The only reader of the environment (prefix ``FLEET_``, nested sections joined by ``__``, e.g.
-``FLEET_KAFKA__BOOTSTRAP``). ``load_settings`` turns a validation failure into a one-line
-``ConfigError`` that names the variable. Nothing here runs at import.
+``FLEET_KAFKA__BOOTSTRAP``) and of secret files: a file named like the variable in a secrets
+directory (``FLEET_SECRETS_DIR``, else systemd's ``$CREDENTIALS_DIRECTORY`` and ``/run/secrets``)
+is read as its value; the environment wins over files. ``load_settings`` turns a validation failure
+into a one-line ``ConfigError`` that names the variable. The defaults are the embedded stack's and
+the sandboxes' (``SANDBOX_DEFAULTS``): a staging or production process starts without them, so
+whatever it needs must be given (``workers.profile`` says what is missing). Nothing runs at import.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from events.topics import ClassPolicy, TopicClass, TopicPolicy
+
+if TYPE_CHECKING:
+    from adapters.kafka.connection import KafkaConnection
 
 ENV_PREFIX = "FLEET_"
 NESTED = "__"
@@ -31,6 +50,36 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1_000)
     request_timeout_ms: int = Field(15_000, ge=1_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    #: PEM file of the CA that signed the brokers' certificates; unset = the system's trust store
+    ssl_cafile: Path | None = None
+    #: PEM client certificate and key, for brokers that authenticate clients by certificate (mTLS)
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr = SecretStr("")
+    ssl_check_hostname: bool = True
+
+    def connection(self) -> KafkaConnection:
+        """How every Kafka client of this process connects (``adapters.kafka.KafkaConnection``)."""
+        from adapters.kafka.connection import KafkaConnection
+
+        if not self.bootstrap:
+            raise ConfigError("missing setting FLEET_KAFKA__BOOTSTRAP (the cluster's bootstrap servers)")
+        return KafkaConnection(
+            bootstrap=self.bootstrap,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password.get_secret_value(),
+            ssl_cafile=self.ssl_cafile,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+            ssl_key_password=self.ssl_key_password.get_secret_value(),
+            ssl_check_hostname=self.ssl_check_hostname,
+        )
 
 
 class PostgresSettings(_Section):
@@ -87,13 +136,25 @@ class WhmcsSettings(_Section):
     identifier: str = "fleet-api"
     secret: SecretStr = SecretStr("sandbox-whmcs-secret")
     access_key: SecretStr = SecretStr("")
-    webhook_secrets: list[SecretStr] = [SecretStr("whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA==")]
+    #: Standard Webhooks secrets, newest first (rotation): a JSON list, or one or more separated by commas
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = [SecretStr("whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA==")]
     webhook_tolerance_s: int = Field(300, ge=1)
     webhook_max_body_bytes: int = Field(256 * 1024, ge=1024)
     webhook_listen_host: str = "127.0.0.1"
     webhook_listen_port: int = 18090
     webhook_dedupe_ttl_s: int = 86400
     http: HttpSettings = HttpSettings()
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        """A secret file or variable may hold one secret, several separated by commas, or a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
 
 class FreebitSettings(_Section):
@@ -145,6 +206,25 @@ class StackSettings(_Section):
     kafka_heap: str = "1g"
 
 
+class TopicClassSettings(_Section):
+    """One topic class (domain, retry, dead_letter, parked); unset keeps the catalog's value."""
+
+    partitions: int | None = Field(None, ge=1)
+    retention_ms: int | None = Field(None, ge=-1)  # -1: keep forever
+
+
+class TopicsSettings(_Section):
+    """How ``fleet topics ensure`` provisions the catalog. Unset replication: 3 replicas with min ISR
+    2 in staging/production (a write survives one broker's loss), 1/1 locally (one broker)."""
+
+    replication_factor: int | None = Field(None, ge=1)
+    min_insync_replicas: int | None = Field(None, ge=1)
+    domain: TopicClassSettings = TopicClassSettings()
+    retry: TopicClassSettings = TopicClassSettings()
+    dead_letter: TopicClassSettings = TopicClassSettings()
+    parked: TopicClassSettings = TopicClassSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -155,6 +235,7 @@ class Settings(BaseSettings):
 
     env: Literal["local", "test", "staging", "production"] = "local"
     kafka: KafkaSettings = KafkaSettings()
+    topics: TopicsSettings = TopicsSettings()
     postgres: PostgresSettings = PostgresSettings()
     redis: RedisSettings = RedisSettings()
     salesforce: SalesforceSettings = SalesforceSettings()
@@ -164,6 +245,47 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     sandbox: SandboxSettings = SandboxSettings()
     stack: StackSettings = StackSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then secret files, then the stack's env file. pydantic-settings' own
+        secrets source reads top-level fields only (a file ``kafka`` holding JSON); ours reads files
+        named like the nested variables (``FLEET_KAFKA__SASL_PASSWORD``), as Docker, Kubernetes and
+        systemd credentials mount them."""
+        dirs = getattr(file_secret_settings, "secrets_dir", None) or ()
+        return init_settings, env_settings, SecretFilesSource(settings_cls, dirs), dotenv_settings
+
+    @property
+    def production_like(self) -> bool:
+        return self.env in ("staging", "production")
+
+    def topic_policy(self) -> TopicPolicy:
+        """The catalog's provisioning on this environment's cluster (``events.topics.catalog``)."""
+        topics = self.topics
+        replicas = topics.replication_factor or (3 if self.production_like else 1)
+        # 3 replicas with min ISR 2: an acks=all write survives one broker's loss and still has a copy
+        min_isr = topics.min_insync_replicas or max(1, min(2, replicas - 1))
+        classes = {
+            TopicClass.DOMAIN: topics.domain,
+            TopicClass.RETRY: topics.retry,
+            TopicClass.DEAD_LETTER: topics.dead_letter,
+            TopicClass.PARKED: topics.parked,
+        }
+        try:
+            return TopicPolicy(
+                replicas,
+                min_isr,
+                {name: ClassPolicy(c.partitions, c.retention_ms) for name, c in classes.items()},
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting FLEET_TOPICS__MIN_INSYNC_REPLICAS: {exc}") from None
 
     def secrets(self) -> list[str]:
         """Every non-empty secret value, for the log redaction processor."""
@@ -192,12 +314,117 @@ def env_var_name(loc: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + NESTED.join(p.upper() for p in parts)
 
 
-def load_settings(env_file: Path | None = STACK_ENV_FILE) -> Settings:
-    """Build the Settings once; environment variables win over the stack's env file."""
+class SecretFilesSource(EnvSettingsSource):
+    """Values from files named like the variables (``FLEET_WHMCS__SECRET``) in the secrets directories,
+    parsed exactly as the environment is (nested sections, JSON lists). One trailing newline is
+    dropped, as ``echo secret > file`` and Kubernetes secret files leave one."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dirs: Sequence[Path] | Path | str) -> None:
+        self._dirs = [Path(dirs)] if isinstance(dirs, str | Path) else [Path(d) for d in dirs]
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        found: dict[str, str | None] = {}
+        for directory in self._dirs:
+            for path in sorted(directory.iterdir()):
+                if path.name.upper().startswith(ENV_PREFIX) and path.is_file():
+                    found[path.name.lower()] = path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+        return found
+
+
+#: a colon-separated list of directories holding secret files (read by ``load_settings`` only)
+SECRETS_DIR_VAR = "FLEET_SECRETS_DIR"
+#: where secrets are looked for when ``FLEET_SECRETS_DIR`` is unset: systemd's ``LoadCredential=``
+#: directory, then Docker's and Kubernetes' usual mount point, each only when it exists
+DEFAULT_SECRETS_DIRS = ("$CREDENTIALS_DIRECTORY", "/run/secrets")
+
+
+def secrets_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The secrets directories of this process; a directory named in ``FLEET_SECRETS_DIR`` must exist."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(SECRETS_DIR_VAR, "").strip()
+    if named:
+        dirs = [Path(part) for part in named.split(":") if part]
+        for directory in dirs:
+            if not directory.is_dir():
+                raise ConfigError(f"invalid setting {SECRETS_DIR_VAR}: {directory} is not a directory")
+        return dirs
+    candidates = [os.path.expandvars(d) for d in DEFAULT_SECRETS_DIRS]
+    return [Path(d) for d in candidates if not d.startswith("$") and Path(d).is_dir()]
+
+
+#: fields whose defaults are the embedded stack's endpoints or the sandboxes' public credentials:
+#: right for ``local`` and ``test``, and blanked in staging/production unless set explicitly, so a
+#: production process can never run on them by omission (``workers.profile`` then names what is missing)
+SANDBOX_DEFAULT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("kafka", "bootstrap"),
+    ("postgres", "dsn"),
+    ("redis", "url"),
+    ("salesforce", "instance_url"),
+    ("salesforce", "login_url"),
+    ("salesforce", "client_id"),
+    ("salesforce", "client_secret"),
+    ("salesforce", "username"),
+    ("whmcs", "api_url"),
+    ("whmcs", "identifier"),
+    ("whmcs", "secret"),
+    ("whmcs", "webhook_secrets"),
+    ("freebit", "base_url"),
+    ("freebit", "oem_key"),
+)
+
+
+def sandbox_defaults() -> dict[str, Any]:
+    """Variable name -> the default a staging/production process refuses (plain values, secrets revealed)."""
+    found: dict[str, Any] = {}
+    for section, name in SANDBOX_DEFAULT_FIELDS:
+        default = Settings.model_fields[section].get_default(call_default_factory=True)
+        found[env_var_name((section, name))] = _plain(getattr(default, name))
+    return found
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _without_sandbox_defaults(settings: Settings) -> Settings:
+    """Staging/production: every sandbox default that was not set explicitly becomes empty."""
+    updates: dict[str, dict[str, Any]] = {}
+    for section, name in SANDBOX_DEFAULT_FIELDS:
+        model = getattr(settings, section)
+        if name in model.model_fields_set:
+            continue
+        current = getattr(model, name)
+        empty: Any = [] if isinstance(current, list) else SecretStr("") if isinstance(current, SecretStr) else ""
+        updates.setdefault(section, {})[name] = empty
+    return settings.model_copy(
+        update={section: getattr(settings, section).model_copy(update=fields) for section, fields in updates.items()}
+    )
+
+
+def load_settings(
+    env_file: Path | None = STACK_ENV_FILE,
+    *,
+    env: str | None = None,
+) -> Settings:
+    """Build the Settings once: environment variables, then secret files, then the stack's env file.
+    ``env`` overrides ``FLEET_ENV`` (``fleet config check --env production``). In staging and
+    production the stack's env file is not read and the sandbox defaults are dropped."""
+    dirs = secrets_dirs()
+    init: dict[str, Any] = {"_secrets_dir": dirs or None}
+    if env is not None:
+        init["env"] = env
     try:
-        if env_file is not None and env_file.exists():
-            return Settings(_env_file=env_file, _env_file_encoding="utf-8")  # type: ignore[call-arg]
-        return Settings()
+        settings = _build(init, env_file)
+        if settings.production_like:
+            if env_file is not None and env_file.exists():  # the local stack's endpoints are no default there
+                settings = _build(init, None)
+            settings = _without_sandbox_defaults(settings)
+        return settings
     except ValidationError as exc:
         first = exc.errors()[0]
         name = env_var_name(tuple(first["loc"]))
@@ -207,6 +434,12 @@ def load_settings(env_file: Path | None = STACK_ENV_FILE) -> Settings:
         match = re.search(r'field "([^"]+)"', str(exc))
         name = ENV_PREFIX + (match.group(1).upper() if match else "?")
         raise ConfigError(f"invalid setting {name}: cannot parse the value ({exc.__cause__ or exc})") from None
+
+
+def _build(init: dict[str, Any], env_file: Path | None) -> Settings:
+    if env_file is not None and env_file.exists():
+        return Settings(_env_file=env_file, _env_file_encoding="utf-8", **init)
+    return Settings(**init)
 
 
 _SECRETISH = re.compile(r"SECRET|KEY|PASSWORD|TOKEN|DSN|URL", re.IGNORECASE)
@@ -220,7 +453,12 @@ def env_example() -> str:
     lines = [
         "# Every variable the fleet reads (generated by `fleet config env-example`; do not edit by hand).",
         "# Prefix FLEET_, nested sections joined by __. Values shown are the defaults (secrets blanked).",
+        "# Any of them may instead be a file of that name in a secrets directory (the environment wins).",
+        "# FLEET_ENV=staging|production drops the local stack's and the sandboxes' defaults: set what the",
+        "# worker needs (`fleet config check --env production` lists it).",
         "",
+        f"# directories of secret files, colon-separated; unset: $CREDENTIALS_DIRECTORY and {DEFAULT_SECRETS_DIRS[1]}",
+        f"{SECRETS_DIR_VAR}=",
     ]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -249,3 +487,20 @@ def env_example() -> str:
 
     walk(Settings, ENV_PREFIX)
     return "\n".join(lines) + "\n"
+
+
+def known_env_vars() -> set[str]:
+    """Every variable name the fleet reads (``deploy/`` manifests may set only these)."""
+    names = {SECRETS_DIR_VAR}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            var = f"{prefix}{name.upper()}"
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, var + NESTED)
+            else:
+                names.add(var)
+
+    walk(Settings, ENV_PREFIX)
+    return names

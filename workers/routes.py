@@ -8,6 +8,8 @@ path of a function that takes the ``workers.bootstrap.Deps`` and returns the rou
 from ``RuntimeSettings``, unless a spec overrides it.
 
 ``INGRESS`` lists the two bridges from outside into Kafka (they produce; they consume nothing).
+Every worker states what it ``needs`` (``Need``): the production profile (``workers.profile``)
+refuses to start one whose needs are not configured, and the composition root builds only those.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from events.base import DomainEvent
@@ -22,6 +25,22 @@ from events.topics import GROUP_SOURCES, ConsumerGroup, Topic
 from workers.runtime.route import Handler, Route
 
 Binder = Callable[[Any], Mapping[type[DomainEvent], Handler]]
+
+
+class Need(StrEnum):
+    """A dependency a worker uses; each has settings that must be real in staging/production."""
+
+    KAFKA = "kafka"
+    POSTGRES = "postgres"
+    REDIS = "redis"
+    SALESFORCE = "salesforce"
+    WHMCS_API = "whmcs-api"
+    FREEBIT = "freebit"
+    WEBHOOK_SECRETS = "webhook-secrets"
+
+
+#: every consumer worker: Kafka, and Postgres for the runtime's inbox and dead-letter bookkeeping
+_CONSUMER = frozenset({Need.KAFKA, Need.POSTGRES})
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,7 @@ class RouteSpec:
     bind: str | None = None
     dead_letter: bool = True
     description: str = ""
+    needs: frozenset[Need] = _CONSUMER
 
     def route(self, deps: Any) -> Route:
         """The runnable route, its handlers bound to ``deps``."""
@@ -68,6 +88,7 @@ ROUTES: dict[str, RouteSpec] = {
                 "fleet.billing.payment-method-changed.v1": "saga: resume the client's parked orders",
             },
             bind="workers.handlers:fulfillment_route",
+            needs=_CONSUMER | {Need.SALESFORCE, Need.WHMCS_API, Need.FREEBIT},
             description="order/SIM activation saga: WHMCS order, Freebit SIM, Salesforce write-back",
         ),
         RouteSpec(
@@ -76,6 +97,7 @@ ROUTES: dict[str, RouteSpec] = {
             GROUP_SOURCES[ConsumerGroup.SF_WRITER],
             handlers={"fleet.salesforce.update-record.v1": "coalesce, then PATCH /composite/sobjects (≤200)"},
             bind="workers.handlers.sf_writer:bind_from_deps",
+            needs=_CONSUMER | {Need.SALESFORCE},
             description="batched Salesforce record updates (sObject Collections) under an API budget",
         ),
         RouteSpec(
@@ -90,6 +112,7 @@ ROUTES: dict[str, RouteSpec] = {
                 "fleet.account.eligibility-changed.v1": "UNLINK the account's eligibility key",
             },
             bind="workers.handlers.cache:bind_from_deps",
+            needs=_CONSUMER | {Need.REDIS},
             description="portal Redis cache busting on every customer-facing change (batched: a lookup and a pipeline)",
         ),
     )
@@ -105,6 +128,7 @@ class IngressSpec:
     #: ``"module:function"``: ``async function(settings, stop) -> None``
     entry: str
     description: str = ""
+    needs: frozenset[Need] = frozenset({Need.KAFKA})
 
 
 INGRESS: dict[str, IngressSpec] = {
@@ -115,12 +139,14 @@ INGRESS: dict[str, IngressSpec] = {
             (Topic.SF_ORDER, Topic.SF_CATALOG, Topic.SF_ACCOUNT, Topic.SF_RESYNC, Topic.INGRESS_DLQ),
             "workers.ingress.sf_cdc:serve",
             "Salesforce CDC (CometD) → domain events; replay id checkpointed after the Kafka ack",
+            needs=frozenset({Need.KAFKA, Need.POSTGRES, Need.SALESFORCE}),
         ),
         IngressSpec(
             "whmcs-webhooks",
             (Topic.WHMCS_BILLING,),
             "workers.ingress.webhook_server:serve",
             "signed WHMCS webhooks (POST /webhooks/whmcs) → domain events; 2xx only after the Kafka ack",
+            needs=frozenset({Need.KAFKA, Need.REDIS, Need.WEBHOOK_SECRETS}),
         ),
     )
 }
@@ -129,3 +155,8 @@ INGRESS: dict[str, IngressSpec] = {
 def import_entry(path: str) -> Any:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def worker_needs() -> dict[str, frozenset[Need]]:
+    """Every worker of the fleet (consumers and ingress) and what it needs."""
+    return {**{n: s.needs for n, s in ROUTES.items()}, **{n: s.needs for n, s in INGRESS.items()}}

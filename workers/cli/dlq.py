@@ -24,7 +24,7 @@ from rich.table import Table
 
 from adapters.db import migrate
 from events.topics import ConsumerGroup
-from workers.cli._context import Context, pass_ctx
+from workers.cli._context import Context, config_errors, pass_ctx
 from workers.dlq import audit, browse, purge, render
 from workers.dlq.filters import Filter, FilterError, parse_coordinates, parse_when
 from workers.dlq.reader import ReadStalled, TopicMissing
@@ -61,7 +61,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return await coro
 
     try:
-        return asyncio.run(main())
+        with config_errors():
+            return asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo("interrupted: progress is saved; run the same command again to resume", err=True)
         sys.exit(130)
@@ -143,7 +144,7 @@ def list_cmd(ctx: Context, groups: tuple[str, ...], as_json: bool) -> None:
     """Per group: dead letters by error class and event type, with oldest/newest (purged ones hidden)."""
     s = ctx.settings
     chosen = list(groups) or [g.value for g in ConsumerGroup]
-    views = _run(browse.overviews(s.kafka.bootstrap, s.postgres.dsn.get_secret_value(), chosen))
+    views = _run(browse.overviews(s.kafka.connection(), s.postgres.dsn.get_secret_value(), chosen))
     if as_json:
         click.echo(json.dumps([render.overview_json(v) for v in views], indent=2))
         return
@@ -184,7 +185,7 @@ def show_cmd(ctx: Context, group: str, partition: int | None, offset: int | None
         raise click.UsageError("give either --partition and --offset, or --event-id")
     at = (partition, offset) if partition is not None and offset is not None else None
     s = ctx.settings
-    views = _run(browse.find(s.kafka.bootstrap, s.postgres.dsn.get_secret_value(), group, at=at, event_id=event_id))
+    views = _run(browse.find(s.kafka.connection(), s.postgres.dsn.get_secret_value(), group, at=at, event_id=event_id))
     if not views:
         raise click.ClickException("no such dead letter (wrong coordinates, or deleted by retention/truncation)")
     console = _console()
@@ -302,7 +303,7 @@ def replay_cmd(
         click.echo(note, err=True)
     listener = _Listener(console, dry_run)
     try:
-        report = _run(replay(s.kafka.bootstrap, s.postgres.dsn.get_secret_value(), opts, listener))
+        report = _run(replay(s.kafka.connection(), s.postgres.dsn.get_secret_value(), opts, listener))
     finally:
         listener.close()
     click.echo(render.summary_line("replay", group, report.job_id, dry_run, report.counts))
@@ -329,7 +330,7 @@ def purge_cmd(
     """
     filt = build_filter(**filters)
     s = ctx.settings
-    bootstrap, dsn = s.kafka.bootstrap, s.postgres.dsn.get_secret_value()
+    bootstrap, dsn = s.kafka.connection(), s.postgres.dsn.get_secret_value()
     plan = _run(purge.prepare(bootstrap, dsn, group, filt))
     click.echo(f"{len(plan.selected)} dead letter(s) of {group} match" + _counts_note(plan.counts))
     if dry_run:

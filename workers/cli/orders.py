@@ -20,7 +20,7 @@ import click
 import structlog
 
 from adapters.db import create_pool
-from adapters.kafka import AiokafkaProducer, durable_producer
+from adapters.kafka import AiokafkaProducer, durable_producer, start_client
 from adapters.saga_store import HistoryEntry, PgSagaStore, SagaOrder, SagaRecord, StepRecord
 from events.topics import ConsumerGroup
 from workers.cli._context import Context, pass_ctx, run_async
@@ -164,8 +164,9 @@ def retry(ctx: Context, sf_order_id: str, reason: str, force: bool, group: str) 
             if record is not None and record.order.state == OrderState.FULFILLED:
                 raise click.ClickException(f"order {sf_order_id} is already fulfilled: nothing to resume")
             envelope = resume_request(sf_order_id, record.order.sf_account_id if record else None)
-            aioproducer = durable_producer(settings.kafka.bootstrap, f"{settings.kafka.client_id}-orders-retry")
-            await aioproducer.start()
+            connection = settings.kafka.connection()
+            aioproducer = durable_producer(connection, f"{settings.kafka.client_id}-orders-retry")
+            await start_client(aioproducer, connection)
             try:
                 scheduler = RetryTopicScheduler(
                     AiokafkaProducer(aioproducer), group, settings.runtime.retry_tier_delays_ms,

@@ -1,7 +1,9 @@
 """`fleet run`: list the workers of the fleet, or run one of them until SIGTERM/SIGINT.
 
-Owns argument parsing and printing. Must not hold the loop: the worker is ``workers.runtime``,
-the routes are ``workers.routes``, the dependencies come from ``workers.bootstrap``.
+Owns argument parsing and printing, and the start-up gate: a worker whose settings the profile
+refuses (``workers.profile``) stops with one line per variable before anything is opened. Must not
+hold the loop: the worker is ``workers.runtime``, the routes are ``workers.routes``, the
+dependencies come from ``workers.bootstrap``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ import asyncio
 import sys
 
 import click
+import structlog
 
 from events.topics import dlq_topic, retry_topic
+from workers import profile
 from workers.cli._context import Context, pass_ctx, run_async
 from workers.routes import INGRESS, ROUTES, IngressSpec, RouteSpec, import_entry
+
+log = structlog.get_logger(__name__)
 
 
 @click.group(name="run", invoke_without_command=True)
@@ -45,6 +51,20 @@ def _print_table(ctx: Context | None) -> None:
         click.echo(f"    {ingress.description}")
 
 
+def refuse_unless_configured(ctx: Context, worker: str) -> None:
+    """Exit 2 with one line per offending variable when the profile refuses ``worker``'s settings
+    (a staging/production process on a sandbox default, a missing secret, contradicting Kafka
+    security settings); nothing has been opened yet. Warnings go to the log and do not stop it."""
+    settings = ctx.settings
+    found = profile.problems(settings, [worker])
+    for problem in found:
+        click.echo(f"fleet: {problem.line()}", err=True)
+    if found:
+        sys.exit(2)
+    for warning in profile.warnings(settings, [worker]):
+        log.warning("config_warning", worker=worker, env=settings.env, warning=warning)
+
+
 def _run_command(spec: RouteSpec) -> click.Command:
     @click.command(name=spec.name, help=f"Run the {spec.name} worker (group {spec.group}).")
     @pass_ctx
@@ -52,6 +72,7 @@ def _run_command(spec: RouteSpec) -> click.Command:
         if spec.bind is None:
             click.echo(f"fleet: route {spec.name} has no handlers yet (see workers/routes.py)", err=True)
             sys.exit(1)
+        refuse_unless_configured(ctx, spec.name)
         run_async(_serve(ctx, spec))
 
     return command
@@ -64,7 +85,7 @@ async def _serve(ctx: Context, spec: RouteSpec) -> None:
     settings = ctx.settings
     stop = asyncio.Event()
     stop_on_signals(stop)  # SIGTERM / SIGINT: stop fetching, drain, commit, leave the group
-    async with bootstrap(settings) as deps:
+    async with bootstrap(settings, needs=spec.needs) as deps:
         await serve(spec.route(deps), settings, stop, pool=deps.pool)
 
 
@@ -72,6 +93,7 @@ def _ingress_command(spec: IngressSpec) -> click.Command:
     @click.command(name=spec.name, help=f"Run the {spec.name} ingress worker.")
     @pass_ctx
     def command(ctx: Context) -> None:
+        refuse_unless_configured(ctx, spec.name)
         run_async(_serve_ingress(ctx, spec))
 
     return command

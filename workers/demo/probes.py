@@ -10,6 +10,7 @@ import asyncio
 
 import asyncpg
 
+from adapters.kafka import KafkaTarget
 from events.topics import ConsumerGroup, Topic, dlq_topic
 from workers.dlq.reader import TopicMissing, TopicReader
 
@@ -32,12 +33,12 @@ def dlq_topics() -> list[str]:
     return [dlq_topic(group) for group in ConsumerGroup] + [str(Topic.INGRESS_DLQ)]
 
 
-async def dead_letter_offsets(bootstrap: str) -> dict[str, int]:
+async def dead_letter_offsets(kafka: KafkaTarget) -> dict[str, int]:
     """Records ever written to each dead-letter topic (the sum of its end offsets; a missing topic is 0)."""
 
     async def ended(topic: str) -> int:
         try:
-            async with TopicReader(bootstrap, topic, client_id="fleet-demo") as reader:
+            async with TopicReader(kafka, topic, client_id="fleet-demo") as reader:
                 return sum(r.end for r in (await reader.ranges()).values())
         except TopicMissing:
             return 0

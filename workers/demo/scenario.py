@@ -280,7 +280,7 @@ class Scenario:
     async def _dead_letters(self) -> dict[str, int] | None:
         """None when Kafka cannot be asked: the summary then shows "—" instead of failing the demo."""
         try:
-            return await dead_letter_offsets(self.settings.kafka.bootstrap)
+            return await dead_letter_offsets(self.settings.kafka.connection())
         except Exception as exc:  # aiokafka raises KafkaError or OSError subclasses; either way: unknown
             log.warning("demo_dead_letters_unknown", error=repr(exc))
             return None

@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from adapters.db import migrate
+from adapters.kafka import KafkaTarget
 from events.topics import dlq_topic
 from workers.dlq import store
 from workers.dlq.models import DeadLetter
@@ -80,20 +81,20 @@ def summarize(
     return overview
 
 
-async def overviews(bootstrap: str, dsn: str, groups: Iterable[str]) -> list[GroupOverview]:
+async def overviews(kafka: KafkaTarget, dsn: str, groups: Iterable[str]) -> list[GroupOverview]:
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        return [await _overview(conn, bootstrap, group) for group in groups]
+        return [await _overview(conn, kafka, group) for group in groups]
     finally:
         await conn.close()
 
 
-async def _overview(conn: asyncpg.Connection, bootstrap: str, group: str) -> GroupOverview:
+async def _overview(conn: asyncpg.Connection, kafka: KafkaTarget, group: str) -> GroupOverview:
     purged = await store.purged_records(conn, group)
     outcomes = {at: row.outcome for at, row in (await store.done_records(conn, group)).items()}
     try:
-        async with TopicReader(bootstrap, dlq_topic(group), client_id=CLIENT_ID) as reader:
+        async with TopicReader(kafka, dlq_topic(group), client_id=CLIENT_ID) as reader:
             return summarize(group, [dl async for dl in reader.read()], purged, outcomes)
     except TopicMissing:
         return GroupOverview(group, dlq_topic(group), exists=False)
@@ -109,7 +110,7 @@ class RecordView:
 
 
 async def find(
-    bootstrap: str,
+    kafka: KafkaTarget,
     dsn: str,
     group: str,
     *,
@@ -121,7 +122,7 @@ async def find(
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        found = await _find_records(bootstrap, group, at, event_id)
+        found = await _find_records(kafka, group, at, event_id)
         replays = await store.done_records(conn, group)
         purged = await store.purged_records(conn, group)
         return [RecordView(dl, replays.get(dl.coordinates), dl.coordinates in purged) for dl in found]
@@ -130,9 +131,9 @@ async def find(
 
 
 async def _find_records(
-    bootstrap: str, group: str, at: tuple[int, int] | None, event_id: str | None
+    kafka: KafkaTarget, group: str, at: tuple[int, int] | None, event_id: str | None
 ) -> list[DeadLetter]:
-    async with TopicReader(bootstrap, dlq_topic(group), client_id=CLIENT_ID) as reader:
+    async with TopicReader(kafka, dlq_topic(group), client_id=CLIENT_ID) as reader:
         if at is not None:
             one = await reader.read_one(*at)
             return [one] if one is not None else []

@@ -19,9 +19,10 @@ from uuid import UUID
 import asyncpg
 import structlog
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete  # type: ignore[import-untyped]
+from aiokafka.admin import RecordsToDelete  # type: ignore[import-untyped]
 
 from adapters.db import migrate
+from adapters.kafka import KafkaTarget, admin_client
 from events.topics import dlq_topic
 from workers.dlq import audit, store
 from workers.dlq.filters import Filter
@@ -61,7 +62,7 @@ class PurgeReport:
     truncated: dict[int, int]  # partition -> new log start offset
 
 
-async def prepare(bootstrap: str, dsn: str, group: str, filt: Filter) -> PurgePlan:
+async def prepare(kafka: KafkaTarget, dsn: str, group: str, filt: Filter) -> PurgePlan:
     """Read the whole DLQ and select what matches and is not purged yet (changes nothing)."""
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
@@ -70,7 +71,7 @@ async def prepare(bootstrap: str, dsn: str, group: str, filt: Filter) -> PurgePl
     finally:
         await conn.close()
     offsets: dict[int, list[int]] = {}
-    async with TopicReader(bootstrap, dlq_topic(group), client_id=CLIENT_ID) as reader:
+    async with TopicReader(kafka, dlq_topic(group), client_id=CLIENT_ID) as reader:
         ranges = await reader.ranges()
         async for dl in reader.read():
             offsets.setdefault(dl.partition, []).append(dl.offset)
@@ -91,7 +92,7 @@ def truncate_points(
     return points
 
 
-async def execute(bootstrap: str, dsn: str, plan: PurgePlan, opts: PurgeOptions) -> PurgeReport:
+async def execute(kafka: KafkaTarget, dsn: str, plan: PurgePlan, opts: PurgeOptions) -> PurgeReport:
     """Mark (and optionally truncate) under the group's lock, audited; a dry run only audits."""
     job = audit.Job("purge", opts.group, opts.operator, opts.dry_run, _audit_filters(opts))
     conn = await asyncpg.connect(dsn)
@@ -102,7 +103,7 @@ async def execute(bootstrap: str, dsn: str, plan: PurgePlan, opts: PurgeOptions)
         counts = _initial_counts(plan)
         status, error, truncated = "failed", None, {}
         try:
-            truncated = await _apply(conn, bootstrap, plan, opts, job.job_id, counts)
+            truncated = await _apply(conn, kafka, plan, opts, job.job_id, counts)
             status = "completed"
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -116,7 +117,12 @@ async def execute(bootstrap: str, dsn: str, plan: PurgePlan, opts: PurgeOptions)
 
 
 async def _apply(
-    conn: asyncpg.Connection, bootstrap: str, plan: PurgePlan, opts: PurgeOptions, job_id: UUID, counts: dict[str, Any]
+    conn: asyncpg.Connection,
+    kafka: KafkaTarget,
+    plan: PurgePlan,
+    opts: PurgeOptions,
+    job_id: UUID,
+    counts: dict[str, Any],
 ) -> dict[int, int]:
     if opts.dry_run:
         counts["would_purge"] = len(plan.selected)
@@ -126,22 +132,18 @@ async def _apply(
     if not opts.truncate:
         return {}
     points = truncate_points(plan.offsets, plan.ranges, await store.purged_records(conn, opts.group))
-    truncated = await delete_records(bootstrap, dlq_topic(opts.group), points) if points else {}
+    truncated = await delete_records(kafka, dlq_topic(opts.group), points) if points else {}
     counts["truncated"] = {str(p): o for p, o in truncated.items()}
     return truncated
 
 
-async def delete_records(bootstrap: str, topic: str, before: dict[int, int]) -> dict[int, int]:
+async def delete_records(kafka: KafkaTarget, topic: str, before: dict[int, int]) -> dict[int, int]:
     """Kafka ``DeleteRecords`` (aiokafka 0.14 ``AIOKafkaAdminClient.delete_records``): returns the new
     log start offset (low watermark) per partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=CLIENT_ID, request_timeout_ms=15_000)
-    try:
-        await admin.start()
+    async with admin_client(kafka, CLIENT_ID) as admin:
         request = {TopicPartition(topic, p): RecordsToDelete(before_offset=o) for p, o in before.items()}
         result = await asyncio.wait_for(admin.delete_records(request), 30)
         return {tp.partition: low for tp, low in result.items()}
-    finally:
-        await admin.close()
 
 
 def _initial_counts(plan: PurgePlan) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
+from adapters.kafka import KafkaTarget, as_connection, start_client
 from workers.dlq.models import DeadLetter
 
 #: a read that receives nothing for this long while records are known to be pending is stuck
@@ -47,12 +48,12 @@ class PartitionRange:
 
 
 class TopicReader:
-    """``async with TopicReader(bootstrap, topic) as reader``; then ``ranges()``, ``read()``, ``read_one()``."""
+    """``async with TopicReader(kafka, topic) as reader``; then ``ranges()``, ``read()``, ``read_one()``."""
 
-    def __init__(self, bootstrap: str, topic: str, *, client_id: str = "fleet-dlq") -> None:
+    def __init__(self, kafka: KafkaTarget, topic: str, *, client_id: str = "fleet-dlq") -> None:
         self.topic = topic
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **as_connection(kafka).options(),
             client_id=client_id,
             group_id=None,  # no group: nothing to commit, nobody to rebalance
             enable_auto_commit=False,
@@ -61,11 +62,11 @@ class TopicReader:
             request_timeout_ms=15_000,
         )
         self._partitions: list[int] = []
-        self._bootstrap = bootstrap
+        self._kafka = kafka
 
     async def __aenter__(self) -> TopicReader:
         try:
-            await self._consumer.start()
+            await start_client(self._consumer, self._kafka)
             await self._load_partitions()
         except BaseException:
             await self._consumer.stop()  # also after a failed start: it closes what start opened
@@ -78,7 +79,7 @@ class TopicReader:
         await self._consumer.stop()
 
     async def _load_partitions(self) -> None:
-        self._partitions = await partitions_of(self._bootstrap, self.topic)
+        self._partitions = await partitions_of(self._kafka, self.topic)
         self._consumer.assign([self._tp(p) for p in self._partitions])
 
     def _tp(self, partition: int) -> TopicPartition:
@@ -151,12 +152,14 @@ class TopicReader:
         return None
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(kafka: KafkaTarget, topic: str) -> list[int]:
     """The topic's partition ids, from the admin API (the consumer's ``partitions_for_topic`` only knows
     topics it already fetched metadata for, and an assign-only consumer never does). Never creates it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fleet-dlq-admin", request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(
+        **as_connection(kafka).options(), client_id="fleet-dlq-admin", request_timeout_ms=15_000
+    )
     try:
-        await admin.start()
+        await start_client(admin, kafka)
         (described,) = await admin.describe_topics([topic])
     finally:
         await admin.close()

@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 
 from adapters.db import migrate
-from adapters.kafka import durable_producer
+from adapters.kafka import KafkaTarget, durable_producer, start_client
 from events import failure as fh
 from events.topics import dlq_topic, parked_topic, retry_topic
 from workers.dlq import audit, store
@@ -96,7 +96,7 @@ def summary_counts(counts: Counter[str]) -> dict[str, int]:
     return {name: counts.get(name, 0) for name in (*names, *extra)}
 
 
-async def replay(bootstrap: str, dsn: str, opts: ReplayOptions, listener: ReplayListener) -> ReplayReport:
+async def replay(kafka: KafkaTarget, dsn: str, opts: ReplayOptions, listener: ReplayListener) -> ReplayReport:
     """Run one replay job end to end; its audit row is finished whatever happens."""
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
@@ -104,16 +104,16 @@ async def replay(bootstrap: str, dsn: str, opts: ReplayOptions, listener: Replay
         if not opts.dry_run:
             await audit.lock_group(conn, opts.group)
         job = audit.Job("replay", opts.group, opts.operator, opts.dry_run, _audit_filters(opts))
-        return await _ReplayJob(conn, job.job_id, bootstrap, opts, listener).run_audited(job)
+        return await _ReplayJob(conn, job.job_id, kafka, opts, listener).run_audited(job)
     finally:
         await conn.close()  # also releases the advisory lock
 
 
 class _ReplayJob:
     def __init__(
-        self, conn: asyncpg.Connection, job_id: UUID, bootstrap: str, opts: ReplayOptions, listener: ReplayListener
+        self, conn: asyncpg.Connection, job_id: UUID, kafka: KafkaTarget, opts: ReplayOptions, listener: ReplayListener
     ) -> None:
-        self.conn, self.job_id, self.bootstrap, self.opts, self.listener = conn, job_id, bootstrap, opts, listener
+        self.conn, self.job_id, self.kafka, self.opts, self.listener = conn, job_id, kafka, opts, listener
         self.group = opts.group
         self.counts: Counter[str] = Counter()
 
@@ -143,11 +143,11 @@ class _ReplayJob:
             )
 
     async def run(self) -> ReplayReport:
-        partitions, scan_from = await _targets(self.bootstrap, self.group)
+        partitions, scan_from = await _targets(self.kafka, self.group)
         if self.opts.dry_run:
             self.counts[IN_DOUBT_PENDING] = len(await store.in_doubt(self.conn, self.group))
         else:
-            self.counts.update(await resolve_in_doubt(self.conn, self.bootstrap, self.group))
+            self.counts.update(await resolve_in_doubt(self.conn, self.kafka, self.group))
         selected = await self._select()
         actions = [
             plan_action(dl, group=self.group, max_replays=self.opts.max_replays, partitions=partitions)
@@ -168,7 +168,7 @@ class _ReplayJob:
             again=self.opts.again,
             limit=self.opts.limit,
         )
-        async with TopicReader(self.bootstrap, dlq_topic(self.group), client_id=CLIENT_ID) as reader:
+        async with TopicReader(self.kafka, dlq_topic(self.group), client_id=CLIENT_ID) as reader:
             async for dl in reader.read():
                 selector.offer(dl)
         selected = selector.finish()
@@ -179,8 +179,8 @@ class _ReplayJob:
         if not actions:
             return
         bucket = TokenBucket(self.opts.rate) if self.opts.rate else Unlimited()
-        producer = durable_producer(self.bootstrap, CLIENT_ID)
-        await producer.start()
+        producer = durable_producer(self.kafka, CLIENT_ID)
+        await start_client(producer, self.kafka)
         try:
             for chunk in _chunks(actions, _chunk_size(self.opts.rate)):
                 for _ in chunk:
@@ -206,12 +206,12 @@ class _ReplayJob:
         await store.mark_done(self.conn, self.group, self.job_id, done)
 
 
-async def _targets(bootstrap: str, group: str) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
+async def _targets(kafka: KafkaTarget, group: str) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
     """Partition counts and current end offsets of both targets; fails early when one is missing."""
     partitions: dict[str, int] = {}
     ends: dict[tuple[str, int], int] = {}
     for topic in (retry_topic(group, 1), parked_topic(group)):
-        async with TopicReader(bootstrap, topic, client_id=CLIENT_ID) as reader:
+        async with TopicReader(kafka, topic, client_id=CLIENT_ID) as reader:
             ranges = await reader.ranges()
         partitions[topic] = len(ranges)
         ends.update({(topic, p): r.end for p, r in ranges.items()})
@@ -240,14 +240,14 @@ def _sending(action: Action, headers: list[Header], scan_from: dict[tuple[str, i
     )
 
 
-async def resolve_in_doubt(conn: asyncpg.Connection, bootstrap: str, group: str) -> Counter[str]:
+async def resolve_in_doubt(conn: asyncpg.Connection, kafka: KafkaTarget, group: str) -> Counter[str]:
     """Settle the rows a killed job left in 'sending' (see the module docstring, step 3)."""
     result: Counter[str] = Counter()
     by_target: dict[tuple[str, int], list[store.InDoubt]] = defaultdict(list)
     for row in await store.in_doubt(conn, group):
         by_target[(row.target_topic, row.target_partition)].append(row)
     for (topic, partition), rows in by_target.items():
-        found = await _copies_on(bootstrap, topic, partition, rows)
+        found = await _copies_on(kafka, topic, partition, rows)
         for row in rows:
             offsets = found.get((str(row.job_id), row.fingerprint))
             if offsets:
@@ -262,12 +262,12 @@ async def resolve_in_doubt(conn: asyncpg.Connection, bootstrap: str, group: str)
 
 
 async def _copies_on(
-    bootstrap: str, topic: str, partition: int, rows: list[store.InDoubt]
+    kafka: KafkaTarget, topic: str, partition: int, rows: list[store.InDoubt]
 ) -> dict[tuple[str, str], list[int]]:
     """Offsets of the copies the in-doubt jobs left on one target partition, by (job id, fingerprint)."""
     jobs = {str(r.job_id) for r in rows}
     found: dict[tuple[str, str], list[int]] = defaultdict(list)
-    async with TopicReader(bootstrap, topic, client_id=CLIENT_ID) as reader:
+    async with TopicReader(kafka, topic, client_id=CLIENT_ID) as reader:
         async for record in reader.read({partition: min(r.scan_from for r in rows)}):
             job = record.header(fh.REPLAY_JOB)
             if job in jobs:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.kafka import durable_producer
+from adapters.kafka import KafkaTarget, durable_producer, start_client
 from events import failure as fh
 from events.envelope import Envelope, to_record
 from events.errors import UpstreamTimeout
@@ -70,10 +70,10 @@ def _raised(error: BaseException) -> BaseException:
         return exc
 
 
-async def produce(bootstrap: str, group: str, letters: Sequence[Letter]) -> list[Produced]:
+async def produce(kafka: KafkaTarget, group: str, letters: Sequence[Letter]) -> list[Produced]:
     """Produce ``letters`` to ``<group>.dlq`` in order; partitioned as the runtime partitions them."""
-    producer = durable_producer(bootstrap, "fleet-dlq-testing")
-    await producer.start()
+    producer = durable_producer(kafka, "fleet-dlq-testing")
+    await start_client(producer, kafka)
     try:
         out = []
         for letter in letters:

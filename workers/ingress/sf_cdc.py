@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from adapters.db import create_pool
 from adapters.http import build_client
-from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer
+from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer, start_client
 from adapters.salesforce import HttpSalesforce, TokenSource
 from adapters.salesforce_stream import FleetAuthenticator
 from events.base import DomainEvent, to_envelope
@@ -628,9 +628,10 @@ async def serve(
                 reauthenticate=_forcing_refresh(tokens),
             )
         if producer is None:
-            kafka = durable_producer(settings.kafka.bootstrap, f"{settings.kafka.client_id}-sf-cdc")
-            await kafka.start()
+            connection = settings.kafka.connection()
+            kafka = durable_producer(connection, f"{settings.kafka.client_id}-sf-cdc")
             stack.push_async_callback(kafka.stop)
+            await start_client(kafka, connection)  # a refused credential stops the process (one line)
             producer = AiokafkaProducer(kafka)
         if pool is None:
             pool = await create_pool(settings.postgres.dsn.get_secret_value(), 1, 2)

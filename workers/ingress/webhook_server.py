@@ -58,7 +58,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from adapters.kafka import BatchingProducer, ProducerPort, durable_producer
+from adapters.kafka import BatchingProducer, KafkaSecurityError, ProducerPort, durable_producer, start_client
 from events import envelope as ce
 from events.base import DomainEvent
 from events.errors import DependencyUnavailable
@@ -515,7 +515,9 @@ async def serve(
     """Serve until ``stop`` is set; builds the Redis client and the Kafka producer unless injected.
 
     The HTTP side starts first and answers 503 until the producer is up (``/readyz`` says so), so
-    a Kafka outage at boot is a retry for the sender, not a crash loop. On stop, in-flight requests
+    a Kafka outage at boot is a retry for the sender, not a crash loop; Kafka refusing the
+    configured credentials or certificate is not an outage, and stops the receiver with
+    ``KafkaSecurityError`` (one line from the CLI) instead of retrying for ever. On stop, in-flight requests
     finish (their acks included) before the producer is flushed and closed. ``overrides`` go to
     ``WebhookReceiver`` (tests inject ``topic``/``dlq_topic``).
     """
@@ -535,7 +537,7 @@ async def serve(
         await web.TCPSite(runner, host, port).start()
         log.info("webhook_receiver_listening", host=host, port=port, path=PATH, topic=receiver.topic)
         frozen = _freeze_gc()
-        await stop.wait()
+        await _until_stopped(stop, kafka)
     finally:
         await runner.cleanup()
         if frozen:
@@ -576,17 +578,37 @@ def _redis_client(settings: Settings) -> Redis:
     )
 
 
+async def _until_stopped(stop: asyncio.Event, kafka: asyncio.Task[None] | None) -> None:
+    """Until ``stop`` is set, or the producer task ended with an error (a refused credential)."""
+    if kafka is None:
+        await stop.wait()
+        return
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([stopped, kafka], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if kafka.done() and not kafka.cancelled() and kafka.exception() is not None:
+        raise kafka.exception()  # type: ignore[misc]
+
+
 async def _own_producer(settings: Settings, receiver: WebhookReceiver, finished: asyncio.Event) -> None:
-    """Start the producer (retrying with back-off), hand it to the receiver, stop it at the end."""
+    """Start the producer (retrying with back-off while Kafka is away), hand it to the receiver, stop
+    it at the end. A credential or certificate Kafka refuses is raised, not retried: it does not heal."""
     delay = 0.5
+    connection = settings.kafka.connection()
     while not finished.is_set():
         raw = durable_producer(
-            settings.kafka.bootstrap,
+            connection,
             f"{settings.kafka.client_id}-whmcs-webhooks",
             request_timeout_ms=settings.kafka.request_timeout_ms,
         )
         try:
-            await raw.start()
+            await start_client(raw, connection)
+        except KafkaSecurityError as exc:
+            await raw.stop()
+            log.error("kafka_refused_connection", setting=exc.setting, error=exc.reason)
+            raise
         except Exception as exc:  # aiokafka raises KafkaError or OSError subclasses; retry either way
             await raw.stop()
             log.warning("kafka_producer_start_failed", error=repr(exc), retry_in_s=delay)
@@ -597,7 +619,7 @@ async def _own_producer(settings: Settings, receiver: WebhookReceiver, finished:
         # answered only after the broker acknowledged the batch holding its own record.
         producer = BatchingProducer(raw, timeout_s=PRODUCE_TIMEOUT_S, linger_s=PRODUCE_LINGER_S)
         receiver.producer = producer
-        log.info("kafka_producer_started", bootstrap=settings.kafka.bootstrap)
+        log.info("kafka_producer_started", kafka=connection.describe())
         try:
             await finished.wait()
         finally:

@@ -69,7 +69,7 @@ def consumer_options(kafka: KafkaSettings, group: str, **overrides: Any) -> dict
     must stay well below it (``revoke_grace_s`` below).
     """
     options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap,
+        **kafka.connection().options(),
         "client_id": f"{kafka.client_id}-{group}",
         "group_id": group,
         "enable_auto_commit": False,

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from adapters.kafka import AiokafkaProducer, durable_producer
+from adapters.kafka import AiokafkaProducer, durable_producer, start_client
 from workers.config import Settings
 from workers.runtime.consumer import build_consumer, consumer_options, partition_counter, revoke_grace_s
 from workers.runtime.health import HealthServer
@@ -47,12 +47,15 @@ async def serve(
     overrides = dict(consumer_overrides or {})
     options = consumer_options(settings.kafka, route.group, **overrides)
     consumer = build_consumer(settings.kafka, route.group, **overrides)
-    raw_producer = durable_producer(settings.kafka.bootstrap, f"{settings.kafka.client_id}-{route.group}-failures")
+    connection = settings.kafka.connection()
+    raw_producer = durable_producer(connection, f"{settings.kafka.client_id}-{route.group}-failures")
     tuning = tuning or Tuning()
     if tuning.revoke_grace_s is None:
         tuning = replace(tuning, revoke_grace_s=revoke_grace_s(options, settings.runtime.shutdown_grace_s))
-    await raw_producer.start()
     try:
+        # First of the worker's clients to connect: a credential or certificate Kafka refuses ends the
+        # process here with one line (``KafkaSecurityError``), before the consumer joins the group.
+        await start_client(raw_producer, connection)
         worker = Worker(
             route,
             consumer,

@@ -17,6 +17,8 @@ import signal
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
@@ -82,8 +84,58 @@ async def ensure_lib(pom: Path = POM, cache_root: Path = CACHE_ROOT) -> tuple[Pa
     return lib, True
 
 
-def render_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
+@dataclass(frozen=True)
+class SecureListener:
+    """A SASL_SSL listener beside the PLAINTEXT one, for the clients' TLS and SASL paths (tests, or a
+    local setup that mirrors a secured cluster). The PLAINTEXT listener stays: the node talks to
+    itself over it, and ``probe`` uses it. SCRAM credentials are written into the metadata log when
+    the storage is formatted (``--add-scram``: KRaft has no ZooKeeper to hold them), so they are
+    fixed for the life of the state directory; PLAIN users live in the JAAS line of the listener."""
+
+    port: int
+    #: PEM: the broker's private key (PKCS#8, unencrypted) followed by its certificate chain
+    keystore: Path
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+    plain_users: Mapping[str, str] = field(default_factory=dict)
+
+    def properties(self) -> list[str]:
+        plain = " ".join(f'user_{name}="{_jaas_quote(secret)}"' for name, secret in self.plain_users.items())
+        lines = [
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule"
+            f" required {plain};",
+        ]
+        for mechanism in ("scram-sha-256", "scram-sha-512"):
+            lines.append(
+                f"listener.name.sasl_ssl.{mechanism}.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        lines += ["ssl.keystore.type=PEM", f"ssl.keystore.location={self.keystore}", "ssl.client.auth=none"]
+        return lines
+
+    def format_args(self) -> list[str]:
+        args = []
+        for name, secret in self.scram_users.items():
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                args += ["--add-scram", f"{mechanism}=[name={name},password={secret}]"]
+        return args
+
+
+def _jaas_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def render_properties(
+    *, port: int, controller_port: int, data_dir: Path, secure: SecureListener | None = None
+) -> str:
     """``server.properties`` for one combined node on 127.0.0.1, tuned for tests on one machine."""
+    listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+    advertised = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if secure is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure.port}"
+        advertised += f",SASL_SSL://127.0.0.1:{secure.port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     return "\n".join(
         [
             "# Written by `fleet stack up` on every start (ports may change between runs); do not edit.",
@@ -93,11 +145,11 @@ def render_properties(*, port: int, controller_port: int, data_dir: Path) -> str
             # address is read from this file on every start instead of being written into the metadata
             # log at format time, so changing FLEET_STACK__KAFKA_CONTROLLER_PORT needs no reformat.
             f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners={listeners}",
+            f"advertised.listeners={advertised}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
             f"log.dirs={data_dir}",
             "num.partitions=1",
             # One broker: internal topics cannot have three replicas, and the defaults would make the
@@ -120,6 +172,7 @@ def render_properties(*, port: int, controller_port: int, data_dir: Path) -> str
             # created gets one instead of a metadata timeout. Code must not rely on it: a real
             # cluster may well have it off.
             "auto.create.topics.enable=true",
+            *(secure.properties() if secure is not None else []),
             "",
         ]
     )
@@ -141,10 +194,13 @@ class Kafka:
     stop_signal = signal.SIGTERM  # a controlled shutdown: clean logs, no recovery on next start
     ready_timeout_s = 90.0  # a cold JVM on two cores next to initdb; typically 3-5 s
 
-    def __init__(self, state_dir: Path, *, port: int, controller_port: int, heap: str) -> None:
+    def __init__(
+        self, state_dir: Path, *, port: int, controller_port: int, heap: str, secure: SecureListener | None = None
+    ) -> None:
         self.home = state_dir / "kafka"
         self.port = port
-        self.ports: tuple[int, ...] = (port, controller_port)
+        self.secure = secure
+        self.ports: tuple[int, ...] = (port, controller_port, *((secure.port,) if secure else ()))
         self.controller_port = controller_port
         self.heap = heap
         self.data_dir = self.home / "data"
@@ -179,7 +235,9 @@ class Kafka:
         for directory in (self.data_dir, self.logs_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(
-            render_properties(port=self.port, controller_port=self.controller_port, data_dir=self.data_dir)
+            render_properties(
+                port=self.port, controller_port=self.controller_port, data_dir=self.data_dir, secure=self.secure
+            )
         )
         if not (self.data_dir / "meta.properties").exists():
             await self._format(lib)
@@ -190,6 +248,8 @@ class Kafka:
 
     async def _format(self, lib: Path) -> None:
         tool = [STORAGE_TOOL, "format", "--cluster-id", new_cluster_id(), "--config", str(self.properties)]
+        if self.secure is not None:
+            tool += self.secure.format_args()
         await run(self._java(lib, *tool), cwd=self.home, what="formatting the Kafka storage")
 
     def _java(self, lib: Path, *main: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Kafka producer port, its aiokafka implementation and an in-memory fake; topic administration.
+"""Kafka producer port, its aiokafka implementations and an in-memory fake.
 
 Produces are durable when they return: ``acks=all`` with the idempotent producer, so a caller
 may checkpoint (a Salesforce replay id, a 2xx to a webhook) only after ``publish`` returned.
@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
+from adapters.kafka.connection import KafkaTarget, as_connection
 from events.envelope import Envelope, to_record
 from events.errors import DependencyUnavailable
-from events.topics import TopicSpec
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -333,10 +332,10 @@ def _unavailable(reason: str, cause: BaseException | None = None) -> DependencyU
     return error
 
 
-def durable_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOKafkaProducer:
-    """An idempotent ``acks=all`` producer (not started); callers ``await start()`` in bootstrap."""
+def durable_producer(target: KafkaTarget, client_id: str, **overrides: object) -> AIOKafkaProducer:
+    """An idempotent ``acks=all`` producer (not started); callers start it with ``start_client``."""
     options: dict[str, object] = {
-        "bootstrap_servers": bootstrap,
+        **as_connection(target).options(),
         "client_id": client_id,
         "acks": "all",
         "enable_idempotence": True,
@@ -377,48 +376,3 @@ class FakeProducer:
 
     def on(self, topic: str) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
         return [(k, v, h) for t, k, v, h in self.records if t == topic]
-
-
-async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str = "fleet-admin") -> list[str]:
-    """Create the topics that do not exist yet; returns the names created. Idempotent."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=15_000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
-        if not missing:
-            return []
-        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs()) for s in missing]
-        try:
-            await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass  # a concurrent ensure won the race; the end state is the same
-        return [s.name for s in missing]
-    finally:
-        await admin.close()
-
-
-async def list_topics(bootstrap: str, *, client_id: str = "fleet-admin") -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
-async def delete_topics(
-    bootstrap: str, names: Sequence[str], *, client_id: str = "fleet-admin", chunk: int = 200
-) -> list[str]:
-    """Delete those of ``names`` that exist; returns the names deleted. For throwaway topics (tests,
-    benchmarks): a broker keeps every partition's state in its heap, and a local stack that kept the
-    thousands a few test runs create spent its time in garbage collection, taking CPU from the workers."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        doomed = sorted(set(names) & set(await admin.list_topics()))
-        for start in range(0, len(doomed), chunk):  # one request per chunk keeps each under the timeout
-            await admin.delete_topics(doomed[start : start + chunk])
-        return doomed
-    finally:
-        await admin.close()

@@ -1,0 +1,1 @@
+"""Benchmarks of the fleet (``python -m bench.<name>``); results in ``bench/results/``."""
