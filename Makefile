@@ -13,11 +13,11 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@./deploy/bootstrap.sh
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[dev]'
+	@$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create the venv and install the fleet with its dev tools (idempotent)
@@ -36,8 +36,18 @@ typecheck: install ## mypy, strict for events/ schemas/ adapters/ workers/
 schemas: install ## Export the JSON Schema of every event type to docs/events/
 	$(FLEET) events schemas
 
-check: lint typecheck ## Lint, type-check, and verify docs/events is current
+check: lint typecheck check-deploy ## Lint, type-check, verify docs/events is current, validate deploy/
 	$(FLEET) events schemas --check
+
+check-deploy: install ## Validate deploy/ offline: compose, kustomize overlays, KEDA objects, systemd unit, Dockerfile
+	./deploy/validate.sh
+
+constraints: install ## Rewrite constraints.txt from the venv (after a deliberate upgrade)
+	$(BIN)/python deploy/constraints.py > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+IMAGE ?= fulfillment-fleet:smoke
+image-smoke: ## Build the image on a local Debian base and run it (needs root and docker.io; not part of test/check)
+	IMAGE=$(IMAGE) flock /tmp/fleet-heavy.lock ./deploy/docker/smoke.sh
 
 up: install ## Start the local stack (Kafka, Redis, PostgreSQL) and create topics and tables
 	$(FLEET) stack up
@@ -74,5 +84,5 @@ bench-e2e: up ## Benchmark orders and cache busting end to end through the sandb
 
 bench: bench-runtime bench-ingress bench-e2e ## Every benchmark
 
-.PHONY: help install fmt lint typecheck schemas check up down status test-unit test-integration test-e2e test run \
+.PHONY: help install fmt lint typecheck schemas check check-deploy constraints image-smoke up down status test-unit test-integration test-e2e test run \
 	bench bench-runtime bench-ingress bench-e2e

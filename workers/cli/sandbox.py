@@ -75,9 +75,9 @@ def up(ctx: Context, state_dir: Path) -> None:
         return
     if pid is not None:
         _fail(f"pid {pid} is running but not answering; see {files.log} or run `fleet sandbox down`")
-    pid = _spawn(settings, files)
-    _wait_ready(settings, files, pid)
-    click.echo(f"sandboxes started (pid {pid}, log {files.log})")
+    process = _spawn(settings, files)
+    _wait_ready(settings, files, process)
+    click.echo(f"sandboxes started (pid {process.pid}, log {files.log})")
     _echo_status(settings, files)
 
 
@@ -109,7 +109,7 @@ def down(state_dir: Path) -> None:
 
 
 # --- process ---------------------------------------------------------------------------------
-def _spawn(settings: Settings, files: Files) -> int:
+def _spawn(settings: Settings, files: Files) -> subprocess.Popen[bytes]:
     files.dir.mkdir(parents=True, exist_ok=True)
     files.ready.unlink(missing_ok=True)
     s = settings.sandbox
@@ -122,15 +122,18 @@ def _spawn(settings: Settings, files: Files) -> int:
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
         )
     files.pid.write_text(str(process.pid))
-    return process.pid
+    return process
 
 
-def _wait_ready(settings: Settings, files: Files, pid: int) -> None:
+def _wait_ready(settings: Settings, files: Files, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if not _is_ours(pid):
+        # Our own child: ``poll`` knows whether it exited. Not ``_is_ours``: right after the fork,
+        # ``/proc/<pid>/cmdline`` can still show this process's argv (``fleet sandbox up``) until the
+        # child's ``exec``, which read as "not the sandbox" and failed a start that was going fine.
+        if process.poll() is not None:
             files.pid.unlink(missing_ok=True)
-            _fail(f"the sandbox process exited during start-up:\n{_tail(files.log)}")
+            _fail(f"the sandbox process exited during start-up (status {process.returncode}):\n{_tail(files.log)}")
         if files.ready.exists() and _all_answer(settings, files):
             return
         time.sleep(0.2)

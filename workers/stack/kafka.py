@@ -28,6 +28,7 @@ from workers.stack.process import (
     Signature,
     StackError,
     file_lock,
+    forget_stale_pid,
     port_accepts,
     require,
     run,
@@ -125,9 +126,7 @@ def _jaas_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def render_properties(
-    *, port: int, controller_port: int, data_dir: Path, secure: SecureListener | None = None
-) -> str:
+def render_properties(*, port: int, controller_port: int, data_dir: Path, secure: SecureListener | None = None) -> str:
     """``server.properties`` for one combined node on 127.0.0.1, tuned for tests on one machine."""
     listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
     advertised = f"PLAINTEXT://127.0.0.1:{port}"
@@ -222,10 +221,7 @@ class Kafka:
         """Only our pid file. The ``.lock`` in the log directory is left alone: it is an OS file lock
         that died with the JVM, and deleting it would defeat the check that stops a second broker
         from opening a log directory still in use."""
-        if not self.pid_file.exists():
-            return []
-        self.pid_file.unlink()
-        return ["stale kafka.pid removed"]
+        return await forget_stale_pid(self.pid_file, self.name)
 
     async def start(self) -> list[str]:
         notes = []

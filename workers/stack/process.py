@@ -184,12 +184,36 @@ def is_gone(pid: int) -> bool:
 async def wait_reaped(pid: int, timeout_s: float) -> bool:
     """Wait while ``pid`` is a zombie: a server killed with ``kill -9`` is reaped by init, which may
     take a second, and until then ``kill(pid, 0)`` still succeeds, so a lock file naming that pid
-    looks held (Postgres refuses to start). True when it is reaped, or is not a zombie at all."""
+    looks held (Postgres refuses to start). A multi-threaded server (the JVM) shows as a zombie as
+    soon as its main thread is gone, while its other threads still hold its files, listening sockets
+    included; it is reaped only once the last thread exited, so a reaped pid has released its ports.
+    Our own child (a stack started in-process) is reaped here. True when it is reaped, or is not a
+    zombie at all."""
     deadline = time.monotonic() + timeout_s
     while _state(pid) in ("Z", "X"):
+        if is_gone(pid) and _state(pid) not in ("Z", "X"):  # ``is_gone`` reaps our own child
+            break
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.05)
+    return True
+
+
+async def forget_stale_pid(pid_file: Path, name: str) -> list[str]:
+    """Remove the pid file of a server that is no longer running, once that pid is reaped: after
+    ``kill -9`` the old server may still be dying, its ports bound until it is reaped
+    (``wait_reaped``), and a start before that finds "port in use by a process we did not start"."""
+    old_pid = read_pid(pid_file)
+    if old_pid is not None and not await wait_reaped(old_pid, 10.0):
+        raise StackError(f"the killed {name} (pid {old_pid}) is still not reaped; try again shortly")
+    return [f"stale {pid_file.name} removed"] if _remove(pid_file) else []
+
+
+def _remove(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
     return True
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from workers.stack.process import Signature, require, run, running_pid
+from workers.stack.process import Signature, forget_stale_pid, require, run, running_pid
 
 
 class Redis:
@@ -40,10 +40,7 @@ class Redis:
         return running_pid(self.pid_file, self.signature)
 
     async def clean_stale(self) -> list[str]:
-        if not self.pid_file.exists():
-            return []
-        self.pid_file.unlink()
-        return ["stale redis.pid removed"]
+        return await forget_stale_pid(self.pid_file, self.name)
 
     async def start(self) -> list[str]:
         self.home.mkdir(parents=True, exist_ok=True)
