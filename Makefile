@@ -84,5 +84,12 @@ bench-e2e: up ## Benchmark orders and cache busting end to end through the sandb
 
 bench: bench-runtime bench-ingress bench-e2e ## Every benchmark
 
+SEED ?=
+chaos: install ## Chaos run (~10 min): 3 brokers, several instances per worker, seeded faults; bench/results/chaos.json
+	$(BIN)/python -m bench.chaos $(if $(SEED),--seed $(SEED))
+
+chaos-smoke: install ## The short chaos run of make test (~2 min, fixed seed); prints the zeros
+	$(BIN)/python -m bench.chaos --smoke --seed 7
+
 .PHONY: help install fmt lint typecheck schemas check check-deploy constraints image-smoke up down status test-unit test-integration test-e2e test run \
-	bench bench-runtime bench-ingress bench-e2e
+	bench bench-runtime bench-ingress bench-e2e chaos chaos-smoke

@@ -128,6 +128,16 @@ class SalesforceSettings(_Section):
     cdc_watchdog_s: float = Field(180.0, gt=0)
     cdc_checkpoint_interval_s: float = Field(0.25, gt=0)
     cdc_lanes: int = Field(8, ge=1)
+    #: the CDC checkpoint's key (one row per subscriber and channel) and the leader lease's name: give
+    #: each Salesforce org its own when several run against one database
+    cdc_subscriber: str = "sf-cdc"
+    #: the lease of the one active CDC subscriber (``workers.ingress.cdc_leader``): a standby tries every
+    #: RETRY_S; the leader checks its lease every CHECK_INTERVAL_S, each check bounded by CHECK_TIMEOUT_S;
+    #: a takeover waits TAKEOVER_GRACE_S (> interval + timeout) unless the last leader let go cleanly
+    cdc_lease_retry_s: float = Field(1.0, gt=0)
+    cdc_lease_check_interval_s: float = Field(1.0, gt=0)
+    cdc_lease_check_timeout_s: float = Field(1.0, gt=0)
+    cdc_lease_takeover_grace_s: float = Field(3.0, gt=0)
     http: HttpSettings = HttpSettings()
 
 
@@ -203,7 +213,20 @@ class StackSettings(_Section):
     # Kafka's own default (kafka-server-start.sh: -Xmx1G). At 512m a stack that has served a few test
     # runs (thousands of partitions) kept ~400 MB live: G1 then collected every second and ran
     # concurrent cycles back to back, and its pauses took both cores from the workers (e2e p99 tails).
+    # Per JVM. With brokers > 1 and this left unset, each node gets workers.stack.kafka.MULTI_BROKER_HEAP.
     kafka_heap: str = "1g"
+    # Kafka nodes (KRaft, each broker+controller): 1 for `make run`/`make test`; 3 (`fleet stack up
+    # --brokers 3`) for failover tests: node i on kafka_port+2i / kafka_controller_port+2i, RF 3, min ISR 2.
+    # Left unset, `up`, `status` and `down` take the count the state directory was formatted with.
+    brokers: int = Field(1, ge=1, le=5)
+
+
+class TestingSettings(_Section):
+    """Fault injection for chaos runs (``make chaos``) and tests; refused in staging and production."""
+
+    #: crash points (``workers.crashpoints``): ``name=probability`` pairs, comma-separated, e.g.
+    #: ``fulfillment.whmcs_create.called=0.02``; the process exits as ``kill -9`` would (status 137)
+    crash_points: str = ""
 
 
 class TopicClassSettings(_Section):
@@ -245,6 +268,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     sandbox: SandboxSettings = SandboxSettings()
     stack: StackSettings = StackSettings()
+    testing: TestingSettings = TestingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -62,6 +62,8 @@ def problems(settings: Settings, workers: Iterable[str] | None = None) -> list[P
     for variable, reason in _consistency(settings):
         reasons.setdefault(variable, reason)
     if settings.production_like:
+        if settings.testing.crash_points:
+            reasons["FLEET_TESTING__CRASH_POINTS"] = "crash points are for chaos runs; never in staging or production"
         for variable, reason in _sandbox_values(settings):
             reasons.setdefault(variable, reason)
         for worker in chosen:

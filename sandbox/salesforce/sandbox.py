@@ -126,7 +126,17 @@ class SalesforceSandbox(SandboxBase):
         return {
             "records": {sobject: len(rows) for sobject, rows in self.store.records.items()},
             "orders": [
-                {k: o.get(k) for k in ("Id", "Status", "Activation_Status__c", "WHMCS_Order_ID__c", "Type")}
+                {
+                    k: o.get(k)
+                    for k in (
+                        "Id",
+                        "Status",
+                        "Activation_Status__c",
+                        "Activation_Error_Code__c",
+                        "WHMCS_Order_ID__c",
+                        "Type",
+                    )
+                }
                 for o in self.store.rows("Order")
             ],
             "api_usage": {"used": self.limits.used, "limit": self.limits.limit},

@@ -379,10 +379,17 @@ def test_the_setting_checks_catch_a_misspelt_variable_or_secret(compose: Doc) ->
     assert unknown_secret_files({"salesforce-jwt.pem"}, known, {"/run/credentials/x/salesforce-jwt.pem"}) == []
 
 
-def test_sf_cdc_runs_alone_and_the_receiver_scales_on_cpu(rendered: dict[str, list[Doc]]) -> None:
+def test_sf_cdc_runs_a_standby_beside_its_leader_and_the_receiver_scales_on_cpu(rendered: dict[str, list[Doc]]) -> None:
+    """Two sf-cdc pods (the lease makes one active); never scaled on load; a rollout replaces one at a
+    time and does not wait for a standby to become ready (it never does: only the leader is)."""
     docs = rendered["overlays/prod"]
     cdc = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sf-cdc")
-    assert cdc["spec"]["replicas"] == 1 and cdc["spec"]["strategy"]["type"] == "Recreate"
+    assert cdc["spec"]["replicas"] == 2 and cdc["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+    }
+    (container,) = cdc["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/livez"
     scaled = {
         d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
     }
@@ -402,7 +409,8 @@ def test_pods_are_locked_down_and_probe_health_endpoints(rendered: dict[str, lis
             assert "memory" in container["resources"]["limits"], name
             if doc["kind"] == "Deployment":
                 assert container["livenessProbe"]["httpGet"]["path"] == "/livez", name
-                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+                ready = "/livez" if name == "sf-cdc" else "/readyz"  # a standby sf-cdc is live, never ready
+                assert container["readinessProbe"]["httpGet"]["path"] == ready, name
     pdbs = {
         d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
         for d in rendered["overlays/prod"]

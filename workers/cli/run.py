@@ -15,7 +15,7 @@ import click
 import structlog
 
 from events.topics import dlq_topic, retry_topic
-from workers import profile
+from workers import crashpoints, profile
 from workers.cli._context import Context, pass_ctx, run_async
 from workers.routes import INGRESS, ROUTES, IngressSpec, RouteSpec, import_entry
 
@@ -63,6 +63,13 @@ def refuse_unless_configured(ctx: Context, worker: str) -> None:
         sys.exit(2)
     for warning in profile.warnings(settings, [worker]):
         log.warning("config_warning", worker=worker, env=settings.env, warning=warning)
+    if settings.testing.crash_points:
+        try:
+            points = crashpoints.arm(settings.testing.crash_points)
+        except crashpoints.CrashPointError as exc:
+            click.echo(f"fleet: FLEET_TESTING__CRASH_POINTS: {exc}", err=True)
+            sys.exit(2)
+        log.warning("crash_points_armed", worker=worker, points=points)
 
 
 def _run_command(spec: RouteSpec) -> click.Command:

@@ -34,15 +34,27 @@ def group() -> None:
 @group.command()
 @env_file_option
 @click.option("--no-provision", is_flag=True, help="Skip creating the topic catalog and applying migrations.")
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 5),
+    default=None,
+    help="Kafka nodes (default FLEET_STACK__BROKERS, else what the state directory holds, else 1). "
+    "3: a KRaft cluster on kafka_port+2i, topics RF 3 / min ISR 2.",
+)
 @pass_ctx
-def up(ctx: Context, env_file: Path, no_provision: bool) -> None:
+def up(ctx: Context, env_file: Path, no_provision: bool, brokers: int | None) -> None:
     """Start the servers and wait until they answer.
 
-    Idempotent: what already runs is only checked. Then writes the env file, creates the topic
-    catalog and applies migrations. Exits 1, quoting the server's log, when one does not start.
+    Idempotent: what already runs is only checked, and a Kafka node that was killed is started
+    again. Then writes the env file, creates the topic catalog and applies migrations. Exits 1,
+    quoting the server's log, when one does not start. A state directory formatted for another
+    number of Kafka nodes is refused (`down --purge` first).
     """
+    settings = ctx.settings.stack
+    if brokers is not None:
+        settings = settings.model_copy(update={"brokers": brokers})
     try:
-        result = run_async(stack.up(ctx.settings.stack, env_file=env_file, provision=not no_provision))
+        result = run_async(stack.up(settings, env_file=env_file, provision=not no_provision))
     except stack.StackUpError as exc:
         _echo_states(exc.services)
         _fail(exc)
@@ -75,8 +87,11 @@ def down(ctx: Context, env_file: Path, purge: bool) -> None:
 @env_file_option
 @pass_ctx
 def status(ctx: Context, env_file: Path) -> None:
-    """Show each server and the env file (exits 0)."""
-    _echo_states(stack.status(ctx.settings.stack))
+    """Show each server (each Kafka node) and the env file (exits 0)."""
+    try:
+        _echo_states(stack.status(ctx.settings.stack))
+    except stack.StackError as exc:  # settings that name no valid stack (overlapping Kafka ports)
+        click.echo(f"fleet stack: {exc}", err=True)
     click.echo(f"env file: {env_file} ({'present' if env_file.exists() else 'absent'})")
     click.echo(f"state:    {ctx.settings.stack.dir.resolve()}")
 

@@ -58,6 +58,32 @@ class FleetOptions:
     #: run workers with another command than ``fleet run {name}`` (a shell-quoted template); when
     #: set, availability is the command's business (exit 2 on its first run = not available)
     worker_command: str | None = None
+    #: instances per worker (default 1): ``{"fulfillment": 3}`` runs ``fulfillment-1`` .. ``-3``,
+    #: each with its own health port, receivers each on their own listening port (the next ones up)
+    instances: Mapping[str, int] = field(default_factory=dict)
+    #: what the supervisor asks each worker (default ``/readyz``); a standby sf-cdc is never ready,
+    #: only live, so a fleet with several sf-cdc instances asks them ``/livez``
+    health_paths: Mapping[str, str] = field(default_factory=dict)
+
+    def children(self) -> list[Instance]:
+        """Every worker process, in start order: a worker's instances one after the other."""
+        found: list[Instance] = []
+        for name in self.workers:
+            count = max(1, self.instances.get(name, 1))
+            for index in range(count):
+                child = name if count == 1 else f"{name}-{index + 1}"
+                found.append(Instance(child, name, index, self.health_port_base + len(found)))
+        return found
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One process of a worker: its supervisor name, the worker it runs, its index and health port."""
+
+    child: str
+    worker: str
+    index: int
+    health_port: int
 
 
 @dataclass(frozen=True)
@@ -85,8 +111,14 @@ class Endpoints:
 
 
 def health_ports(options: FleetOptions) -> dict[str, int]:
-    """A fixed port per worker (``FLEET_RUNTIME__HEALTH_PORT``), so the supervisor knows where to ask."""
-    return {name: options.health_port_base + i for i, name in enumerate(WORKERS)}
+    """A fixed port per process (``FLEET_RUNTIME__HEALTH_PORT``), so the supervisor knows where to ask:
+    keyed by the supervisor's child name (the worker's name when it runs once)."""
+    return {instance.child: instance.health_port for instance in options.children()}
+
+
+def receiver_port(settings: Settings, index: int) -> int:
+    """Where receiver ``index`` listens: the configured port, and the next ones for more instances."""
+    return settings.whmcs.webhook_listen_port + index
 
 
 def unavailable_workers(names: Iterable[str]) -> dict[str, str]:
@@ -128,16 +160,17 @@ class Fleet:
         env = self._worker_env()
         await self._sandboxes_up(echo)
         missing = {} if self.options.worker_command else unavailable_workers(self.options.workers)
-        runnable = [name for name in self.options.workers if name not in missing]
-        for name in self.options.workers:
-            if name in missing:
-                self.supervisor.not_available(name, missing[name])
+        children = self.options.children()
+        for instance in children:
+            if instance.worker in missing:
+                self.supervisor.not_available(instance.child, missing[instance.worker])
             else:
-                await self.supervisor.start(self._worker_spec(name, env))
+                await self.supervisor.start(self._worker_spec(instance, env))
+        runnable = [i.child for i in children if i.worker not in missing]
         echo(f"workers: starting {', '.join(runnable) or 'none'} (logs in {self.options.log_dir}/)")
         for name, reason in missing.items():
             echo(f"workers: {name} not available: {reason}")
-        return await self.supervisor.wait_ready(self.options.workers, self.options.ready_timeout_s)
+        return await self.supervisor.wait_ready([i.child for i in children], self.options.ready_timeout_s)
 
     async def _stack_up(self, echo: Echo) -> None:
         try:
@@ -193,17 +226,19 @@ class Fleet:
             env["FLEET_SALESFORCE__PRIVATE_KEY_PATH"] = str(key)
         return env
 
-    def _worker_spec(self, name: str, env: Mapping[str, str]) -> ChildSpec:
-        port = health_ports(self.options)[name]
-        host = self.settings.runtime.health_host
-        health = f"http://{host}:{port}/readyz"
+    def _worker_spec(self, instance: Instance, env: Mapping[str, str]) -> ChildSpec:
+        name, host = instance.worker, self.settings.runtime.health_host
+        path = self.options.health_paths.get(name, "/readyz")
+        health = f"http://{host}:{instance.health_port}{path}"
+        child_env = {**env, "FLEET_RUNTIME__HEALTH_PORT": str(instance.health_port)}
         if name == "whmcs-webhooks":  # the receiver serves /readyz on its own listening port
             w = self.settings.whmcs
-            health = f"http://{w.webhook_listen_host}:{w.webhook_listen_port}/readyz"
-        child_env = {**env, "FLEET_RUNTIME__HEALTH_PORT": str(port)}
+            port = receiver_port(self.settings, instance.index)
+            health = f"http://{w.webhook_listen_host}:{port}{path}"
+            child_env["FLEET_WHMCS__WEBHOOK_LISTEN_PORT"] = str(port)
         template = self.options.worker_command
         argv = tuple(shlex.split(template.format(name=name))) if template else worker_command(name)
-        return ChildSpec(name, argv, env=child_env, health_url=health)
+        return ChildSpec(instance.child, argv, env=child_env, health_url=health)
 
     def _jwt_key_path(self) -> Path | None:
         """A throwaway RSA key for the JWT bearer grant (the sandbox accepts any), shared by every worker.

@@ -22,6 +22,7 @@ from events.salesforce import (
     SimActivationRequestedV1,
 )
 from events.topics import ConsumerGroup, Topic
+from workers import crashpoints
 from workers.fulfillment.model import Step
 from workers.fulfillment.run import Clock, Publisher, StepFn, StepHook, utcnow
 from workers.fulfillment.saga import Saga
@@ -171,4 +172,5 @@ def fulfillment_route(deps: FulfillmentDeps) -> dict[type[DomainEvent], Handler]
         producer=deps.producer,
         settings=deps.settings,
         pool=deps.pool,
+        hook=crashpoints.saga_hook(),  # None unless a chaos run armed fulfillment.* crash points
     )

@@ -7,6 +7,8 @@ everything up to it. Changes are worked on in lanes keyed by record id: a slow r
 hold the whole stream, and one record's events stay in order. A watchdog tears a silent stream
 down; a rejected checkpoint falls back, raises the alarm and resyncs the missing window.
 Serves /livez, /readyz and /metrics. Rules live in ``cdc_translate``; this module only moves data.
+Several instances may run: only the holder of the lease subscribes (``cdc_leader``), each term with
+a fresh ``Subscriber`` whose checkpoint writes are fenced by the term.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prometheus_client.registry import Collector
 from adapters.db import create_pool
 from adapters.http import build_client
 from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer, start_client
+from adapters.leader_lease import LeaderLease, PgAdvisoryLease
 from adapters.salesforce import HttpSalesforce, TokenSource
 from adapters.salesforce_stream import FleetAuthenticator
 from events.base import DomainEvent, to_envelope
@@ -40,9 +43,17 @@ from events.salesforce import AccountEligibilityChanged, CatalogChanged, ResyncR
 from events.topics import Topic
 from workers.bootstrap import salesforce_token_source
 from workers.config import Settings
+from workers.ingress.cdc_leader import (
+    FencedCheckpointStore,
+    Leadership,
+    LeaseTiming,
+    default_instance_id,
+    lease_name,
+    sleep_unless,
+)
 from workers.ingress.cdc_source import ChangeSource, CometdSource, Delivery, Subscribed
 from workers.ingress.cdc_translate import RESYNC_FIELDS, Change, Emission, RecordReader, Rules, Translator, parse
-from workers.ingress.checkpoints import Checkpoint, CheckpointStore, PgCheckpointStore, RecentIds, Watermark
+from workers.ingress.checkpoints import Checkpoint, CheckpointStore, RecentIds, Watermark
 from workers.runtime.health import HealthServer
 
 log = structlog.get_logger()
@@ -97,6 +108,23 @@ class CdcOptions:
     shutdown_grace_s: float = 20.0
     health_host: str = "127.0.0.1"
     health_port: int = 0
+    # the lease (``cdc_leader``): a standby tries every lease_retry_s; the leader checks its lease
+    # every lease_check_interval_s, each check bounded by lease_check_timeout_s; a takeover waits
+    # lease_takeover_grace_s (> interval + timeout) unless the last leader let go cleanly
+    # (FLEET_SALESFORCE__CDC_LEASE_*)
+    lease_retry_s: float = 1.0
+    lease_check_interval_s: float = 1.0
+    lease_check_timeout_s: float = 1.0
+    lease_takeover_grace_s: float = 3.0
+
+    @property
+    def lease_timing(self) -> LeaseTiming:
+        return LeaseTiming(
+            retry_s=self.lease_retry_s,
+            check_interval_s=self.lease_check_interval_s,
+            check_timeout_s=self.lease_check_timeout_s,
+            takeover_grace_s=self.lease_takeover_grace_s,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CdcOptions:
@@ -105,6 +133,11 @@ class CdcOptions:
             "watchdog_s": sf.cdc_watchdog_s,
             "checkpoint_interval_s": sf.cdc_checkpoint_interval_s,
             "lanes": sf.cdc_lanes,
+            "subscriber": sf.cdc_subscriber,
+            "lease_retry_s": sf.cdc_lease_retry_s,
+            "lease_check_interval_s": sf.cdc_lease_check_interval_s,
+            "lease_check_timeout_s": sf.cdc_lease_check_timeout_s,
+            "lease_takeover_grace_s": sf.cdc_lease_takeover_grace_s,
             "shutdown_grace_s": runtime.shutdown_grace_s,
             "health_host": runtime.health_host,
             "health_port": runtime.health_port,
@@ -147,22 +180,35 @@ class CdcMetrics:
         self.last_event = Gauge(
             "sf_cdc_last_event_timestamp_seconds", "When the channel last delivered", ["channel"], registry=r
         )
+        self.live = _LiveValues()
+        r.register(self.live)
 
 
 class _LiveValues(Collector):
-    """Values read at scrape time from the running subscriber."""
+    """Values read at scrape time from the running subscriber (the current term's, if any)."""
 
-    def __init__(self, subscriber: Subscriber) -> None:
-        self._s = subscriber
+    def __init__(self) -> None:
+        self.subscriber: Subscriber | None = None
+        self._earlier_rereads = 0  # of the subscribers of earlier terms, so the count never drops
+        self._last_event_at = 0.0
+
+    def attach(self, subscriber: Subscriber) -> None:
+        if self.subscriber is not None:
+            self._earlier_rereads += self.subscriber.rereads
+            self._last_event_at = max(self._last_event_at, self.subscriber.last_event_at)
+        self.subscriber = subscriber
 
     def collect(self) -> Iterable[Metric]:
-        s = self._s
+        s = self.subscriber
+        last = max(self._last_event_at, s.last_event_at if s else 0.0)
         age = GaugeMetricFamily("sf_cdc_last_event_age_seconds", "Seconds since any channel delivered")
-        age.add_metric([], time.time() - s.last_event_at if s.last_event_at else float("nan"))
+        age.add_metric([], time.time() - last if last else float("nan"))
         yield age
-        yield GaugeMetricFamily("sf_cdc_in_flight", "Changes received, not yet durable", value=s.in_flight)
-        yield GaugeMetricFamily("sf_cdc_ready", "1 while subscribed and consuming", value=float(s.ready))
-        yield GaugeMetricFamily("sf_cdc_salesforce_rereads", "Re-reads and resync queries made", value=s.rereads)
+        in_flight, ready = (s.in_flight, s.ready) if s else (0, False)
+        rereads = self._earlier_rereads + (s.rereads if s else 0)
+        yield GaugeMetricFamily("sf_cdc_in_flight", "Changes received, not yet durable", value=in_flight)
+        yield GaugeMetricFamily("sf_cdc_ready", "1 while subscribed and consuming", value=float(ready))
+        yield GaugeMetricFamily("sf_cdc_salesforce_rereads", "Re-reads and resync queries made", value=rereads)
 
 
 # --- the subscriber -----------------------------------------------------------------------------
@@ -208,7 +254,9 @@ class Subscriber:
         self._was_ready = False
         self.running = False
         self.last_event_at = 0.0
-        self.metrics.registry.register(_LiveValues(self))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._abandoned = False
+        self.metrics.live.attach(self)
 
     @property
     def rereads(self) -> int:
@@ -225,10 +273,20 @@ class Subscriber:
     def readiness(self) -> tuple[bool, str]:
         return (True, "subscribed") if self.ready else (False, "connecting, recovering or draining")
 
+    def abandon(self) -> None:
+        """The lease is lost: from now on nothing is produced and nothing is checkpointed (the
+        lanes and the checkpointer are cancelled at once; cancel ``run`` too, as for a kill). The
+        next leader resumes from the last checkpoint written, as after a crash."""
+        self._abandoned = True
+        for task in self._tasks:
+            task.cancel()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; reconnect with capped back-off on any stream failure."""
         self.running = True
-        tasks = [asyncio.create_task(self._lane(q), name=f"sf-cdc-lane-{i}") for i, q in enumerate(self._lanes)]
+        self._tasks = tasks = [
+            asyncio.create_task(self._lane(q), name=f"sf-cdc-lane-{i}") for i, q in enumerate(self._lanes)
+        ]
         tasks.append(asyncio.create_task(self._checkpointer(), name="sf-cdc-checkpointer"))
         try:
             failures = 0
@@ -240,7 +298,7 @@ class Subscriber:
                     failures = 1 if self._was_ready else failures + 1
                     self.metrics.reconnects.labels(reason=type(exc).__name__).inc()
                     log.warning("sf_cdc_reconnecting", error=repr(exc), failures=failures)
-                    await _sleep_unless(stop, min(self._options.reconnect_max_s, 0.2 * 2 ** (failures - 1)))
+                    await sleep_unless(stop, min(self._options.reconnect_max_s, 0.2 * 2 ** (failures - 1)))
         finally:
             for task in tasks:
                 task.cancel()
@@ -501,6 +559,8 @@ class Subscriber:
     async def _flush(self) -> None:
         # the lock keeps two flushes from committing out of order (an older id written last)
         async with self._flush_lock:
+            if self._abandoned:  # the lease is gone: another instance owns the checkpoint now
+                return
             ready = [cp for channel, wm in self._watermarks.items() if (cp := wm.take(channel)) is not None]
             if not ready:
                 return
@@ -581,11 +641,6 @@ def _dead_letter_headers(delivery: Delivery, exc: BaseException, stage: str, cod
     return [(name, value.encode()) for name, value in headers.items()]
 
 
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
 # --- composition --------------------------------------------------------------------------------
 def _forcing_refresh(tokens: TokenSource) -> Callable[[], Awaitable[None]]:
     async def reauthenticate() -> None:
@@ -606,10 +661,19 @@ async def serve(
     topics: CdcTopics | None = None,
     options: CdcOptions | None = None,
     metrics: CdcMetrics | None = None,
+    lease: LeaderLease | None = None,
+    instance_id: str | None = None,
 ) -> None:
-    """Run the CDC subscriber until ``stop`` is set, building whatever is not injected."""
+    """Run the CDC subscriber until ``stop`` is set, building whatever is not injected.
+
+    Subscribes only while this instance holds the lease ``lease_name(subscriber, instance_url)``
+    (a Postgres advisory lock on a connection of its own); until then it stands by, live but not
+    ready (``/readyz``: ``standby``). An injected ``lease`` must be one the checkpoint fence can
+    see: its terms are read from ``leader_terms`` through ``pool``."""
     sf = settings.salesforce
     options = options or CdcOptions.from_settings(settings)
+    metrics = metrics or CdcMetrics()
+    instance_id = instance_id or default_instance_id()
     async with contextlib.AsyncExitStack() as stack:
         tokens: TokenSource | None = None
         if salesforce is None or source is None:
@@ -633,21 +697,46 @@ async def serve(
             stack.push_async_callback(kafka.stop)
             await start_client(kafka, connection)  # a refused credential stops the process (one line)
             producer = AiokafkaProducer(kafka)
+        dsn = settings.postgres.dsn.get_secret_value()
         if pool is None:
-            pool = await create_pool(settings.postgres.dsn.get_secret_value(), 1, 2)
+            pool = await create_pool(dsn, 1, 2)
             stack.push_async_callback(pool.close)
+        if lease is None:
+            lease = PgAdvisoryLease(
+                dsn,
+                lease_name(options.subscriber, sf.instance_url),
+                application_name=f"sf-cdc lease {instance_id}",
+                check_timeout_s=options.lease_check_timeout_s,
+            )
         rules = Rules(frozenset(sf.activation_trigger_statuses), sf.call_options_client)
-        subscriber = Subscriber(
-            source=source,
-            translator=Translator(rules, salesforce),
-            producer=producer,
-            store=PgCheckpointStore(pool),
-            channels=list(sf.channels),
-            options=options,
-            topics=topics,
-            metrics=metrics,
+        assert salesforce is not None and pool is not None and lease is not None
+
+        def start_term(term: int) -> Subscriber:
+            # a fresh pipeline per term (an abandoned one may have left work half done), reading
+            # the checkpoint only after the term began, and writing it only while the term lasts
+            assert source is not None and producer is not None and salesforce is not None
+            assert pool is not None and lease is not None
+            return Subscriber(
+                source=source,
+                translator=Translator(rules, salesforce),
+                producer=producer,
+                store=FencedCheckpointStore(pool, lease.name, term, leadership.step_down),
+                channels=list(sf.channels),
+                options=options,
+                topics=topics,
+                metrics=metrics,
+            )
+
+        leadership = Leadership(
+            lease, start_term, registry=metrics.registry, instance_id=instance_id, timing=options.lease_timing
         )
-        health = await stack.enter_async_context(HealthServer(subscriber, options.health_host, options.health_port))
-        port = health.port
-        log.info("sf_cdc_started", channels=sf.channels, health_port=port, subscriber=options.subscriber)
-        await subscriber.run(stop)
+        health = await stack.enter_async_context(HealthServer(leadership, options.health_host, options.health_port))
+        log.info(
+            "sf_cdc_started",
+            channels=sf.channels,
+            health_port=health.port,
+            subscriber=options.subscriber,
+            lease=lease.name,
+            instance_id=instance_id,
+        )
+        await leadership.run(stop)

@@ -65,6 +65,7 @@ from events.errors import DependencyUnavailable
 from events.topics import Topic
 from schemas.whmcs_webhook import WhmcsWebhook, parse_webhook
 from workers.config import ConfigError, Settings
+from workers.crashpoints import crash_point
 from workers.ingress.dedupe import Claim, DedupeStore, RedisDedupeStore
 from workers.ingress.whmcs_webhooks import translate
 from workers.runtime import gc_policy
@@ -313,6 +314,7 @@ class WebhookReceiver:
             acknowledged, count = self._publish(webhook_id, payload)
             started = time.perf_counter()
             await acknowledged
+            crash_point("whmcs-webhooks.produced")  # chaos runs: on Kafka, the sender not yet answered
         except BaseException as exc:
             if claim is Claim.NEW:  # let the sender's retry count as new
                 await self._quietly(self.dedupe.release(webhook_id, owner))

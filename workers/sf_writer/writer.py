@@ -22,6 +22,7 @@ import structlog
 from adapters.salesforce.port import COLLECTION_LIMIT, RecordResult, RecordUpdate, SalesforcePort
 from events.errors import FleetError, InvalidPayload, RejectedByUpstream, UpstreamUnavailable
 from events.fulfillment import UpdateSalesforceRecord
+from workers.crashpoints import crash_point
 from workers.sf_writer.governor import BudgetGovernor
 
 log = structlog.get_logger(__name__)
@@ -170,6 +171,7 @@ class SalesforceWriter:
         self.stats.records_sent += len(chunk)
         try:
             results = await self._sf.update_records([r.update() for r in chunk], all_or_none=False)
+            crash_point("sf-writer.patched")  # chaos runs: written in Salesforce, offsets not committed
         except _RECORD_CAUSED as exc:
             if exc.code in _NOT_RECORD_CAUSED_CODES or len(chunk) == 1:
                 self._refused(chunk, exc, outcomes, isolate)

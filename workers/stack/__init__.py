@@ -1,9 +1,17 @@
 """The embedded local stack: real Kafka (KRaft), Redis and PostgreSQL on loopback, no Docker.
 
-    up(settings)      start what is not running (the three at once), wait until each answers,
+    up(settings)      start what is not running (all at once), wait until each answers,
                       write the env file, then create the topic catalog and apply migrations
     down(settings)    stop what ``up`` started; remove the env file (``purge`` also the state)
     status(settings)  what runs now; reads pid files and /proc only
+    restart_node(settings, node_id)
+                      start one Kafka node again (after ``kill -9``) and wait until it is back in
+                      the cluster; ``up`` does the same for every node, and the rest of the stack
+
+Kafka is one node by default, or a cluster of ``StackSettings.brokers`` nodes (``fleet stack up
+--brokers 3``: RF 3 / min ISR 2 for internal and catalog topics); see ``kafka`` for ports and
+directories. For failover tests: ``partition_leaders(stack.bootstrap, topic)`` names the node that
+leads each partition, ``stack.kafka_node(node_id).kill()`` is ``kill -9``, ``restart_node`` undoes it.
 
 Everything a stack owns lives in ``StackSettings.dir`` (``.fleet/stack``): one directory per
 server with its data, logs and pid file; the Kafka jars are shared per work tree (see ``kafka``).
@@ -26,9 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from events.topics import TopicPolicy
 from workers.config import STACK_ENV_FILE, StackSettings
 from workers.stack import envfile
-from workers.stack.kafka import Kafka
+from workers.stack.kafka import (
+    MULTI_BROKER_HEAP,
+    Kafka,
+    PartitionState,
+    cluster_nodes,
+    describe_partitions,
+    partition_leaders,
+    recorded_cluster_size,
+    replication,
+    size_mismatch,
+)
 from workers.stack.postgres import Postgres
 from workers.stack.process import Signature, StackError, file_lock, port_is_free, stop, tails
 from workers.stack.provision import ensure_topics_and_schema
@@ -36,12 +55,17 @@ from workers.stack.redis import Redis
 
 __all__ = [
     "STACK_ENV_FILE",
+    "PartitionState",
     "ServiceState",
     "Stack",
     "StackError",
     "StackUpError",
     "UpResult",
+    "describe_partitions",
     "down",
+    "partition_leaders",
+    "restart_node",
+    "restart_service",
     "status",
     "up",
 ]
@@ -111,25 +135,58 @@ class StackUpError(StackError):
 @dataclass(frozen=True)
 class Stack:
     state_dir: Path
-    kafka: Kafka
+    #: node ids 1..N in order (``kafka_nodes[i]`` has ``node_id == i + 1``)
+    kafka_nodes: tuple[Kafka, ...]
     redis: Redis
     postgres: Postgres
 
     @property
+    def kafka(self) -> Kafka:
+        """Node 1: the whole of Kafka on a single-node stack."""
+        return self.kafka_nodes[0]
+
+    @property
+    def brokers(self) -> int:
+        return len(self.kafka_nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node, comma-separated, as clients take it (any live one is enough to bootstrap)."""
+        return ",".join(node.endpoint for node in self.kafka_nodes)
+
+    @property
+    def topic_policy(self) -> TopicPolicy:
+        """How the catalog is provisioned here: RF 1 on one node, RF 3 / min ISR 2 from three on."""
+        return TopicPolicy(*replication(self.brokers))
+
+    def kafka_node(self, node_id: int) -> Kafka:
+        """The node whose ``node.id`` is ``node_id`` (what ``partition_leaders`` reports)."""
+        if not 1 <= node_id <= self.brokers:
+            raise StackError(f"no Kafka node {node_id}: this stack has nodes 1..{self.brokers}")
+        return self.kafka_nodes[node_id - 1]
+
+    @property
     def services(self) -> tuple[Service, ...]:
-        return (self.kafka, self.redis, self.postgres)
+        return (*self.kafka_nodes, self.redis, self.postgres)
 
     @classmethod
     def from_settings(cls, settings: StackSettings) -> Stack:
+        """The stack in ``settings.dir``. Its Kafka has as many nodes as its storage was formatted for
+        (so ``status`` and ``down`` see every node whatever ``--brokers`` says), else
+        ``settings.brokers``; ``up`` refuses an explicit count that differs from the storage's."""
         # Absolute, because the paths double as the identity of our processes in their argv.
         state_dir = settings.dir.resolve()
+        brokers = recorded_cluster_size(state_dir) or settings.brokers
+        explicit_heap = "kafka_heap" in settings.model_fields_set
+        heap = settings.kafka_heap if brokers == 1 or explicit_heap else MULTI_BROKER_HEAP
         return cls(
             state_dir=state_dir,
-            kafka=Kafka(
+            kafka_nodes=cluster_nodes(
                 state_dir,
+                brokers=brokers,
                 port=settings.kafka_port,
                 controller_port=settings.kafka_controller_port,
-                heap=settings.kafka_heap,
+                heap=heap,
             ),
             redis=Redis(state_dir, port=settings.redis_port),
             postgres=Postgres(state_dir, port=settings.postgres_port),
@@ -137,7 +194,10 @@ class Stack:
 
     def env_values(self) -> dict[str, str]:
         return envfile.env_values(
-            kafka_bootstrap=self.kafka.endpoint, redis_url=self.redis.url, database_url=self.postgres.dsn()
+            kafka_bootstrap=self.bootstrap,
+            redis_url=self.redis.url,
+            database_url=self.postgres.dsn(),
+            replication=replication(self.brokers) if self.brokers > 1 else None,
         )
 
 
@@ -147,11 +207,40 @@ async def up(settings: StackSettings, *, env_file: Path = STACK_ENV_FILE, provis
     began = time.monotonic()
     stack = Stack.from_settings(settings)
     async with file_lock(stack.state_dir / ".lock"):
+        _check_brokers(settings, stack)
         outcomes = await asyncio.gather(*(_ensure(s) for s in stack.services), return_exceptions=True)
     services = _raise_failures(outcomes)
     envfile.write(env_file, stack.env_values())
-    provisioned = await ensure_topics_and_schema(stack.kafka.endpoint, stack.postgres.dsn()) if provision else []
+    provisioned = (
+        await ensure_topics_and_schema(stack.bootstrap, stack.postgres.dsn(), stack.topic_policy) if provision else []
+    )
     return UpResult(services, provisioned, env_file, time.monotonic() - began)
+
+
+async def restart_service(settings: StackSettings, name: str) -> ServiceState:
+    """Start the stack's service ``name`` (``redis``, ``postgres``, ``kafka-<n>``) if it is not running,
+    cleaning what a killed one left, and wait until it answers; a running one is only waited for.
+    Unlike ``up`` and ``restart_node`` it takes no stack-wide lock, so a fault-injection run can bring
+    Redis back while a broker it killed is still restarting; the caller owns the services' lifecycle."""
+    stack = Stack.from_settings(settings)
+    by_name = {service.name: service for service in stack.services}
+    if name not in by_name:
+        raise StackError(f"no service {name}: this stack has {', '.join(sorted(by_name))}")
+    return await _ensure(by_name[name])
+
+
+async def restart_node(settings: StackSettings, node_id: int) -> ServiceState:
+    """Start Kafka node ``node_id`` (1-based, as ``partition_leaders`` names nodes) if it is not running,
+    e.g. after a chaos test's ``kill -9`` (stale pid file cleaned, reaping awaited, as in ``up``), and
+    wait until it answers and the cluster reports every broker again; a running node is only waited
+    for. Nothing else is touched: not the other nodes, the env file or the topics. Back in the
+    cluster is not back in sync: the node rejoins each partition's ISR once it has caught up (poll
+    ``describe_partitions``)."""
+    stack = Stack.from_settings(settings)
+    node = stack.kafka_node(node_id)
+    async with file_lock(stack.state_dir / ".lock"):
+        _check_brokers(settings, stack)
+        return await _ensure(node)
 
 
 async def down(settings: StackSettings, *, env_file: Path = STACK_ENV_FILE, purge: bool = False) -> list[ServiceState]:
@@ -168,6 +257,12 @@ async def down(settings: StackSettings, *, env_file: Path = STACK_ENV_FILE, purg
 
 def status(settings: StackSettings) -> list[ServiceState]:
     return [_status(service) for service in Stack.from_settings(settings).services]
+
+
+def _check_brokers(settings: StackSettings, stack: Stack) -> None:
+    """An explicit ``--brokers`` / FLEET_STACK__BROKERS must match the formatted storage, if any."""
+    if "brokers" in settings.model_fields_set and settings.brokers != stack.brokers:
+        raise StackError(size_mismatch(stack.state_dir, stack.brokers, settings.brokers))
 
 
 async def _ensure(service: Service) -> ServiceState:

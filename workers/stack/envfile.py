@@ -25,9 +25,21 @@ _SETTINGS_NAMES = {
 _HEADER = "# Written by `fleet stack up`, removed by `fleet stack down`. In a shell: set -a; . {path}; set +a\n"
 
 
-def env_values(*, kafka_bootstrap: str, redis_url: str, database_url: str) -> dict[str, str]:
+#: how the workers provision topics on a multi-broker stack (``Settings.topic_policy``)
+TOPICS_REPLICATION_FACTOR = env_var_name(("topics", "replication_factor"))
+TOPICS_MIN_INSYNC_REPLICAS = env_var_name(("topics", "min_insync_replicas"))
+
+
+def env_values(
+    *, kafka_bootstrap: str, redis_url: str, database_url: str, replication: tuple[int, int] | None = None
+) -> dict[str, str]:
+    """``kafka_bootstrap`` is every node, comma-separated. ``replication`` (factor, min ISR) is given
+    for a multi-broker stack only: the single node's 1/1 is what the workers assume locally anyway."""
     plain = {KAFKA_BOOTSTRAP: kafka_bootstrap, REDIS_URL: redis_url, DATABASE_URL: database_url}
-    return plain | {_SETTINGS_NAMES[name]: value for name, value in plain.items()}
+    values = plain | {_SETTINGS_NAMES[name]: value for name, value in plain.items()}
+    if replication is not None:
+        values[TOPICS_REPLICATION_FACTOR], values[TOPICS_MIN_INSYNC_REPLICAS] = map(str, replication)
+    return values
 
 
 def render(values: dict[str, str], path: Path) -> str:

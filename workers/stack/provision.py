@@ -10,16 +10,26 @@ import asyncio
 
 from adapters.db import migrate
 from adapters.kafka import ensure_topics
-from events.topics import catalog
+from events.topics import TopicPolicy, catalog
+from workers.stack.kafka import cluster_brokers, replication
+from workers.stack.process import StackError
 
 
-async def ensure_catalog(bootstrap: str) -> list[str]:
-    """Create every catalog topic that is missing; returns the names created. Lives here, not in the
-    CLI: the stack and the demo need it too, and workers/stack must not import workers/cli (a cycle)."""
-    return await ensure_topics(bootstrap, catalog())
+async def ensure_catalog(bootstrap: str, policy: TopicPolicy | None = None) -> list[str]:
+    """Create every catalog topic that is missing, under ``policy``; returns the names created. Lives
+    here, not in the CLI: the stack and the demo need it too, and workers/stack must not import
+    workers/cli (a cycle). Without a policy, the stack's own for the cluster's size: RF 1 on one
+    broker, RF 3 / min ISR 2 from three brokers on (``kafka.replication``)."""
+    if policy is None:
+        brokers = await cluster_brokers(bootstrap)
+        if brokers is None:
+            raise StackError(f"Kafka on {bootstrap} does not answer; cannot create the topic catalog")
+        policy = TopicPolicy(*replication(len(brokers)))
+    return await ensure_topics(bootstrap, catalog(policy))
 
 
-async def ensure_topics_and_schema(bootstrap: str, dsn: str) -> list[str]:
-    """Create the missing catalog topics and apply pending migrations, concurrently."""
-    topics, migrations = await asyncio.gather(ensure_catalog(bootstrap), migrate(dsn))
+async def ensure_topics_and_schema(bootstrap: str, dsn: str, policy: TopicPolicy | None = None) -> list[str]:
+    """Create the missing catalog topics (see ``ensure_catalog``) and apply pending migrations,
+    concurrently."""
+    topics, migrations = await asyncio.gather(ensure_catalog(bootstrap, policy), migrate(dsn))
     return [f"topics: {len(topics)} created", f"migrations: {len(migrations)} applied"]
