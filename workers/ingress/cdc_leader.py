@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -48,11 +48,12 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from adapters.leader_lease import LeaderLease, LeaseLost, fence
 from events.errors import DependencyUnavailable
-from workers.ingress.checkpoints import _UPSERT, Checkpoint, PgCheckpointStore
+from workers.ingress.checkpoints import PgCheckpointStore
 
 log = structlog.get_logger()
 
@@ -338,17 +339,12 @@ class FencedCheckpointStore(PgCheckpointStore):
         super().__init__(pool)
         self._lease, self._term, self._on_fenced = lease, term, on_fenced
 
-    async def save(self, subscriber: str, checkpoints: Sequence[Checkpoint]) -> None:
-        if not checkpoints:
-            return
-        args = [(subscriber, c.channel, c.replay_id, c.position_time, c.reset_reason) for c in checkpoints]
-        async with self._pool.acquire() as conn, conn.transaction():
-            try:
-                await fence(conn, self._lease, self._term)
-            except LeaseLost:
-                self._on_fenced()
-                raise
-            await conn.executemany(_UPSERT, args)
+    async def _before_write(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+        try:
+            await fence(conn, self._lease, self._term)
+        except LeaseLost:
+            self._on_fenced()
+            raise
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Protocol
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,11 @@ class PgCheckpointStore:
             return
         args = [(subscriber, c.channel, c.replay_id, c.position_time, c.reset_reason) for c in checkpoints]
         async with self._pool.acquire() as conn, conn.transaction():
+            await self._before_write(conn)
             await conn.executemany(_UPSERT, args)
+
+    async def _before_write(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+        """Runs in the write's transaction, before it; raising aborts the write (a fence hook)."""
 
 
 class MemoryCheckpointStore:
