@@ -124,6 +124,12 @@ class SalesforceSettings(_Section):
     activation_trigger_statuses: list[str] = ["Processed", "Reactivate", "Approved"]
     replay_fallback: Literal["latest", "earliest"] = "latest"
     api_budget_share_for_low_priority: float = Field(0.8, gt=0, le=1)
+    #: sf-writer: a usage reading (``Sforce-Limit-Info``) older than this is unknown and admits low priority
+    #: again, so a writer that only defers (nothing answered since) still learns that the budget recovered
+    api_usage_max_age_s: float = Field(300.0, gt=0)
+    #: sf-writer: at most this many Salesforce calls in flight per process (Salesforce allows 25
+    #: concurrent long-running calls per org, shared with every other integration)
+    max_concurrent_calls: int = Field(4, ge=1, le=25)
     #: CDC subscriber: silence longer than this (> Salesforce's 110 s long poll) is a stall → reconnect
     cdc_watchdog_s: float = Field(180.0, gt=0)
     cdc_checkpoint_interval_s: float = Field(0.25, gt=0)

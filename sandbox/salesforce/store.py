@@ -1,7 +1,8 @@
 """The sandbox org's records: the sObject schema the fleet touches, ids, field checks, snapshots.
 
-Pure data. It knows which fields each object has, which are read-only, how ids look (key prefix +
-counter, 18 characters) and how Salesforce formats datetimes; it does not know HTTP or change
+Pure data. It knows which fields each object has, which are read-only, how ids look (key prefix,
+pod, a base-62 record number that no earlier sandbox process handed out, and the case-safe
+suffix: 18 characters) and how Salesforce formats datetimes; it does not know HTTP or change
 events (``org.py`` pairs every write with its event).
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable
+import string
+import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +70,49 @@ class FieldProblem(Exception):
         self.entry: dict[str, Any] = {"errorCode": code, "message": message, "fields": fields}
 
 
+# --- record ids ---------------------------------------------------------------------------------
+#: Salesforce's base-62 digits in its own order (0-9, A-Z, a-z): numbers of one width sort as strings
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+#: between the key prefix and the record number: the pod ("5g", as in the demo ids) and a reserved "0"
+POD = "5g0"
+RECORD_DIGITS = 9  # 3 (key prefix) + 3 (pod) + 9 = the 15-character id
+_SUFFIX = string.ascii_uppercase + "012345"
+
+
+def record_number_base(now_s: float) -> int:
+    """Where a sandbox process starts numbering records: the wall clock in microseconds.
+
+    Salesforce never hands out an id twice in an org; a sandbox process keeps its org in memory,
+    so it starts above every number an earlier process can have handed out: one that started a
+    second earlier would have needed a million records in that second. Nine base-62 digits hold
+    this until the year 2398."""
+    return int(now_s * 1_000_000)
+
+
+def case_safe_suffix(id15: str) -> str:
+    """The three characters that make an 18-character id: one per 5-character chunk, encoding
+    which of its characters are upper-case letters (so the id survives case-insensitive systems)."""
+    chunks = (id15[n : n + 5] for n in (0, 5, 10))
+    return "".join(_SUFFIX[sum(1 << i for i, c in enumerate(chunk) if c in string.ascii_uppercase)] for chunk in chunks)
+
+
+def sf_record_id(prefix: str, number: int) -> str:
+    """The 18-character id of record ``number`` of the object with key prefix ``prefix``."""
+    digits = ""
+    for _ in range(RECORD_DIGITS):
+        number, digit = divmod(number, 62)
+        digits = BASE62[digit] + digits
+    if number:
+        raise OverflowError("record number does not fit nine base-62 digits")
+    id15 = prefix + POD + digits
+    return id15 + case_safe_suffix(id15)
+
+
+#: one numbering for every record this process creates, in every org (a reset or a second sandbox
+#: in the same process continues it), starting at the wall clock when the process imported this
+RECORD_NUMBERS: Iterator[int] = itertools.count(record_number_base(time.time()))
+
+
 def sf_datetime(moment: datetime) -> str:
     """Salesforce's REST datetime format: ``2026-01-01T09:30:00.000+0000``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
@@ -81,11 +127,11 @@ def all_fields(sobject: str) -> tuple[str, ...]:
 
 
 class Store:
-    """Records by type and id, plus the id and auto-number counters."""
+    """Records by type and id, plus the auto-number counter. New records are numbered from the
+    process-wide ``RECORD_NUMBERS``; records seeded with an ``Id`` (the demo world) keep it."""
 
     def __init__(self) -> None:
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in FIELDS}
-        self._counters = {name: itertools.count(1001) for name in FIELDS}
         self._order_numbers = itertools.count(100)
 
     # --- reading ------------------------------------------------------------------------------
@@ -113,15 +159,15 @@ class Store:
 
     # --- writing (callers check fields first) -------------------------------------------------
     def insert(self, sobject: str, fields: dict[str, Any], *, user: str, now: datetime) -> dict[str, Any]:
-        record_id = fields.get("Id") or demo_data.sf_id(KEY_PREFIX[sobject], next(self._counters[sobject]))
+        new_id = fields.get("Id") or sf_record_id(KEY_PREFIX[sobject], next(RECORD_NUMBERS))
         stamp = sf_datetime(now)
         record: dict[str, Any] = dict.fromkeys(FIELDS[sobject])
         record.update({k: v for k, v in fields.items() if k in FIELDS[sobject]})
-        record.update(Id=record_id, CreatedDate=stamp, CreatedById=user, LastModifiedDate=stamp,
+        record.update(Id=new_id, CreatedDate=stamp, CreatedById=user, LastModifiedDate=stamp,
                       LastModifiedById=user, SystemModstamp=stamp)  # fmt: skip
         if sobject == "Order" and record["OrderNumber"] is None:
             record["OrderNumber"] = f"{next(self._order_numbers):08d}"
-        self.records[sobject][record_id] = record
+        self.records[sobject][new_id] = record
         return record
 
     def apply(

@@ -88,9 +88,9 @@ def add_order(world: World, form: Form) -> dict[str, Any]:
     if gateway not in GATEWAYS:
         raise ApiError(f"Invalid Payment Method. Valid options include {','.join(GATEWAYS)}")
     lines = _order_lines(world, form)
-    order = Order(
-        next(world.order_ids), str(10_000_000 + len(world.orders)), client.id, gateway, form.get("notes", ""), 0.0, []
-    )
+    order_id = next(world.order_ids)
+    # WHMCS's order number is a random 10-digit text; the sandbox's follows the id, so it never repeats either
+    order = Order(order_id, f"{order_id:010d}", client.id, gateway, form.get("notes", ""), 0.0, [])
     for pid, cycle, qty, fields in lines:
         order.service_ids.append(_new_service(world, order, pid, cycle, qty, fields).id)
     order.amount = sum(world.services[s].amount for s in order.service_ids)

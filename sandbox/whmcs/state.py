@@ -3,12 +3,15 @@
 Seeded from ``sandbox.demo_data`` (clients with WHMCS ids and pay methods; products with pids).
 Records are plain dataclasses rendered into WHMCS's response shapes by ``sandbox.whmcs.actions``.
 Every change that WHMCS would fire a hook for appends to ``outbox``; the app drains it into the
-webhook emitter. No HTTP here.
+webhook emitter. Ids of new orders, services, invoices and pay methods never repeat an id an
+earlier sandbox process handed out (``clock_ids``). No HTTP here.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +21,32 @@ from sandbox import demo_data
 GATEWAYS = ("mailin", "banktransfer", "stripe")
 BASE_FIELDS = ("OpportunityId",)
 SIM_FIELDS = ("SIM Number", "Serial Number", "EID")
+
+
+#: WHMCS ids are MySQL ``int(10)`` auto-increments, and the fleet keeps WHMCS order ids in
+#: ``integer`` columns (``fulfillment_orders.whmcs_order_id``), so the sandbox's ids stay below 2**31:
+#: a process numbers from the wall clock at its start, counted from this epoch at ``per_second`` ids
+#: per second of wall time (see ``clock_ids``).
+ID_EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+ORDER_IDS_PER_SECOND = 10  # orders (and invoices, pay methods): the base passes 2**31 in late 2032
+SERVICE_IDS_PER_SECOND = 40  # one service per order line
+
+
+def clock_ids(per_second: int, now_s: float | None = None) -> Iterator[int]:
+    """Ids from ``per_second`` x (seconds since ``ID_EPOCH``) at the start, counting up.
+
+    WHMCS never reuses an id; the sandbox keeps its world in memory, so a new process starts above
+    everything an earlier one handed out, unless that one averaged more than ``per_second`` ids per
+    second of its life (``make bench-e2e`` creates about 1,200 orders in 3-4 minutes: 6 a second)."""
+    now_s = time.time() if now_s is None else now_s
+    return itertools.count(max(int((now_s - ID_EPOCH) * per_second), 1))
+
+
+#: one numbering per kind for every world of this process (``reset`` and a second sandbox continue it)
+ORDER_IDS = clock_ids(ORDER_IDS_PER_SECOND)
+SERVICE_IDS = clock_ids(SERVICE_IDS_PER_SECOND)
+INVOICE_IDS = clock_ids(ORDER_IDS_PER_SECOND)
+PAYMETHOD_IDS = clock_ids(ORDER_IDS_PER_SECOND)
 
 
 def now_text() -> str:
@@ -93,10 +122,10 @@ class World:
     services: dict[int, Service] = field(default_factory=dict)
     invoices: dict[int, Invoice] = field(default_factory=dict)
     outbox: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    order_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
-    service_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(7001))
-    invoice_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9001))
-    paymethod_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
+    order_ids: Iterator[int] = field(default_factory=lambda: ORDER_IDS)
+    service_ids: Iterator[int] = field(default_factory=lambda: SERVICE_IDS)
+    invoice_ids: Iterator[int] = field(default_factory=lambda: INVOICE_IDS)
+    paymethod_ids: Iterator[int] = field(default_factory=lambda: PAYMETHOD_IDS)
 
     def emit(self, event: str, **data: Any) -> None:
         self.outbox.append((event, data))

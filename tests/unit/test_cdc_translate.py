@@ -288,13 +288,19 @@ async def test_a_deleted_order_is_a_change() -> None:
 
 
 # --- own writes, merged, duplicates -------------------------------------------------------------
-async def test_the_fleets_own_writes_emit_nothing() -> None:
+async def test_the_fleets_own_writes_trigger_nothing_but_a_customer_facing_one_busts_the_cache() -> None:
+    """Our own Status revert must reach the cache (the portal shows Status) without re-triggering an
+    activation; an own write of internal fields only emits nothing."""
     origin = f"com/salesforce/api/rest/60.0;client={OWN_CLIENT}"
     message = change_message(
         "Order", fields={"Status": "Approved", "Activation_Status__c": "Activating"}, origin=origin
     )
     result = await translator().translate(parse(message))
-    assert result.emissions == () and result.note == "own_write"
+    assert types([e.event for e in result.emissions]) == [OrderChanged]
+    assert result.emissions[0].event.model_dump()["changed_fields"] == ["Status"]
+    internal = change_message("Order", fields={"Activation_Status__c": "Activating"}, origin=origin)
+    quiet = await translator().translate(parse(internal))
+    assert quiet.emissions == () and quiet.note == "own_write"
 
 
 async def test_another_clients_writes_are_translated() -> None:

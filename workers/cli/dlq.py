@@ -1,5 +1,8 @@
 """`fleet dlq`: inspect, replay and purge a consumer group's dead letters (docs/dlq-runbook.md).
 
+``-g ingress`` means the ingress workers' dead letters (``ingress.dlq.v1``): raw bodies refused
+before any group saw them; their replay re-ingests them (``workers.dlq.ingress``).
+
 Owns option parsing and printing (rich tables and a progress bar on a terminal, plain lines in a
 pipe). Must not hold the logic: reading, selecting, replaying and purging live in ``workers.dlq``.
 Exit codes: 0 done, 1 failed or not confirmed, 2 bad usage, 130 interrupted (progress is saved).
@@ -23,13 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from adapters.db import migrate
-from events.topics import ConsumerGroup
 from workers.cli._context import Context, config_errors, pass_ctx
 from workers.dlq import audit, browse, purge, render
 from workers.dlq.filters import Filter, FilterError, parse_coordinates, parse_when
+from workers.dlq.names import INGRESS, every_name
 from workers.dlq.reader import ReadStalled, TopicMissing
 from workers.dlq.replay import ReplayOptions, replay
-from workers.dlq.selection import Action
+from workers.dlq.selection import REFUSED, Action
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,6 +76,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @click.group(name="dlq")
 def group() -> None:
     """Dead letters: list, show, replay (into the group's own retry topic) and purge.
+
+    GROUP is a consumer group, or `ingress` for ingress.dlq.v1 (webhook bodies the receiver
+    refused; replay re-ingests them onto whmcs.billing.v1).
 
     \b
       fleet dlq list                          what is dead-lettered, by error and event type
@@ -137,13 +143,15 @@ def _window_note(filt: Filter) -> str | None:
 
 
 @group.command("list")
-@click.option("--group", "-g", "groups", multiple=True, help="consumer group (repeatable); default: every fleet group")
+@click.option(
+    "--group", "-g", "groups", multiple=True, help=f"consumer group or {INGRESS} (repeatable); default: all of them"
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @pass_ctx
 def list_cmd(ctx: Context, groups: tuple[str, ...], as_json: bool) -> None:
-    """Per group: dead letters by error class and event type, with oldest/newest (purged ones hidden)."""
+    """Per group (and ingress): dead letters by error class and event type, oldest/newest (purged ones hidden)."""
     s = ctx.settings
-    chosen = list(groups) or [g.value for g in ConsumerGroup]
+    chosen = list(groups) or every_name()
     views = _run(browse.overviews(s.kafka.connection(), s.postgres.dsn.get_secret_value(), chosen))
     if as_json:
         click.echo(json.dumps([render.overview_json(v) for v in views], indent=2))
@@ -174,7 +182,7 @@ def _print_overview(console: Console, view: browse.GroupOverview) -> None:
 
 
 @group.command("show")
-@click.option("--group", "-g", required=True, help="consumer group whose DLQ to read")
+@click.option("--group", "-g", required=True, help=f"consumer group whose DLQ to read, or {INGRESS}")
 @click.option("--partition", "-p", type=int, help="DLQ partition (with --offset)")
 @click.option("--offset", "-o", type=int, help="DLQ offset (with --partition)")
 @click.option("--event-id", help="ce_id; shows every dead letter of that event")
@@ -198,6 +206,14 @@ def _print_record(console: Console, view: browse.RecordView) -> None:
         console.print(f"[bold]{title}[/bold]" if console.is_terminal else f"{title}:")
         for label, value in pairs:
             console.print(f"  {label + ':':<18} {value}", markup=False)
+    if view.dl.ingress is not None:  # what the sender signed, byte for byte, and every header
+        console.print("raw body:")
+        console.print(render.raw_body(view), markup=False)
+        console.print("headers:")
+        for line in render.header_lines(view.dl.headers):
+            console.print(f"  {line}", markup=False)
+        console.print()
+        return
     console.print("stack trace:")
     console.print(view.dl.header("error_stacktrace") or "  -", markup=False)
     console.print("payload:")
@@ -240,7 +256,7 @@ async def _recent_jobs(dsn: str, group: str | None, limit: int) -> list[audit.Au
 
 
 class _Listener:
-    """Dry run: one line per record. Real run on a terminal: a progress bar."""
+    """Dry run: one line per record. Real run: a line per refused record, and a progress bar on a terminal."""
 
     def __init__(self, console: Console, dry_run: bool) -> None:
         self.console, self.dry_run = console, dry_run
@@ -251,12 +267,17 @@ class _Listener:
         if self.dry_run:
             for action in actions:
                 self.console.print(render.action_line(action, dry_run=True), markup=False)
-        elif actions and self.console.is_terminal:
+            return
+        for action in actions:
+            if action.outcome == REFUSED:
+                self.console.print(render.action_line(action, dry_run=False), markup=False)
+        if any(a.outcome != REFUSED for a in actions) and self.console.is_terminal:
             self.progress = Progress(
                 TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=self.console
             )
             self.progress.start()
-            self.task = self.progress.add_task("replay", total=len(actions))
+            total = sum(a.outcome != REFUSED for a in actions)
+            self.task = self.progress.add_task("replay", total=total)
 
     def sent(self, count: int) -> None:
         if self.progress is not None:
@@ -271,7 +292,12 @@ class _Listener:
 
 
 @group.command("replay")
-@click.option("--group", "-g", required=True, help="the consumer group that failed (replays go to its retry.1)")
+@click.option(
+    "--group",
+    "-g",
+    required=True,
+    help=f"the consumer group that failed (replays go to its retry.1), or {INGRESS} (re-ingest refused webhooks)",
+)
 @filter_options
 @click.option("--limit", type=click.IntRange(min=1), help="replay at most N records (the rest wait for a re-run)")
 @click.option("--dry-run", is_flag=True, help="print what would be replayed or parked; send nothing")
@@ -294,6 +320,10 @@ def replay_cmd(
 
     Records already replayed max_replays times are parked (<group>.parked) instead. Resumable:
     re-running the same command skips what was replayed, even after a kill.
+
+    With -g ingress, each refused webhook body is parsed and translated again, as the receiver
+    would, and its event goes to whmcs.billing.v1 with the receiver's CloudEvent id (no group had
+    seen it). A body that still fails is refused: nothing is sent for it, and the exit code is 1.
     """
     filt = build_filter(**filters)
     s = ctx.settings
@@ -307,6 +337,11 @@ def replay_cmd(
     finally:
         listener.close()
     click.echo(render.summary_line("replay", group, report.job_id, dry_run, report.counts))
+    if report.counts.get(REFUSED) and not dry_run:
+        raise click.ClickException(
+            f"{report.counts[REFUSED]} dead letter(s) still refused (see above), nothing sent for them;"
+            " fix the cause and run the same command again"
+        )
 
 
 # --- purge -----------------------------------------------------------------------------------

@@ -3,11 +3,15 @@
 Owns option parsing and printing. Must not hold saga logic: state comes from ``adapters.saga_store``
 and a retry is just an activation request on the fulfillment group's first retry tier (the same
 message a wake-up is), so the worker resumes the order from its first unfinished step.
+``show`` also reads the sf-writer's dead letters of the order's records (``fleet.sf-writer.dlq``,
+keyed by record id): the saga is done once its write-back commands are on Kafka, so "fulfilled"
+alone does not say that Salesforce was updated.
 Exit codes: 0 done, 1 unknown order or refused, 2 bad usage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -18,12 +22,18 @@ from typing import Any
 
 import click
 import structlog
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from asyncpg import PostgresError
 
 from adapters.db import create_pool
-from adapters.kafka import AiokafkaProducer, durable_producer, start_client
+from adapters.kafka import AiokafkaProducer, KafkaSecurityError, durable_producer, start_client
 from adapters.saga_store import HistoryEntry, PgSagaStore, SagaOrder, SagaRecord, StepRecord
+from events import failure as fh
 from events.topics import ConsumerGroup
 from workers.cli._context import Context, pass_ctx, run_async
+from workers.dlq import writeback
+from workers.dlq.reader import ReadStalled, TopicMissing
+from workers.dlq.render import record_status
 from workers.fulfillment.model import OrderState, seq_of, steps_for
 from workers.fulfillment.wakeup import RetryTopicScheduler, resume_request
 
@@ -52,13 +62,16 @@ async def _store(ctx: Context) -> AsyncIterator[PgSagaStore]:
 
 # --- show ----------------------------------------------------------------------------------------
 
+#: reading the sf-writer's DLQ can fail on its own; the saga's side is still worth showing then
+_DLQ_UNREADABLE = (KafkaError, KafkaSecurityError, TopicMissing, ReadStalled, OSError, TimeoutError, PostgresError)
+
 
 @group.command("show")
 @click.argument("sf_order_id")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document instead of text")
 @pass_ctx
 def show(ctx: Context, sf_order_id: str, as_json: bool) -> None:
-    """An order's state, its steps and its timeline."""
+    """An order's state, its steps and its timeline, with the sf-writer's dead letters of its records."""
 
     async def load() -> tuple[SagaRecord | None, list[HistoryEntry]]:
         async with _store(ctx) as store:
@@ -67,18 +80,27 @@ def show(ctx: Context, sf_order_id: str, as_json: bool) -> None:
     record, history = run_async(load())
     if record is None:
         raise click.ClickException(f"order {sf_order_id} is unknown to the fulfillment saga")
+    settings = ctx.settings
+    dsn = settings.postgres.dsn.get_secret_value()
+    try:  # not run_async: a Kafka that refuses our settings must not hide the saga's side either
+        wb: writeback.WriteBack | str = asyncio.run(writeback.load(settings.kafka.connection(), dsn, record, history))
+    except _DLQ_UNREADABLE as exc:
+        wb = f"{type(exc).__name__}: {exc}"
     if as_json:
         doc = {"order": asdict(record.order), "steps": [asdict(s) for s in _steps(record)],
-               "timeline": [asdict(h) for h in history]}  # fmt: skip
+               "timeline": [asdict(h) for h in history], "writeback": _writeback_json(wb)}  # fmt: skip
         click.echo(json.dumps(doc, default=str, indent=2))
         return
-    click.echo("\n".join(render_order(record, history)))
+    click.echo("\n".join(render_order(record, history, wb)))
 
 
-def render_order(record: SagaRecord, history: Sequence[HistoryEntry]) -> list[str]:
+def render_order(
+    record: SagaRecord, history: Sequence[HistoryEntry], wb: writeback.WriteBack | str | None = None
+) -> list[str]:
+    """``wb``: the sf-writer's outcome, or why it could not be read (a string), or None (not asked)."""
     o = record.order
     lines = [
-        f"order {o.sf_order_id}  {o.order_type or '?'}  state={o.state}"
+        f"order {o.sf_order_id}  {o.order_type or '?'}  state={o.state}{_writeback_verdict(wb)}"
         + (f"  at={o.current_step}" if o.current_step else ""),
         f"  account={o.sf_account_id or '-'}  whmcs client={o.whmcs_client_id or '-'}  "
         f"whmcs order={o.whmcs_order_id or '-'}  sim={o.sim_account or '-'}  requests={o.requests}",
@@ -102,8 +124,11 @@ def render_order(record: SagaRecord, history: Sequence[HistoryEntry]) -> list[st
     ]
     lines += _table(["#", "step", "status", "tries", "started", "took", "last error", "external ids"], rows)
     lines += ["", "timeline:"]
-    lines += [f"  {_ts(h.at)}  {h.step or '':<16} {h.kind:<14} {_ids(h.detail)}" for h in history]
-    return lines
+    entries = [(h.at, _timeline_line(h.at, h.step or "", h.kind, h.detail)) for h in history]
+    if isinstance(wb, writeback.WriteBack):
+        entries += _writeback_entries(wb)
+    lines += [line for _, line in sorted(entries, key=lambda e: e[0] or _EPOCH)]  # stable: ties keep their order
+    return lines + _writeback_notes(wb)
 
 
 def _steps(record: SagaRecord) -> list[StepRecord]:
@@ -111,6 +136,84 @@ def _steps(record: SagaRecord) -> list[StepRecord]:
     planned = {s.value: StepRecord(s.value, seq_of(s)) for s in steps_for(record.order.order_type)}
     planned.update(record.steps)
     return sorted(planned.values(), key=lambda s: s.seq)
+
+
+def _timeline_line(at: datetime | None, step: str, kind: str, detail: dict[str, Any]) -> str:
+    return f"  {_ts(at)}  {step:<16} {kind:<14} {_ids(detail)}"
+
+
+# --- show: the sf-writer's outcome -------------------------------------------------------------------
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+def _writeback_verdict(wb: writeback.WriteBack | str | None) -> str:
+    if isinstance(wb, str):
+        return ", write-back not checked"
+    return ", write-back dead-lettered" if wb is not None and wb.dead_lettered else ""
+
+
+def _writeback_entries(wb: writeback.WriteBack) -> list[tuple[datetime | None, str]]:
+    """A ``dead_lettered`` line per dead letter, and ``dlq_replayed``/``dlq_parked`` when a replay job took it."""
+    entries: list[tuple[datetime | None, str]] = []
+    for view in wb.letters:
+        dl, replay = view.dl, view.replay
+        detail = {
+            "record": writeback.record_of(view),
+            "error": dl.error_class,
+            "code": dl.header(fh.ERROR_CODE),
+            "message": json.dumps(_short(dl.header(fh.ERROR_MESSAGE) or ""), ensure_ascii=False),
+            "dlq": f"{dl.partition}:{dl.offset}",
+            "status": record_status(view),
+        }
+        entries.append((dl.dead_lettered_at, _timeline_line(dl.dead_lettered_at, "sf-writer", "dead_lettered", detail)))
+        if replay is not None and replay.updated_at is not None:
+            to = {"job": replay.job_id, "to": f"{replay.target_topic}[{replay.target_partition}]"}
+            entries.append(
+                (replay.updated_at, _timeline_line(replay.updated_at, "sf-writer", f"dlq_{replay.outcome}", to))
+            )
+    return entries
+
+
+def _writeback_notes(wb: writeback.WriteBack | str | None) -> list[str]:
+    if isinstance(wb, str):
+        return ["", f"sf-writer dead letters not read ({writeback.GROUP}): {wb}"]
+    if wb is None:
+        return []
+    notes = []
+    if wb.dead_lettered:
+        key = wb.open[-1].dl.key_text
+        notes += [
+            "",
+            "write-back dead-lettered: Salesforce does not show what the saga did; once the cause is fixed:",
+            f"  fleet dlq replay -g {wb.group} --key {key} --dry-run",
+        ]
+    if wb.capped:
+        notes.append(f"(only the newest dead letters of {wb.group} were searched: its DLQ is very large)")
+    return notes
+
+
+def _writeback_json(wb: writeback.WriteBack | str) -> dict[str, Any]:
+    if isinstance(wb, str):
+        return {"status": "not checked", "error": wb, "dead_letters": []}
+    letters = [
+        {
+            "at": v.dl.dead_lettered_at,
+            "record": writeback.record_of(v),
+            "dlq": f"{v.dl.topic} {v.dl.partition}:{v.dl.offset}",
+            "error_class": v.dl.error_class,
+            "error_code": v.dl.header(fh.ERROR_CODE),
+            "error_message": v.dl.header(fh.ERROR_MESSAGE),
+            "status": record_status(v),
+            "open": v in wb.open,
+        }
+        for v in wb.letters
+    ]
+    return {"status": "dead-lettered" if wb.dead_lettered else "ok", "dead_letters": letters, "capped": wb.capped}
+
+
+def _short(text: str | None, limit: int = 120) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- list ----------------------------------------------------------------------------------------

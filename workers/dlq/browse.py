@@ -15,9 +15,9 @@ import asyncpg
 
 from adapters.db import migrate
 from adapters.kafka import KafkaTarget
-from events.topics import dlq_topic
 from workers.dlq import store
 from workers.dlq.models import DeadLetter
+from workers.dlq.names import dead_letter_topic
 from workers.dlq.reader import TopicMissing, TopicReader
 from workers.dlq.selection import PARKED, REPLAYED
 
@@ -75,7 +75,7 @@ def summarize(
     purged: set[tuple[int, int]],
     outcomes: dict[tuple[int, int], str],
 ) -> GroupOverview:
-    overview = GroupOverview(group, dlq_topic(group))
+    overview = GroupOverview(group, dead_letter_topic(group))
     for dl in records:
         overview.add(dl, purged=dl.coordinates in purged, outcome=outcomes.get(dl.coordinates))
     return overview
@@ -94,10 +94,10 @@ async def _overview(conn: asyncpg.Connection, kafka: KafkaTarget, group: str) ->
     purged = await store.purged_records(conn, group)
     outcomes = {at: row.outcome for at, row in (await store.done_records(conn, group)).items()}
     try:
-        async with TopicReader(kafka, dlq_topic(group), client_id=CLIENT_ID) as reader:
+        async with TopicReader(kafka, dead_letter_topic(group), client_id=CLIENT_ID) as reader:
             return summarize(group, [dl async for dl in reader.read()], purged, outcomes)
     except TopicMissing:
-        return GroupOverview(group, dlq_topic(group), exists=False)
+        return GroupOverview(group, dead_letter_topic(group), exists=False)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ async def find(
 async def _find_records(
     kafka: KafkaTarget, group: str, at: tuple[int, int] | None, event_id: str | None
 ) -> list[DeadLetter]:
-    async with TopicReader(kafka, dlq_topic(group), client_id=CLIENT_ID) as reader:
+    async with TopicReader(kafka, dead_letter_topic(group), client_id=CLIENT_ID) as reader:
         if at is not None:
             one = await reader.read_one(*at)
             return [one] if one is not None else []

@@ -1,8 +1,9 @@
 """A dead letter as read from ``<group>.dlq``: the record's bytes plus typed views of its headers.
 
 Owns decoding the header contract of ``events.failure`` (and the CloudEvents ``ce_*`` headers) for
-display and filtering. Must not alter the bytes: replay re-sends ``key``, ``value`` and the original
-headers exactly as they were read.
+display and filtering; an ingress dead letter (``ingress.dlq.v1``) has no CloudEvent, so its
+identity, type and error come from the headers its ingress worker wrote. Must not alter the bytes:
+replay re-sends ``key``, ``value`` and the original headers exactly as they were read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from events.envelope import H_ID, H_TYPE
 
 #: a Kafka header as read: a null value stays None so a replay re-sends it as null
 Header = tuple[str, bytes | None]
+
+#: headers of an ingress dead letter (``webhook_server._dead_letter``; ``sf_cdc`` writes neither)
+H_INGRESS = "ingress"  # the ingress worker that refused the body, e.g. ``whmcs-webhooks``
+H_WEBHOOK_ID = "webhook_id"  # the Standard Webhooks id (also the record key)
+H_FAILED_AT = "failed_at"  # ISO-8601 UTC
 
 
 def decode_header(value: bytes | None) -> str:
@@ -75,15 +81,30 @@ class DeadLetter:
 
     @property
     def event_id(self) -> str:
-        return self.header(H_ID) or ""
+        """``ce_id``; for a refused webhook (no CloudEvent yet), its webhook-id."""
+        return self.header(H_ID) or self.header(H_WEBHOOK_ID) or ""
 
     @property
     def event_type(self) -> str:
-        return self.header(H_TYPE) or "?"
+        """``ce_type``; for an ingress dead letter, ``<ingress>:<the body's event>`` or the CDC channel."""
+        return self.header(H_TYPE) or self._ingress_type() or "?"
 
     @property
     def error_class(self) -> str:
-        return self.header(fh.ERROR_CLASS) or "?"
+        """The error's class; a receiver's refusal has only a code (``unknown_event``, ...)."""
+        return self.header(fh.ERROR_CLASS) or self.header(fh.ERROR_CODE) or "?"
+
+    @property
+    def ingress(self) -> str | None:
+        """The ingress worker that refused this body, when it says so (the WHMCS receiver does)."""
+        return self.header(H_INGRESS)
+
+    def _ingress_type(self) -> str | None:
+        if self.ingress is None:  # sf-cdc's dead letters: no consumer group, the channel as source topic
+            return None if self.header(fh.SOURCE_GROUP) else self.header(fh.SOURCE_TOPIC)
+        body = self.payload()
+        event = body.get("event") if isinstance(body, dict) else None
+        return f"{self.ingress}:{event if isinstance(event, str) else '?'}"
 
     @property
     def replay_count(self) -> int:

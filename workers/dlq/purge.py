@@ -23,10 +23,10 @@ from aiokafka.admin import RecordsToDelete  # type: ignore[import-untyped]
 
 from adapters.db import migrate
 from adapters.kafka import KafkaTarget, admin_client
-from events.topics import dlq_topic
 from workers.dlq import audit, store
 from workers.dlq.filters import Filter
 from workers.dlq.models import DeadLetter
+from workers.dlq.names import dead_letter_topic
 from workers.dlq.reader import PartitionRange, TopicReader
 from workers.dlq.selection import FILTERED_OUT, PURGED_HIDDEN, Selector
 
@@ -71,7 +71,7 @@ async def prepare(kafka: KafkaTarget, dsn: str, group: str, filt: Filter) -> Pur
     finally:
         await conn.close()
     offsets: dict[int, list[int]] = {}
-    async with TopicReader(kafka, dlq_topic(group), client_id=CLIENT_ID) as reader:
+    async with TopicReader(kafka, dead_letter_topic(group), client_id=CLIENT_ID) as reader:
         ranges = await reader.ranges()
         async for dl in reader.read():
             offsets.setdefault(dl.partition, []).append(dl.offset)
@@ -132,7 +132,7 @@ async def _apply(
     if not opts.truncate:
         return {}
     points = truncate_points(plan.offsets, plan.ranges, await store.purged_records(conn, opts.group))
-    truncated = await delete_records(kafka, dlq_topic(opts.group), points) if points else {}
+    truncated = await delete_records(kafka, dead_letter_topic(opts.group), points) if points else {}
     counts["truncated"] = {str(p): o for p, o in truncated.items()}
     return truncated
 

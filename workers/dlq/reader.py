@@ -96,6 +96,14 @@ class TopicReader:
         ends = await self._consumer.end_offsets(tps)
         return {tp.partition: PartitionRange(tp.partition, starts[tp], ends[tp]) for tp in tps}
 
+    async def offsets_at(self, timestamp_ms: int) -> dict[int, int]:
+        """Per partition, the first offset whose record timestamp is at or after ``timestamp_ms`` (the
+        end offset when there is none): where ``read`` starts to skip what is older."""
+        tps = [self._tp(p) for p in self._partitions]
+        found = await self._consumer.offsets_for_times(dict.fromkeys(tps, timestamp_ms))
+        ends = await self._consumer.end_offsets(tps)
+        return {tp.partition: found[tp].offset if found.get(tp) else ends[tp] for tp in tps}
+
     async def read(self, start: Mapping[int, int] | None = None) -> AsyncGenerator[DeadLetter, None]:
         """Every record from ``start`` (partition → offset; default: every partition from its log start)
         up to the end offsets of now. In offset order within a partition; partitions interleave.

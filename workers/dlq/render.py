@@ -13,11 +13,12 @@ from typing import Any
 from uuid import UUID
 
 from events import failure as fh
-from events.envelope import H_CORRELATION, H_SOURCE, H_TIME
+from events.envelope import H_CORRELATION, H_ID, H_SOURCE, H_TIME
 from workers.dlq.audit import AuditRow
 from workers.dlq.browse import Bucket, GroupOverview, RecordView
-from workers.dlq.models import decode_header, iso
-from workers.dlq.selection import PARKED, Action
+from workers.dlq.ingress import replay_event_id
+from workers.dlq.models import H_FAILED_AT, H_WEBHOOK_ID, Header, decode_header, header_dict, iso
+from workers.dlq.selection import PARKED, REFUSED, Action
 
 OVERVIEW_COLUMNS = ("count", "replayed", "parked", "oldest", "newest", "error class", "event type")
 AUDIT_COLUMNS = ("started", "action", "group", "operator", "dry run", "status", "counts", "job")
@@ -60,8 +61,16 @@ def overview_json(o: GroupOverview) -> dict[str, Any]:
 def action_line(action: Action, *, dry_run: bool) -> str:
     """One line per record of a replay plan: what happens, to which record, and where the copy goes."""
     dl = action.dl
+    if action.outcome == REFUSED:
+        return f"{'refused':<12} {dl.partition}:{dl.offset}  key={dl.key_text}  type={dl.event_type}  {action.reason}"
     verb = "park" if action.outcome == PARKED else "replay"
     verb = f"would {verb}" if dry_run else verb
+    if action.records:  # an ingress body, re-ingested: the events go out under the receiver's ids
+        ids = ",".join(decode_header(header_dict(headers).get(H_ID)) for _, _, headers in action.records)
+        return (
+            f"{verb:<12} {dl.partition}:{dl.offset}  webhook_id={dl.key_text}  type={dl.event_type}"
+            f"  error={dl.error_class}  -> {action.target_topic}[{action.target_partition}]  as id={ids}"
+        )
     return (
         f"{verb:<12} {dl.partition}:{dl.offset}  id={dl.event_id}  type={dl.event_type}  key={dl.key_text}"
         f"  error={dl.error_class}  replay_count={dl.replay_count}"
@@ -82,15 +91,18 @@ def _scalar(value: Any) -> str:
 def record_sections(view: RecordView) -> list[tuple[str, list[tuple[str, str]]]]:
     """``fleet dlq show``: titled sections of (label, value) pairs; payload and stack come separately."""
     dl = view.dl
+    record = (
+        "record",
+        [
+            ("dlq", f"{dl.topic} {dl.partition}:{dl.offset}"),
+            ("dead-lettered", when(dl.dead_lettered_at)),
+            ("status", record_status(view)),
+        ],
+    )
+    if dl.ingress is not None:  # a body a receiver refused: no CloudEvent yet, no group, no stack
+        return [record, *_ingress_sections(view)]
     return [
-        (
-            "record",
-            [
-                ("dlq", f"{dl.topic} {dl.partition}:{dl.offset}"),
-                ("dead-lettered", when(dl.dead_lettered_at)),
-                ("status", record_status(view)),
-            ],
-        ),
+        record,
         (
             "event",
             [
@@ -117,9 +129,40 @@ def record_status(view: RecordView) -> str:
     return f"{r.outcome} by job {r.job_id} -> {r.target_topic}[{r.target_partition}]@{r.target_offset}{times}"
 
 
+def _ingress_sections(view: RecordView) -> list[tuple[str, list[tuple[str, str]]]]:
+    dl = view.dl
+    return [
+        (
+            "webhook",
+            [
+                ("ingress", dl.ingress or "-"),
+                ("webhook id", dl.header(H_WEBHOOK_ID) or "-"),
+                ("type", dl.event_type),
+                ("replayed as id", replay_event_id(dl) or "- (not re-ingestible)"),
+            ],
+        ),
+        (
+            "error",
+            [
+                ("code", dl.header(fh.ERROR_CODE) or "-"),
+                ("message", dl.header(fh.ERROR_MESSAGE) or "-"),
+                ("failed at", dl.header(H_FAILED_AT) or "-"),
+            ],
+        ),
+    ]
+
+
 def original_header_lines(view: RecordView) -> list[str]:
-    headers = view.dl.original_headers()
+    return header_lines(view.dl.original_headers())
+
+
+def header_lines(headers: list[Header] | tuple[Header, ...]) -> list[str]:
     return [f"{name}: {'<null>' if value is None else decode_header(value)}" for name, value in headers]
+
+
+def raw_body(view: RecordView) -> str:
+    """The value exactly as stored (a refused body may not even be JSON), as text."""
+    return decode_header(view.dl.value) if view.dl.value else "<empty>"
 
 
 def payload_text(view: RecordView) -> str:

@@ -3,7 +3,9 @@
 Owns the replay job: lock, audit, in-doubt resolution, selection, pacing, produce, progress.
 Must not produce to a shared source topic: other groups read it and already succeeded, so the copy
 goes to ``<group>.retry.1``, which only the failed group consumes (or, past the loop guard, to
-``<group>.parked``, which nobody consumes).
+``<group>.parked``, which nobody consumes). The one exception is ``ingress``: its dead letters never
+reached any group, so their bodies are re-ingested onto the topic the receiver writes
+(``workers.dlq.ingress``), with the receiver's deterministic CloudEvent ids.
 
 Why a replay is never sent twice, even when the process is killed:
 1. one job per group at a time (a Postgres advisory lock that dies with the connection);
@@ -18,6 +20,7 @@ Why a replay is never sent twice, even when the process is killed:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,10 +34,11 @@ import structlog
 from adapters.db import migrate
 from adapters.kafka import KafkaTarget, durable_producer, start_client
 from events import failure as fh
-from events.topics import dlq_topic, parked_topic, retry_topic
-from workers.dlq import audit, store
+from events.topics import parked_topic, retry_topic
+from workers.dlq import audit, ingress, store
 from workers.dlq.filters import Filter
 from workers.dlq.models import DeadLetter, Header, fingerprint
+from workers.dlq.names import INGRESS, dead_letter_topic
 from workers.dlq.ratelimit import TokenBucket, Unlimited
 from workers.dlq.reader import TopicReader
 from workers.dlq.selection import (
@@ -42,12 +46,13 @@ from workers.dlq.selection import (
     FILTERED_OUT,
     PARKED,
     PURGED_HIDDEN,
+    REFUSED,
     REPLAYED,
     SELECTED,
     SKIPPED_ALREADY_REPLAYED,
     Action,
     Selector,
-    action_headers,
+    action_records,
     plan_action,
 )
 
@@ -148,17 +153,20 @@ class _ReplayJob:
             self.counts[IN_DOUBT_PENDING] = len(await store.in_doubt(self.conn, self.group))
         else:
             self.counts.update(await resolve_in_doubt(self.conn, self.kafka, self.group))
-        selected = await self._select()
-        actions = [
-            plan_action(dl, group=self.group, max_replays=self.opts.max_replays, partitions=partitions)
-            for dl in selected
-        ]
+        actions = [self._plan(dl, partitions) for dl in await self._select()]
         self.listener.planned(actions)
+        sendable = [a for a in actions if a.outcome != REFUSED]
+        self.counts[REFUSED] += len(actions) - len(sendable)  # not sent, no progress row: replayable later
         if self.opts.dry_run:
-            self.counts.update(a.outcome for a in actions)  # what a real run would do now
+            self.counts.update(a.outcome for a in sendable)  # what a real run would do now
         else:
-            await self._send_all(actions, scan_from)
+            await self._send_all(sendable, scan_from)
         return ReplayReport(self.job_id, self.opts.dry_run, actions, summary_counts(self.counts))
+
+    def _plan(self, dl: DeadLetter, partitions: dict[str, int]) -> Action:
+        if self.group == INGRESS:  # no loop guard: a re-ingested event that fails lands in a group's DLQ
+            return ingress.plan_reingest(dl, partitions=partitions[ingress.TARGET])
+        return plan_action(dl, group=self.group, max_replays=self.opts.max_replays, partitions=partitions)
 
     async def _select(self) -> list[DeadLetter]:
         selector = Selector(
@@ -168,7 +176,7 @@ class _ReplayJob:
             again=self.opts.again,
             limit=self.opts.limit,
         )
-        async with TopicReader(self.kafka, dlq_topic(self.group), client_id=CLIENT_ID) as reader:
+        async with TopicReader(self.kafka, dead_letter_topic(self.group), client_id=CLIENT_ID) as reader:
             async for dl in reader.read():
                 selector.offer(dl)
         selected = selector.finish()
@@ -193,24 +201,27 @@ class _ReplayJob:
 
     async def _send_chunk(self, producer: Any, chunk: list[Action], scan_from: dict[tuple[str, int], int]) -> None:
         now_ms = int(time.time() * 1000)
-        headers = [action_headers(a, job_id=str(self.job_id), now_ms=now_ms) for a in chunk]
-        rows = [_sending(a, h, scan_from) for a, h in zip(chunk, headers, strict=True)]
+        records = [action_records(a, job_id=str(self.job_id), now_ms=now_ms) for a in chunk]
+        rows = [_sending(a, list(r[0][2]), scan_from) for a, r in zip(chunk, records, strict=True)]
         await store.mark_sending(self.conn, self.group, self.job_id, rows)  # committed before the produce
         # send() only enqueues, in this order, so the copies of one partition keep their DLQ order.
         futures = [
-            await producer.send(a.target_topic, key=a.dl.key, value=a.dl.value, headers=h, partition=a.target_partition)
-            for a, h in zip(chunk, headers, strict=True)
+            await producer.send(a.target_topic, key=key, value=value, headers=list(h), partition=a.target_partition)
+            for a, copies in zip(chunk, records, strict=True)
+            for key, value, h in copies
         ]
         metas = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
-        done = [(a.dl.coordinates, m.offset) for a, m in zip(chunk, metas, strict=True)]
+        firsts = itertools.accumulate((len(r) for r in records[:-1]), initial=0)  # each action's first record
+        done = [(a.dl.coordinates, metas[i].offset) for a, i in zip(chunk, firsts, strict=True)]
         await store.mark_done(self.conn, self.group, self.job_id, done)
 
 
 async def _targets(kafka: KafkaTarget, group: str) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
-    """Partition counts and current end offsets of both targets; fails early when one is missing."""
+    """Partition counts and current end offsets of every target; fails early when one is missing."""
     partitions: dict[str, int] = {}
     ends: dict[tuple[str, int], int] = {}
-    for topic in (retry_topic(group, 1), parked_topic(group)):
+    targets = (ingress.TARGET,) if group == INGRESS else (retry_topic(group, 1), parked_topic(group))
+    for topic in targets:
         async with TopicReader(kafka, topic, client_id=CLIENT_ID) as reader:
             ranges = await reader.ranges()
         partitions[topic] = len(ranges)

@@ -2,14 +2,15 @@
 
 Owns the selection rules shared by replay and purge (purged records are hidden, filters apply,
 already-replayed records are skipped unless ``--again``, ``--limit`` defers the rest), the loop
-guard, and the exact headers of the copies replay produces. Must not do I/O.
+guard, and the exact records replay produces (a group's copies, or an ingress body's re-ingested
+events, ``workers.dlq.ingress``). Must not do I/O.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from events import failure as fh
@@ -19,6 +20,10 @@ from workers.dlq.models import DeadLetter, Header
 
 REPLAYED = "replayed"
 PARKED = "parked"
+REFUSED = "refused"  # an ingress body that still fails to parse: nothing is sent for it
+
+#: (key, value, headers) of one record to produce
+Record = tuple[bytes | None, bytes | None, Sequence[Header]]
 
 # Summary counters, in the order the summary prints them.
 FILTERED_OUT = "filtered_out"
@@ -81,12 +86,18 @@ def _age(dl: DeadLetter) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Action:
-    """What replay does with one selected dead letter, and where the copy goes."""
+    """What replay does with one selected dead letter, and where the copy goes.
+
+    ``records``: for an ingress dead letter, the events its body translates to (sent instead of the
+    dead letter itself); ``reason``: why a ``REFUSED`` one is not sent.
+    """
 
     dl: DeadLetter
-    outcome: str  # REPLAYED | PARKED
+    outcome: str  # REPLAYED | PARKED | REFUSED
     target_topic: str
     target_partition: int
+    records: tuple[Record, ...] = ()
+    reason: str = ""
 
 
 def plan_action(dl: DeadLetter, *, group: str, max_replays: int, partitions: dict[str, int]) -> Action:
@@ -128,3 +139,13 @@ def action_headers(action: Action, *, job_id: str, now_ms: int) -> list[Header]:
     if action.outcome == PARKED:
         return parked_headers(action.dl, job_id=job_id)
     return replay_headers(action.dl, job_id=job_id, now_ms=now_ms)
+
+
+def action_records(action: Action, *, job_id: str, now_ms: int) -> list[Record]:
+    """What replay produces for ``action``, in order: the dead letter's copy, or the re-ingested
+    events of an ingress body, each with ``replay_job`` appended (the audit trail, and what an
+    interrupted job's successor looks for on the target partition)."""
+    if action.records:
+        job = (fh.REPLAY_JOB, job_id.encode())
+        return [(key, value, [*headers, job]) for key, value, headers in action.records]
+    return [(action.dl.key, action.dl.value, action_headers(action, job_id=job_id, now_ms=now_ms))]

@@ -7,8 +7,9 @@ sends, which is the whole of the resumability protocol.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -51,6 +52,7 @@ class ProgressRow:
     target_partition: int
     target_offset: int | None
     replays: int
+    updated_at: datetime | None = None  # when the copy was acknowledged (state 'done')
 
 
 # --- the per-group lock: one replay or purge job per group at a time ------------------------
@@ -73,15 +75,34 @@ def _lock_key(group: str) -> str:
 # --- replay progress ---------------------------------------------------------------------------
 
 
+_DONE = (
+    "SELECT dlq_partition, dlq_offset, job_id, outcome, target_topic, target_partition, target_offset, replays,"
+    " updated_at FROM dlq_replay_progress WHERE consumer_group = $1 AND state = 'done'"
+)
+
+
 async def done_records(conn: asyncpg.Connection, group: str) -> dict[Coordinates, ProgressRow]:
-    rows = await conn.fetch(
-        "SELECT dlq_partition, dlq_offset, job_id, outcome, target_topic, target_partition, target_offset, replays"
-        " FROM dlq_replay_progress WHERE consumer_group = $1 AND state = 'done'",
-        group,
-    )
+    return _progress_rows(await conn.fetch(_DONE, group))
+
+
+async def done_among(
+    conn: asyncpg.Connection, group: str, records: Collection[Coordinates]
+) -> dict[Coordinates, ProgressRow]:
+    """``done_records`` of these records only (a lookup by key need not load a whole group's progress)."""
+    sql = _DONE + " AND (dlq_partition, dlq_offset) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))"
+    return _progress_rows(await conn.fetch(sql, group, *_columns(records)))
+
+
+def _progress_rows(rows: Sequence[asyncpg.Record]) -> dict[Coordinates, ProgressRow]:
     return {
         (r["dlq_partition"], r["dlq_offset"]): ProgressRow(
-            r["job_id"], r["outcome"], r["target_topic"], r["target_partition"], r["target_offset"], r["replays"]
+            r["job_id"],
+            r["outcome"],
+            r["target_topic"],
+            r["target_partition"],
+            r["target_offset"],
+            r["replays"],
+            r["updated_at"],
         )
         for r in rows
     }
@@ -153,6 +174,20 @@ async def forget_sending(conn: asyncpg.Connection, group: str, row: InDoubt) -> 
 async def purged_records(conn: asyncpg.Connection, group: str) -> set[Coordinates]:
     rows = await conn.fetch("SELECT dlq_partition, dlq_offset FROM dlq_purged WHERE consumer_group = $1", group)
     return {(r["dlq_partition"], r["dlq_offset"]) for r in rows}
+
+
+async def purged_among(conn: asyncpg.Connection, group: str, records: Collection[Coordinates]) -> set[Coordinates]:
+    rows = await conn.fetch(
+        "SELECT dlq_partition, dlq_offset FROM dlq_purged WHERE consumer_group = $1"
+        " AND (dlq_partition, dlq_offset) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))",
+        group,
+        *_columns(records),
+    )
+    return {(r["dlq_partition"], r["dlq_offset"]) for r in rows}
+
+
+def _columns(records: Collection[Coordinates]) -> tuple[list[int], list[int]]:
+    return [p for p, _ in records], [o for _, o in records]
 
 
 async def mark_purged(

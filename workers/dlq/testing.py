@@ -34,6 +34,7 @@ class Letter:
     source_topic: str = Topic.SF_ORDER
     source_partition: int = 0
     source_offset: int = 0
+    source_timestamp_ms: int = 1_700_000_000_000  # when the failed record was produced
     replay_count: int = 0
     attempts: int = 3
     dead_lettered_ms: int | None = None  # the DLQ record's timestamp (None: now)
@@ -55,7 +56,13 @@ def build(letter: Letter, group: str) -> tuple[bytes, bytes, list[tuple[str, byt
     env = Envelope(id=letter.event_id, source="/fleet/test", type=letter.event_type, key=letter.key, data=data)
     key, value, original = to_record(env)
     record = FailedRecord(
-        letter.source_topic, letter.source_partition, letter.source_offset, 1_700_000_000_000, key, value, original
+        letter.source_topic,
+        letter.source_partition,
+        letter.source_offset,
+        letter.source_timestamp_ms,
+        key,
+        value,
+        original,
     )
     prior = {fh.REPLAY_COUNT: str(letter.replay_count).encode()} if letter.replay_count else {}
     failure = FailureInfo(_raised(letter.error), fh.Stage.HANDLE, letter.attempts, 1_700_000_000.0, 1_700_000_001.0)

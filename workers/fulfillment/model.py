@@ -97,6 +97,17 @@ class ErrorCode(StrEnum):
     FREEBIT_TIMEOUT = "FREEBIT_TIMEOUT"
     WHMCS_ORDER_REJECTED = "WHMCS_ORDER_REJECTED"
     WHMCS_SERVICE_UPDATE_FAILED = "WHMCS_SERVICE_UPDATE_FAILED"
+    #: the ledger fulfilled the order, but Salesforce shows another order (WHMCS id, account or lines)
+    LEDGER_MISMATCH = "LEDGER_MISMATCH"
+
+
+class LedgerVerdict(StrEnum):
+    """What a new request's snapshot says about an order the ledger calls fulfilled (``policy.check_ledger``)."""
+
+    NO_EVIDENCE = "no_evidence"  # no snapshot, or one read before the order was fulfilled
+    IN_SYNC = "in_sync"  # Salesforce shows it Activated with the ledger's WHMCS order
+    REPAIR = "repair"  # the same order, without the write-back: send it again
+    MISMATCH = "mismatch"  # Salesforce shows something the ledger did not fulfil: a human decides
 
 
 # --- what a step function returns ----------------------------------------------------------------

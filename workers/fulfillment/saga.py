@@ -17,6 +17,10 @@ Durability rules, in the order they happen for one delivery:
 4. a delivery's last write (fulfilled / parked / failed / waiting, plus its inbox row) is one
    transaction, committed only after the outcome events (or the wake-up) are published, so a
    crash re-publishes them (at least once) rather than losing them.
+
+A request for an order the ledger already calls fulfilled runs no step: its snapshot is compared
+with the ledger (``policy.check_ledger``), a lost write-back is sent again from the recorded ids,
+and a Salesforce order the ledger did not fulfil gets ``LEDGER_MISMATCH`` (never a second order).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
+from pydantic import ValidationError
 
 from adapters.saga_store import InboxClaim, SagaOrder, SagaRecord, SagaStore
 from events.base import DomainEvent
@@ -37,6 +43,7 @@ from workers.fulfillment.model import (
     Done,
     ErrorCode,
     Fail,
+    LedgerVerdict,
     OrderState,
     Outcome,
     Park,
@@ -45,7 +52,14 @@ from workers.fulfillment.model import (
     StepStatus,
     Wait,
 )
-from workers.fulfillment.policy import rejection_code, reverts_status
+from workers.fulfillment.policy import (
+    LedgerCheck,
+    check_ledger,
+    mismatch_message,
+    rejection_code,
+    reverts_status,
+    same_record,
+)
 from workers.fulfillment.run import (
     Clock,
     Publisher,
@@ -82,6 +96,14 @@ class Saga:
         self._clock = clock
         self._hook = hook
         self._lock_wait_s = lock_wait_s
+        #: requests for orders the ledger calls fulfilled, by what their snapshot showed
+        #: (``LedgerVerdict``); unregistered: the worker running the route serves it (``collector``)
+        self.ledger_checks = Counter(
+            "fleet_fulfillment_ledger_checks",
+            "Activation requests for orders the ledger calls fulfilled, by verdict (repair = write-back re-sent)",
+            ["verdict"],
+            registry=None,
+        )
 
     async def handle(self, trigger: Trigger) -> SagaResult:
         """Advance one order as far as it can go now. Safe to call any number of times."""
@@ -92,8 +114,7 @@ class Saga:
             if run is None:
                 return SagaResult(trigger.sf_order_id, "ignored")
             if run.order.state == OrderState.FULFILLED:
-                await run.save(claim=trigger.claim)  # a repeat request: nothing to do, remember we saw it
-                return SagaResult(trigger.sf_order_id, OrderState.FULFILLED)
+                return await self._revisit(run)
             return await self._advance(run)
 
     # --- opening and resuming -------------------------------------------------------------------
@@ -126,6 +147,57 @@ class Saga:
         run.order.state, run.order.error_code, run.order.error_message = OrderState.RUNNING, None, None
         run.order.finished_at = None
         return [Step(r.step) for r in reopened]
+
+    # --- a request for a fulfilled order ----------------------------------------------------------
+    async def _revisit(self, run: Run) -> SagaResult:
+        """Nothing runs again. The request's snapshot is compared with the ledger: a lost write-back
+        is sent again, a Salesforce order the ledger did not fulfil is reported, the rest is noted.
+        Each ends with the request's inbox row, so a redelivery is a duplicate."""
+        check = _ledger_check(run)
+        self.ledger_checks.labels(verdict=check.verdict.value).inc()
+        if check.verdict == LedgerVerdict.MISMATCH:
+            return await self._mismatch(run, check)
+        if check.verdict == LedgerVerdict.REPAIR:
+            await self._repair(run, check)
+        else:
+            run.note("already_fulfilled", verdict=check.verdict.value, reason=check.reason)
+        await run.save(claim=run.trigger.claim)
+        return SagaResult(run.order.sf_order_id, OrderState.FULFILLED)
+
+    async def _repair(self, run: Run, check: LedgerCheck) -> None:
+        """The write-back step's own commands again, from the recorded WHMCS ids (absolute values:
+        a repair that was not needed writes the same fields), and ``OrderFulfilled`` again, since
+        the write-back alone changes no field the portal's caches follow."""
+        order, created = run.order, run.ids(Step.WHMCS_CREATE)
+        await self._steps[Step.SF_WRITEBACK](run)
+        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, _fulfilled(run), run.trigger.cause)
+        ids: dict[str, Any] = {"whmcs_order_id": order.whmcs_order_id, "service_ids": created.get("service_ids", [])}
+        run.note("writeback_repaired", Step.SF_WRITEBACK, reason=check.reason, **ids)
+        log.warning("fulfillment_writeback_repaired", sf_order_id=order.sf_order_id, reason=check.reason, **ids)
+
+    async def _mismatch(self, run: Run, check: LedgerCheck) -> SagaResult:
+        """Salesforce shows an order the ledger did not fulfil: the code and both sides go to the
+        order, the log and the timeline. Nothing is created and ``Status`` stays as it is:
+        re-triggering cannot settle which record is right, a human must."""
+        order, code, shown = run.order, ErrorCode.LEDGER_MISMATCH, run.trigger.snapshot
+        assert shown is not None, "only a snapshot can disagree with the ledger"
+        message = mismatch_message(order.whmcs_order_id, order.whmcs_client_id, check)
+        await self._send_update(run, writeback.errored(order.sf_order_id, code, message, revert_status=False))
+        ids = _outcome_ids(order)
+        if shown.sf_account_id and not same_record(shown.sf_account_id, order.sf_account_id or ""):
+            ids.update(sf_account_id=shown.sf_account_id, whmcs_client_id=None)  # the account the portal shows
+        failed = OrderFulfillmentFailed(**ids, error_code=code, error_message=message)
+        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, failed, run.trigger.cause)
+        sides: dict[str, Any] = {
+            "whmcs_order_id": order.whmcs_order_id,
+            "sf_whmcs_order_id": shown.whmcs_order_id,
+            "differences": list(check.differences),
+        }
+        run.note("ledger_mismatch", code=code, message=message, **sides)
+        await run.save(claim=run.trigger.claim)
+        accounts = {"sf_account_id": shown.sf_account_id, "ledger_sf_account_id": order.sf_account_id}
+        log.error("fulfillment_ledger_mismatch", sf_order_id=order.sf_order_id, code=code, **sides, **accounts)
+        return SagaResult(order.sf_order_id, OrderState.FULFILLED, code=code)
 
     # --- the loop -------------------------------------------------------------------------------
     async def _advance(self, run: Run) -> SagaResult:
@@ -222,11 +294,7 @@ class Saga:
         order = run.order
         order.state, order.current_step, order.finished_at = OrderState.FULFILLED, None, self._clock()
         order.error_code = order.error_message = None
-        services = [int(s) for s in run.ids(Step.WHMCS_CREATE).get("service_ids", [])]
-        fulfilled = OrderFulfilled(
-            **_outcome_ids(order), whmcs_order_id=order.whmcs_order_id or 0, whmcs_service_ids=services
-        )
-        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, fulfilled, run.trigger.cause)
+        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, _fulfilled(run), run.trigger.cause)
         run.note("fulfilled", whmcs_order_id=order.whmcs_order_id, duration_s=_seconds(order.created_at, self._clock()))
         await self._save(run, claim=run.trigger.claim)
         log.info("order_fulfilled", sf_order_id=order.sf_order_id, whmcs_order_id=order.whmcs_order_id)
@@ -274,6 +342,21 @@ def _wanted(record: SagaRecord | None, trigger: Trigger) -> bool:
     return (
         waiting is not None and trigger.cause is not None and waiting.external_ids.get("wakeup_id") == trigger.cause.id
     )
+
+
+def _fulfilled(run: Run) -> OrderFulfilled:
+    services = [int(s) for s in run.ids(Step.WHMCS_CREATE).get("service_ids", [])]
+    order = run.order
+    return OrderFulfilled(**_outcome_ids(order), whmcs_order_id=order.whmcs_order_id or 0, whmcs_service_ids=services)
+
+
+def _ledger_check(run: Run) -> LedgerCheck:
+    order = run.order
+    try:
+        plan = run.plan
+    except ValidationError:  # none recorded, or written by a release whose plan had other fields
+        return LedgerCheck(LedgerVerdict.NO_EVIDENCE, "the ledger's plan cannot be read")
+    return check_ledger(plan, order.whmcs_order_id, order.finished_at, run.trigger.snapshot)
 
 
 def _outcome_ids(order: SagaOrder) -> dict[str, Any]:

@@ -1,8 +1,20 @@
 """The Salesforce field writes the saga asks the sf-writer for, as ``UpdateSalesforceRecord`` commands.
 
-Owns which fields change on success, park and failure (domain-facts §2.7). Pure: the saga publishes
-the commands to ``Topic.SF_WRITEBACK``; it never calls Salesforce to write a status itself. Every
-command sets absolute values, so sending one twice (after a crash) writes the same record twice.
+Owns which fields change on success, park and failure (domain-facts §2.7), and each command's
+priority for the sf-writer's API budget governor. Pure: the saga publishes the commands to
+``Topic.SF_WRITEBACK``; it never calls Salesforce to write a status itself. Every command sets
+absolute values, so sending one twice (after a crash) writes the same record twice.
+
+The priority rule (docs/sf-writer.md, "Priorities"), set here and nowhere else:
+
+* **high**: what a person or the fleet acts on. The Order's ``Activation_Status__c = Activated``
+  with its ``WHMCS_Order_ID__c`` (the "already fulfilled" guard) and cleared errors; the error code
+  and message staff act on (failed or parked); ``Status = Approved``, the revert that lets staff
+  re-trigger a SIM order. Never deferred by the governor.
+* **low**: information recorded for reference that nobody waits on: the WHMCS service id on each
+  OrderItem (CDC ignores the field, the fleet never reads it back), and any progress note. Deferred
+  while the daily API budget is above ``SalesforceSettings.api_budget_share_for_low_priority``.
+  A low command whose record also gets a high command in the same writer run rides along.
 """
 
 from __future__ import annotations
@@ -19,13 +31,19 @@ ERROR_MESSAGE_MAX = 255  # Activation_Error_Message__c is a text field; keep wit
 
 
 def _order(sf_order_id: str, fields: dict[str, object]) -> UpdateSalesforceRecord:
+    """High priority: the Order's status, error and revert fields are what staff and the fleet act on."""
     return UpdateSalesforceRecord(sobject="Order", record_id=sf_order_id, fields=fields, priority="high")
+
+
+def _reference(sobject: str, record_id: str, fields: dict[str, object]) -> UpdateSalesforceRecord:
+    """Low priority: recorded for reference only, so it may wait for the API budget."""
+    return UpdateSalesforceRecord(sobject=sobject, record_id=record_id, fields=fields, priority="low")
 
 
 def fulfilled(
     sf_order_id: str, lines: Sequence[PlanLine], whmcs_order_id: int, service_ids: Sequence[int]
 ) -> list[UpdateSalesforceRecord]:
-    """Order: Activated + WHMCS order id, errors cleared; each OrderItem: its WHMCS service id.
+    """Order: Activated + WHMCS order id, errors cleared (high); each OrderItem: its WHMCS service id (low).
 
     AddOrder returns one service per line, in line order, which is how lines and services pair up."""
     order = _order(
@@ -38,9 +56,7 @@ def fulfilled(
         },
     )
     items = [
-        UpdateSalesforceRecord(
-            sobject="OrderItem", record_id=line.order_item_id, fields={"WHMCS_Service_ID__c": str(service_id)}
-        )
+        _reference("OrderItem", line.order_item_id, {"WHMCS_Service_ID__c": str(service_id)})
         for line, service_id in zip(lines, service_ids, strict=False)
     ]
     return [order, *items]

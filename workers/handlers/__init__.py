@@ -143,11 +143,13 @@ def bind_fulfillment(
         hook=hook,
         output_topics=output_topics,
     )
+    fulfil = partial(fulfill_order, saga=saga)
+    fulfil.collector = saga.ledger_checks  # type: ignore[attr-defined]  # served on the worker's /metrics
     return {
-        OrderActivationRequested: partial(fulfill_order, saga=saga),
-        SimActivationRequested: partial(fulfill_order, saga=saga),
-        OrderActivationRequestedV1: partial(fulfill_order, saga=saga),
-        SimActivationRequestedV1: partial(fulfill_order, saga=saga),
+        OrderActivationRequested: fulfil,
+        SimActivationRequested: fulfil,
+        OrderActivationRequestedV1: fulfil,
+        SimActivationRequestedV1: fulfil,
         PaymentMethodChanged: partial(resume_parked_orders, saga=saga, store=store),
     }
 

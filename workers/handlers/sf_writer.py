@@ -25,6 +25,7 @@ from workers.runtime.batch import BatchHandler, Defer, Outcome
 from workers.runtime.message import Message
 from workers.runtime.route import Handler
 from workers.sf_writer.governor import DEFERRED_CODE, BudgetGovernor
+from workers.sf_writer.metrics import SfWriterCollector
 from workers.sf_writer.window import BatchWindow
 from workers.sf_writer.writer import Pending, SalesforceWriter
 
@@ -56,13 +57,29 @@ def build_sf_writer(
 
     ``usage`` defaults to ``salesforce.api_usage``; pass a shared tracker when several adapters of
     one process spend the same org's budget. The deferral asks for a delay just above the
-    runtime's in-place back-off cap, so a deferred record leaves the partition at once."""
+    runtime's in-place back-off cap, so a deferred record leaves the partition at once. Which
+    command is low priority is decided where it is built (``workers.fulfillment.writeback``)."""
+    sf = settings.salesforce
     governor = BudgetGovernor(
-        low_priority_share=settings.salesforce.api_budget_share_for_low_priority,
+        low_priority_share=sf.api_budget_share_for_low_priority,
         usage=usage or salesforce.api_usage,
         defer_s=settings.runtime.backoff_max_s + 1.0,
+        max_age_s=sf.api_usage_max_age_s,
     )
-    return BatchWindow(SalesforceWriter(salesforce, governor), linger_s=linger_s)
+    writer = SalesforceWriter(salesforce, governor, max_concurrent_calls=sf.max_concurrent_calls)
+    return BatchWindow(writer, linger_s=linger_s)
+
+
+class SfWriterHandler(BatchHandler):
+    """The route's handler; carries its ``window`` and the ``collector`` of the writer's metrics."""
+
+    def __init__(self, window: BatchWindow, *, max_batch: int = COLLECTION_LIMIT) -> None:
+        async def write(msgs: Sequence[Message]) -> list[Outcome]:
+            return await write_salesforce_updates(msgs, window=window)
+
+        super().__init__(write, max_batch=max_batch)
+        self.window = window
+        self.collector = SfWriterCollector(window.writer)
 
 
 def bind_sf_writer(
@@ -73,13 +90,11 @@ def bind_sf_writer(
     window: BatchWindow | None = None,
     max_batch: int = COLLECTION_LIMIT,
 ) -> dict[type[DomainEvent], Handler]:
-    """The sf-writer's dispatch table, for ``Route(handlers=...)`` on ``Topic.SF_WRITEBACK``."""
+    """The sf-writer's dispatch table, for ``Route(handlers=...)`` on ``Topic.SF_WRITEBACK``. The
+    handler's ``collector`` (API usage, deferrals by priority, calls in flight) is served by the
+    worker that runs the route (``Worker`` registers a handler's collector on its /metrics)."""
     window = window or build_sf_writer(salesforce=salesforce, settings=settings, usage=usage)
-
-    async def write(msgs: Sequence[Message]) -> list[Outcome]:
-        return await write_salesforce_updates(msgs, window=window)
-
-    return {UpdateSalesforceRecord: BatchHandler(write, max_batch=max_batch)}
+    return {UpdateSalesforceRecord: SfWriterHandler(window, max_batch=max_batch)}
 
 
 def bind_from_deps(deps: Deps) -> dict[type[DomainEvent], Handler]:

@@ -79,7 +79,9 @@ CUSTOMER_FACING_ORDER_FIELDS = frozenset(
 CUSTOMER_FACING_ORDER_ITEM_FIELDS = frozenset(
     {"Quantity", "UnitPrice", "Description", "Product2Id", "Billing_Cycle__c"}
 )
-#: what the fleet itself writes back; never a reason for an OrderChanged (documentation and tests)
+#: what the fleet itself writes back and the portal does not show; never a reason for an
+#: OrderChanged (documentation and tests). The fleet also writes ``Status`` (a failed SIM order goes
+#: back to Approved): customer-facing, so that own write does yield one (``Translator._own_write``)
 INTERNAL_ORDER_FIELDS = frozenset(
     {ACTIVATION_STATUS, WHMCS_ORDER_ID, "Activation_Error_Code__c", "Activation_Error_Message__c"}
 )
@@ -506,9 +508,7 @@ class Translator:
         if header is None:
             return _eligibility(change) if change.entity == ACCOUNT_ELIGIBILITY else Translation(note="ignored_entity")
         if header.origin_client == self.rules.own_client:
-            # our own write-back: the fields the fleet writes are internal, so neither a trigger
-            # nor a customer-facing change; dropping it whole also means no echo loop
-            return Translation(note="own_write")
+            return await self._own_write(change)
         if change.entity not in RESYNC_FIELDS:
             return Translation(note="ignored_entity")
         if header.is_overflow or any("*" in r for r in header.record_ids):
@@ -521,21 +521,38 @@ class Translator:
             emissions.extend(await self._translate_record(change, record_id))
         return Translation(emissions=tuple(emissions), note=None if emissions else "no_rule_matched")
 
-    async def _translate_record(self, change: Change, record_id: str) -> list[Emission]:
+    async def _own_write(self, change: Change) -> Translation:
+        """Our own write-back (``changeOrigin`` client = the fleet, and so any Flow it fired): never
+        a trigger, which also means no echo loop. But when it changed a field the portal shows (the
+        SIM failure's ``Status = Approved``), the portal's copy is stale from the moment the write
+        lands, after the outcome's invalidation: a cache-only ``OrderChanged`` busts it again.
+        Internal fields only (``Activation_Status__c``, ``WHMCS_Order_ID__c``...) emit nothing."""
+        header = change.header
+        assert header is not None
+        plain = header.change_type in _KNOWN_CHANGE_TYPES and not any("*" in r for r in header.record_ids)
+        if change.entity not in (ORDER, ORDER_ITEM) or not plain:
+            return Translation(note="own_write")  # the fleet writes no catalog, and no gaps come from it
+        emissions: list[Emission] = []
+        for record_id in dict.fromkeys(header.record_ids):
+            emissions.extend(await self._translate_record(change, record_id, triggers=False))
+        return Translation(emissions=tuple(emissions), note=None if emissions else "own_write")
+
+    async def _translate_record(self, change: Change, record_id: str, *, triggers: bool = True) -> list[Emission]:
         src = _Source(change.basis, change.replay_id, change.raw, change.change_type)
         if change.entity == ORDER:
-            return await self._order(change, record_id, src)
+            return await self._order(change, record_id, src, triggers=triggers)
         if change.entity == ORDER_ITEM:
             return await self._order_item(change, record_id, src)
         fields = sorted(change.changed_fields() - SYSTEM_FIELDS)
         return [_catalog_changed(src, change.entity, record_id, change.values, fields)]
 
-    async def _order(self, change: Change, order_id: str, src: _Source) -> list[Emission]:
+    async def _order(self, change: Change, order_id: str, src: _Source, *, triggers: bool) -> list[Emission]:
+        """``triggers=False``: an own write, only its ``OrderChanged`` (no request, no re-read)."""
         assert change.header is not None
         if change.header.is_gap:
             return await self._order_gap(change, order_id, src)
         changed = change.changed_fields()
-        transitions = change.change_type in (CREATE, UPDATE)
+        transitions = triggers and change.change_type in (CREATE, UPDATE)
         view: dict[str, Any] = dict(change.values)
         activation = transitions and becomes_activating(view, changed)
         sim = transitions and becomes_processed(view, changed)
@@ -640,7 +657,8 @@ class Translator:
         # window truncated at ``until`` would miss what changed in its last second
         since, until = since.replace(microsecond=0), _ceil_second(until)
         records = await self.reader.records_modified_between(event.entity, since, until, list(fields))
-        audit = event.model_dump(mode="json")
+        # the request as it is on sf.resync.v1 (the audit log), joined by its CloudEvent id
+        audit = {**event.model_dump(mode="json"), "request_id": request.event_id}
         emissions: list[Emission] = []
         for record in records:
             src = _Source(f"resync:{request.event_id}", None, {"resync": audit, "record": record}, "RESYNC")

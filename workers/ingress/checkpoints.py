@@ -8,6 +8,11 @@ Kafka acknowledged (``acks=all``, idempotent producer) every domain event derive
 and only hands out the highest replay id below which everything is done. A crash therefore
 resumes from a replay id whose changes are all on Kafka: what follows it is delivered again
 (deterministic CloudEvent ids, so downstream inboxes drop the repeats) and nothing is lost.
+
+A window the stream cannot replay (a rejected replay id, a quiet channel) is caught up by a resync.
+While that catch-up has not succeeded the row says so durably: ``reset_reason`` is
+``CATCH_UP_PENDING:<reason>`` and ``position_time`` stays at the window's start, whatever replay ids
+the stream checkpoints meanwhile, so a restart (or another leader) resumes the catch-up.
 """
 
 from __future__ import annotations
@@ -21,16 +26,31 @@ from typing import Protocol
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+#: ``reset_reason`` prefix of a channel whose catch-up resync has not succeeded yet
+CATCH_UP_PENDING = "CATCH_UP_PENDING:"
+
+
+def pending(reason: str) -> str:
+    """The ``reset_reason`` recording an unfinished catch-up whose resync reason is ``reason``."""
+    return CATCH_UP_PENDING + reason
+
 
 @dataclass(frozen=True)
 class Checkpoint:
     """Where a channel may resume: ``replay_id`` (None after a fallback) and ``position_time``,
-    the commit time of that change or the end of the last resync window."""
+    the commit time of that change or the end of the last resync window; while a catch-up is
+    pending (``pending_catch_up``), the start of the window still to resync."""
 
     channel: str
     replay_id: int | None
     position_time: datetime | None = None
     reset_reason: str | None = None
+
+    @property
+    def pending_catch_up(self) -> str | None:
+        """The reason of the unfinished catch-up this row records, None when there is none."""
+        reason = self.reset_reason or ""
+        return reason.removeprefix(CATCH_UP_PENDING) if reason.startswith(CATCH_UP_PENDING) else None
 
 
 class CheckpointStore(Protocol):
@@ -39,7 +59,9 @@ class CheckpointStore(Protocol):
         ...
 
     async def save(self, subscriber: str, checkpoints: Sequence[Checkpoint]) -> None:
-        """Upsert the checkpoints in one transaction. Idempotent. Raises on database errors."""
+        """Upsert the checkpoints in one transaction. Idempotent. Raises on database errors.
+        ``replay_id`` is always written; a None ``position_time`` or ``reset_reason`` keeps the
+        stored one (so a stream position never clears a pending catch-up's marker)."""
         ...
 
 
@@ -83,7 +105,8 @@ class PgCheckpointStore:
 
 
 class MemoryCheckpointStore:
-    """In-memory ``CheckpointStore`` for unit tests; ``saves`` records every write in order."""
+    """In-memory ``CheckpointStore`` for unit tests; ``saves`` records every write in order. Rows
+    merge as the SQL upsert does (a None time or reason keeps the stored one)."""
 
     def __init__(self, initial: dict[str, Checkpoint] | None = None) -> None:
         self.rows: dict[str, Checkpoint] = dict(initial or {})
@@ -98,7 +121,13 @@ class MemoryCheckpointStore:
             exc, self.fail_next_with = self.fail_next_with, None
             raise exc
         for checkpoint in checkpoints:
-            self.rows[checkpoint.channel] = checkpoint
+            old = self.rows.get(checkpoint.channel)
+            self.rows[checkpoint.channel] = Checkpoint(
+                checkpoint.channel,
+                checkpoint.replay_id,
+                checkpoint.position_time or (old.position_time if old else None),
+                checkpoint.reset_reason or (old.reset_reason if old else None),
+            )
             self.saves.append(checkpoint)
 
 
@@ -147,6 +176,11 @@ class Watermark:
             del self._open[first_token]
             if self._safe is None or first.replay_id > self._safe.replay_id:
                 self._safe, self._dirty = first, True
+
+    @property
+    def position(self) -> int | None:
+        """The highest replay id of the completed prefix so far (None before the first)."""
+        return self._safe.replay_id if self._safe is not None else None
 
     def take(self, channel: str) -> Checkpoint | None:
         """The position to write, once per advance (None when nothing new became safe)."""

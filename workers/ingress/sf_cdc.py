@@ -5,7 +5,9 @@ Reads change events from a ``ChangeSource`` (CometD today), turns each into doma
 durable producer, and writes the channel's replay id to Postgres only once Kafka acknowledged
 everything up to it. Changes are worked on in lanes keyed by record id: a slow re-read does not
 hold the whole stream, and one record's events stay in order. A watchdog tears a silent stream
-down; a rejected checkpoint falls back, raises the alarm and resyncs the missing window.
+down; a rejected checkpoint falls back, raises the alarm and resyncs the missing window. A
+catch-up that fails is not forgotten: its window stays in the checkpoint row and is retried with
+back-off while the stream goes on (and after a restart) until it succeeds.
 Serves /livez, /readyz and /metrics. Rules live in ``cdc_translate``; this module only moves data.
 Several instances may run: only the holder of the lease subscribes (``cdc_leader``), each term with
 a fresh ``Subscriber`` whose checkpoint writes are fenced by the term.
@@ -52,8 +54,17 @@ from workers.ingress.cdc_leader import (
     sleep_unless,
 )
 from workers.ingress.cdc_source import ChangeSource, CometdSource, Delivery, Subscribed
-from workers.ingress.cdc_translate import RESYNC_FIELDS, Change, Emission, RecordReader, Rules, Translator, parse
-from workers.ingress.checkpoints import Checkpoint, CheckpointStore, RecentIds, Watermark
+from workers.ingress.cdc_translate import (
+    RESYNC_FIELDS,
+    RETENTION,
+    Change,
+    Emission,
+    RecordReader,
+    Rules,
+    Translator,
+    parse,
+)
+from workers.ingress.checkpoints import Checkpoint, CheckpointStore, RecentIds, Watermark, pending
 from workers.runtime.health import HealthServer
 
 log = structlog.get_logger()
@@ -64,6 +75,8 @@ REASON = "reason"
 SOURCE_REPLAY_ID = "source_replay_id"
 #: resync reason when a channel had no replay id to resume from (quiet since its last catch-up)
 QUIET_CATCH_UP = "RESUMED_WITHOUT_REPLAY_ID"
+#: resync reason when the stored replay id was refused (never issued, or past the retention)
+REPLAY_ID_REJECTED = "REPLAY_ID_REJECTED"
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,10 @@ class CdcOptions:
     max_unclassified_attempts: int = 5
     reconnect_max_s: float = 30.0
     shutdown_grace_s: float = 20.0
+    # a failed catch-up resync is retried after catch_up_retry_initial_s, doubling up to
+    # catch_up_retry_max_s, until it succeeds (its window is kept in the checkpoint row meanwhile)
+    catch_up_retry_initial_s: float = 5.0
+    catch_up_retry_max_s: float = 300.0
     health_host: str = "127.0.0.1"
     health_port: int = 0
     # the lease (``cdc_leader``): a standby tries every lease_retry_s; the leader checks its lease
@@ -175,6 +192,18 @@ class CdcMetrics:
             registry=r,
         )
         self.resyncs = Counter("sf_cdc_resyncs_total", "Resyncs run", ["entity", "reason"], registry=r)
+        self.catch_up_failures = Counter(
+            "sf_cdc_catch_up_failures_total",
+            "ALARM: a catch-up resync failed; its window is kept in the checkpoint and retried",
+            ["channel"],
+            registry=r,
+        )
+        self.catch_up_pending = Gauge(
+            "sf_cdc_catch_up_pending",
+            "ALARM while 1: a window of the channel waits for its catch-up resync to succeed",
+            ["channel"],
+            registry=r,
+        )
         self.reconnects = Counter("sf_cdc_reconnects_total", "Stream teardowns and reopens", ["reason"], registry=r)
         self.checkpoint = Gauge("sf_cdc_checkpoint_replay_id", "Last replay id written", ["channel"], registry=r)
         self.last_event = Gauge(
@@ -212,6 +241,26 @@ class _LiveValues(Collector):
 
 
 # --- the subscriber -----------------------------------------------------------------------------
+@dataclass
+class CatchUp:
+    """A window the stream cannot replay: the channel's records modified since ``since`` (None: the
+    retention), to resync by SOQL. ``durable`` once the checkpoint row records it as pending."""
+
+    channel: str
+    since: datetime | None
+    reason: str
+    alarm: bool  # the window exists because changes were lost (not a quiet channel's routine)
+    basis: str  # of the resync requests' ids (and so of every resynced event's id)
+    replay_id: int | None  # where the stream resumed (None after a fallback)
+    durable: bool = False
+    failures: int = 0
+    due: float = 0.0  # time.monotonic() of the next attempt
+
+    def window(self, until: datetime) -> dict[str, Any]:
+        """The window for log lines."""
+        return {"channel": self.channel, "since": self.since, "until": until, "reason": self.reason}
+
+
 @dataclass
 class _Work:
     delivery: Delivery
@@ -256,6 +305,7 @@ class Subscriber:
         self.last_event_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned = False
+        self._catch_ups: dict[str, CatchUp] = {}  # channel -> its failed catch-up, to retry
         self.metrics.live.attach(self)
 
     @property
@@ -344,6 +394,7 @@ class Subscriber:
         receive = asyncio.ensure_future(self._source.receive())
         try:
             while True:
+                await self._retry_catch_ups(stopping)
                 done, _ = await asyncio.wait(
                     {receive, stopping}, timeout=self._options.watchdog_tick_s, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -453,11 +504,14 @@ class Subscriber:
         self.metrics.resyncs.labels(entity=event.entity, reason=event.reason).inc()
         # a quiet channel's routine catch-up is information; anything else means changes were lost
         level = log.info if event.reason == QUIET_CATCH_UP else log.warning
-        level("sf_cdc_resync", entity=event.entity, since=event.since, until=event.until, reason=event.reason)
+        window = {"entity": event.entity, "since": event.since, "until": event.until, "reason": event.reason}
+        level("sf_cdc_resync", request_id=request.event_id, **window)
+        # the request on sf.resync.v1 is the resync's audit record (nobody consumes it: the work
+        # is done right here, so the change that caused it is checkpointed only after its events)
         await self._publish_all(channel, [request])
         emissions = await self._retrying(lambda: self._translator.resync(request), "resync")
         await self._publish_all(channel, emissions)
-        log.info("sf_cdc_resync_done", entity=event.entity, emitted=len(emissions))
+        log.info("sf_cdc_resync_done", request_id=request.event_id, emitted=len(emissions), **window)
 
     async def _publish_all(self, channel: str, emissions: Iterable[Emission]) -> None:
         for emission in emissions:
@@ -510,45 +564,112 @@ class Subscriber:
     ) -> None:
         first_seen: list[Checkpoint] = []
         for outcome in outcomes:
-            checkpoint = checkpoints.get(outcome.channel)
+            channel, checkpoint = outcome.channel, checkpoints.get(outcome.channel)
+            since = checkpoint.position_time if checkpoint else None
             if outcome.fallback:
-                self.metrics.fallbacks.labels(channel=outcome.channel).inc()
+                self.metrics.fallbacks.labels(channel=channel).inc()
                 log.error(
-                    "sf_cdc_replay_fallback",
-                    channel=outcome.channel,
-                    rejected_replay_id=outcome.requested,
-                    error=outcome.error,
+                    "sf_cdc_replay_fallback", channel=channel, rejected_replay_id=outcome.requested, error=outcome.error
                 )
-                await self._catch_up(outcome.channel, checkpoint, "REPLAY_ID_REJECTED", alarm=True)
+                basis = self._basis(channel, checkpoint)
+                await self._catch_up(CatchUp(channel, since, REPLAY_ID_REJECTED, True, basis, None))
             elif checkpoint is None:
                 # the very first subscription: record when it started, so a crash before the
                 # first replay id is written resumes with a catch-up rather than at "latest"
-                first_seen.append(Checkpoint(outcome.channel, None, opened_at))
-            elif outcome.requested is None and checkpoint.position_time is not None:
-                await self._catch_up(outcome.channel, checkpoint, QUIET_CATCH_UP, alarm=False)
+                first_seen.append(Checkpoint(channel, None, opened_at))
+            elif (reason := checkpoint.pending_catch_up) is not None:
+                # an earlier catch-up of this window failed: the row kept its start; resume it
+                log.warning("sf_cdc_catch_up_resumed", channel=channel, since=since, reason=reason)
+                basis = self._retry_basis(channel, since)
+                await self._catch_up(CatchUp(channel, since, reason, True, basis, outcome.requested, durable=True))
+            elif outcome.requested is None and since is not None:
+                await self._catch_up(
+                    CatchUp(channel, since, QUIET_CATCH_UP, False, self._basis(channel, checkpoint), None)
+                )
         if first_seen:
             async with self._flush_lock:
                 await self._store.save(self._options.subscriber, first_seen)
 
-    async def _catch_up(self, channel: str, checkpoint: Checkpoint | None, reason: str, *, alarm: bool) -> None:
-        """Resync what the stream can no longer replay: records modified between the checkpoint's
-        time and now (we are already subscribed, so later changes arrive on the stream). The new
-        position (no replay id, consistent until now) is written only after the resync is on
-        Kafka; a crash in between repeats the catch-up, with the same event ids."""
-        until = self._clock()
+    def _basis(self, channel: str, checkpoint: Checkpoint | None) -> str:
         since = checkpoint.position_time if checkpoint else None
         replay = checkpoint.replay_id if checkpoint else None
-        basis = f"catchup:{self._options.subscriber}:{channel}:{replay}:{since.isoformat() if since else '-'}"
+        return f"catchup:{self._options.subscriber}:{channel}:{replay}:{since.isoformat() if since else '-'}"
+
+    def _retry_basis(self, channel: str, since: datetime | None) -> str:
+        # derived from what the row keeps, so a retry after a restart emits the same ids
+        return f"catchup:{self._options.subscriber}:{channel}:retry:{since.isoformat() if since else '-'}"
+
+    async def _catch_up(self, catch_up: CatchUp) -> None:
+        """Resync what the stream can no longer replay: records modified between the window's start
+        and now (we are already subscribed, so later changes arrive on the stream). The new
+        position (consistent until now) is written only after the resync is on Kafka; a crash in
+        between repeats the catch-up, with the same event ids. A failure keeps the window: the row
+        records it as pending (``_defer``) and the catch-up is retried until it succeeds."""
+        until = self._clock()
+        if catch_up.durable:
+            self.metrics.catch_up_pending.labels(channel=catch_up.channel).set(1)
         try:
-            for entity in entities_of(channel):
-                await self._resync(channel, self._translator.resync_request(entity, since, until, reason, basis))
-        except PermanentError as exc:
-            log.error("sf_cdc_catch_up_failed", channel=channel, error=str(exc))
-            return  # keep the old checkpoint: the next start tries again
+            for entity in entities_of(catch_up.channel):
+                request = self._translator.resync_request(
+                    entity, catch_up.since, until, catch_up.reason, catch_up.basis
+                )
+                await self._resync(catch_up.channel, request)
+        except Exception as exc:  # permanent, or unclassified and still failing: keep the window
+            await self._defer(catch_up, until, exc)
+            return
         async with self._flush_lock:
-            await self._store.save(
-                self._options.subscriber, [Checkpoint(channel, None, until, reason if alarm else None)]
-            )
+            # a pending row's marker is cleared only by naming a reason (a None keeps it)
+            reason = catch_up.reason if catch_up.alarm or catch_up.durable else None
+            position = self._position(catch_up)
+            await self._store.save(self._options.subscriber, [Checkpoint(catch_up.channel, position, until, reason)])
+            self._catch_ups.pop(catch_up.channel, None)
+        self.metrics.catch_up_pending.labels(channel=catch_up.channel).set(0)
+        if catch_up.durable:
+            log.warning("sf_cdc_catch_up_recovered", attempts=catch_up.failures + 1, **catch_up.window(until))
+
+    async def _defer(self, catch_up: CatchUp, until: datetime, exc: Exception) -> None:
+        """Keep a failed catch-up's window: durably (the row's time stays at the window's start
+        and its reason says pending, whatever the stream checkpoints meanwhile) and in memory, to
+        retry after a capped, doubling delay."""
+        catch_up.failures += 1
+        options = self._options
+        delay = min(options.catch_up_retry_max_s, options.catch_up_retry_initial_s * 2 ** (catch_up.failures - 1))
+        catch_up.due = time.monotonic() + delay
+        catch_up.since = catch_up.since or until - RETENTION  # the row needs a time to resume from
+        self.metrics.catch_up_failures.labels(channel=catch_up.channel).inc()
+        self.metrics.catch_up_pending.labels(channel=catch_up.channel).set(1)
+        log.error(
+            "sf_cdc_catch_up_failed",
+            attempt=catch_up.failures,
+            retry_in_s=delay,
+            error=str(exc) or repr(exc),
+            **catch_up.window(until),
+        )
+        async with self._flush_lock:
+            if not catch_up.durable:
+                marker = Checkpoint(
+                    catch_up.channel, self._position(catch_up), catch_up.since, pending(catch_up.reason)
+                )
+                await self._store.save(options.subscriber, [marker])
+                catch_up.durable = True
+                catch_up.basis = self._retry_basis(catch_up.channel, catch_up.since)
+            self._catch_ups[catch_up.channel] = catch_up
+
+    def _position(self, catch_up: CatchUp) -> int | None:
+        """The channel's stream position: what this session made durable, else where it resumed."""
+        watermark = self._watermarks.get(catch_up.channel)
+        position = watermark.position if watermark is not None else None
+        return position if position is not None else catch_up.replay_id
+
+    async def _retry_catch_ups(self, stopping: asyncio.Future[Any]) -> None:
+        """Retry the failed catch-ups that are due, each alone once the lanes are empty (as a
+        change touching many records runs), so no resynced event overtakes a streamed one."""
+        for catch_up in list(self._catch_ups.values()):
+            if stopping.done() or catch_up.due > time.monotonic():
+                continue
+            await self._idle.wait()
+            log.info("sf_cdc_catch_up_retrying", attempt=catch_up.failures + 1, **catch_up.window(self._clock()))
+            await self._catch_up(catch_up)
 
     # --- checkpoints ----------------------------------------------------------------------------
     async def _checkpointer(self) -> None:
@@ -564,6 +685,12 @@ class Subscriber:
             ready = [cp for channel, wm in self._watermarks.items() if (cp := wm.take(channel)) is not None]
             if not ready:
                 return
+            # a channel whose catch-up is pending moves its replay id only: the row's time stays at
+            # the window's start and its reason (None keeps it) says pending, so a restart resumes it
+            ready = [
+                Checkpoint(cp.channel, cp.replay_id, c.since) if (c := self._catch_ups.get(cp.channel)) else cp
+                for cp in ready
+            ]
             try:
                 await self._store.save(self._options.subscriber, ready)
             except Exception as exc:  # the database is away: keep the positions, try next tick

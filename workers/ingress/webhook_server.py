@@ -24,6 +24,14 @@ done mark is queued rather than awaited: it rides with the next claim (which it 
 this receiver answers a later copy ``duplicate`` as before; see ``dedupe`` for the few ms in which
 another process would answer 409 instead.
 
+Refused but signed (the 400s): ``_dead_letter`` keeps the body on ``ingress.dlq.v1`` (key and
+``webhook_id`` header = the webhook-id, value = the body byte for byte, headers ``ingress``,
+``error_code``, ``error_message``, ``failed_at``). ``fleet dlq list|show -g ingress`` shows them;
+once the cause is fixed (a schema that accepts the body), ``fleet dlq replay -g ingress`` runs the
+body through ``parse_body`` and ``translate`` again and produces the event to ``whmcs.billing.v1`` with
+the CloudEvent id this receiver would have used (``workers.dlq.ingress``), audited and resumable; a
+body that still fails is refused there, and nothing is sent for it.
+
 Owns: HTTP, signature verification, the dedupe/produce order, metrics and health routes. Must not:
 interpret payloads (``whmcs_webhooks.translate`` does) or read the environment.
 """
@@ -76,7 +84,7 @@ PATH = "/webhooks/whmcs"
 SOURCE = "/fleet/whmcs-webhooks"
 H_ID, H_TIMESTAMP, H_SIGNATURE = "webhook-id", "webhook-timestamp", "webhook-signature"
 MAX_WEBHOOK_ID = 256
-_WEBHOOK_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_WEBHOOK_ID}}}")
+WEBHOOK_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_WEBHOOK_ID}}}")
 #: the webhook path waits this long for an ack, then answers 503: a slow ack means Kafka is in trouble
 PRODUCE_TIMEOUT_S = 5.0
 #: under load, how long a Kafka round may wait to grow to twice the one before (``BatchingProducer``);
@@ -275,11 +283,11 @@ class WebhookReceiver:
         except SignatureError as exc:
             raise Rejection(401, exc.code, exc.reason) from None
         try:
-            if not _WEBHOOK_ID.fullmatch(webhook_id):  # it becomes a Redis key, a CloudEvent id, a log field
+            if not WEBHOOK_ID.fullmatch(webhook_id):  # it becomes a Redis key, a CloudEvent id, a log field
                 raise Rejection(
                     400, "invalid_webhook_id", f"webhook-id must be 1-{MAX_WEBHOOK_ID} visible ASCII characters"
                 )
-            return _parse(body)
+            return parse_body(body)
         except Rejection as rejection:
             raise await self._dead_letter(webhook_id, body, rejection) from None
 
@@ -345,7 +353,7 @@ class WebhookReceiver:
             raise DependencyUnavailable("kafka producer not started yet", upstream="kafka")
         occurred = payload.occurred_at if payload.occurred_at.tzinfo else payload.occurred_at.replace(tzinfo=UTC)
         futures = [
-            producer.submit(self.topic, *encode_record(event, _event_id(webhook_id, n), occurred))
+            producer.submit(self.topic, *encode_record(event, event_id_of(webhook_id, n), occurred))
             for n, event in enumerate(translate(payload, webhook_id=webhook_id))
         ]
         # Every hook today has one record: its own future, no gather around it. Several share a key,
@@ -412,11 +420,15 @@ def _json_str(value: str) -> bytes:
     return encode_basestring_ascii(value).encode()  # what json.dumps does for a str, without the encoder object
 
 
-def _event_id(webhook_id: str, index: int) -> str:
+def event_id_of(webhook_id: str, index: int) -> str:
+    """The deterministic CloudEvent id of a webhook's ``index``-th event (a re-delivery, or a replay of
+    its dead letter, produces the same id: downstream inboxes drop the copy)."""
     return f"whmcs-webhook:{webhook_id}" if index == 0 else f"whmcs-webhook:{webhook_id}:{index}"
 
 
-def _parse(body: bytes) -> WhmcsWebhook:
+def parse_body(body: bytes) -> WhmcsWebhook:
+    """The webhook body as the receiver reads it, or the ``Rejection`` it answers (also what a replay
+    of an ingress dead letter runs again)."""
     # pydantic-core parses and validates the bytes in one pass (~2 µs here, faster than json.loads alone)
     try:
         return parse_webhook(body)

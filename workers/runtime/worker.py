@@ -211,6 +211,12 @@ class Worker:
         self.topics: tuple[str, ...] = tuple(self._tier_of)
         self.metrics = RuntimeMetrics(route.group, registry)
         self.metrics.snapshot = self._snapshot
+        # A handler may carry a ``collector`` of its own metrics (the sf-writer's API usage and
+        # deferrals): this worker's /metrics serves it beside the runtime's, once per handler.
+        for handler in {id(h): h for h in route.handlers.values()}.values():
+            collector = getattr(handler, "collector", None)
+            if collector is not None:
+                self.metrics.registry.register(collector)
         self.breaker = CircuitBreaker(self.tuning.breaker, clock=clock, sleep=sleep)
         self._revoke_grace_s = (
             self.tuning.revoke_grace_s

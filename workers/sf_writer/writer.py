@@ -7,10 +7,15 @@ the culprit when a coalesced record or a whole request is refused (so one bad co
 its neighbours to the dead-letter topic), the budget check, and the memory of which field was last
 written by which command (so a retried older command never overwrites a newer value). Must not
 know Kafka, commit, retry or dead-letter: it returns one outcome per command and the runtime acts.
+
+The chunks of one run (and the halves of a refused request) go out concurrently, at most
+``CallGate.limit`` calls at once: each record appears in one chunk only, so concurrent calls never
+carry two writes of one record; runs themselves are serialised by the window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -23,7 +28,8 @@ from adapters.salesforce.port import COLLECTION_LIMIT, RecordResult, RecordUpdat
 from events.errors import FleetError, InvalidPayload, RejectedByUpstream, UpstreamUnavailable
 from events.fulfillment import UpdateSalesforceRecord
 from workers.crashpoints import crash_point
-from workers.sf_writer.governor import BudgetGovernor
+from workers.sf_writer.gate import CallGate
+from workers.sf_writer.governor import DEFERRED_CODE, BudgetGovernor, Priority
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +79,8 @@ class WriterStats:
     coalesced: int = 0  # commands folded into another command's record
     superseded: int = 0  # commands with nothing left to write (newer values already written)
     deferred: int = 0
+    #: deferred commands by their own priority (a record with any high command is never deferred)
+    deferred_by_priority: dict[Priority, int] = field(default_factory=lambda: {"high": 0, "low": 0})
     failed_permanent: int = 0
     failed_retryable: int = 0
 
@@ -97,7 +105,10 @@ class _Written:
 
 
 class SalesforceWriter:
-    """``write(batch) -> outcomes``: ``None`` for written (or nothing left to write), else the error."""
+    """``write(batch) -> outcomes``: ``None`` for written (or nothing left to write), else the error.
+
+    ``max_concurrent_calls`` caps this writer's Salesforce calls in flight (``SalesforceSettings.
+    max_concurrent_calls``); ``.gate`` and ``.governor`` are read by the metrics."""
 
     def __init__(
         self,
@@ -106,9 +117,11 @@ class SalesforceWriter:
         *,
         chunk_size: int = COLLECTION_LIMIT,
         memory: int = 100_000,
+        max_concurrent_calls: int = 4,
     ) -> None:
         self._sf = salesforce
-        self._governor = governor
+        self.governor = governor
+        self.gate = CallGate(max_concurrent_calls)
         self._chunk_size = max(1, min(chunk_size, COLLECTION_LIMIT))
         self._written = _Written(memory)
         self.stats = WriterStats()
@@ -119,10 +132,9 @@ class SalesforceWriter:
         records = self._coalesce(batch, outcomes)
         admitted = [r for r in records if self._admit(r, outcomes)]
         isolate: list[_Record] = []
-        for start in range(0, len(admitted), self._chunk_size):
-            await self._send(admitted[start : start + self._chunk_size], outcomes, isolate)
+        await self._send_all(self._chunks(admitted), outcomes, isolate)
         await self._isolate(isolate, batch, outcomes)
-        self._count(outcomes)
+        self._count(batch, outcomes)
         return outcomes
 
     # --- coalescing -----------------------------------------------------------------------------
@@ -158,19 +170,41 @@ class SalesforceWriter:
 
     def _admit(self, record: _Record, outcomes: list[Outcome]) -> bool:
         # a record with any high-priority command is high: the low-priority fields ride along for free
-        if self._governor.admits("high" if record.high else "low"):
+        if self.governor.admits("high" if record.high else "low"):
             return True
-        deferral = self._governor.deferral(record.record_id)
+        deferral = self.governor.deferral(record.record_id)
         for index in record.sources:
             outcomes[index] = deferral
         return False
 
     # --- sending --------------------------------------------------------------------------------
+    def _chunks(self, records: list[_Record]) -> list[list[_Record]]:
+        return [records[start : start + self._chunk_size] for start in range(0, len(records), self._chunk_size)]
+
+    async def _send_all(self, chunks: list[list[_Record]], outcomes: list[Outcome], isolate: list[_Record]) -> None:
+        """Send chunks of distinct records concurrently; the gate bounds the calls in flight."""
+        if len(chunks) == 1:  # the common case: no task to spawn
+            await self._send(chunks[0], outcomes, isolate)
+            return
+        async with asyncio.TaskGroup() as group:
+            for chunk in chunks:
+                group.create_task(self._send(chunk, outcomes, isolate))
+
     async def _send(self, chunk: list[_Record], outcomes: list[Outcome], isolate: list[_Record]) -> None:
         self.stats.calls += 1
         self.stats.records_sent += len(chunk)
         try:
-            results = await self._sf.update_records([r.update() for r in chunk], all_or_none=False)
+            async with self.gate.slot():
+                answered = False
+                try:
+                    results = await self._sf.update_records([r.update() for r in chunk], all_or_none=False)
+                    answered = True
+                except FleetError as exc:
+                    answered = exc.status is not None  # an HTTP answer carries a fresh Sforce-Limit-Info
+                    raise
+                finally:
+                    if answered:
+                        self.governor.observed()
             crash_point("sf-writer.patched")  # chaos runs: written in Salesforce, offsets not committed
         except _RECORD_CAUSED as exc:
             if exc.code in _NOT_RECORD_CAUSED_CODES or len(chunk) == 1:
@@ -179,8 +213,7 @@ class SalesforceWriter:
             # one record's content refused the whole request: halve until the culprit stands alone
             log.warning("sf_writer_request_refused_bisecting", records=len(chunk), code=exc.code)
             half = len(chunk) // 2
-            await self._send(chunk[:half], outcomes, isolate)
-            await self._send(chunk[half:], outcomes, isolate)
+            await self._send_all([chunk[:half], chunk[half:]], outcomes, isolate)
             return
         except Exception as exc:  # transient or unclassified: every command of the call gets it
             for record in chunk:
@@ -216,20 +249,21 @@ class SalesforceWriter:
         for k in range(rounds):
             found = [self._single(batch, r.sources[k]) for r in merged if k < len(r.sources)]
             singles = [s for s in found if s is not None]
-            for start in range(0, len(singles), self._chunk_size):
-                await self._send(singles[start : start + self._chunk_size], outcomes, [])
+            if singles:
+                await self._send_all(self._chunks(singles), outcomes, [])
 
     def _single(self, batch: Sequence[Pending], index: int) -> _Record | None:
         records: dict[tuple[str, str], _Record] = {}
         self._fold(records, index, batch[index])
         return next(iter(records.values()), None)
 
-    def _count(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
+    def _count(self, batch: Sequence[Pending], outcomes: list[Outcome]) -> None:
+        for pending, outcome in zip(batch, outcomes, strict=True):
             if outcome is None:
                 continue
-            if isinstance(outcome, FleetError) and outcome.code == "API_BUDGET_RESERVED":
+            if isinstance(outcome, FleetError) and outcome.code == DEFERRED_CODE:
                 self.stats.deferred += 1
+                self.stats.deferred_by_priority[pending.command.priority] += 1
             elif isinstance(outcome, FleetError) and not outcome.retriable:
                 self.stats.failed_permanent += 1
             else:
