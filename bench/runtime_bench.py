@@ -1,16 +1,29 @@
 """Runtime benchmark: records/s of our consume runtime against a raw aiokafka consumer and faust-streaming.
 
-    python -m bench.runtime_bench [--records 200000] [--size 500] [--out bench/results/runtime.json]
+    python -m bench.runtime_bench [--records 200000] [--size 500] [--key-rounds 3] [--out bench/results/runtime.json]
 
 One fresh topic (4 partitions) is filled once with N CloudEvents-binary records of a real event type
-(``fleet.order.changed.v1``, value ~``--size`` bytes), then three consumers read all of it, each in a
-fresh subprocess (no shared loop, caches or GC), each from the earliest offset in a fresh group:
+(``fleet.order.changed.v1``, value ~``--size`` bytes), each with a key (order id) of its own, then
+three consumers read all of it, each in a fresh subprocess (no shared loop, caches or GC), each from
+the earliest offset in a fresh group:
 
   a. raw    aiokafka ``AIOKafkaConsumer`` with auto-commit and ``getmany``; touches each record, no work
-  b. runtime  ``workers.runtime.serve`` with a no-op handler: decode + validate headers and payload into
-             the event model, dispatch, at-least-once commits (manual, after handling), health server
+  b. runtime  ``workers.runtime.serve`` with a no-op handler and the default ``RuntimeSettings``: decode
+             + validate headers and payload into the event model, dispatch (records of different keys
+             of one partition side by side, up to ``max_in_flight_per_partition``), at-least-once
+             commits (manual, after handling), health server
   c. faust  a faust-streaming agent (``value_serializer="raw"``) iterating its stream with a no-op body;
              faust acks each event and commits on its own timer (at-least-once)
+
+The keys are distinct (before 2026-12-07 5,000 order ids repeated 40 times each), so nothing in b's
+per-key ordering holds a record back and the row measures what key concurrency costs at no work.
+
+Key concurrency (``key_concurrency``): after those rounds, ``--key-rounds`` more (interleaved) run b
+with a handler that does ``await asyncio.sleep(0.02)`` (an I/O-bound handler), once with
+``max_in_flight_per_partition=1`` and once with 32, reading the first records of the same
+topic in a fresh group each; records/s of both and their ratio (target ``key_concurrency_speedup``).
+The serial run reads fewer records (``--key-records-serial``: 4 partitions x 1 / 20 ms is at most
+200/s) than the one at 32 (``--key-records``), so its run stays short: rates are compared, not times.
 
 Each child reports its start (before the consumer is built), first record, the record at which the
 timed window opens (``--warm-up``, 10,000 by default: see ``Clock``) and the last (N-th) record.
@@ -54,12 +67,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "runtime.json"
 PARTITIONS = 4
 VARIANTS = ("raw", "runtime", "faust")
-TARGETS = {"b_over_a": 0.7, "b_over_c": 1.5}
+TARGETS = {"b_over_a": 0.7, "b_over_c": 1.5, "key_concurrency_speedup": 20.0}
+#: the key-concurrency row: its handler's await, and the two settings it compares (the fleet's default is
+#: still 1: see workers.config.RuntimeSettings.max_in_flight_per_partition)
+KEY_SLEEP_S = 0.02
+KEY_SETTINGS: dict[str, int | None] = {"max_in_flight_1": 1, "max_in_flight_32": 32}
 #: group-join tuning shared by every variant (infra-notes: small timeouts; the broker has no initial delay)
 SESSION_TIMEOUT_MS, HEARTBEAT_MS, REBALANCE_TIMEOUT_MS = 6_000, 500, 5_000
 
 
 # --- the data ------------------------------------------------------------------------------------
+
+
+def order_id(i: int) -> str:
+    """Record ``i``'s order id, hence its Kafka key (and ``ce_subject``): one per record, fixed width."""
+    return f"801{i:015d}"
 
 
 def make_record(i: int, size: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -68,8 +90,7 @@ def make_record(i: int, size: int) -> tuple[bytes, bytes, list[tuple[str, bytes]
     from events.envelope import to_record
     from events.salesforce import OrderChanged
 
-    order_id = f"801{i % 5_000:015d}"
-    base = OrderChanged(sf_order_id=order_id, changed_fields=["Status"], change={"pad": ""})
+    base = OrderChanged(sf_order_id=order_id(i), changed_fields=["Status"], change={"pad": ""})
     pad = max(0, size - len(base.model_dump_json(exclude_defaults=False)) - 1)
     event = base.model_copy(update={"change": {"pad": "x" * pad}})
     return to_record(to_envelope(event, source="/bench/runtime", id=f"bench-{i}"))
@@ -94,8 +115,13 @@ async def fill_topic(connection: KafkaConnection, topic: str, n: int, size: int)
         template = [make_record(i, size) for i in range(min(n, 5_000))]
         pending = []
         for i in range(n):
-            key, value, headers = template[i % len(template)]
-            headers = [(h, f"bench-{i}".encode() if h == "ce_id" else v) for h, v in headers]
+            j = i % len(template)
+            key, value, headers = template[j]
+            # A key per record: template j's order id becomes record i's (same width, so same sizes)
+            # in the key, the value and ce_subject; building each record's model would slow the fill.
+            old, new = order_id(j).encode(), order_id(i).encode()
+            key, value = new, value.replace(old, new)
+            headers = [(h, f"bench-{i}".encode() if h == "ce_id" else v.replace(old, new)) for h, v in headers]
             pending.append(await producer.send(topic, value=value, key=key, headers=headers, partition=i % PARTITIONS))
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
@@ -108,6 +134,7 @@ async def fill_topic(connection: KafkaConnection, topic: str, n: int, size: int)
         "value_bytes": len(value),
         "header_bytes": sum(len(h) + len(v) for h, v in headers),
         "key_bytes": len(key),
+        "keys": f"distinct: {n} (one order id per record)",
         "produce_s": round(time.perf_counter() - started, 2),
         "producer": "adapters.kafka.durable_producer (idempotent, acks=all, linger 2 ms, 16 KB batches)",
     }
@@ -207,11 +234,14 @@ async def run_raw(connection: KafkaConnection, topic: str, n: int, warm_up: int)
     return clock.result(config="aiokafka defaults, getmany, enable_auto_commit=True")
 
 
-async def run_runtime(settings: Any, topic: str, n: int, group: str, warm_up: int) -> dict[str, Any]:
+async def run_runtime(
+    settings: Any, topic: str, n: int, group: str, warm_up: int, sleep_s: float = 0.0
+) -> dict[str, Any]:
     """``group``'s retry tiers were created by the parent well before, as in production (a topic created
     right before subscribing can miss the first metadata and cost a rebalance inside the timed window).
     ``settings``: the child's (``_bench_settings``); ``serve`` builds its connection from their Kafka
-    section, the same one ``bench_connection`` builds for the other variants."""
+    section, the same one ``bench_connection`` builds for the other variants. ``sleep_s`` > 0: the
+    handler awaits that long first (the key-concurrency row), else it does nothing."""
     from events.salesforce import OrderChanged
     from workers.runtime import Message, Route, serve
     from workers.runtime.worker import Tuning
@@ -223,21 +253,34 @@ async def run_runtime(settings: Any, topic: str, n: int, group: str, warm_up: in
         if clock.saw():
             stop.set()
 
-    route = Route("bench", group, (topic,), handlers={OrderChanged: noop})
+    async def sleeper(event: OrderChanged, msg: Message) -> None:
+        await asyncio.sleep(sleep_s)
+        if clock.saw():
+            stop.set()
+
+    route = Route("bench", group, (topic,), handlers={OrderChanged: sleeper if sleep_s > 0 else noop})
     await serve(route, settings, stop, tuning=Tuning())
     stopped = time.perf_counter()
     assert clock.last is not None
+    in_flight = settings.runtime.max_in_flight_per_partition
     return clock.result(
         shutdown_s=round(stopped - clock.last, 3),
-        config="workers.runtime.serve, production Tuning(), no Postgres pool (no inbox), dead letters on",
+        max_in_flight_per_partition=in_flight,
+        handler=f"await asyncio.sleep({sleep_s})" if sleep_s > 0 else "no-op",
+        config="workers.runtime.serve, production Tuning(), no Postgres pool (no inbox), dead letters on, "
+        f"max_in_flight_per_partition={in_flight}",
     )
 
 
-def _bench_settings(settings: Any, bootstrap: str) -> Any:
+def _bench_settings(settings: Any, bootstrap: str, max_in_flight: int | None = None) -> Any:
+    """The group-join tuning, and ``max_in_flight_per_partition`` when given (None: the default)."""
     kafka = settings.kafka.model_copy(
         update={"bootstrap": bootstrap, "session_timeout_ms": SESSION_TIMEOUT_MS, "heartbeat_interval_ms": HEARTBEAT_MS}
     )
-    return settings.model_copy(update={"kafka": kafka})
+    update: dict[str, Any] = {"kafka": kafka}
+    if max_in_flight is not None:
+        update["runtime"] = settings.runtime.model_copy(update={"max_in_flight_per_partition": max_in_flight})
+    return settings.model_copy(update=update)
 
 
 def run_faust(
@@ -396,8 +439,11 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     print(f"filling {topic} with {args.records} records of ~{args.size} bytes on {bootstrap} ...", flush=True)
     data = asyncio.run(fill_topic(connection, topic, args.records, args.size))
     groups = [f"bench-runtime-{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
-    created = asyncio.run(_create_group_topics(connection, groups))
+    key_groups = [f"bench-runtime-keys-{uuid.uuid4().hex[:8]}" for _ in range(args.key_rounds * len(KEY_SETTINGS))]
+    created = asyncio.run(_create_group_topics(connection, groups + key_groups))
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+    key_plan = key_records(args)
+    key_runs: dict[str, list[dict[str, Any]]] = {setting: [] for setting in KEY_SETTINGS}
     try:
         # Interleaved (a b c a b c ...): drift on a shared machine hits every variant alike.
         for round_ in range(args.repeat):
@@ -405,6 +451,14 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 child = _child_args(variant, args, groups)
                 runs[variant].append(run_child(variant, connection, topic, args.records, args.timeout, child))
                 print(f"  [{round_ + 1}/{args.repeat}] {variant:8} {_describe(runs[variant][-1])}", flush=True)
+        # Then the key-concurrency row, its two settings interleaved the same way.
+        for round_ in range(args.key_rounds):
+            for setting, in_flight in KEY_SETTINGS.items():
+                child = _key_child_args(in_flight, args, key_groups)
+                n = key_plan[setting]
+                key_runs[setting].append(run_child("runtime", connection, topic, n, args.timeout, child))
+                label = f"sleep {setting}"
+                print(f"  [{round_ + 1}/{args.key_rounds}] {label:22} {_describe(key_runs[setting][-1])}", flush=True)
     finally:
         if not args.keep:
             from adapters.kafka import delete_topics
@@ -413,7 +467,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     results = {variant: summarize_runs(r) for variant, r in runs.items()}
     for variant, result in results.items():
         print(f"  {variant:8} best {_describe(result)}; median {result.get('median_rate')}", flush=True)
-    return {
+    report: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench.runtime_bench " + " ".join(sys.argv[1:]),
         "machine": machine,
@@ -425,6 +479,59 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "targets": TARGETS,
         "method": __doc__,
     }
+    if args.key_rounds:
+        report["key_concurrency"] = key_concurrency(key_runs, key_plan)
+    return report
+
+
+def key_records(args: argparse.Namespace) -> dict[str, int]:
+    """Records per run of each key-concurrency setting, at most the topic's.
+
+    Sized for a few seconds each at the ideal rates (4 partitions x in flight / 20 ms: 200/s serial,
+    6,400/s at 32)."""
+    serial = min(args.key_records_serial, args.records)
+    return {"max_in_flight_1": serial, "max_in_flight_32": min(args.key_records, args.records)}
+
+
+def key_concurrency(runs: dict[str, list[dict[str, Any]]], records: dict[str, int]) -> dict[str, Any]:
+    """The key-concurrency row: both settings' runs, best and median rates, and the ratio (32 / serial)."""
+    results = {setting: summarize_runs(r) for setting, r in runs.items()}
+    in_flight = {s: results[s].get("max_in_flight_per_partition", KEY_SETTINGS[s]) for s in KEY_SETTINGS}
+    ideal = {s: round(PARTITIONS * n / KEY_SLEEP_S, 1) if isinstance(n, int) else None for s, n in in_flight.items()}
+
+    def ratio(field: str) -> float | None:
+        fast, slow = results["max_in_flight_32"].get(field), results["max_in_flight_1"].get(field)
+        return round(fast / slow, 2) if fast and slow else None
+
+    pairs = zip(runs["max_in_flight_32"], runs["max_in_flight_1"], strict=False)
+    per_round = [round(d["rate"] / s["rate"], 2) for d, s in pairs if "rate" in d and "rate" in s]
+    headline = ratio("median_rate")
+    target = TARGETS["key_concurrency_speedup"]
+    return {
+        "handler": f"await asyncio.sleep({KEY_SLEEP_S})",
+        "partitions": PARTITIONS,
+        "records": records,
+        "max_in_flight_per_partition": in_flight,
+        "ideal_rate": ideal,
+        "results": results,
+        "ratio": ratio("rate"),
+        "ratio_of_medians": headline,
+        "ratios_per_round": per_round,
+        "ratios_per_round_median": round(statistics.median(per_round), 2) if per_round else None,
+        "target": target,
+        "met": None if headline is None else headline >= target,
+        "config": (
+            f"{len(runs['max_in_flight_32'])} rounds, each (the two interleaved): the runtime in a fresh "
+            f"process and group with a handler that awaits asyncio.sleep({KEY_SLEEP_S}), reading the first "
+            f"records of the topic above (distinct keys, round-robin over {PARTITIONS} partitions): with "
+            f"max_in_flight_per_partition=1 the first {records['max_in_flight_1']:,} "
+            f"({_ideal(in_flight['max_in_flight_1'], records['max_in_flight_1'])}), with 32 the first "
+            f"{records['max_in_flight_32']:,} ({_ideal(in_flight['max_in_flight_32'], records['max_in_flight_32'])}). "
+            "Rate over the steady window (from a tenth of the records on, as above). The serial run reads fewer "
+            "records so that it stays short: compare rates, not times. Headline: the ratio of the median rates "
+            "(32 / serial)."
+        ),
+    }
 
 
 def _child_args(variant: str, args: argparse.Namespace, groups: list[str]) -> list[str]:
@@ -435,6 +542,20 @@ def _child_args(variant: str, args: argparse.Namespace, groups: list[str]) -> li
     if variant == "runtime":
         return [*common, "--group", groups.pop()]
     return common
+
+
+def _ideal(in_flight: Any, records: int) -> str:
+    """``ideal 4 x 32 / 20 ms = 6,400/s, ~3 s`` for a run of ``records`` at ``in_flight`` keys per partition."""
+    if not isinstance(in_flight, int):
+        return "its setting unknown: the runs failed"
+    rate = PARTITIONS * in_flight / KEY_SLEEP_S
+    return f"ideal {PARTITIONS} x {in_flight} / {KEY_SLEEP_S * 1000:g} ms = {rate:,.0f}/s, ~{records / rate:.1f} s"
+
+
+def _key_child_args(in_flight: int | None, args: argparse.Namespace, groups: list[str]) -> list[str]:
+    """A key-concurrency run: the sleep handler, a fresh group, and its ``max_in_flight_per_partition``."""
+    child = ["--warm-up", str(args.warm_up), "--group", groups.pop(), "--sleep-ms", str(KEY_SLEEP_S * 1000)]
+    return child + (["--max-in-flight", str(in_flight)] if in_flight is not None else [])
 
 
 def per_round(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -482,12 +603,13 @@ def run_variant(args: argparse.Namespace) -> None:
 
     # The child's settings: defaults, plus the security variables run_child passed on (the stack's
     # env file holds addresses only, and the address is --bootstrap), so the same connection.
-    settings = _bench_settings(load_settings(env_file=None), args.bootstrap)
+    settings = _bench_settings(load_settings(env_file=None), args.bootstrap, args.max_in_flight)
     connection = bench_connection(settings)
     if args.variant == "raw":
         result = asyncio.run(run_raw(connection, args.topic, args.records, warm_up(args)))
     elif args.variant == "runtime":
-        result = asyncio.run(run_runtime(settings, args.topic, args.records, args.group, warm_up(args)))
+        sleep_s = args.sleep_ms / 1000
+        result = asyncio.run(run_runtime(settings, args.topic, args.records, args.group, warm_up(args), sleep_s))
     else:
         mpr = args.faust_max_poll_records or None
         result = run_faust(connection, args.topic, args.records, mpr, warm_up(args))
@@ -510,6 +632,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600, help="seconds per variant run")
     p.add_argument("--faust-max-poll-records", type=int, default=0, help="0 = faust's default (unbounded)")
     p.add_argument(
+        "--key-rounds",
+        type=int,
+        default=3,
+        help="key-concurrency rounds (sleep handler, max_in_flight_per_partition 1 vs 32); 0 skips the row",
+    )
+    p.add_argument(
+        "--key-records",
+        type=int,
+        default=20_000,
+        help="records per key-concurrency run at max_in_flight_per_partition=32",
+    )
+    p.add_argument(
+        "--key-records-serial",
+        type=int,
+        default=1_000,
+        help="records per key-concurrency run at max_in_flight_per_partition=1 (at most 200/s: keep it small)",
+    )
+    p.add_argument(
         "--bootstrap",
         help="default: the local stack's (FLEET_KAFKA__BOOTSTRAP / .fleet/stack.env); TLS/SASL: FLEET_KAFKA__*",
     )
@@ -519,6 +659,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--topic", help=argparse.SUPPRESS)
     p.add_argument("--result-file", help=argparse.SUPPRESS)
     p.add_argument("--group", help=argparse.SUPPRESS)
+    p.add_argument("--sleep-ms", type=float, default=0.0, help=argparse.SUPPRESS)  # runtime: the handler's await
+    p.add_argument("--max-in-flight", type=int, help=argparse.SUPPRESS)  # runtime: None = the default setting
     return p.parse_args(argv)
 
 
@@ -535,6 +677,15 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"rounds: b/a {rounds['b_over_a']} (median {rounds['b_over_a_median']}), b/c median {rounds['b_over_c_median']}"
     )
+    if "key_concurrency" in report:
+        keys = report["key_concurrency"]
+        slow, fast = keys["results"]["max_in_flight_1"], keys["results"]["max_in_flight_32"]
+        in_flight = keys["max_in_flight_per_partition"]["max_in_flight_32"]
+        print(
+            f"key concurrency (sleep {KEY_SLEEP_S * 1000:g} ms, {PARTITIONS} partitions, medians): "
+            f"max_in_flight 1 {slow.get('median_rate')}/s, {in_flight} {fast.get('median_rate')}/s: "
+            f"{keys['ratio_of_medians']}x (target >= {keys['target']:g}); rounds {keys['ratios_per_round']}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")

@@ -1,5 +1,8 @@
 """Base class and registry of the fleet's event models, and envelope <-> model conversion.
 
+Must not import the vocabulary modules: they import ``DomainEvent`` from here. They register
+themselves when ``events/__init__.py`` imports them.
+
 Every event type is a frozen pydantic model with a versioned CloudEvents ``type`` name
 (``fleet.<domain>.<what-happened>.v<N>``) and a ``key()``: the aggregate id its records are
 keyed (and so partitioned and ordered) by.
@@ -77,9 +80,6 @@ def decode_event(env: Envelope) -> DomainEvent:
 
 
 def event_types() -> dict[str, type[DomainEvent]]:
-    """All registered event models (imports every vocabulary module first)."""
-    import events.billing  # noqa: F401
-    import events.fulfillment  # noqa: F401
-    import events.salesforce  # noqa: F401
-
+    """All registered event models, by type name: the whole vocabulary, because the ``events``
+    package imports every vocabulary module before any of its modules (this one included) is used."""
     return dict(sorted(REGISTRY.items()))

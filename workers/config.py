@@ -186,6 +186,12 @@ class RuntimeSettings(_Section):
     backoff_initial_s: float = Field(0.2, ge=0)
     backoff_max_s: float = Field(5.0, ge=0)
     retry_tier_delays_ms: list[int] = [5_000, 30_000]
+    # Keys handled at once per partition (records of one key always one after another, in offset
+    # order; commits stay contiguous): workers.runtime.dispatch. 1 = one record at a time per partition.
+    # 1 by default until the flows are sized for it: the fulfillment saga holds one pooled Postgres
+    # connection per order for its lock and takes a second for its writes, so 32 orders at once per
+    # partition exhaust a 10-connection pool and every delivery waits on the others (seen in the
+    # chaos smoke run: 31 of 63 orders stuck). A route can set its own (Route.max_in_flight_per_partition).
     max_in_flight_per_partition: int = Field(1, ge=1)
     shutdown_grace_s: float = Field(20.0, gt=0)
     health_host: str = "127.0.0.1"

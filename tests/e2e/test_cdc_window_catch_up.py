@@ -72,7 +72,9 @@ async def test_a_failed_catch_up_keeps_its_window_and_is_retried_while_the_strea
 
     position = await stream_goes_on(world)
     row = await checkpoint_row(world)  # the stream moved the replay id, not the window's start
-    assert (row["replay_id"], row["position_time"], row["reset_reason"]) == (position, since, PENDING)
+    # (later stream events may have moved it on since: a loaded machine checkpoints them in between)
+    assert row["replay_id"] >= position
+    assert (row["position_time"], row["reset_reason"]) == (since, PENDING)
     assert activations_of(world, lost) == []
 
     await world.http.delete("/_sandbox/faults")  # Salesforce answers again: the next retry succeeds
@@ -90,10 +92,12 @@ async def test_a_restart_resumes_a_catch_up_that_failed(world: World) -> None:  
     since, lost = await lost_window(world)
     await world.start(catch_up_retry_initial_s=3600.0)  # no retry in this run
     assert world.metric("sf_cdc_catch_up_failures_total", channel=ORDER_CH) == 1
-    position = await stream_goes_on(world)
+    streamed = await stream_goes_on(world)
     await world.stop()  # graceful: drains and writes the final checkpoint
     row = await checkpoint_row(world)
-    assert (row["replay_id"], row["position_time"], row["reset_reason"]) == (position, since, PENDING)
+    assert row["replay_id"] >= streamed  # later stream events may have moved it on
+    assert (row["position_time"], row["reset_reason"]) == (since, PENDING)
+    position = row["replay_id"]
 
     await world.http.delete("/_sandbox/faults")
     await world.start()  # resumes after the stream's replay id, and catches the window up

@@ -8,6 +8,8 @@ from click.testing import CliRunner
 from events.salesforce import OrderChanged
 from events.topics import GROUP_SOURCES, ConsumerGroup, retry_topic
 from workers.cli import main
+from workers.cli.run import group as run_group
+from workers.demo.fleet import unavailable_workers
 from workers.routes import INGRESS, ROUTES, RouteSpec, import_binder, import_entry
 from workers.runtime import Message, Route
 
@@ -39,6 +41,18 @@ def test_every_route_and_ingress_entry_point_imports() -> None:
         assert spec.bind is not None and callable(import_binder(spec.bind))
     for ingress in INGRESS.values():
         assert callable(import_entry(ingress.entry))
+
+
+def test_the_demo_knows_the_runnable_workers_without_asking_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fleet demo`` lists a worker as not available from the two tables, not from ``fleet run``'s
+    commands (``workers.demo`` must not import the CLI that imports it): they must say the same."""
+    assert set(run_group.commands) == set(ROUTES) | set(INGRESS)
+    assert unavailable_workers([*ROUTES, *INGRESS]) == {}
+    monkeypatch.setitem(ROUTES, "t", RouteSpec("t", ConsumerGroup.SF_WRITER, GROUP_SOURCES[ConsumerGroup.SF_WRITER]))
+    assert unavailable_workers(["t", "nope"]) == {
+        "t": "its route has no handlers yet (workers/routes.py)",
+        "nope": "`fleet run nope` does not exist yet",
+    }
 
 
 async def _handle(event: OrderChanged, msg: Message) -> None:

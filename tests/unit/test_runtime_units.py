@@ -22,46 +22,50 @@ from workers.runtime.failure import (
     truncate_head,
     truncate_tail,
 )
-from workers.runtime.offsets import InOrderTracker, OffsetTracker
+from workers.runtime.offsets import OffsetTracker
 from workers.runtime.policy import RetryPolicy, Verdict
 from workers.runtime.testing import FakeClock
 
 # --- offsets ---------------------------------------------------------------------------------
 
 
-def test_in_order_completion_commits_one_past_the_last_done() -> None:
+def test_records_finished_in_order_without_being_started_cost_no_bookkeeping() -> None:
     t = OffsetTracker()
-    t.received([5, 6, 7])
-    t.done(5)
-    t.done(6)
+    t.finish(5)
+    t.finish(6)
     assert t.committable == 7
-    assert t.first_not_done == 7
-    assert t.pending == 1
+    assert t.pending == 0
+    assert t.first_not_done is None
 
 
 def test_out_of_order_completion_waits_for_the_gap_to_close() -> None:
     """A later record done first moves nothing: committing it would skip the earlier one on a crash."""
     t = OffsetTracker()
-    t.received([0, 1, 2, 3])
-    t.done(2)
-    t.done(3)
+    for offset in (0, 1):
+        t.start(offset)  # in flight
+    t.finish(2)  # finished at once while 0 and 1 are in flight
+    t.finish(3)
     assert t.committable is None
-    t.done(0)
+    assert t.first_not_done == 0
+    t.finish(0)
     assert t.committable == 1
-    t.done(1)
+    t.finish(1)
     assert t.committable == 4
     assert t.pending == 0
 
 
-def test_offsets_with_gaps_commit_one_past_the_last_received_done() -> None:
+def test_offsets_with_gaps_commit_one_past_the_last_done() -> None:
     """Compaction and transaction markers leave holes; the tracker follows what it was given."""
     t = OffsetTracker()
-    t.received([10, 13, 20])
-    t.done(10)
-    t.done(13)
+    t.start(10)
+    t.finish(13)
+    assert t.committable is None
+    t.finish(10)
     assert t.committable == 14
-    t.done(20)
+    t.finish(20)
     assert t.committable == 21
+    t.mark_committed(21)
+    assert t.committed == 21
 
 
 # --- policy ----------------------------------------------------------------------------------
@@ -351,18 +355,6 @@ async def test_released_trial_goes_to_the_next_waiter() -> None:
     assert await waiter is True
 
 
-def test_the_in_order_tracker_commits_one_past_the_last_finished_record() -> None:
-    t = InOrderTracker()
-    assert t.committable is None
-    t.done(10)
-    t.done(13)  # a gap (compaction): one past the last handled record
-    assert t.committable == 14
-    with pytest.raises(AssertionError, match="fetch order"):
-        t.done(12)
-    t.mark_committed(14)
-    assert t.committed == 14
-
-
 # --- the hot path's helpers ------------------------------------------------------------------
 
 
@@ -574,7 +566,7 @@ def test_timed_collections_replace_the_allocation_counter_while_workers_run_and_
 def test_fetch_pacing_shortens_the_fetchers_waits_while_busy_and_restores_its_own_values_when_idle() -> None:
     from types import SimpleNamespace
 
-    from workers.runtime.consumer import FetchPacing
+    from workers.runtime.polling import FetchPacing
 
     fetcher = SimpleNamespace(_fetch_max_wait_ms=250, _prefetch_backoff=0.1)
     pacing = FetchPacing(SimpleNamespace(_fetcher=fetcher))
@@ -590,7 +582,7 @@ def test_fetch_pacing_shortens_the_fetchers_waits_while_busy_and_restores_its_ow
 def test_fetch_pacing_never_lengthens_a_shorter_configured_wait_and_ignores_a_consumer_without_a_fetcher() -> None:
     from types import SimpleNamespace
 
-    from workers.runtime.consumer import FetchPacing
+    from workers.runtime.polling import FetchPacing
 
     fetcher = SimpleNamespace(_fetch_max_wait_ms=2, _prefetch_backoff=0.1)
     FetchPacing(SimpleNamespace(_fetcher=fetcher)).set(True)

@@ -17,7 +17,7 @@ from events.errors import InvalidPayload, MappingMissing, RateLimited, RejectedB
 from events.salesforce import CatalogChanged, OrderChanged
 from events.topics import dlq_topic, retry_topic
 from workers.config import RuntimeSettings
-from workers.runtime import BreakerConfig, HealthServer, Message, Route, Tuning, Worker
+from workers.runtime import BreakerConfig, HealthServer, Message, Route, Tuning, Worker, done_ahead
 from workers.runtime.consumer import TopicPartition
 from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 
@@ -137,11 +137,11 @@ async def test_partitions_run_concurrently_but_each_in_order() -> None:
 
 
 async def test_nothing_is_committed_before_its_record_is_done() -> None:
-    h = Harness()
+    h = Harness(settings={"max_in_flight_per_partition": 8})
     h.handler.gate = asyncio.Event()
     h.send(0)
     h.send(1)
-    await h.until(lambda: len(h.handler.seen) == 1)
+    await h.until(lambda: len(h.handler.seen) == 2)  # two keys: both in flight
     await asyncio.sleep(0.03)  # several commit ticks pass
     assert h.committed() is None
     h.handler.gate.set()
@@ -176,7 +176,7 @@ async def test_a_slow_commit_does_not_stop_the_loop_and_shutdown_waits_for_it_be
     assert not stopping.done()  # shutdown waits for the commit in flight
     gate.set()
     await stopping
-    assert [list(c.values()) for c in calls][-1] == [6]
+    assert [list(c.values()) for c in calls][-1] == [(6, "")]  # (offset, metadata): nothing done ahead
     assert h.committed() == 6
     committed = [offset for c in h.consumer.commits for offset in c.values()]
     assert committed == sorted(committed)
@@ -246,12 +246,12 @@ async def test_a_failed_commit_is_retried_on_the_next_tick() -> None:
 
 async def test_a_full_buffer_stops_draining_the_partition_until_it_has_room() -> None:
     """Back-pressure: the loop leaves a full partition's records in the consumer instead of pausing."""
-    h = Harness(tuning={"buffer_per_partition": 4, "max_records": 10})
+    h = Harness(tuning={"buffer_per_partition": 4, "max_records": 10}, settings={"max_in_flight_per_partition": 2})
     h.handler.gate = asyncio.Event()
     for i in range(30):
         h.send(i)
     tp = TopicPartition(SRC, 0)
-    await h.until(lambda: len(h.handler.seen) == 1)
+    await h.until(lambda: len(h.handler.seen) == 2)  # the two key slots are taken
     polls = h.consumer.polls
     await h.until(lambda: h.consumer.polls > polls + 5)  # the loop keeps polling (max.poll.interval)...
     assert h.consumer.positions[tp] == 10  # ...but took no more of the full partition
@@ -292,22 +292,36 @@ async def test_transient_error_is_retried_in_place_with_backoff_then_succeeds() 
     assert h.worker.metrics.topic(SRC).retried_in_place == 2
 
 
-async def test_the_partition_is_paused_during_an_in_place_backoff() -> None:
-    h = Harness()
-    paused_during_sleep: list[bool] = []
+async def test_a_key_backing_off_in_place_holds_only_itself() -> None:
+    """The key that retries waits (its later records queue behind it, in order); the partition is not
+    paused and other keys are handled meanwhile; nothing is committed past the waiting record."""
+    h = Harness(settings={"max_in_flight_per_partition": 8})
+    backoff = asyncio.Event()
     real_sleep = h.clock.sleep
+    paused_during_sleep: list[bool] = []
 
-    async def observing_sleep(seconds: float) -> None:
+    async def held_sleep(seconds: float) -> None:
         paused_during_sleep.append(TopicPartition(SRC, 0) in h.consumer.paused())
+        await backoff.wait()
         await real_sleep(seconds)
 
-    h.worker._sleep = observing_sleep
+    h.worker.dispatcher.sleep = held_sleep
     h.handler.fail["8010"] = [UpstreamUnavailable("blip")]
     h.send(0)
-    await h.until(lambda: h.committed() == 1)
+    h.send(0)  # the same key again: waits behind the first
+    h.send(1)
+    h.send(2)
+    await h.until(lambda: h.handler.ids().count("8011") == 1 and h.handler.ids().count("8012") == 1)
+    await asyncio.sleep(0.02)  # several commit ticks pass
+    assert h.handler.ids() == ["8010", "8011", "8012"]  # the second 8010 waits for the first
+    # offset 0 is not done: the commit stays at it, carrying the offsets done after it for the next owner
+    assert h.committed() == 0
+    assert done_ahead.decode(0, h.consumer.metadata[TopicPartition(SRC, 0)]) == {2, 3}
+    assert paused_during_sleep == [False]
+    backoff.set()
+    await h.until(lambda: h.committed() == 4)
     await h.finish()
-    assert paused_during_sleep == [True]
-    assert TopicPartition(SRC, 0) not in h.consumer.paused()
+    assert [(i, off) for i, off, _ in h.handler.seen if i == "8010"] == [("8010", 0), ("8010", 0), ("8010", 1)]
 
 
 async def test_retry_after_is_honoured_in_place() -> None:
@@ -469,7 +483,7 @@ async def test_without_dead_letters_a_transient_failure_blocks_and_a_permanent_o
 
 
 async def test_shutdown_lets_the_in_flight_record_finish_and_commits_it() -> None:
-    h = Harness()
+    h = Harness(settings={"max_in_flight_per_partition": 1})
     h.handler.gate = asyncio.Event()
     h.send(0)
     h.send(1)
@@ -504,7 +518,7 @@ async def test_shutdown_during_a_backoff_abandons_the_record_uncommitted() -> No
     async def slow_sleep(seconds: float) -> None:
         await never.wait()
 
-    h.worker._sleep = slow_sleep
+    h.worker.dispatcher.sleep = slow_sleep
     h.send(0)
     await h.until(lambda: len(h.handler.seen) == 1)
     await asyncio.sleep(0.01)
@@ -512,11 +526,37 @@ async def test_shutdown_during_a_backoff_abandons_the_record_uncommitted() -> No
     assert h.committed() is None and h.producer.records == []
 
 
+async def test_revocation_leaves_queued_records_and_the_next_owner_skips_what_was_done_ahead() -> None:
+    """Revocation lets the busy key finish its record, not the ones queued behind it: the commit
+    stops at the first record left, and carries the later record of another key that is done, so
+    the next owner handles the one left and skips the one done."""
+    h = Harness(partitions=2, tuning={"commit_interval_s": 3600.0}, settings={"max_in_flight_per_partition": 8})
+    h.handler.gate = asyncio.Event()
+    h.send("a", partition=0)
+    h.send("a", partition=0)  # queued behind the first
+    h.send("b", partition=0)
+    await h.until(lambda: sorted(h.handler.ids()) == ["801a", "801b"])
+    rebalance = asyncio.create_task(h.consumer.rebalance([TopicPartition(SRC, 1)]))
+    await asyncio.sleep(0.01)
+    assert not rebalance.done()
+    h.handler.gate.set()
+    await asyncio.wait_for(rebalance, 2)
+    assert h.committed(SRC, 0) == 1
+    assert done_ahead.decode(1, h.consumer.metadata[TopicPartition(SRC, 0)]) == {2}
+    assert sorted(off for _, off, _ in h.handler.seen) == [0, 2]
+    await h.consumer.rebalance([TopicPartition(SRC, 0), TopicPartition(SRC, 1)])  # back, as a new owner
+    await h.until(lambda: h.worker.metrics.topic(SRC).skipped == 1)
+    await h.finish()
+    assert h.committed(SRC, 0) == 3
+    assert sorted(off for _, off, _ in h.handler.seen) == [0, 1, 2]  # offset 2 not delivered again
+    assert h.worker.metrics.topic(SRC).skipped == 1
+
+
 async def test_revocation_waits_for_in_flight_work_and_commits_before_giving_partitions_up() -> None:
-    h = Harness(partitions=2, tuning={"commit_interval_s": 3600.0})
+    h = Harness(partitions=2, tuning={"commit_interval_s": 3600.0}, settings={"max_in_flight_per_partition": 1})
     h.handler.gate = asyncio.Event()
     for i in range(3):
-        h.send(f"a{i}", partition=0)
+        h.send(f"a{i}", partition=0)  # three keys, one slot: the later two wait in the buffer
     await h.until(lambda: len(h.handler.seen) == 1)
     rebalance = asyncio.create_task(h.consumer.rebalance([TopicPartition(SRC, 1)]))
     await asyncio.sleep(0.01)
@@ -660,7 +700,7 @@ async def test_inbox_purge_runs_on_schedule_when_a_pool_is_given() -> None:
 
 
 async def test_lag_counts_what_is_not_done_and_what_is_not_fetched() -> None:
-    h = Harness(tuning={"buffer_per_partition": 2, "max_records": 2})
+    h = Harness(tuning={"buffer_per_partition": 2, "max_records": 2}, settings={"max_in_flight_per_partition": 1})
     h.handler.gate = asyncio.Event()
     for i in range(6):
         h.send(i)

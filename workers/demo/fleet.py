@@ -28,6 +28,7 @@ from adapters.db import create_pool, seed_id_mappings
 from sandbox.runner import command_line
 from workers import stack
 from workers.config import STACK_ENV_FILE, Settings
+from workers.routes import INGRESS, ROUTES
 from workers.supervisor import ChildSpec, ChildStatus, StopReport, Supervisor
 
 #: every worker of the fleet, in start order (ingress last: consumers are ready for what it produces)
@@ -124,13 +125,12 @@ def receiver_port(settings: Settings, index: int) -> int:
 def unavailable_workers(names: Iterable[str]) -> dict[str, str]:
     """Workers ``fleet run`` cannot run in this tree yet, with the reason, so the demo lists them
     as "not available" instead of restarting a command that can only fail."""
-    from workers.cli.run import group as run_group
-    from workers.routes import ROUTES
-
     missing: dict[str, str] = {}
     for name in names:
         spec = ROUTES.get(name)
-        if name not in run_group.commands:
+        # `fleet run` has one command per route and per ingress (workers.cli.run builds them from these
+        # two tables), so the tables answer without importing the CLI, which imports this module.
+        if spec is None and name not in INGRESS:
             missing[name] = f"`fleet run {name}` does not exist yet"
         elif spec is not None and spec.bind is None:
             missing[name] = "its route has no handlers yet (workers/routes.py)"

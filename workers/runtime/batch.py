@@ -19,9 +19,11 @@ Commits stay contiguous: a record is marked done only once finished, in offset o
 committed offset never passes a record whose copy Kafka has not acknowledged. Cancellation
 (shutdown, revocation) leaves the unfinished records uncommitted: they are redelivered.
 
-Owns the batch loop only; must not hold business rules. The worker's hook is one ``isinstance``
-check in ``Worker._partition_loop``; this module reaches into the worker's own helpers
-(``_failed``, ``_move``, the dispatch table) so failure handling has one implementation.
+Owns the batch loop only; must not hold business rules. The partition task's hook is one check of
+the dispatch entry (``workers.runtime.dispatch``); this module uses the public pieces the partition
+task uses too (``FailurePath`` for failures, ``Decoder.validated``, ``Dispatcher.finish``), so
+failure handling has one implementation. A batch holds its whole partition (its back-offs pause it)
+and starts only when no key of the partition is in flight.
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pydantic import ValidationError
 
 from events import failure as fh
-from events.envelope import binary_type
 from events.errors import FleetError
 from events.failure import Stage
 from workers.logs import set_record_context
@@ -46,7 +46,8 @@ from workers.runtime.message import Message, header_int
 from workers.runtime.policy import Verdict
 
 if TYPE_CHECKING:
-    from workers.runtime.worker import Worker, _Partition
+    from workers.runtime.dispatch import Dispatcher
+    from workers.runtime.partition import Partition
 
 log = structlog.get_logger(__name__)
 
@@ -90,11 +91,12 @@ class BatchHandler:
 Entry = tuple[ConsumerRecord, dict[str, bytes | None], Message]
 
 
-async def run_batch(worker: Worker, st: _Partition, head: Entry, handler: BatchHandler) -> None:
+async def run_batch(d: Dispatcher, st: Partition, head: Entry, handler: BatchHandler) -> None:
     """Handle ``head`` (the partition's first buffered record, decoded) and the records behind it."""
-    entries = [head, *_followers(worker, st, handler)]
+    entries = [head, *_followers(d, st, handler)]
     set_record_context(_BatchLog(head[2]))  # during the batch call: the head's coordinates, no record ids
-    trial = False if worker.breaker.closed else await worker.breaker.admit()
+    breaker, failures, hold = d.breaker, d.failures, d.partition_hold(st)
+    trial = False if breaker.closed else await breaker.admit()
     started = st.busy_since = time.perf_counter()
     try:
         outcomes = await handler.handle_batch([msg for _, _, msg in entries])
@@ -109,62 +111,34 @@ async def run_batch(worker: Worker, st: _Partition, head: Entry, handler: BatchH
             set_record_context(msg)
             if outcome is None:
                 st.stats.processed += 1
-                worker.breaker.record_success()
+                breaker.record_success()
                 trial = False  # a success closes a half-open breaker
             elif isinstance(outcome, Defer):
-                await _defer(worker, st, rec, h, msg, handler, outcome)
+                await _defer(d, st, rec, h, msg, handler, outcome)
             else:
-                await worker._failed(st, rec, h, msg, handler, _exception(outcome), trial)
-                trial = False  # _failed settled the trial
-            _finish(worker, st, rec)
+                await failures.failed(st, st, hold, rec, h, msg, handler, _exception(outcome), trial)
+                trial = False  # failed() settled the trial
+            assert st.buffer and st.buffer[0] is rec, "batch records finish in buffer order"
+            st.buffer.popleft()
+            d.finish(st, rec)
     finally:
         if trial:
-            worker.breaker.release_trial()
+            breaker.release_trial()
 
 
-def _followers(worker: Worker, st: _Partition, handler: BatchHandler) -> list[Entry]:
+def _followers(d: Dispatcher, st: Partition, handler: BatchHandler) -> list[Entry]:
     """The buffered records right behind the head that ``handler`` takes and that are due now."""
     out: list[Entry] = []
-    now_ms = worker._clock() * 1000
+    now_ms = d.clock() * 1000
     for rec in itertools.islice(st.buffer, 1, handler.max_batch):
         h: dict[str, bytes | None] = dict(rec.headers)
         if st.tier and header_int(h, fh.NOT_BEFORE) > now_ms:
             break  # not due yet: the loop waits for it as a head record
-        msg = _decode(worker, st, rec, h, handler)
+        msg = d.decoder.validated(rec, h, handler, st.tier)
         if msg is None:
             break  # undecodable, skipped or another handler's: the loop takes it as usual
         out.append((rec, h, msg))
     return out
-
-
-def _decode(
-    worker: Worker, st: _Partition, rec: ConsumerRecord, h: dict[str, bytes | None], handler: BatchHandler
-) -> Message | None:
-    """The record as a Message when ``handler`` takes it and it decodes; None leaves it to the loop
-    (which dead-letters, skips or dispatches it exactly as without batching)."""
-    entry = worker._fast.get(binary_type(h))  # None: a header check failed, or not a type of this route
-    if entry is None or entry[1] is not handler:
-        return None
-    validate, _, event_type, _ = entry
-    try:
-        event = validate(rec.value if rec.value is not None else b"")
-    except ValidationError:
-        return None
-    return Message(
-        event=event,
-        group=worker.route.group,
-        topic=st.topic,
-        partition=st.partition,
-        offset=rec.offset,
-        timestamp=rec.timestamp,
-        key=rec.key,
-        value=rec.value,
-        headers=rec.headers,
-        header_map=h,
-        event_type=event_type,
-        tier=st.tier,
-        attempts=header_int(h, fh.ATTEMPTS) + 1 if st.tier else 1,
-    )
 
 
 class _BatchLog:
@@ -190,31 +164,22 @@ class _BatchLog:
 
 
 async def _defer(
-    worker: Worker,
-    st: _Partition,
+    d: Dispatcher,
+    st: Partition,
     rec: ConsumerRecord,
     h: dict[str, bytes | None],
     msg: Message,
     handler: BatchHandler,
     outcome: Defer,
 ) -> None:
-    decision = worker.policy.decide(outcome.error, st.tier)
+    failures, hold = d.failures, d.partition_hold(st)
+    decision = failures.policy.decide(outcome.error, st.tier)
     if decision.verdict not in (Verdict.RETRY_TOPIC, Verdict.DEAD_LETTER):
         # a route without dead letters cannot move records: the usual failure path blocks instead
-        await worker._failed(st, rec, h, msg, handler, outcome.error, False)
+        await failures.failed(st, st, hold, rec, h, msg, handler, outcome.error, False)
         return
-    now = worker._clock()
-    await worker._move(st, rec, h, decision, FailureInfo(outcome.error, Stage.HANDLE, 1, now, now))
-
-
-def _finish(worker: Worker, st: _Partition, rec: ConsumerRecord) -> None:
-    """What the loop does after a record (``Worker._partition_loop``'s tail), for one batch member."""
-    assert st.buffer and st.buffer[0] is rec, "batch records finish in buffer order"
-    st.tracker.done(rec.offset)
-    st.buffer.popleft()
-    worker._done_since_commit += 1
-    if st.paused and len(st.buffer) <= worker._low_water and "buffer_full" in st.paused:
-        worker._resume(st, "buffer_full")
+    now = d.clock()
+    await failures.move(st, st, hold, rec, h, decision, FailureInfo(outcome.error, Stage.HANDLE, 1, now, now))
 
 
 def _exception(outcome: BaseException) -> Exception:

@@ -18,11 +18,10 @@ from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[impo
 from workers.config import KafkaSettings
 
 __all__ = [
-    "BUSY_FETCH_WAIT_MS",
     "ConsumerPort",
     "ConsumerRebalanceListener",
     "ConsumerRecord",
-    "FetchPacing",
+    "FleetConsumer",
     "TopicPartition",
     "build_consumer",
     "consumer_options",
@@ -51,14 +50,13 @@ class ConsumerPort(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
 
-    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None: ...
+    async def commit(self, offsets: Mapping[TopicPartition, int | tuple[int, str]] | None = None) -> None: ...
+
+    async def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        """The committed offset and its metadata of each of ``partitions`` that has one."""
+        ...
 
     def highwater(self, partition: TopicPartition) -> int | None: ...
-
-
-#: while a worker is busy: the broker's long poll of a fetch for partitions without data (ms; the
-#: configured ``fetch_max_wait_ms``, 100, applies when idle), see FetchPacing
-BUSY_FETCH_WAIT_MS = 5
 
 
 def consumer_options(kafka: KafkaSettings, group: str, **overrides: Any) -> dict[str, Any]:
@@ -96,54 +94,26 @@ def consumer_options(kafka: KafkaSettings, group: str, **overrides: Any) -> dict
     return options
 
 
-class FetchPacing:
-    """Keeps aiokafka fetching ahead while records flow; restores its idle settings when they stop.
-
-    aiokafka keeps one fetch in flight per broker, and while any partition of a broker holds
-    prefetched records younger than ``prefetch_backoff`` (100 ms) it sends that broker no fetch at
-    all. A busy worker drains its partitions one after another, so a drained one waited for the
-    others, or for those 100 ms; and when the fetch finally went out while every source partition
-    still held records, it asked only for the idle ones (the retry tiers), which the broker held for
-    ``fetch_max_wait_ms`` while the source partitions drained behind it. Deep buffers on our side hid
-    those stalls at a price: a record handled 16,000 records after aiokafka built it is out of the CPU
-    cache (bench/runtime_bench.py: ~0.7 us more per record). While busy, a drained partition is
-    therefore fetched at once (no prefetch backoff) and an empty fetch returns after 5 ms. Idle, the
-    configured long poll applies again: a short one everywhere would poll the broker 200 times a
-    second per idle worker (apache/openwhisk#3971 measured what idle polling costs a broker; centrifugo
-    #997 and Dekaf#607 shortened the wait for the same head-of-line stall).
-
-    aiokafka reads both values from its fetcher's attributes each time it builds a fetch (the
-    backoff when a fetch result is stored) and has no public setter, so this sets those attributes;
-    a consumer without them (the test fake, another client) keeps its configuration. aiokafka is held
-    to 0.14.x in pyproject.toml, and tests/integration/test_runtime_kafka.py fails if the attributes go away."""
-
-    def __init__(self, consumer: object, busy_wait_ms: int = BUSY_FETCH_WAIT_MS) -> None:
-        self._consumer = consumer
-        self.busy_wait_ms = busy_wait_ms
-        self.idle: tuple[int, float] | None = None  # the consumer's own (wait ms, backoff s), read at the first switch
-        self.busy = False
-
-    def set(self, busy: bool) -> None:
-        """Busy (the last poll returned records, or some wait in the worker's buffers) or idle."""
-        if busy is self.busy:
-            return
-        fetcher: Any = getattr(self._consumer, "_fetcher", None)  # exists once the consumer started
-        wait, backoff = getattr(fetcher, "_fetch_max_wait_ms", None), getattr(fetcher, "_prefetch_backoff", None)
-        if not isinstance(wait, int) or not isinstance(backoff, int | float):
-            return
-        if self.idle is None:
-            self.idle = (wait, float(backoff))
-        idle_wait, idle_backoff = self.idle
-        fetcher._fetch_max_wait_ms = min(self.busy_wait_ms, idle_wait) if busy else idle_wait
-        fetcher._prefetch_backoff = 0.0 if busy else idle_backoff
-        self.busy = busy
-
-
 def revoke_grace_s(options: Mapping[str, Any], shutdown_grace_s: float) -> float:
     """How long revocation may wait for in-flight records: half the rebalance timeout at most, so the
     member rejoins in time and is not expelled (which would make its final commit fail)."""
     rebalance_ms = options.get("rebalance_timeout_ms") or options.get("session_timeout_ms") or 10_000
     return max(0.1, min(shutdown_grace_s, float(rebalance_ms) / 2000))
+
+
+class FleetConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """``AIOKafkaConsumer`` plus the one read the worker needs and aiokafka does not offer:
+    committed offsets *with their metadata* (``workers.runtime.done_ahead``).
+
+    ``AIOKafkaConsumer.committed()`` makes the same OffsetFetch request and drops the metadata of
+    its answer; this asks the group coordinator the same way and keeps it. aiokafka has no public
+    call for it (its admin client has one, at the cost of another connection per worker), so this
+    uses ``_coordinator``; aiokafka is held to 0.14.x, and the keys-in-flight rebalance test of
+    ``tests/integration/test_runtime_kafka.py`` fails if the call goes away (records delivered twice)."""
+
+    async def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        found = await self._coordinator.fetch_committed_offsets(list(partitions))
+        return {tp: (meta.offset, meta.metadata or "") for tp, meta in found.items() if meta.offset >= 0}
 
 
 def build_consumer(
@@ -152,10 +122,10 @@ def build_consumer(
     topics: Iterable[str] = (),
     listener: ConsumerRebalanceListener | None = None,
     **overrides: Any,
-) -> AIOKafkaConsumer:
+) -> FleetConsumer:
     """An unstarted consumer of ``group`` (call inside the running loop). ``Worker.run`` subscribes
     it to the route's topics with its own rebalance listener when ``topics`` is empty."""
-    consumer = AIOKafkaConsumer(**consumer_options(kafka, group, **overrides))
+    consumer = FleetConsumer(**consumer_options(kafka, group, **overrides))
     topics = tuple(topics)
     if topics:
         consumer.subscribe(topics, listener=listener)

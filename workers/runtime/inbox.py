@@ -8,6 +8,7 @@ returns, and the runtime acknowledges the record like any other success.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,3 +62,16 @@ async def purge_once(pool: asyncpg.Pool, retention: timedelta, *, batch: int = 1
     deleted = await purge_inbox(pool, retention, batch=batch, max_batches=max_batches)
     log.info("inbox_purged", deleted=deleted, retention_days=retention.days)
     return deleted
+
+
+async def purge_loop(
+    pool: asyncpg.Pool, retention: timedelta, interval_s: float, *, batch: int, max_batches: int
+) -> None:
+    """``purge_once`` every ``interval_s`` until cancelled (a worker with a pool runs one); a failed
+    purge is logged and tried again next time."""
+    while True:
+        try:
+            await purge_once(pool, retention, batch=batch, max_batches=max_batches)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("inbox_purge_failed", error=repr(exc))
+        await asyncio.sleep(interval_s)

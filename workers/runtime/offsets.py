@@ -1,48 +1,60 @@
 """Which offset of one partition may be committed: the first offset not done yet.
 
-Owns the done/not-done bookkeeping of received records. Must not talk to Kafka: the worker reads
-``committable`` and commits it. Offsets are not assumed contiguous (compaction and transaction
-markers leave gaps), so the tracker remembers the offsets it was given, in fetch order.
+Owns the done/not-done bookkeeping of the records a partition task took from its buffer. Must not
+talk to Kafka: ``workers.runtime.commits`` reads ``committable`` and commits it. Offsets are not
+assumed contiguous (compaction and transaction markers leave gaps), so the tracker remembers the
+offsets it was given, in the order the task took them (= offset order).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 
 
 class OffsetTracker:
-    """Done offsets of one partition; ``committable`` = the first received offset not done yet.
+    """Done offsets of one partition; ``committable`` = one past everything done, never past a record
+    that is not.
 
     Kafka's committed offset means "everything before this is done", so a record finished out of
-    order (a later key overtaking an earlier one) moves nothing until every earlier record is done.
-    In-order completion, the common case, costs one ``popleft`` per record.
+    order (another key overtaking an earlier record, see ``workers.runtime.dispatch``) moves nothing
+    until every earlier record is done. The common case costs no bookkeeping at all: a record
+    finished while nothing earlier is unfinished sets ``committable`` directly (``finish`` with no
+    ``started`` record). Only while some record is in flight or queued behind its key are offsets
+    remembered (one ``append`` and one ``popleft`` each).
     """
 
-    __slots__ = ("_pending", "_done_ahead", "committable", "committed", "received_up_to")
+    __slots__ = ("_pending", "_done_ahead", "committable", "committed", "committed_metadata", "received_up_to")
 
-    def __init__(self, start: int | None = None) -> None:
-        self._pending: deque[int] = deque()  # received, in fetch order, not yet folded into committable
-        self._done_ahead: set[int] = set()  # done while an earlier offset is still pending
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()  # taken from the buffer, in offset order, not folded yet
+        self._done_ahead: set[int] = set()  # done while an earlier offset in _pending is not
         #: the offset a commit would store now (None until something is done)
-        self.committable: int | None = start
-        #: the offset last committed successfully
-        self.committed: int | None = start
+        self.committable: int | None = None
+        #: the offset last committed successfully, and the metadata committed with it
+        self.committed: int | None = None
+        self.committed_metadata = ""
         #: one past the last received offset (the consumer's fetch position as this tracker saw it)
-        self.received_up_to: int | None = start
+        self.received_up_to: int | None = None
 
-    def received(self, offsets: Iterable[int]) -> None:
-        self._pending.extend(offsets)
-        if self._pending:
-            self.received_up_to = self._pending[-1] + 1
+    def start(self, offset: int) -> None:
+        """``offset`` left the buffer unfinished (in flight, or queued behind its key). Offsets are
+        started in offset order: every record taken from the buffer while another is pending is
+        either started or finished (``finish`` remembers it as done ahead)."""
+        self._pending.append(offset)
 
-    def done(self, offset: int) -> None:
+    def finish(self, offset: int) -> None:
+        """``offset`` is done: handled, skipped, or its failure copy acknowledged by Kafka."""
         pending = self._pending
-        if pending and pending[0] == offset:
+        if not pending:  # nothing earlier unfinished, and the record was never started: the hot path
+            self.committable = offset + 1
+        elif pending[0] == offset:
             pending.popleft()
             self.committable = offset + 1
             if self._done_ahead:
                 self._fold()
+        elif offset > pending[-1]:  # finished at once while earlier records are still pending
+            pending.append(offset)
+            self._done_ahead.add(offset)
         else:
             self._done_ahead.add(offset)
 
@@ -55,43 +67,23 @@ class OffsetTracker:
 
     @property
     def pending(self) -> int:
-        """Records received and not yet folded into ``committable`` (buffered or in flight)."""
+        """Records taken from the buffer and not yet folded into ``committable``."""
         return len(self._pending)
 
     @property
     def first_not_done(self) -> int | None:
-        """The lowest received offset not done yet, else ``committable`` (what lag is measured from)."""
-        return self._pending[0] if self._pending else self.committable
+        """The lowest started offset not done yet, else None."""
+        return self._pending[0] if self._pending else None
 
-    def mark_committed(self, offset: int) -> None:
-        self.committed = offset
+    def commit_point(self) -> tuple[int | None, frozenset[int]]:
+        """What a commit would store now: the first offset not done (None: nothing taken yet) and
+        the offsets after it that are done (``workers.runtime.done_ahead`` carries them)."""
+        ahead = frozenset(self._done_ahead)
+        if self.committable is not None:
+            return self.committable, ahead
+        # nothing done in order yet: the first record taken is where the partition started, worth
+        # committing again only to carry what is done after it
+        return (self.first_not_done if ahead else None), ahead
 
-
-class InOrderTracker:
-    """The worker's tracker: for a partition whose records finish strictly in fetch order.
-
-    Each partition's records are finished by one task, front to back of its buffer (batch mode too,
-    see ``workers.runtime.batch._finish``), so the first offset not done is always the buffer's head
-    and everything fetched before it is done: ``committable`` is one past the last record finished,
-    with no per-offset bookkeeping (``OffsetTracker`` costs a ``deque`` append and ``popleft`` per
-    record for out-of-order completion, which the worker never does). Gaps (compaction, transaction
-    markers) need nothing either: the committed offset is one past a record that was handled.
-    """
-
-    __slots__ = ("committable", "committed", "received_up_to")
-
-    def __init__(self) -> None:
-        #: the offset a commit would store now (None until something is done)
-        self.committable: int | None = None
-        #: the offset last committed successfully
-        self.committed: int | None = None
-        #: one past the last received offset (the consumer's fetch position as this tracker saw it)
-        self.received_up_to: int | None = None
-
-    def done(self, offset: int) -> None:
-        """``offset`` is finished, and so is every offset received before it (the caller's guarantee)."""
-        assert self.committable is None or offset >= self.committable, "records finish in fetch order"
-        self.committable = offset + 1
-
-    def mark_committed(self, offset: int) -> None:
-        self.committed = offset
+    def mark_committed(self, offset: int, metadata: str = "") -> None:
+        self.committed, self.committed_metadata = offset, metadata

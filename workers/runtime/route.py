@@ -1,8 +1,9 @@
 """A route: one consumer group, the topics it reads and the handler for each event type it handles.
 
 Owns the declarative delivery policy of one worker (in-place attempts, retry tiers, dead letters on
-or off) and the failure topics derived from it. Must not hold business rules: handlers arrive already
-bound to their dependencies by the composition root, and the runtime only calls them.
+or off, keys in flight per partition) and the failure topics derived from it. Must not hold business
+rules: handlers arrive already bound to their dependencies by the composition root, and the runtime
+only calls them.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ class Route:
     in_place_attempts: int | None = None
     retry_delays_ms: tuple[int, ...] | None = None
     dead_letter: bool = True
+    #: keys handled at once per partition (None: ``RuntimeSettings.max_in_flight_per_partition``);
+    #: records of one key always run one after another (``workers.runtime.dispatch``)
+    max_in_flight_per_partition: int | None = None
 
     def __post_init__(self) -> None:
         if not self.topics:
             raise ValueError(f"route {self.name}: no topics")
+        if self.max_in_flight_per_partition is not None and self.max_in_flight_per_partition < 1:
+            raise ValueError(f"route {self.name}: max_in_flight_per_partition must be at least 1")
         if self.retry_delays_ms is not None and len(self.retry_delays_ms) > len(RETRY_TIER_DELAYS_MS):
             # the topic catalog (events.topics.group_topics) creates exactly this many tiers
             raise ValueError(f"route {self.name}: at most {len(RETRY_TIER_DELAYS_MS)} retry tiers exist")

@@ -60,6 +60,7 @@ class FakeConsumer:
         self.logs: dict[TopicPartition, list[ConsumerRecord]] = {}
         self.positions: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.metadata: dict[TopicPartition, str] = {}  # committed with each offset (workers.runtime.done_ahead)
         self.commits: list[dict[TopicPartition, int]] = []
         self.topics: tuple[str, ...] = ()
         self.listener: Any = None
@@ -170,16 +171,20 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
-    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, int | tuple[int, str]] | None = None) -> None:
         if self.fail_next_commit_with is not None:
             exc, self.fail_next_commit_with = self.fail_next_commit_with, None
             raise exc
-        offsets = dict(offsets or {})
-        for tp in offsets:
+        points = {tp: point if isinstance(point, tuple) else (point, "") for tp, point in (offsets or {}).items()}
+        for tp in points:
             if tp not in self._assigned:
                 raise IllegalStateError(f"Partition {tp} is not assigned")
-        self.committed.update(offsets)
-        self.commits.append(offsets)
+        self.committed.update((tp, offset) for tp, (offset, _) in points.items())
+        self.metadata.update((tp, metadata) for tp, (_, metadata) in points.items())
+        self.commits.append({tp: offset for tp, (offset, _) in points.items()})
+
+    async def committed_metadata(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        return {tp: (self.committed[tp], self.metadata.get(tp, "")) for tp in partitions if tp in self.committed}
 
     def highwater(self, partition: TopicPartition) -> int | None:
         return len(self.logs.get(partition, []))
