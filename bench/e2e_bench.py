@@ -1,7 +1,9 @@
 """End-to-end benchmark: the whole fleet under the demo supervisor, orders and webhooks through the sandboxes.
 
     python -m bench.e2e_bench [--orders 1000] [--paced-orders 200 --paced-rate 4] [--out bench/results/e2e.json]
-    python -m bench.e2e_bench --skip-orders      # the webhook phase alone
+    python -m bench.e2e_bench --baseline-orders 300   # orders of the burst at 1 record in flight per partition
+    python -m bench.e2e_bench --no-baseline-burst     # without that burst (and the restart it takes)
+    python -m bench.e2e_bench --skip-orders           # the webhook phase alone
 
 What runs: the local stack, the sandboxes and the five workers exactly as ``fleet demo up`` starts
 them (``workers.demo.fleet``), with fixed latencies injected through the sandboxes' fault API
@@ -33,10 +35,28 @@ added to them:
 * the invalidator's drain rate: ``--webhook-drain`` InvoiceChanged events produced straight onto
   the billing topic by one producer (the receiver is not on this path), first produce → last notice.
 
-Phases: calibrate → paced (open loop at ``--paced-rate``: the latency distribution against the
-floor) → calibrate → burst (``--orders`` approved as fast as the control API takes them: orders/s)
-→ webhooks (each rate, then the drain). A part whose workers are missing, or that was skipped, is
-reported as "not measured: <reason>".
+Phases, in order:
+
+1. burst at key concurrency 1 (``orders.burst_key_concurrency_1``): ``--baseline-orders`` (300)
+   approved as fast as the control API takes them, on workers started with
+   ``FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION=1`` (one record at a time per partition, the
+   runtime before key concurrency); those workers are then stopped and the five started again
+   with ``FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION=--keys-in-flight`` (16; the fleet's default is
+   still 1; a worker with a pool holds at most ``max_pool - 1`` = 31 keys at once);
+2. calibrate → paced (``--paced-orders``, 200, open loop at ``--paced-rate``, 4/s: the latency
+   distribution against the floor) → calibrate → burst (``--orders``, 1,000, as fast as the control
+   API takes them: orders/s);
+3. webhooks (each rate, then the drain), on the same workers as 2.
+
+``orders.key_concurrency_speedup`` = orders/s of burst 2 ÷ orders/s of burst 1 (target ≥ 5); each
+burst report carries the ``max_in_flight_per_partition`` it ran with. Rates are compared, not spans
+(300 vs 1,000 orders). Burst 1 runs first, so one restart suffices and everything after it measures
+the default workers; it runs while each demo client has fewer WHMCS orders (look-before-create
+pages through them, 100 a page), so its orders make fewer WHMCS calls (``whmcs_calls_per_order``
+in each report) and the ratio errs low, not high. The sandboxes run under a supervisor of their
+own and stay up across the restart (same faults, request logs, change-event log, API-usage
+counter). ``--no-baseline-burst`` skips phase 1 and the restart; ``--skip-orders`` skips 1 and 2.
+A part whose workers are missing, or that was skipped, is reported as "not measured: <reason>".
 
 The bench's own Kafka clients (the drain's producer, the tap, the lag check) connect through the
 fleet's ``KafkaConnection`` from the settings (the stack's address, TLS and SASL from
@@ -56,8 +76,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,7 +103,7 @@ from workers.demo.fleet import Endpoints, Fleet, FleetOptions, health_ports
 from workers.demo.probes import forget_stale_sagas
 from workers.fulfillment.policy import POLL_FIRST_S
 from workers.logs import configure_logging
-from workers.supervisor import ChildStatus
+from workers.supervisor import ChildStatus, StopReport
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "e2e.json"
@@ -94,6 +114,8 @@ ORDER_WORKERS = ("sf-cdc", "fulfillment", "sf-writer")
 WEBHOOK_WORKERS = ("whmcs-webhooks", "cache-invalidator")
 SEED_BATCH = 200
 BENCH_CLIENT_BASE = 880_000  # synthetic WHMCS client ids for the webhook phase (id_mappings rows)
+IN_FLIGHT_ENV = "FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION"  # RuntimeSettings.max_in_flight_per_partition
+BASELINE_IN_FLIGHT = 1  # one record at a time per partition: the runtime before key concurrency
 
 
 # --- the order mix ---------------------------------------------------------------------------------
@@ -381,47 +403,94 @@ def batch_report(batch: Batch, span_s: float | None, api_calls: int) -> dict[str
     }
 
 
-async def run_orders(
-    settings: Settings, sandboxes: Sandboxes, lat: Latencies, args: argparse.Namespace
-) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def order_bench(
+    settings: Settings, sandboxes: Sandboxes, lat: Latencies
+) -> AsyncIterator[tuple[OrderBench, Any]]:
+    """An ``OrderBench`` and a database pool, with the change-event log polled while it is open."""
     watch = EventWatch(sandboxes)
     await watch.poll()  # start after what is already retained
+    pool = await create_pool(settings.postgres.dsn.get_secret_value(), 1, 2)
     stop = asyncio.Event()
     poller = asyncio.create_task(watch.run(stop))
-    pool = await create_pool(settings.postgres.dsn.get_secret_value(), 1, 2)
-    bench = OrderBench(settings, sandboxes, watch, lat)
     try:
-        before = await bench.calibrate(pool)
-        paced = await _phase(bench, sandboxes, pool, args.paced_orders, args.paced_rate)
-        after = await bench.calibrate(pool)
-        burst = await _phase(bench, sandboxes, pool, args.orders, None)
+        yield OrderBench(settings, sandboxes, watch, lat), pool
     finally:
         stop.set()
         await poller
         await pool.close()
-    return _orders_report(before, after, paced, burst, watch)
+
+
+async def run_orders(
+    settings: Settings,
+    sandboxes: Sandboxes,
+    lat: Latencies,
+    args: argparse.Namespace,
+    in_flight: int,
+    baseline: tuple[dict[str, Any], int],
+) -> dict[str, Any]:
+    """Calibrate → paced → calibrate → burst on workers running with ``in_flight`` records per
+    partition; ``baseline`` is the burst measured before at key concurrency 1 (report, full pages)."""
+    async with order_bench(settings, sandboxes, lat) as (bench, pool):
+        before = await bench.calibrate(pool)
+        paced = await _phase(bench, sandboxes, pool, args.paced_orders, args.paced_rate, label="paced")
+        after = await bench.calibrate(pool)
+        burst = await _phase(bench, sandboxes, pool, args.orders, None, label="burst", in_flight=in_flight)
+    return _orders_report(before, after, paced, burst, bench.watch, baseline)
+
+
+async def run_baseline_burst(
+    settings: Settings, sandboxes: Sandboxes, lat: Latencies, args: argparse.Namespace
+) -> tuple[dict[str, Any], int]:
+    """The burst alone (``--baseline-orders``), on workers started with one record in flight per
+    partition; then waits until the order groups have committed what it left, so the workers
+    started after these ones begin idle. Returns the report and the event log's full pages."""
+    async with order_bench(settings, sandboxes, lat) as (bench, pool):
+        label = "burst_key_concurrency_1"
+        report, _ = await _phase(
+            bench, sandboxes, pool, args.baseline_orders, None, label=label, in_flight=BASELINE_IN_FLIGHT
+        )
+    connection = bench_connection(settings)
+    for group in (ConsumerGroup.FULFILLMENT, ConsumerGroup.SF_WRITER):
+        await wait_caught_up(connection, str(group), timeout_s=30)
+    return report, bench.watch.full_pages
 
 
 async def _phase(
-    bench: OrderBench, sandboxes: Sandboxes, pool: Any, count: int, rate: float | None
+    bench: OrderBench,
+    sandboxes: Sandboxes,
+    pool: Any,
+    count: int,
+    rate: float | None,
+    *,
+    label: str,
+    in_flight: int | None = None,
 ) -> tuple[dict[str, Any], Batch]:
+    """``in_flight``: the workers' ``max_in_flight_per_partition``, recorded in the report when given."""
     kinds = [MIX[i % len(MIX)] for i in range(count)]
     batch = await bench.prepare(kinds, pool)
     await sandboxes.requests_since_mark("salesforce")
+    await sandboxes.requests_since_mark("whmcs")
     usage = await sandboxes.api_usage()
     began = time.time()
     await bench.approve_all(batch, rate)
     await bench.wait_done(batch, timeout_s=max(120.0, count / 2))
     calls = await sandboxes.api_usage() - usage
     rows = await sandboxes.requests_since_mark("salesforce")
+    whmcs_calls = len(await sandboxes.requests_since_mark("whmcs"))
     first = min((bench.watch.approved_ms.get(i, batch.approve_fallback_ms.get(i, 0)) for i in batch.ids), default=0)
     last = max((bench.watch.activated_ms.get(i, 0) for i in batch.ids), default=0)
     span = (last - first) / 1000 if last > first else time.time() - began
     report = batch_report(batch, span, calls)
     report["salesforce_calls_by_endpoint"] = dict(Counter(r["endpoint"] for r in rows if _on_path(r["endpoint"])))
+    # WHMCS look-before-create pages through the client's orders: later orders make more calls
+    report["whmcs_calls_per_order"] = round(whmcs_calls / len(batch.ids), 3) if batch.ids else None
     report["offered_rate_per_s"] = rate if rate is not None else "as fast as the control API approves"
-    shown = ("orders", "activated", "orders_per_s", "latency_ms", "salesforce_api_calls_per_order")
-    print(json.dumps({"phase": "paced" if rate else "burst", **{k: report[k] for k in shown}}), flush=True)
+    shown = ["orders", "activated", "orders_per_s", "latency_ms", "salesforce_api_calls_per_order"]
+    if in_flight is not None:
+        report["max_in_flight_per_partition"] = in_flight
+        shown.append("max_in_flight_per_partition")
+    print(json.dumps({"phase": label, **{k: report[k] for k in shown}}), flush=True)
     return report, batch
 
 
@@ -431,6 +500,7 @@ def _orders_report(
     paced: tuple[dict[str, Any], Batch],
     burst: tuple[dict[str, Any], Batch],
     watch: EventWatch,
+    baseline: tuple[dict[str, Any], int],
 ) -> dict[str, Any]:
     # The floor of a type is the mean of its two calibrations, which bracket the paced phase.
     floors = {k: [c["floor_ms"] for c in (before.get(k, {}), after.get(k, {})) if "floor_ms" in c] for k in KINDS}
@@ -443,14 +513,18 @@ def _orders_report(
     ]
     paced_report["overhead_over_floor_ms"] = percentiles(overhead)
     calls = burst[0]["salesforce_api_calls_per_order"]
+    baseline_report, baseline_full_pages = baseline
+    ratio = speedup(burst[0], baseline_report)
     return {
         "calibration_before_paced": before,
         "calibration_after_paced": after,
         "floor_ms_by_type": floor_by_kind,
         "paced": paced_report,
         "burst": burst[0],
+        "burst_key_concurrency_1": baseline_report,
+        "key_concurrency_speedup": ratio,
         "event_log": {
-            "full_pages_polled": watch.full_pages,
+            "full_pages_polled": watch.full_pages + baseline_full_pages,
             "note": "a full page may have dropped events; LastModifiedDate filled in for those",
         },
         "targets": {
@@ -458,12 +532,22 @@ def _orders_report(
             "p50_within_floor_plus_100ms": _target(paced_report["overhead_over_floor_ms"]["p50"], 100, "<=")
             | {"measured_as": "p50 of (latency - floor of the order's type), paced phase"},
             "salesforce_calls_per_order_at_most_1_5": _target(calls, 1.5, "<=") | {"measured_in": "burst phase"},
+            "key_concurrency_speedup_at_least_5": _target(ratio, 5, ">=")
+            | {"measured_as": "orders/s of burst ÷ orders/s of burst_key_concurrency_1"},
         },
     }
 
 
+def speedup(faster: dict[str, Any], slower: dict[str, Any]) -> float | None:
+    """``faster``'s orders/s ÷ ``slower``'s, 2 places; None when either was not measured (or is 0)."""
+    a, b = faster.get("orders_per_s"), slower.get("orders_per_s")
+    return round(a / b, 2) if a and b else None
+
+
 def _target(value: float | None, bound: float | None, op: str) -> dict[str, Any]:
-    met = None if value is None or bound is None else value <= bound
+    if op not in ("<=", ">="):
+        raise ValueError(f"unknown comparison {op!r}")
+    met = None if value is None or bound is None else (value <= bound if op == "<=" else value >= bound)
     return {"value": value, "target": f"{op} {bound}", "met": met}
 
 
@@ -927,64 +1011,135 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     options = FleetOptions(
         freebit_activation_delay_s=args.freebit_activation_delay, log_dir=log_dir, env_file=args.env_file
     )
-    fleet = Fleet(settings, options)
+    # The stack and the sandboxes under a supervisor of their own (a fleet without workers), so the
+    # workers can be stopped and started again with other settings while the sandboxes keep their state.
+    base = Fleet(settings, replace(options, workers=()))
     try:
-        statuses = await fleet.start(lambda line: print(line, file=sys.stderr, flush=True))
-        return await _measure(settings, fleet, statuses, args, info)
+        await base.start(_echo)
+        return await _measure(settings, base, options, args, info)
     finally:
-        await fleet.stop()
+        await base.stop()
+
+
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def workers_running(
+    settings: Settings, options: FleetOptions, in_flight: int | None
+) -> AsyncIterator[tuple[Fleet, list[ChildStatus]]]:
+    """The fleet's workers, each started with ``FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION=in_flight``
+    (None: not set, each route's own value) (their environment is the bench's plus
+    ``FleetOptions.worker_env``); stopped on exit. The stack
+    and the sandboxes are already up: this fleet uses them and leaves them running."""
+    fleet = Fleet(settings, worker_options(options, in_flight))
+    try:
+        _echo(f"workers: {IN_FLIGHT_ENV}={in_flight}")
+        yield fleet, await fleet.start(_echo)
+    finally:
+        stopped = await fleet.stop()
+        _echo(f"workers ({IN_FLIGHT_ENV}={in_flight}) stopped: {_stopped(stopped)}")
+
+
+def worker_options(options: FleetOptions, in_flight: int | None) -> FleetOptions:
+    """``options`` whose workers run with ``max_in_flight_per_partition = in_flight`` (an env variable
+    of every worker: it overrides the bench's own environment and the stack's env file); None: as is."""
+    if in_flight is None:
+        return options
+    return replace(options, worker_env={**options.worker_env, IN_FLIGHT_ENV: str(in_flight)})
+
+
+def _stopped(reports: list[StopReport]) -> str:
+    return ", ".join(f"{r.name} {r.how} in {r.seconds:.1f} s" for r in reports) or "none"
+
+
+async def _baseline(
+    settings: Settings, options: FleetOptions, sandboxes: Sandboxes, lat: Latencies, args: argparse.Namespace
+) -> tuple[dict[str, Any], int]:
+    """Phase 1: the burst on workers at key concurrency 1, which are stopped after it."""
+    if args.skip_orders or args.no_baseline_burst:
+        return {"not measured": f"skipped (--{'skip-orders' if args.skip_orders else 'no-baseline-burst'})"}, 0
+    async with workers_running(settings, options, BASELINE_IN_FLIGHT) as (_, statuses):
+        why = missing(statuses, ORDER_WORKERS)
+        return ({"not measured": why}, 0) if why else await run_baseline_burst(settings, sandboxes, lat, args)
 
 
 async def _measure(
-    settings: Settings, fleet: Fleet, statuses: list[ChildStatus], args: argparse.Namespace, info: dict[str, Any]
+    settings: Settings, base: Fleet, options: FleetOptions, args: argparse.Namespace, info: dict[str, Any]
 ) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=32)) as http:
-        sandboxes = Sandboxes(fleet.endpoints, http)
+    # --keys-in-flight (16) for every worker, unless the environment sets one: the fleet's own default
+    # is still 1 (workers/routes.py says why), so the bench turns key concurrency on to measure it
+    in_flight = settings.runtime.max_in_flight_per_partition or args.keys_in_flight
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=32)))
+        sandboxes = Sandboxes(base.endpoints, http)
         delay = float((await sandboxes.state("freebit"))["activation_delay_s"])
         lat = Latencies(args.sf_latency_ms, args.whmcs_latency_ms, args.freebit_latency_ms, delay)
         await sandboxes.inject(lat)
-        try:
-            why = "skipped (--skip-orders)" if args.skip_orders else missing(statuses, ORDER_WORKERS)
-            orders = {"not measured": why} if why else await run_orders(settings, sandboxes, lat, args)
-        finally:
-            await sandboxes.clear_faults()
-    why = "skipped (--skip-webhooks)" if args.skip_webhooks else missing(fleet.status(), WEBHOOK_WORKERS)
-    if why is None:  # start from an idle invalidator, not one still busy with the burst's events
-        await wait_caught_up(bench_connection(settings), str(ConsumerGroup.CACHE_INVALIDATOR), timeout_s=120)
-    webhooks = {"not measured": why} if why else await run_webhooks(settings, args, fleet)
-    return {
-        "benchmark": "end-to-end fleet (orders through the sandboxes; webhooks to cache keys)",
-        "command": "python -m bench.e2e_bench " + " ".join(sys.argv[1:]),
-        "at": datetime.now(UTC).isoformat(),
-        "machine": info,
-        "settings": {
-            "injected_latency_ms": {
-                "salesforce_rest": lat.salesforce_ms,
-                "whmcs": lat.whmcs_ms,
-                "freebit": lat.freebit_ms,
+        stack.push_async_callback(sandboxes.clear_faults)  # runs after the workers below have stopped
+        baseline = await _baseline(settings, options, sandboxes, lat, args)
+        fleet, statuses = await stack.enter_async_context(workers_running(settings, options, in_flight))
+        why = "skipped (--skip-orders)" if args.skip_orders else missing(statuses, ORDER_WORKERS)
+        orders = {"not measured": why} if why else await run_orders(settings, sandboxes, lat, args, in_flight, baseline)
+        await sandboxes.clear_faults()
+        why = "skipped (--skip-webhooks)" if args.skip_webhooks else missing(fleet.status(), WEBHOOK_WORKERS)
+        if why is None:  # start from an idle invalidator, not one still busy with the burst's events
+            await wait_caught_up(bench_connection(settings), str(ConsumerGroup.CACHE_INVALIDATOR), timeout_s=120)
+        webhooks = {"not measured": why} if why else await run_webhooks(settings, args, fleet)
+        report = {
+            "benchmark": "end-to-end fleet (orders through the sandboxes; webhooks to cache keys)",
+            "command": "python -m bench.e2e_bench " + " ".join(sys.argv[1:]),
+            "at": datetime.now(UTC).isoformat(),
+            "machine": info,
+            "settings": {
+                "injected_latency_ms": {
+                    "salesforce_rest": lat.salesforce_ms,
+                    "whmcs": lat.whmcs_ms,
+                    "freebit": lat.freebit_ms,
+                },
+                "freebit_activation_delay_s": delay,
+                "kafka_bootstrap": settings.kafka.bootstrap,
+                "sandboxes_started_by_bench": base.sandboxes_owned,
+                "orders": args.orders,
+                "paced_orders": args.paced_orders,
+                "paced_rate_per_s": args.paced_rate,
+                "baseline_orders": None if args.skip_orders or args.no_baseline_burst else args.baseline_orders,
+                "mix": dict(Counter(MIX)),
+                "runtime": settings.runtime.model_dump(),
             },
-            "freebit_activation_delay_s": delay,
-            "kafka_bootstrap": settings.kafka.bootstrap,
-            "sandboxes_started_by_bench": fleet.sandboxes_owned,
-            "orders": args.orders,
-            "paced_orders": args.paced_orders,
-            "paced_rate_per_s": args.paced_rate,
-            "mix": dict(Counter(MIX)),
-            "runtime": settings.runtime.model_dump(),
-        },
-        "processes": [
-            {"name": s.name, "state": s.label, "restarts": s.restarts, "reason": s.reason} for s in fleet.status()
-        ],
-        "orders": orders,
-        "webhooks": webhooks,
-    }
+            "processes": [
+                {"name": s.name, "state": s.label, "restarts": s.restarts, "reason": s.reason}
+                for s in base.status() + fleet.status()
+            ],
+            "orders": orders,
+            "webhooks": webhooks,
+        }
+    return report
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=1000, help="burst phase: orders approved at once")
+    parser.add_argument(
+        "--keys-in-flight",
+        type=int,
+        default=16,
+        help="max_in_flight_per_partition of the measured workers (the fleet's default is 1)",
+    )
     parser.add_argument("--paced-orders", type=int, default=200, help="paced phase: orders for the latency figures")
     parser.add_argument("--paced-rate", type=float, default=4.0, help="paced phase: approvals per second")
+    parser.add_argument(
+        "--baseline-orders",
+        type=int,
+        default=300,
+        help="burst at 1 record in flight per partition (workers restarted after it): orders approved at once",
+    )
+    parser.add_argument(
+        "--no-baseline-burst",
+        action="store_true",
+        help="skip the burst at 1 record in flight per partition (and the worker restart it takes)",
+    )
     parser.add_argument("--sf-latency-ms", type=float, default=20.0)
     parser.add_argument("--whmcs-latency-ms", type=float, default=30.0)
     parser.add_argument("--freebit-latency-ms", type=float, default=20.0)

@@ -49,6 +49,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -291,8 +292,10 @@ def run_faust(
     clock = Clock(n, warm_up)
     result: dict[str, Any] = {}
     stopping: list[asyncio.Future[None]] = []
+    datadir = tempfile.mkdtemp(prefix="bench-faust-")  # faust writes <app id>-data into the cwd otherwise
     app = faust.App(
         f"bench-faust-{uuid.uuid4().hex[:8]}",
+        datadir=datadir,
         broker=f"kafka://{connection.bootstrap}",
         broker_credentials=faust_credentials(connection),
         value_serializer="raw",
@@ -322,6 +325,8 @@ def run_faust(
         worker.execute_from_commandline()
     except SystemExit:
         pass
+    finally:
+        shutil.rmtree(datadir, ignore_errors=True)
     if not result:
         raise RuntimeError("faust stopped before it saw every record")
     return result

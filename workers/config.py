@@ -85,7 +85,10 @@ class KafkaSettings(_Section):
 class PostgresSettings(_Section):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:15432/fleet")
     min_pool: int = Field(1, ge=0)
-    max_pool: int = Field(10, ge=1)
+    # Connections per worker process, opened as needed. It also caps the keys a worker handles at once
+    # (RuntimeSettings.max_in_flight: at most max_pool - 1). Size PostgreSQL's max_connections for
+    # every instance of every worker (the local stack allows 400).
+    max_pool: int = Field(32, ge=2)
 
 
 class RedisSettings(_Section):
@@ -187,12 +190,15 @@ class RuntimeSettings(_Section):
     backoff_max_s: float = Field(5.0, ge=0)
     retry_tier_delays_ms: list[int] = [5_000, 30_000]
     # Keys handled at once per partition (records of one key always one after another, in offset
-    # order; commits stay contiguous): workers.runtime.dispatch. 1 = one record at a time per partition.
-    # 1 by default until the flows are sized for it: the fulfillment saga holds one pooled Postgres
-    # connection per order for its lock and takes a second for its writes, so 32 orders at once per
-    # partition exhaust a 10-connection pool and every delivery waits on the others (seen in the
-    # chaos smoke run: 31 of 63 orders stuck). A route can set its own (Route.max_in_flight_per_partition).
-    max_in_flight_per_partition: int = Field(1, ge=1)
+    # order; commits stay contiguous): workers.runtime.dispatch. Unset: the route's own value
+    # (workers/routes.py; none sets one yet), else 1. Set, it wins over every route (1 = one record at a
+    # time per partition, the runtime before key concurrency).
+    max_in_flight_per_partition: int | None = Field(None, ge=1)
+    # Keys handled at once by one worker process over all its partitions (Parallel Consumer's
+    # maxConcurrency). A worker with a Postgres pool caps it at the pool's size - 1: a handler may hold
+    # one connection while it waits and take a second briefly (the saga's lock and its writes), so
+    # more handlers than connections would all wait for each other.
+    max_in_flight: int = Field(64, ge=1)
     shutdown_grace_s: float = Field(20.0, gt=0)
     health_host: str = "127.0.0.1"
     health_port: int = Field(0, ge=0, le=65535)  # 0 = pick a free port

@@ -55,6 +55,8 @@ class RouteSpec:
     dead_letter: bool = True
     description: str = ""
     needs: frozenset[Need] = _CONSUMER
+    #: keys handled at once per partition for this route (None: RuntimeSettings.max_in_flight_per_partition)
+    max_in_flight_per_partition: int | None = None
 
     def route(self, deps: Any) -> Route:
         """The runnable route, its handlers bound to ``deps``."""
@@ -66,6 +68,7 @@ class RouteSpec:
             tuple(str(t) for t in self.topics),
             dict(import_binder(self.bind)(deps)),
             dead_letter=self.dead_letter,
+            max_in_flight_per_partition=self.max_in_flight_per_partition,
         )
 
 
@@ -89,6 +92,9 @@ ROUTES: dict[str, RouteSpec] = {
             },
             bind="workers.handlers:fulfillment_route",
             needs=_CONSUMER | {Need.SALESFORCE, Need.WHMCS_API, Need.FREEBIT},
+            # Not yet above 1: at 16 per partition a fresh-clone chaos smoke left 3 of 63 orders'
+            # write-backs unapplied within its 180 s quiet window (lag 17 left), not understood yet
+            # (issue 15's note). FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION=16 turns it on to measure.
             description="order/SIM activation saga: WHMCS order, Freebit SIM, Salesforce write-back",
         ),
         RouteSpec(

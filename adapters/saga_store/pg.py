@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -82,16 +83,37 @@ _INSERT_HISTORY = (
 
 
 class PgSagaStore:
-    """``SagaStore`` over an asyncpg pool built by the composition root."""
+    """``SagaStore`` over an asyncpg pool built by the composition root.
+
+    Inside ``locked()`` every call of the same task runs on the lock's connection: a delivery holds
+    one pooled connection, not one for its lock plus one per read and write. With many orders in
+    flight (``max_in_flight_per_partition``) the other way left the pool's last free connection to
+    every order's writes in turn (measured: 31 orders at once made 20 orders/s, not 90)."""
 
     def __init__(self, pool: asyncpg.Pool, *, poll_s: float = 0.2) -> None:
         self._pool = pool
         self._poll_s = poll_s
+        # the lock's connection and the task holding it (a delivery runs in one task); a task it
+        # starts inherits the variable, not the connection: asyncpg runs one call at a time on it
+        self._held: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
+            f"saga_lock_conn_{id(self)}", default=None
+        )
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        """The held lock's connection in the task holding it, else one from the pool for this call."""
+        held = self._held.get()
+        if held is not None and held[0] is asyncio.current_task():
+            yield held[1]
+            return
+        async with self._pool.acquire() as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def locked(self, sf_order_id: str, wait_s: float = 30.0) -> AsyncIterator[None]:
-        # A session-level advisory lock on a connection held for the whole delivery: the saga's
-        # own writes use other, short transactions, and a killed worker's lock dies with its socket.
+        # A session-level advisory lock on a connection held for the whole delivery: the saga's own
+        # reads and writes run on it too (short transactions; see the class), and a killed
+        # worker's lock dies with its socket.
         # Releasing the connection to the pool also runs asyncpg's reset (pg_advisory_unlock_all,
         # or the connection is closed), so no pooled connection ever keeps an order locked.
         with _db("lock"):
@@ -99,9 +121,11 @@ class PgSagaStore:
         try:
             with _db("lock"):
                 await self._take(conn, sf_order_id, wait_s)
+            token = self._held.set((asyncio.current_task(), conn))
             try:
                 yield
             finally:
+                self._held.reset(token)
                 with contextlib.suppress(*_TRANSIENT):  # the pool's reset unlocks if this cannot
                     await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_NAMESPACE, sf_order_id)
         finally:
@@ -120,7 +144,7 @@ class PgSagaStore:
             return await self._get(sf_order_id)
 
     async def _get(self, sf_order_id: str) -> SagaRecord | None:
-        async with self._pool.acquire() as conn:
+        async with self._conn() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_ORDER_COLUMNS} FROM fulfillment_orders WHERE sf_order_id = $1", sf_order_id
             )
@@ -142,7 +166,7 @@ class PgSagaStore:
     async def _save(
         self, order: SagaOrder, steps: Sequence[StepRecord], history: Sequence[HistoryEntry], claim: InboxClaim | None
     ) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._conn() as conn, conn.transaction():
             await conn.execute(_UPSERT_ORDER, *_order_args(order))
             if steps:
                 await conn.executemany(_UPSERT_STEP, [(order.sf_order_id, *_step_args(s)) for s in steps])
@@ -163,59 +187,65 @@ class PgSagaStore:
 
     async def processed(self, claim: InboxClaim) -> bool:
         with _db("inbox lookup"):
-            found = await self._pool.fetchval(
-                "SELECT 1 FROM inbox WHERE consumer_group = $1 AND event_id = $2", claim.group, claim.event_id
-            )
+            async with self._conn() as conn:
+                found = await conn.fetchval(
+                    "SELECT 1 FROM inbox WHERE consumer_group = $1 AND event_id = $2", claim.group, claim.event_id
+                )
         return found is not None
 
     async def reserve_sim_account(self, sf_order_id: str, account: str) -> bool:
         try:
             with _db("reserve SIM number"):
-                status = await self._pool.execute(
-                    "UPDATE fulfillment_orders SET sim_account = $2"
-                    " WHERE sf_order_id = $1 AND (sim_account IS NULL OR sim_account = $2)",
-                    sf_order_id,
-                    account,
-                )
+                async with self._conn() as conn:
+                    status = await conn.execute(
+                        "UPDATE fulfillment_orders SET sim_account = $2"
+                        " WHERE sf_order_id = $1 AND (sim_account IS NULL OR sim_account = $2)",
+                        sf_order_id,
+                        account,
+                    )
         except asyncpg.UniqueViolationError:
             return False
         return bool(status == "UPDATE 1")
 
     async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
         with _db("parked lookup"):
-            rows = await self._pool.fetch(
-                "SELECT sf_order_id FROM fulfillment_orders WHERE state = 'parked' AND whmcs_client_id = $1"
-                " ORDER BY updated_at",
-                whmcs_client_id,
-            )
+            async with self._conn() as conn:
+                rows = await conn.fetch(
+                    "SELECT sf_order_id FROM fulfillment_orders WHERE state = 'parked' AND whmcs_client_id = $1"
+                    " ORDER BY updated_at",
+                    whmcs_client_id,
+                )
         return [str(r["sf_order_id"]) for r in rows]
 
     async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:
-        rows = await self._pool.fetch(
-            f"SELECT {_ORDER_COLUMNS} FROM fulfillment_orders WHERE ($1::text IS NULL OR state = $1)"
-            " ORDER BY updated_at DESC LIMIT $2",
-            state,
-            limit,
-        )
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ORDER_COLUMNS} FROM fulfillment_orders WHERE ($1::text IS NULL OR state = $1)"
+                " ORDER BY updated_at DESC LIMIT $2",
+                state,
+                limit,
+            )
         return [_order(r) for r in rows]
 
     async def history(self, sf_order_id: str) -> list[HistoryEntry]:
-        rows = await self._pool.fetch(
-            "SELECT at, step, kind, detail FROM fulfillment_history WHERE sf_order_id = $1 ORDER BY id", sf_order_id
-        )
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT at, step, kind, detail FROM fulfillment_history WHERE sf_order_id = $1 ORDER BY id", sf_order_id
+            )
         return [HistoryEntry(r["kind"], r["step"], json.loads(r["detail"]), r["at"]) for r in rows]
 
     async def append_history(self, sf_order_id: str, entry: HistoryEntry) -> bool:
-        status = await self._pool.execute(
-            "INSERT INTO fulfillment_history (sf_order_id, at, step, kind, detail)"
-            " SELECT $1::varchar, coalesce($2, now()), $3, $4, $5::jsonb"
-            " WHERE EXISTS (SELECT 1 FROM fulfillment_orders WHERE sf_order_id = $1::varchar)",
-            sf_order_id,
-            entry.at,
-            entry.step,
-            entry.kind,
-            json.dumps(entry.detail, default=str),
-        )
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "INSERT INTO fulfillment_history (sf_order_id, at, step, kind, detail)"
+                " SELECT $1::varchar, coalesce($2, now()), $3, $4, $5::jsonb"
+                " WHERE EXISTS (SELECT 1 FROM fulfillment_orders WHERE sf_order_id = $1::varchar)",
+                sf_order_id,
+                entry.at,
+                entry.step,
+                entry.kind,
+                json.dumps(entry.detail, default=str),
+            )
         return bool(status == "INSERT 0 1")
 
 

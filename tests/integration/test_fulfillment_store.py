@@ -171,3 +171,26 @@ async def test_postgres_going_away_is_a_retryable_dependency_error(stack_env: di
     with pytest.raises(DependencyUnavailable):
         async with store.locked(order_id(), wait_s=0.1):
             pass
+
+
+async def test_a_delivery_holding_the_lock_reads_and_writes_on_its_one_connection(stack_env: dict[str, str]) -> None:
+    """Inside ``locked()`` the store uses the lock's connection: a pool of one connection is enough
+    for a delivery (it used to take a second per read and write, and many orders at once waited
+    on the pool's last free connection). Another task's calls still take their own."""
+    pool = await asyncpg.create_pool(stack_env["DATABASE_URL"], min_size=1, max_size=1)
+    assert pool is not None
+    store = PgSagaStore(pool)
+    oid = order_id()
+    try:
+        async with asyncio.timeout(5), store.locked(oid, wait_s=1):
+            assert await store.save(SagaOrder(oid, state="running", current_step="whmcs_create"))
+            record = await store.get(oid)
+            assert record is not None and record.order.state == "running"
+            assert await store.append_history(oid, HistoryEntry("step_done", "whmcs_create", {}))
+            other = asyncio.create_task(store.get(oid))  # another delivery: waits for the pool
+            await asyncio.sleep(0.05)
+            assert not other.done()
+        record = await asyncio.wait_for(other, 5)  # the lock's connection is back in the pool
+        assert record is not None and [h.kind for h in await store.history(oid)] == ["step_done"]
+    finally:
+        await pool.close()

@@ -305,7 +305,7 @@ async def test_a_key_backing_off_in_place_holds_only_itself() -> None:
         await backoff.wait()
         await real_sleep(seconds)
 
-    h.worker.dispatcher.sleep = held_sleep
+    h.worker.dispatcher.lanes.sleep = held_sleep
     h.handler.fail["8010"] = [UpstreamUnavailable("blip")]
     h.send(0)
     h.send(0)  # the same key again: waits behind the first
@@ -518,7 +518,7 @@ async def test_shutdown_during_a_backoff_abandons_the_record_uncommitted() -> No
     async def slow_sleep(seconds: float) -> None:
         await never.wait()
 
-    h.worker.dispatcher.sleep = slow_sleep
+    h.worker.dispatcher.lanes.sleep = slow_sleep
     h.send(0)
     await h.until(lambda: len(h.handler.seen) == 1)
     await asyncio.sleep(0.01)
@@ -798,3 +798,60 @@ async def test_a_full_buffer_shortens_the_poll_so_the_partition_never_runs_dry()
     await h.until(lambda: len(h.handler.seen) == 20, timeout=1.0)
     await h.finish()
     assert h.committed() == 20
+
+
+# --- keys in flight: the worker's cap ---------------------------------------------------------------
+
+
+async def test_the_worker_cap_bounds_keys_in_flight_over_all_partitions() -> None:
+    """Eight keys may run per partition, but three at most in the whole worker: the others wait
+    (in offset order on their partition) until a key ends anywhere."""
+    h = Harness(partitions=2, settings={"max_in_flight_per_partition": 8, "max_in_flight": 3})
+    h.handler.gate = asyncio.Event()
+    for i in range(4):
+        h.send(f"a{i}", partition=0)
+        h.send(f"b{i}", partition=1)
+    await h.until(lambda: len(h.handler.seen) == 3)
+    await asyncio.sleep(0.02)  # many loop turns: nobody else starts
+    assert len(h.handler.seen) == 3
+    h.handler.gate.set()
+    await h.until(lambda: h.committed(SRC, 0) == 4 and h.committed(SRC, 1) == 4)
+    await h.finish()
+    assert sorted(h.handler.ids()) == sorted([f"801a{i}" for i in range(4)] + [f"801b{i}" for i in range(4)])
+
+
+def test_a_worker_with_a_pool_holds_fewer_keys_than_the_pool_has_connections() -> None:
+    class Pool:
+        def get_max_size(self) -> int:
+            return 4
+
+    def cap(pool: Any, **settings: Any) -> int:
+        worker = Worker(
+            Route("t", GROUP, (SRC,), {OrderChanged: Recorder()}),
+            FakeConsumer({SRC: 1}),
+            LoopbackProducer(),
+            RuntimeSettings(**settings),
+            pool=pool,
+        )
+        return worker.dispatcher.worker_limit
+
+    assert cap(Pool(), max_in_flight=64) == 3  # a handler may hold one connection and take a second
+    assert cap(Pool(), max_in_flight=2) == 2
+    assert cap(None, max_in_flight=64) == 64
+
+
+async def test_a_partition_whose_done_ahead_offsets_cannot_be_read_is_handled_all_the_same() -> None:
+    """Reading the commit metadata on assignment may fail (or the rebalance callback be cancelled):
+    the partition's task starts anyway, and only the skip is lost (redelivery, never a stuck partition)."""
+    h = Harness()
+
+    async def broken(partitions: Any) -> dict[Any, Any]:
+        raise RuntimeError("coordinator gone")
+
+    h.consumer.committed_metadata = broken  # type: ignore[method-assign]
+    for i in range(3):
+        h.send(i)
+    with capture_logs() as logs:
+        await h.until(lambda: h.committed() == 3)
+    await h.finish()
+    assert any(e["event"] == "done_ahead_unread" for e in logs)

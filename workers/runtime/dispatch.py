@@ -9,14 +9,16 @@ Delivery rules (``tests/unit/test_runtime_key_concurrency.py`` checks them as pr
 
 * a key's records run strictly one after another, in offset order: a record whose key is in flight
   is queued behind it (``Lane.queue``) and the lane runs it next;
-* records of other keys do not wait for it: up to ``limit`` keys are in flight per partition;
+* records of other keys do not wait for it: up to ``limit`` keys are in flight per partition, and
+  up to ``worker_limit`` over all the worker's partitions (checked before a handler starts, and a
+  handler becomes a key in flight in the same step in which it first waits: never above the cap);
 * a record is done when its handler returned, or when its retry/dead-letter copy was acknowledged;
   the committed offset never passes a record not done (``OffsetTracker``), so a crash redelivers
   every unfinished record (at-least-once; the inbox makes effects once);
 * revocation and shutdown stop taking records and let every busy lane finish the record in its
   handler (bounded by the grace); records queued behind it and lanes waiting in a back-off are left
-  not done. The commit stops at the first of them, so records of other keys done after it are
-  delivered again to the next owner (at-least-once; the inbox keeps their effects once);
+  not done. The commit stops at the first of them; records of other keys done after it travel in
+  the commit's metadata (``workers.runtime.done_ahead``) and the next owner skips them;
 * a key that retries in place or waits for the breaker holds only itself: its later records wait
   in its lane, other keys go on. Back-pressure still bounds the partition: records held (buffered,
   in flight, queued, done but not yet committable) are at most ``buffer_per_partition`` plus one
@@ -28,15 +30,17 @@ without waiting, records it done on the spot, as the old one-record-at-a-time lo
 the handler waits (its first ``await`` that suspends) does the task turn into that key's lane: it
 keeps the coroutine (so the handler stays in the task, with the context and ``current_task`` it
 started in: cancel scopes of asyncio, anyio and httpx that span the wait stay valid) and hands the
-partition to a successor task. Python 3.12's eager tasks do the same; 3.11 has none.
+partition to a successor task (``workers.runtime.lanes`` runs the lane). Python 3.12's eager tasks
+do the same; 3.11 has none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +54,11 @@ from workers.logs import RecordSlot, open_record_slot
 from workers.runtime.batch import BatchHandler, run_batch
 from workers.runtime.breaker import CircuitBreaker
 from workers.runtime.consumer import ConsumerRecord
-from workers.runtime.decode import Decoded, Decoder, RecordLog, Rejected, invalid_payload
+from workers.runtime.decode import Decoded, Decoder, invalid_payload
+from workers.runtime.lanes import FirstStep, Lanes
 from workers.runtime.message import Message, header_int
 from workers.runtime.metrics import LATENCY_BUCKETS
-from workers.runtime.partition import BUFFER_FULL, NOT_BEFORE, Lane, Partition, Sleep
+from workers.runtime.partition import BUFFER_FULL, NOT_BEFORE, Partition, Sleep
 from workers.runtime.retrying import FailurePath, Hold
 from workers.runtime.route import Handler
 
@@ -61,9 +66,6 @@ if TYPE_CHECKING:
     from workers.runtime.commits import Commits
 
 log = structlog.get_logger(__name__)
-
-#: finishes the first record of a lane (continue its coroutine, or its failure path)
-_FirstStep = Callable[[Partition, Lane, ConsumerRecord], Awaitable[None]]
 
 
 class Dispatcher:
@@ -77,6 +79,7 @@ class Dispatcher:
         commits: Commits,
         *,
         limit: int,
+        worker_limit: int,
         low_water: int,
         yield_every: int,
         sleep: Sleep,
@@ -88,11 +91,24 @@ class Dispatcher:
         self.decoder, self.failures, self.breaker, self.commits = decoder, failures, breaker, commits
         self.limit, self.low_water, self.yield_every = limit, low_water, yield_every
         self.sleep, self.clock = sleep, clock
+        self.lanes = Lanes(
+            decoder, failures, breaker, worker_limit=worker_limit, sleep=sleep, finish=self.finish, start=self.start
+        )
         self._on_task_done = on_task_done
+        # Every partition task starts from the context the worker was built in (what the composition
+        # root bound), not from the context of the task that starts it: a successor is started by a
+        # handler's task at its first wait, inside whatever context variables that handler set.
+        self._context = contextvars.copy_context()
+
+    @property
+    def worker_limit(self) -> int:
+        """Keys in flight at most over all the worker's partitions (``Lanes``)."""
+        return self.lanes.worker_limit
 
     def start(self, st: Partition) -> None:
         """Start (or hand on) the task that takes ``st``'s records."""
-        task = asyncio.create_task(self._take(st), name=f"partition {st.topic}[{st.partition}]")
+        name = f"partition {st.topic}[{st.partition}]"
+        task = asyncio.create_task(self._take(st), name=name, context=self._context.copy())
         task.add_done_callback(self._on_task_done)
         st.task = task
 
@@ -111,7 +127,7 @@ class Dispatcher:
         latency_counts, bounds = stats.latency_counts, LATENCY_BUCKETS
         breaker, commits, group, tier, low = self.breaker, self.commits, self.decoder.group, st.tier, self.low_water
         topic, partition, limit = st.topic, st.partition, self.limit
-        yield_every, perf = self.yield_every, time.perf_counter
+        yield_every, perf, lanes_ = self.yield_every, time.perf_counter, self.lanes
         handled = 0
         while True:
             if not buf:
@@ -149,6 +165,10 @@ class Dispatcher:
                     st.room.clear()
                     await st.room.wait()
                     continue
+            if lanes_.keys_in_flight >= lanes_.worker_limit:  # the worker's cap, over all its partitions
+                lanes_.worker_room.clear()
+                await lanes_.worker_room.wait()
+                continue
             # Fast path: the header checks on the header list by position (ordered_binary_type; headers
             # in another order get the same checks on a header dict), the raw ce_type looked up
             # undecoded; then the model's validator straight from the value (no intermediate dict, no
@@ -200,13 +220,13 @@ class Dispatcher:
                             continue
                         except Exception as exc:  # CancelledError is no Exception: never a failure
                             stats.observe(perf() - started)
-                            first: _FirstStep = partial(self._fail_first, msg, handler, exc)
+                            first: FirstStep = partial(lanes_.fail_first, msg, handler, exc)
                         else:
-                            first = partial(self._continue_first, msg, handler, coro, yielded, started)
+                            first = partial(lanes_.resume, msg, handler, coro, yielded, started)
                     else:
-                        first = partial(self._admitted, msg, handler)
+                        first = partial(lanes_.admitted, msg, handler)
                     # The record waits: this task keeps it, as its key's lane; a successor takes the partition.
-                    await self._become_lane(st, slot, rec, first)
+                    await lanes_.become(st, slot, rec, first)
                     return
             else:
                 decoded = self.decoder.slow(rec, dict(headers) if h is None else h, raw_type, tier)
@@ -225,145 +245,12 @@ class Dispatcher:
                 return False
             st.buffer.popleft()
             slot.current = msg
-            await self._become_lane(st, slot, rec, partial(self._run_first, msg, handler))
+            await self.lanes.become(st, slot, rec, partial(self.lanes.run_first, msg, handler))
             return True
-        await self._settle(st, st, self.partition_hold(st), rec, decoded, slot)
+        await self.lanes.settle(st, st, self.partition_hold(st), rec, decoded, slot)
         st.buffer.popleft()
         self.finish(st, rec)
         return False
-
-    async def _settle(
-        self, st: Partition, busy: Any, hold: Hold, rec: ConsumerRecord, decoded: Rejected | str, slot: RecordSlot
-    ) -> None:
-        if isinstance(decoded, Rejected):
-            h = dict(rec.headers)
-            slot.current = RecordLog(rec, h)
-            await self.failures.reject(st, busy, hold, rec, h, decoded.error, decoded.stage)
-        else:
-            # Another group's type on a shared topic: acknowledged and counted, not handled (the
-            # common case on shared topics, so no record context: its one log line names the record).
-            slot.current = None
-            st.stats.skipped += 1
-            log.debug("record_skipped", offset=rec.offset)
-
-    async def _become_lane(self, st: Partition, slot: RecordSlot, rec: ConsumerRecord, first: _FirstStep) -> None:
-        st.tracker.start(rec.offset)
-        lane = Lane(rec.key)
-        lane.task = asyncio.current_task()  # type: ignore[assignment]
-        st.lanes[rec.key] = lane
-        self.start(st)  # the successor takes the partition's next records
-        await self._lane(st, lane, slot, rec, first)
-
-    # --- a key's lane -------------------------------------------------------------------------
-
-    async def _lane(self, st: Partition, lane: Lane, slot: RecordSlot, rec: ConsumerRecord, first: _FirstStep) -> None:
-        """Finish ``rec``, then the key's queued records one by one; then free the slot."""
-        try:
-            await first(st, lane, rec)
-            self.finish(st, rec)
-            # Once the partition is stopping (revoked or shut down) the records queued behind the key
-            # are left not done, as the buffer is: a queue can hold hundreds of records of a hot key,
-            # and an eager rebalance stops the whole group while a member revokes.
-            queue = lane.queue
-            while queue and not st.stopping:
-                rec = queue.popleft()
-                await self._run_queued(st, lane, slot, rec)
-                self.finish(st, rec)
-        finally:
-            # Nothing between the last queue check and this: the partition task cannot queue a
-            # record behind a lane that has already ended (one thread, no await in between).
-            if st.lanes.get(lane.key) is lane:
-                del st.lanes[lane.key]
-            st.room.set()
-
-    async def _run_queued(self, st: Partition, lane: Lane, slot: RecordSlot, rec: ConsumerRecord) -> None:
-        h = dict(rec.headers)
-        decoded = self.decoder.slow(rec, h, binary_type(h), st.tier)
-        if not isinstance(decoded, tuple):
-            await self._settle(st, lane, self._key_hold(st), rec, decoded, slot)
-            return
-        msg, handler, _ = decoded  # a batch handler here runs as a batch of one
-        slot.current = msg
-        await self._run_first(msg, handler, st, lane, rec)
-
-    async def _run_first(self, msg: Message, handler: Handler, st: Partition, lane: Lane, rec: ConsumerRecord) -> None:
-        if not self.breaker.closed:
-            await self._admitted(msg, handler, st, lane, rec)
-        else:
-            await self._run(st, lane, rec, msg, handler, handler(msg.event, msg), time.perf_counter())
-
-    async def _continue_first(
-        self,
-        msg: Message,
-        handler: Handler,
-        coro: Coroutine[Any, Any, None],
-        yielded: Any,
-        started: float,
-        st: Partition,
-        lane: Lane,
-        rec: ConsumerRecord,
-    ) -> None:
-        await self._run(st, lane, rec, msg, handler, _Resumed(coro, yielded), started)
-
-    async def _run(
-        self,
-        st: Partition,
-        lane: Lane,
-        rec: ConsumerRecord,
-        msg: Message,
-        handler: Handler,
-        call: Awaitable[None],
-        started: float,
-    ) -> None:
-        lane.busy_since = started
-        try:
-            await call
-        except Exception as exc:
-            lane.busy_since = None
-            st.stats.observe(time.perf_counter() - started)
-            await self.failures.failed(st, lane, self._key_hold(st), rec, msg.header_map, msg, handler, exc, False)
-            return
-        lane.busy_since = None
-        st.stats.observe(time.perf_counter() - started)
-        st.stats.processed += 1
-        self.breaker.record_success()
-
-    async def _fail_first(
-        self, msg: Message, handler: Handler, exc: Exception, st: Partition, lane: Lane, rec: ConsumerRecord
-    ) -> None:
-        await self.failures.failed(st, lane, self._key_hold(st), rec, msg.header_map, msg, handler, exc, False)
-
-    async def _admitted(self, msg: Message, handler: Handler, st: Partition, lane: Lane, rec: ConsumerRecord) -> None:
-        """The breaker is not closed: wait to be admitted (maybe as the half-open trial), then handle.
-        A trial that ends without an outcome (cancelled by revocation or shutdown) hands the permit on."""
-        trial = await self.breaker.admit()
-        try:
-            started = lane.busy_since = time.perf_counter()
-            try:
-                await handler(msg.event, msg)
-            except Exception as exc:
-                lane.busy_since = None
-                st.stats.observe(time.perf_counter() - started)
-                trial, was_trial = False, trial  # failed() settles (or releases) the trial from here on
-                hold = self._key_hold(st)
-                await self.failures.failed(st, lane, hold, rec, msg.header_map, msg, handler, exc, was_trial)
-                return
-            lane.busy_since = None
-            st.stats.observe(time.perf_counter() - started)
-            st.stats.processed += 1
-            self.breaker.record_success()
-            trial = False
-        finally:
-            if trial:
-                self.breaker.release_trial()
-
-    def _key_hold(self, st: Partition) -> Hold:
-        sleep = self.sleep
-
-        async def hold(_reason: str, seconds: float) -> None:
-            await st.key_sleep(sleep, seconds)
-
-        return hold
 
     # --- batch mode and bookkeeping -----------------------------------------------------------
 
@@ -402,35 +289,3 @@ class Dispatcher:
     def partition_hold(self, st: Partition) -> Hold:
         """Back-offs that hold the whole partition (batch mode): paused, the poll loop polling on."""
         return partial(st.paused_sleep, self.sleep)
-
-
-class _Resumed:
-    """Awaits a handler coroutine the partition task already started (it yielded ``first``).
-
-    The coroutine continues in the task that awaits this (the lane: the same task it started in),
-    as if ``await coro`` had been written in the first place: the Task sees ``first`` (the future the
-    coroutine waits on) and resumes, throws and cancels through here."""
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
-        self._coro, self._first = coro, first
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self._coro, self._first
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # a cancellation (or anything thrown in) goes to the handler
-                try:
-                    value = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration:
-                    return

@@ -22,7 +22,6 @@ from datetime import timedelta
 
 import asyncpg
 import structlog
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from adapters.kafka import ProducerPort
@@ -113,7 +112,8 @@ class Worker:
             self.failures,
             self.breaker,
             self.commits,
-            limit=route.max_in_flight_per_partition or settings.max_in_flight_per_partition,
+            limit=settings.max_in_flight_per_partition or route.max_in_flight_per_partition or 1,
+            worker_limit=in_flight_cap(settings.max_in_flight, pool),
             low_water=max(1, tuning.buffer_per_partition // 2),
             yield_every=tuning.yield_every,
             sleep=sleep,
@@ -158,6 +158,7 @@ class Worker:
             group=self.route.group,
             topics=list(self.topics),
             max_in_flight_per_partition=self.dispatcher.limit,
+            max_in_flight=self.dispatcher.worker_limit,
         )
         purge = None
         if self._pool is not None:
@@ -273,19 +274,20 @@ class Worker:
         opened = [self._open(tp, start=False) for tp in assigned if tp not in self._parts]
         if not opened:
             return
+        points: dict[TopicPartition, tuple[int, str]] = {}
         try:
             points = await asyncio.wait_for(
                 self._consumer.committed_metadata([st.tp for st in opened]), self._revoke_grace_s
             )
-        except (KafkaError, TimeoutError) as exc:  # costs only redelivery (the inbox keeps effects once)
+        except Exception as exc:  # costs only redelivery (the inbox keeps effects once), never a partition
             log.warning("done_ahead_unread", error=repr(exc), partitions=len(opened))
-            points = {}
-        for st in opened:
-            offset, metadata = points.get(st.tp, (None, ""))
-            if offset is not None and metadata:
-                st.skip.update(done_ahead.decode(offset, metadata))
-            if not st.stopping:
-                self.dispatcher.start(st)
+        finally:  # even when cancelled: a partition opened without its task would never be handled
+            for st in opened:
+                offset, metadata = points.get(st.tp, (None, ""))
+                if offset is not None and metadata:
+                    st.skip.update(done_ahead.decode(offset, metadata))
+                if not st.stopping and st.task is None:
+                    self.dispatcher.start(st)
 
     # --- housekeeping ------------------------------------------------------------------------
 
@@ -296,6 +298,16 @@ class Worker:
 
     def readiness(self) -> tuple[bool, str]:
         return self.vitals.readiness()
+
+
+def in_flight_cap(max_in_flight: int, pool: asyncpg.Pool | None) -> int:
+    """``max_in_flight``, at most the pool's size - 1 (see ``RuntimeSettings.max_in_flight``)."""
+    if pool is None:
+        return max_in_flight
+    cap = max(1, min(max_in_flight, pool.get_max_size() - 1))
+    if cap < max_in_flight:
+        log.info("in_flight_capped_by_pool", max_in_flight=max_in_flight, pool_max=pool.get_max_size(), cap=cap)
+    return cap
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

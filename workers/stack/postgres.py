@@ -91,7 +91,11 @@ class Postgres:
         if not (self.data_dir / "PG_VERSION").exists():
             await self._initdb(bin_dir)
             notes.append("cluster initialised")
-        options = f"-p {self.port} -k {shlex.quote(str(self.data_dir))} -c fsync=off -c listen_addresses=127.0.0.1"
+        # max_connections: every instance of every worker may open PostgresSettings.max_pool (32)
+        options = (
+            f"-p {self.port} -k {shlex.quote(str(self.data_dir))} -c fsync=off -c listen_addresses=127.0.0.1"
+            " -c max_connections=400"
+        )
         argv = [str(bin_dir / "pg_ctl"), "start", "-w", "-t", "30", "-D", str(self.data_dir)]
         argv += ["-l", str(self.log_files[0]), "-o", options]
         await run(argv, cwd=self.home, user=self._os_user, what="pg_ctl start")
