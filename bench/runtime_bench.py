@@ -274,13 +274,16 @@ async def run_runtime(
 
 
 def _bench_settings(settings: Any, bootstrap: str, max_in_flight: int | None = None) -> Any:
-    """The group-join tuning, and ``max_in_flight_per_partition`` when given (None: the default)."""
+    """The group-join tuning, and ``max_in_flight_per_partition`` when given (None: the default), with
+    the worker's cap (``max_in_flight``, 64 by default) raised to every partition's keys at once: the
+    row measures keys per partition, not the cap."""
     kafka = settings.kafka.model_copy(
         update={"bootstrap": bootstrap, "session_timeout_ms": SESSION_TIMEOUT_MS, "heartbeat_interval_ms": HEARTBEAT_MS}
     )
     update: dict[str, Any] = {"kafka": kafka}
     if max_in_flight is not None:
-        update["runtime"] = settings.runtime.model_copy(update={"max_in_flight_per_partition": max_in_flight})
+        runtime = {"max_in_flight_per_partition": max_in_flight, "max_in_flight": PARTITIONS * max_in_flight}
+        update["runtime"] = settings.runtime.model_copy(update=runtime)
     return settings.model_copy(update=update)
 
 
