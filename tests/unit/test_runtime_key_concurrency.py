@@ -528,8 +528,9 @@ async def test_shutdown_waits_for_the_handlers_of_every_key_in_flight_and_commit
     h.block(0, 1, 2)
     for key in (0, 1, 1, 2, 3):  # 1@2 queued behind 1@1; 3@4 waits for a slot
         run.send(key)
+    # offset 3 started, so 1@2 (taken before it, in offset order) is already queued behind 1@1; 3@4
+    # waits for a slot or is still buffered: either way it is not started
     await run.until(lambda: h.running() == [0, 1, 3])
-    await asyncio.sleep(0.01)  # the partition task takes 1@2 and waits for a slot for 3@4
     stopping = asyncio.create_task(run.finish())
     await asyncio.sleep(0.02)
     assert not stopping.done()
