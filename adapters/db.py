@@ -75,6 +75,11 @@ async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncp
 # --- the inbox: idempotent consumption ------------------------------------------------------
 
 
+#: the inbox row's columns, in ``claim_event``'s parameter order (the saga store claims inside its
+#: one-statement save with the same row)
+INBOX_COLUMNS = 'consumer_group, event_id, event_type, topic, partition, "offset"'
+
+
 async def claim_event(
     conn: asyncpg.Connection,
     *,
@@ -92,8 +97,7 @@ async def claim_event(
     handler's own writes, a crash between handling and offset commit cannot apply them twice.
     """
     status = await conn.execute(
-        'INSERT INTO inbox (consumer_group, event_id, event_type, topic, partition, "offset")'
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        f"INSERT INTO inbox ({INBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         group,
         event_id,
         event_type,

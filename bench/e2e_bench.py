@@ -1,7 +1,7 @@
 """End-to-end benchmark: the whole fleet under the demo supervisor, orders and webhooks through the sandboxes.
 
     python -m bench.e2e_bench [--orders 1000] [--paced-orders 200 --paced-rate 4] [--out bench/results/e2e.json]
-    python -m bench.e2e_bench --baseline-orders 300   # orders of the burst at 1 record in flight per partition
+    python -m bench.e2e_bench --baseline-orders 300   # a shorter burst at 1 record in flight per partition
     python -m bench.e2e_bench --no-baseline-burst     # without that burst (and the restart it takes)
     python -m bench.e2e_bench --skip-orders           # the webhook phase alone
 
@@ -37,12 +37,12 @@ added to them:
 
 Phases, in order:
 
-1. burst at key concurrency 1 (``orders.burst_key_concurrency_1``): ``--baseline-orders`` (300)
+1. burst at key concurrency 1 (``orders.burst_key_concurrency_1``): ``--baseline-orders`` (1,000)
    approved as fast as the control API takes them, on workers started with
    ``FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION=1`` (one record at a time per partition, the
    runtime before key concurrency); those workers are then stopped and the five started again
-   with ``FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION=--keys-in-flight`` (16; the fleet's default is
-   still 1; a worker with a pool holds at most ``max_pool - 1`` = 31 keys at once);
+   with each route's own value (fulfillment: 16; ``--keys-in-flight N`` sets N for every worker;
+   a worker with a pool holds at most ``max_pool - 1`` = 31 keys at once);
 2. calibrate → paced (``--paced-orders``, 200, open loop at ``--paced-rate``, 4/s: the latency
    distribution against the floor) → calibrate → burst (``--orders``, 1,000, as fast as the control
    API takes them: orders/s);
@@ -103,6 +103,7 @@ from workers.demo.fleet import Endpoints, Fleet, FleetOptions, health_ports
 from workers.demo.probes import forget_stale_sagas
 from workers.fulfillment.policy import POLL_FIRST_S
 from workers.logs import configure_logging
+from workers.routes import ROUTES
 from workers.supervisor import ChildStatus, StopReport
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -426,7 +427,7 @@ async def run_orders(
     sandboxes: Sandboxes,
     lat: Latencies,
     args: argparse.Namespace,
-    in_flight: int,
+    in_flight: int | None,
     baseline: tuple[dict[str, Any], int],
 ) -> dict[str, Any]:
     """Calibrate → paced → calibrate → burst on workers running with ``in_flight`` records per
@@ -435,7 +436,8 @@ async def run_orders(
         before = await bench.calibrate(pool)
         paced = await _phase(bench, sandboxes, pool, args.paced_orders, args.paced_rate, label="paced")
         after = await bench.calibrate(pool)
-        burst = await _phase(bench, sandboxes, pool, args.orders, None, label="burst", in_flight=in_flight)
+        keys = in_flight if in_flight is not None else route_keys_in_flight()
+        burst = await _phase(bench, sandboxes, pool, args.orders, None, label="burst", in_flight=keys)
     return _orders_report(before, after, paced, burst, bench.watch, baseline)
 
 
@@ -464,7 +466,7 @@ async def _phase(
     rate: float | None,
     *,
     label: str,
-    in_flight: int | None = None,
+    in_flight: int | dict[str, int] | None = None,
 ) -> tuple[dict[str, Any], Batch]:
     """``in_flight``: the workers' ``max_in_flight_per_partition``, recorded in the report when given."""
     kinds = [MIX[i % len(MIX)] for i in range(count)]
@@ -483,7 +485,7 @@ async def _phase(
     span = (last - first) / 1000 if last > first else time.time() - began
     report = batch_report(batch, span, calls)
     report["salesforce_calls_by_endpoint"] = dict(Counter(r["endpoint"] for r in rows if _on_path(r["endpoint"])))
-    # WHMCS look-before-create pages through the client's orders: later orders make more calls
+    # WHMCS look-before-create (only on an order's second attempt) pages through the client's orders
     report["whmcs_calls_per_order"] = round(whmcs_calls / len(batch.ids), 3) if batch.ids else None
     report["offered_rate_per_s"] = rate if rate is not None else "as fast as the control API approves"
     shown = ["orders", "activated", "orders_per_s", "latency_ms", "salesforce_api_calls_per_order"]
@@ -538,6 +540,12 @@ def _orders_report(
     }
 
 
+def route_keys_in_flight() -> dict[str, int]:
+    """Each order route's own ``max_in_flight_per_partition`` (1 where it sets none): what the
+    workers run with when neither the environment nor ``--keys-in-flight`` sets one."""
+    return {name: ROUTES[name].max_in_flight_per_partition or 1 for name in ORDER_WORKERS if name in ROUTES}
+
+
 def speedup(faster: dict[str, Any], slower: dict[str, Any]) -> float | None:
     """``faster``'s orders/s ÷ ``slower``'s, 2 places; None when either was not measured (or is 0)."""
     a, b = faster.get("orders_per_s"), slower.get("orders_per_s")
@@ -590,12 +598,23 @@ async def run_webhooks(settings: Settings, args: argparse.Namespace, fleet: Flee
     finally:
         await redis.aclose()
     top = max(runs, key=lambda r: r["offered_rate_per_s"])
-    target = _target(top["key_gone_ms"]["p99"], 100, "<=") | {"at_rate_per_s": top["offered_rate_per_s"]}
+    # A ratio that holds on any machine: what the invalidator adds after the record is written,
+    # against Kafka's own delivery to an idle consumer of the same records in the same run.
+    stages = top["stages"]
+    gone, floor = stages["written_to_key_gone_ms"]["p99"], stages["written_to_idle_consumer_ms"]["p99"]
+    ratio = round(gone / floor, 2) if gone is not None and floor else None
+    target = _target(ratio, 3, "<=") | {
+        "at_rate_per_s": top["offered_rate_per_s"],
+        "measured_as": "p99 written → key gone ÷ p99 written → idle consumer",
+        "written_to_key_gone_p99_ms": gone,
+        "written_to_idle_consumer_p99_ms": floor,
+        "sent_to_key_gone_p99_ms": top["key_gone_ms"]["p99"],
+    }
     report: dict[str, Any] = {"runs": runs, "users": args.webhook_users}
     if drain is not None:
         print(json.dumps({"phase": "invalidator drain", **{k: drain[k] for k in ("events", "events_per_s")}}))
         report["invalidator_drain"] = drain
-    return report | {"targets": {"key_gone_p99_within_100ms": target}}
+    return report | {"targets": {"key_gone_within_3x_kafka_delivery_p99": target}}
 
 
 def _plan(users: list[BenchUser], count: int) -> list[tuple[BenchUser, int]]:
@@ -1068,8 +1087,8 @@ async def _baseline(
 async def _measure(
     settings: Settings, base: Fleet, options: FleetOptions, args: argparse.Namespace, info: dict[str, Any]
 ) -> dict[str, Any]:
-    # --keys-in-flight (16) for every worker, unless the environment sets one: the fleet's own default
-    # is still 1 (workers/routes.py says why), so the bench turns key concurrency on to measure it
+    # the fleet's defaults (each route's own value: fulfillment 16), unless the environment or
+    # --keys-in-flight sets one value for every worker
     in_flight = settings.runtime.max_in_flight_per_partition or args.keys_in_flight
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=32)))
@@ -1124,15 +1143,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--keys-in-flight",
         type=int,
-        default=16,
-        help="max_in_flight_per_partition of the measured workers (the fleet's default is 1)",
+        default=None,
+        help="max_in_flight_per_partition of every measured worker (default: each route's own; fulfillment 16)",
     )
     parser.add_argument("--paced-orders", type=int, default=200, help="paced phase: orders for the latency figures")
     parser.add_argument("--paced-rate", type=float, default=4.0, help="paced phase: approvals per second")
     parser.add_argument(
         "--baseline-orders",
         type=int,
-        default=300,
+        default=1000,
         help="burst at 1 record in flight per partition (workers restarted after it): orders approved at once",
     )
     parser.add_argument(

@@ -65,19 +65,6 @@ class Envelope(BaseModel):
     key: str
     data: dict[str, Any]
 
-    def child(self, *, source: str, type: str, key: str, data: dict[str, Any]) -> Envelope:
-        """A follow-up event caused by this one: same correlation id, causation = this id."""
-        return Envelope(
-            source=source,
-            type=type,
-            key=key,
-            subject=key,
-            data=data,
-            correlationid=self.correlationid or self.id,
-            causationid=self.id,
-            traceparent=self.traceparent,
-        )
-
 
 def to_record(env: Envelope) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """Encode an envelope as (key, value, headers) in CloudEvents binary mode."""

@@ -9,8 +9,7 @@ one private function each; handlers raise them; nobody else decides what is retr
     │   ├── UpstreamUnavailable     5xx, connection refused/reset, dropped connection
     │   ├── UpstreamTimeout         connect/read timeout
     │   ├── RateLimited             429, REQUEST_LIMIT_EXCEEDED (carries retry_after)
-    │   ├── DependencyUnavailable   our own infrastructure: Kafka, Redis, Postgres
-    │   └── NotYetComplete          an asynchronous upstream job is still running
+    │   └── DependencyUnavailable   our own infrastructure: Kafka, Redis, Postgres
     └── PermanentError              no: retrying the same input cannot help
         ├── InvalidPayload          cannot decode or validate the record
         ├── UnknownEventType        a type the route has no model for
@@ -86,12 +85,6 @@ class RateLimited(RetryableError):
 
 class DependencyUnavailable(RetryableError):
     default_code = "DEPENDENCY_UNAVAILABLE"
-
-
-class NotYetComplete(RetryableError):
-    """An asynchronous upstream job (e.g. a Freebit registration) has not finished yet."""
-
-    default_code = "NOT_YET_COMPLETE"
 
 
 class PermanentError(FleetError):

@@ -9,11 +9,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-try:  # the local-stack fixtures (real Kafka, Redis, Postgres) for integration and e2e tests
-    from tests.stack_fixtures import *  # noqa: F403
-except ImportError:  # pragma: no cover - only while the stack module is being written
-    pass
-
+# the local-stack fixtures (real Kafka, Redis, Postgres) for integration and e2e tests
+from tests.stack_fixtures import *  # noqa: F403
 
 #: an empty secrets directory for every test: a machine's /run/secrets or systemd credentials must
 #: not leak into settings a test builds (or into the processes it starts)

@@ -1,4 +1,4 @@
-"""Composition, the consume runtime, handlers, thin consumers and the ``fleet`` CLI.
+"""Composition, the consume runtime, one folder per flow, the ingress bridges and the ``fleet`` CLI.
 
 The only package that wires everything together; it may import every other package.
 """

@@ -2,10 +2,14 @@
 
 Each ``RouteSpec`` is data, not code (karafka's ``routes.draw``): ``fleet run --list`` prints this
 table, ``fleet run <name>`` starts the named worker, and ``deploy/`` refers to the same names. A
-spec names its handlers; the composition root binds them: ``bind`` is the ``"module:function"``
-path of a function that takes the ``workers.bootstrap.Deps`` and returns the route's dispatch table
-(event class → bound handler). The delivery policy (retry tiers, dead letters) is the runtime's,
-from ``RuntimeSettings``, unless a spec overrides it.
+spec names its flow's ``bind``: a function of the flow's folder (``workers/<flow>/route.py``) that
+takes the composition root's ``workers.bootstrap.Deps`` and returns the route's dispatch table
+(event class → bound handler), written once, there. A spec also carries its delivery policy
+(in-place attempts, retry-tier delays, keys at once per partition, dead letters on or off); None
+means the runtime's default from ``RuntimeSettings``.
+
+Owns the table and the names; must not hold handlers or business rules. The flows must not import
+this module (it imports them), nor ``workers.bootstrap`` at run time (it imports ``Need`` from here).
 
 ``INGRESS`` lists the two bridges from outside into Kafka (they produce; they consume nothing).
 Every worker states what it ``needs`` (``Need``): the production profile (``workers.profile``)
@@ -18,13 +22,20 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events.base import DomainEvent
 from events.topics import GROUP_SOURCES, ConsumerGroup, Topic
+from workers.cache_invalidation import route as cache_invalidation
+from workers.fulfillment import route as fulfillment
 from workers.runtime.route import Handler, Route
+from workers.sf_writer import route as sf_writer
 
-Binder = Callable[[Any], Mapping[type[DomainEvent], Handler]]
+if TYPE_CHECKING:
+    from workers.bootstrap import Deps
+
+#: a flow's ``bind``: the composition root's dependencies → the route's dispatch table
+Binder = Callable[["Deps"], Mapping[type[DomainEvent], Handler]]
 
 
 class Need(StrEnum):
@@ -48,34 +59,37 @@ class RouteSpec:
     name: str
     group: ConsumerGroup
     topics: tuple[Topic, ...]
-    #: ``ce_type`` → handler name, for the table (the binder's dispatch table is the truth at run time)
+    #: the flow's ``bind(deps) -> {EventClass: handler}``
+    bind: Binder
+    #: ``ce_type`` → what its handler does, for the table (the flow's dispatch table is the truth at run time)
     handlers: Mapping[str, str] = field(default_factory=dict)
-    #: ``"module:function"``: ``function(deps) -> {EventClass: handler}``; None = no handlers yet
-    bind: str | None = None
     dead_letter: bool = True
     description: str = ""
     needs: frozenset[Need] = _CONSUMER
+    # Delivery policy; None = the runtime's default (``RuntimeSettings``), see ``workers.runtime.route.Route``.
+    #: tries of a failing record before it leaves the partition for a retry tier or the DLQ
+    in_place_attempts: int | None = None
+    #: delay of each retry tier, in ms (at most as many tiers as the topic catalog creates)
+    retry_delays_ms: tuple[int, ...] | None = None
     #: keys handled at once per partition for this route (None: RuntimeSettings.max_in_flight_per_partition)
     max_in_flight_per_partition: int | None = None
 
-    def route(self, deps: Any) -> Route:
-        """The runnable route, its handlers bound to ``deps``."""
-        if self.bind is None:
-            raise LookupError(f"route {self.name} has no handlers yet")
+    def route(self, deps: Deps) -> Route:
+        """The runnable route, its handlers bound to ``deps``, with this spec's delivery policy."""
+        return self.with_handlers(self.bind(deps))
+
+    def with_handlers(self, handlers: Mapping[type[DomainEvent], Handler]) -> Route:
+        """The route with these handlers (``{}``: the policy alone, for the table)."""
         return Route(
             self.name,
             str(self.group),
             tuple(str(t) for t in self.topics),
-            dict(import_binder(self.bind)(deps)),
+            dict(handlers),
+            in_place_attempts=self.in_place_attempts,
+            retry_delays_ms=self.retry_delays_ms,
             dead_letter=self.dead_letter,
             max_in_flight_per_partition=self.max_in_flight_per_partition,
         )
-
-
-def import_binder(path: str) -> Binder:
-    module, _, attr = path.partition(":")
-    binder: Binder = getattr(importlib.import_module(module), attr)
-    return binder
 
 
 ROUTES: dict[str, RouteSpec] = {
@@ -85,24 +99,27 @@ ROUTES: dict[str, RouteSpec] = {
             "fulfillment",
             ConsumerGroup.FULFILLMENT,
             GROUP_SOURCES[ConsumerGroup.FULFILLMENT],
+            fulfillment.bind,
             handlers={
                 "fleet.order.activation-requested.v2": "saga: run the order to its next wait or its end (v1 too)",
                 "fleet.order.sim-activation-requested.v2": "saga: Freebit registration, then billing (v1 too)",
                 "fleet.billing.payment-method-changed.v1": "saga: resume the client's parked orders",
             },
-            bind="workers.handlers:fulfillment_route",
             needs=_CONSUMER | {Need.SALESFORCE, Need.WHMCS_API, Need.FREEBIT},
-            # Not yet above 1: at 16 per partition a fresh-clone chaos smoke left 3 of 63 orders'
-            # write-backs unapplied within its 180 s quiet window (lag 17 left), not understood yet
-            # (issue 15's note). FLEET_RUNTIME__MAX_IN_FLIGHT_PER_PARTITION=16 turns it on to measure.
+            # Orders of different Salesforce orders at once (the record key is the order id, so one
+            # order's deliveries still run one after another, and its advisory lock guards the rest):
+            # an order spends its time waiting on WHMCS, Freebit and Salesforce, not on the CPU.
+            # A worker holds at most RuntimeSettings.max_in_flight keys over all its partitions
+            # (clamped to its Postgres pool: each delivery holds one connection).
+            max_in_flight_per_partition=16,
             description="order/SIM activation saga: WHMCS order, Freebit SIM, Salesforce write-back",
         ),
         RouteSpec(
             "sf-writer",
             ConsumerGroup.SF_WRITER,
             GROUP_SOURCES[ConsumerGroup.SF_WRITER],
+            sf_writer.bind,
             handlers={"fleet.salesforce.update-record.v1": "coalesce, then PATCH /composite/sobjects (≤200)"},
-            bind="workers.handlers.sf_writer:bind_from_deps",
             needs=_CONSUMER | {Need.SALESFORCE},
             description="batched Salesforce record updates (sObject Collections) under an API budget",
         ),
@@ -110,6 +127,7 @@ ROUTES: dict[str, RouteSpec] = {
             "cache-invalidator",
             ConsumerGroup.CACHE_INVALIDATOR,
             GROUP_SOURCES[ConsumerGroup.CACHE_INVALIDATOR],
+            cache_invalidation.bind,
             handlers={
                 "fleet.billing.*-changed.v1": "UNLINK the user's invoice/service/pay-method/profile keys",
                 "fleet.order.changed.v1": "UNLINK the account's order keys (customer-facing fields only)",
@@ -117,7 +135,6 @@ ROUTES: dict[str, RouteSpec] = {
                 "fleet.catalog.changed.v1": "UNLINK catalog entries that embed the product (dependency sets)",
                 "fleet.account.eligibility-changed.v1": "UNLINK the account's eligibility key",
             },
-            bind="workers.handlers.cache:bind_from_deps",
             needs=_CONSUMER | {Need.REDIS},
             description="portal Redis cache busting on every customer-facing change (batched: a lookup and a pipeline)",
         ),
@@ -131,7 +148,8 @@ class IngressSpec:
 
     name: str
     writes: tuple[Topic, ...]
-    #: ``"module:function"``: ``async function(settings, stop) -> None``
+    #: ``"module:function"``: ``async function(settings, stop) -> None``. A string, unlike a route's
+    #: ``bind``: the ingress modules import ``workers.bootstrap``, which imports this module.
     entry: str
     description: str = ""
     needs: frozenset[Need] = frozenset({Need.KAFKA})

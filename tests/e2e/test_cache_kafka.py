@@ -36,8 +36,8 @@ from events.fulfillment import OrderFulfilled
 from events.salesforce import CatalogChanged, OrderChanged
 from events.topics import DAY_MS, TopicSpec, group_topics
 from workers import cache_keys as ck
+from workers.cache_invalidation.route import bind_cache_invalidator
 from workers.config import KafkaSettings, RuntimeSettings, Settings
-from workers.handlers.cache import bind_cache_invalidator
 from workers.runtime.consumer import build_consumer, partition_counter
 from workers.runtime.route import Route
 from workers.runtime.worker import Worker

@@ -55,8 +55,8 @@ from tests.contracts.support import Served, serving
 from tests.support import eventually
 from workers.config import FreebitSettings, KafkaSettings, PostgresSettings, RuntimeSettings, Settings
 from workers.dlq.reader import partitions_of
+from workers.fulfillment.route import bind_fulfillment
 from workers.fulfillment.run import StepHook
-from workers.handlers import bind_fulfillment
 from workers.ingress.cdc_translate import order_snapshot
 from workers.runtime.consumer import build_consumer, partition_counter
 from workers.runtime.route import Route

@@ -28,10 +28,10 @@ from events.topics import group_topics
 from sandbox.salesforce.org import AGENT
 from tests.e2e.test_fulfillment_flow import World, run_worker, world_for
 from tests.support import eventually
-from workers.handlers.sf_writer import bind_sf_writer
 from workers.runtime.consumer import build_consumer, partition_counter
 from workers.runtime.route import Route
 from workers.runtime.worker import Worker
+from workers.sf_writer.route import bind_sf_writer
 
 pytestmark = pytest.mark.e2e
 

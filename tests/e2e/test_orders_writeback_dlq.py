@@ -22,11 +22,11 @@ import pytest
 from click.testing import CliRunner
 
 from adapters.db import create_pool, migrate
+from adapters.dlq_store import PgDlqStore, Sending
 from adapters.saga_store import HistoryEntry, PgSagaStore, SagaOrder, StepRecord
 from events.errors import RejectedByUpstream
 from events.topics import ConsumerGroup, Topic, retry_topic
 from workers.cli import main
-from workers.dlq import store
 from workers.dlq.testing import Letter, Produced, produce
 
 pytestmark = pytest.mark.e2e
@@ -93,9 +93,10 @@ async def mark_replayed(dsn: str, dl: Produced) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         job = uuid4()
-        row = store.Sending(dl.partition, dl.offset, "replayed", dl.letter.event_id, "fp", retry_topic(GROUP, 1), 0, 0)
-        await store.mark_sending(conn, GROUP, job, [row])
-        await store.mark_done(conn, GROUP, job, [((dl.partition, dl.offset), 0)])
+        row = Sending(dl.partition, dl.offset, "replayed", dl.letter.event_id, "fp", retry_topic(GROUP, 1), 0, 0)
+        store = PgDlqStore(conn)
+        await store.mark_sending(GROUP, job, [row])
+        await store.mark_done(GROUP, job, [((dl.partition, dl.offset), 0)])
     finally:
         await conn.close()
 

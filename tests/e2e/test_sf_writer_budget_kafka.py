@@ -34,11 +34,11 @@ from tests.support import eventually
 from workers.fulfillment.model import ErrorCode
 from workers.fulfillment.plan import PlanLine
 from workers.fulfillment.writeback import errored, fulfilled
-from workers.handlers.sf_writer import bind_sf_writer
 from workers.runtime.consumer import build_consumer, partition_counter
 from workers.runtime.health import HealthServer
 from workers.runtime.route import Route
 from workers.runtime.worker import Worker
+from workers.sf_writer.route import bind_sf_writer
 
 pytestmark = pytest.mark.e2e
 

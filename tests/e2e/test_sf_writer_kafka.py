@@ -31,10 +31,10 @@ from events.topics import DAY_MS, TopicSpec, dlq_topic, group_topics
 from sandbox.salesforce import SalesforceSandbox
 from tests.support import eventually
 from workers.config import KafkaSettings, RuntimeSettings, Settings
-from workers.handlers.sf_writer import bind_sf_writer
 from workers.runtime.consumer import build_consumer, partition_counter
 from workers.runtime.route import Route
 from workers.runtime.worker import Worker
+from workers.sf_writer.route import bind_sf_writer
 
 pytestmark = pytest.mark.e2e
 

@@ -45,8 +45,8 @@ from tests.e2e.test_sf_cdc_flow import (  # noqa: F401
     world,
 )
 from workers import cache_keys as ck
+from workers.cache_invalidation.route import bind_cache_invalidator
 from workers.config import KafkaSettings, RuntimeSettings
-from workers.handlers.cache import bind_cache_invalidator
 from workers.runtime.consumer import build_consumer, partition_counter
 from workers.runtime.route import Route
 from workers.runtime.worker import Worker

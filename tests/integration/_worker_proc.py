@@ -3,9 +3,9 @@
     python tests/integration/_worker_proc.py BOOTSTRAP DSN TOPIC GROUP NAME HANDLER_DELAY_S COMMIT_INTERVAL_S
 
 Handles ``OrderChanged`` records: records every handler invocation in ``rt_deliveries`` (its own
-autocommit statement: it survives a rollback, so redeliveries show) and, inside
-``idempotent(pool, group, msg)``, the side effect in ``rt_side_effects`` (once per event, whatever
-happens). Prints ``READY <health port>`` once serving; SIGTERM drains and exits 0.
+autocommit statement: it survives a rollback, so redeliveries show) and, in the transaction of its
+inbox claim (``adapters.db.claim_event``), the side effect in ``rt_side_effects`` (once per event,
+whatever happens). Prints ``READY <health port>`` once serving; SIGTERM drains and exits 0.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from adapters.db import create_pool
+from adapters.db import claim_event, create_pool
 from events.salesforce import OrderChanged
 from workers.config import KafkaSettings, RuntimeSettings, Settings
 from workers.logs import configure_logging
-from workers.runtime import Message, Route, Tuning, Worker, idempotent, serve, stop_on_signals
+from workers.runtime import Message, Route, Tuning, Worker, serve, stop_on_signals
 
 TEST_CONSUMER = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 500, "rebalance_timeout_ms": 5_000}
 
@@ -30,10 +30,19 @@ async def main(argv: list[str]) -> None:
 
     async def handle(event: OrderChanged, msg: Message) -> None:
         await pool.execute("INSERT INTO rt_deliveries (event_id, worker) VALUES ($1, $2)", msg.event_id, name)
-        async with idempotent(pool, group, msg) as tx:
-            if tx.duplicate:
+        async with pool.acquire() as conn, conn.transaction():
+            fresh = await claim_event(
+                conn,  # type: ignore[arg-type]  # a pool proxy is a Connection at run time
+                group=group,
+                event_id=msg.event_id,
+                event_type=msg.event_type,
+                topic=msg.source_topic,
+                partition=msg.source_partition,
+                offset=msg.source_offset,
+            )
+            if not fresh:
                 return
-            await tx.conn.execute(
+            await conn.execute(
                 "INSERT INTO rt_side_effects (event_id, order_id, worker) VALUES ($1, $2, $3)",
                 msg.event_id,
                 event.sf_order_id,

@@ -39,7 +39,7 @@ from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderPark
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, OrderChanged
 from sandbox import demo_data
 from workers import cache_keys as ck
-from workers.handlers.cache import bind_cache_invalidator
+from workers.cache_invalidation.route import bind_cache_invalidator
 from workers.runtime.batch import BatchHandler
 from workers.runtime.message import Message
 

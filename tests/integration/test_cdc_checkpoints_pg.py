@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from adapters.cdc_checkpoints import Checkpoint, PgCheckpointStore
 from adapters.db import create_pool, migrate
 from tests.stack_fixtures import stack_env  # noqa: F401
-from workers.ingress.checkpoints import Checkpoint, PgCheckpointStore
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from adapters.dlq_store import PgDlqStore, Sending
 from adapters.kafka import durable_producer, ensure_topics
 from events import failure as fh
 from events.errors import InvalidPayload, RejectedByUpstream
 from events.topics import TopicSpec, dlq_topic, group_topics, parked_topic, retry_topic
-from workers.dlq import audit, store
+from workers.dlq import audit
 from workers.dlq.filters import Filter
 from workers.dlq.models import DeadLetter, fingerprint
 from workers.dlq.reader import TopicMissing, TopicReader
@@ -191,10 +192,10 @@ async def test_in_doubt_sends_of_a_killed_job_are_confirmed_or_requeued(stack_en
     conn = await asyncpg.connect(stack_env["DATABASE_URL"])
     try:
         rows = [
-            store.Sending(d.partition, d.offset, "replayed", d.event_id, fingerprint(h), retry_topic(group, 1), 0, 0)
+            Sending(d.partition, d.offset, "replayed", d.event_id, fingerprint(h), retry_topic(group, 1), 0, 0)
             for d, h in zip(dls, headers, strict=True)
         ]
-        await store.mark_sending(conn, group, dead_job, rows)
+        await PgDlqStore(conn).mark_sending(group, dead_job, rows)
     finally:
         await conn.close()
     producer = durable_producer(stack_env["KAFKA_BOOTSTRAP"], "test-dead-job")
@@ -235,7 +236,7 @@ async def test_one_job_per_group_at_a_time(stack_env: dict[str, str]) -> None:
     group, _ = await setup_group(stack_env, "busy", [Letter()])
     holder = await asyncpg.connect(stack_env["DATABASE_URL"])
     try:
-        assert await store.try_lock_group(holder, group)
+        assert await PgDlqStore(holder).try_lock_group(group)
         with pytest.raises(audit.GroupBusy):
             await run(stack_env, group)
         dry = await run(stack_env, group, dry_run=True)

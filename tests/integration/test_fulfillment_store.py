@@ -74,6 +74,22 @@ async def test_an_order_with_steps_and_timeline_round_trips(store: PgSagaStore) 
     assert await store.get(order_id()) is None
 
 
+async def test_one_save_writes_many_steps_and_keeps_the_timeline_in_order(store: PgSagaStore) -> None:
+    # the save is one statement (unnested arrays): every row lands, the timeline in the given order
+    oid, now = order_id(), datetime.now(UTC)
+    steps = [StepRecord(f"step_{i}", i, "done", i + 1, {"n": i}, started_at=now) for i in range(5)]
+    kinds = [f"kind_{i}" for i in range(12)]
+    assert await store.save(SagaOrder(oid, state="running"), steps, [HistoryEntry(k, None, {"k": k}) for k in kinds])
+    assert await store.save(SagaOrder(oid, state="running"), [], [HistoryEntry("later", None, {})])
+    record = await store.get(oid)
+    assert record is not None
+    assert {name: (s.seq, s.attempts, s.external_ids) for name, s in record.steps.items()} == {
+        f"step_{i}": (i, i + 1, {"n": i}) for i in range(5)
+    }
+    assert [h.kind for h in await store.history(oid)] == [*kinds, "later"]
+    assert all(h.at is not None for h in await store.history(oid)), "a missing time is the database's now()"
+
+
 async def test_the_inbox_claim_commits_with_the_final_write(store: PgSagaStore, pool: asyncpg.Pool) -> None:
     oid = order_id()
     claim = InboxClaim("fleet.fulfillment.it", str(uuid.uuid4()), "t", "sf.order.v1", 1, 42)

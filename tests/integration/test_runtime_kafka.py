@@ -29,7 +29,7 @@ from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from adapters.db import migrate
+from adapters.db import claim_event, migrate
 from adapters.kafka import AiokafkaProducer, durable_producer, ensure_topics
 from events import failure as fh
 from events.base import to_envelope
@@ -40,7 +40,7 @@ from events.topics import DAY_MS, TopicSpec, dlq_topic, group_topics, retry_topi
 from tests.stack_fixtures import stack_env  # noqa: F401
 from tests.support import eventually
 from workers.config import KafkaSettings, RuntimeSettings
-from workers.runtime import Message, Route, Tuning, Worker, build_consumer, idempotent, partition_counter
+from workers.runtime import Message, Route, Tuning, Worker, build_consumer, partition_counter
 
 pytestmark = pytest.mark.integration
 
@@ -344,9 +344,9 @@ async def test_a_second_member_joining_mid_stream_causes_no_duplicate_side_effec
             await pool.execute(
                 "INSERT INTO rt_deliveries (event_id, worker) VALUES ($1, $2)", msg.event_id, worker_name
             )
-            async with idempotent(pool, names.group, msg) as tx:
-                if not tx.duplicate:
-                    await tx.conn.execute(
+            async with pool.acquire() as conn, conn.transaction():
+                if await claim(conn, names.group, msg):
+                    await conn.execute(
                         "INSERT INTO rt_side_effects (event_id, order_id, worker) VALUES ($1, $2, $3)",
                         msg.event_id,
                         event.sf_order_id,
@@ -520,28 +520,38 @@ def _message(event_id: str, group: str = "g") -> Message:
     )
 
 
-async def test_idempotent_claims_once_and_rolls_back_with_the_handler_writes(env: dict[str, Any]) -> None:
+async def claim(conn: Any, group: str, msg: Message) -> bool:
+    """The inbox claim of ``msg`` for ``group``, inside ``conn``'s transaction (the saga store's way)."""
+    return await claim_event(
+        conn,
+        group=group,
+        event_id=msg.event_id,
+        event_type=msg.event_type,
+        topic=msg.source_topic,
+        partition=msg.source_partition,
+        offset=msg.source_offset,
+    )
+
+
+async def test_an_inbox_claim_commits_and_rolls_back_with_the_handler_writes(env: dict[str, Any]) -> None:
     pool, group, event_id = env["pool"], f"g-inbox-{uuid.uuid4().hex[:8]}", f"e-{uuid.uuid4().hex}"
     msg = _message(event_id, group)
+    insert = "INSERT INTO rt_side_effects (event_id, order_id, worker) VALUES ($1, 'o', 'w')"
     with pytest.raises(UpstreamUnavailable):
-        async with idempotent(pool, group, msg) as tx:
-            assert not tx.duplicate
-            await tx.conn.execute(
-                "INSERT INTO rt_side_effects (event_id, order_id, worker) VALUES ($1, 'o', 'w')", event_id
-            )
+        async with pool.acquire() as conn, conn.transaction():
+            assert await claim(conn, group, msg)
+            await conn.execute(insert, event_id)
             raise UpstreamUnavailable("after the write")
     # the failed attempt left neither the claim nor the side effect behind
     assert await count(env, "SELECT count(*) FROM inbox WHERE event_id = $1", event_id) == 0
     assert await count(env, "SELECT count(*) FROM rt_side_effects WHERE event_id = $1", event_id) == 0
-    async with idempotent(pool, group, msg) as tx:
-        assert not tx.duplicate
-        await tx.conn.execute(
-            "INSERT INTO rt_side_effects (event_id, order_id, worker) VALUES ($1, 'o', 'w')", event_id
-        )
-    async with idempotent(pool, group, msg) as tx:
-        assert tx.duplicate  # redelivered: acknowledged without running twice
-    async with idempotent(pool, group + "-other", msg) as tx:
-        assert not tx.duplicate  # another group handles the same event on its own
+    async with pool.acquire() as conn, conn.transaction():
+        assert await claim(conn, group, msg)
+        await conn.execute(insert, event_id)
+    async with pool.acquire() as conn, conn.transaction():
+        assert not await claim(conn, group, msg)  # redelivered: acknowledged without running twice
+    async with pool.acquire() as conn, conn.transaction():
+        assert await claim(conn, group + "-other", msg)  # another group handles the same event on its own
     row = await pool.fetchrow(
         'SELECT topic, partition, "offset" FROM inbox WHERE event_id = $1 AND consumer_group = $2', event_id, group
     )

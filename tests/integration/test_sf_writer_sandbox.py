@@ -24,9 +24,9 @@ from events.errors import RejectedByUpstream, UpstreamUnavailable
 from events.fulfillment import UpdateSalesforceRecord
 from sandbox.salesforce import SalesforceSandbox
 from workers.config import Settings
-from workers.handlers.sf_writer import bind_sf_writer
 from workers.runtime.batch import BatchHandler, Defer, Outcome
 from workers.runtime.message import Message
+from workers.sf_writer.route import bind_sf_writer
 
 pytestmark = pytest.mark.integration
 

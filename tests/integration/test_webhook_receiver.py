@@ -30,11 +30,11 @@ from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
 from adapters.kafka import ensure_topics
+from adapters.webhook_dedupe import Claim, DedupeStore, RedisDedupeStore
 from events.errors import DependencyUnavailable
 from events.topics import TopicSpec
 from tests.unit.test_webhook_dedupe import DedupeContract
 from workers.config import Settings
-from workers.ingress.dedupe import Claim, DedupeStore, RedisDedupeStore
 from workers.ingress.webhook_server import DEDUPE_PREFIX, PATH, make_receiver, serve
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from events.errors import DependencyUnavailable
 from events.salesforce import AccountEligibilityChanged
 from events.topics import dlq_topic, retry_topic
 from workers import cache_keys as ck
+from workers.cache_invalidation.route import bind_cache_invalidator
 from workers.config import RuntimeSettings
-from workers.handlers.cache import bind_cache_invalidator
 from workers.runtime import BreakerConfig, Route, Tuning, Worker
 from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 

@@ -26,7 +26,7 @@ from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderPark
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, OrderActivationRequested, OrderChanged
 from sandbox import demo_data
 from workers import cache_keys as ck
-from workers.handlers.cache import bind_cache_invalidator
+from workers.cache_invalidation.route import bind_cache_invalidator
 from workers.runtime.batch import BatchHandler, Outcome
 from workers.runtime.message import Message
 
@@ -380,14 +380,14 @@ def test_every_event_type_shares_one_batch_handler(world: World) -> None:
 
 
 def test_the_composition_root_binding_covers_every_busting_event_type() -> None:
-    """``bind_from_deps`` is what ``RouteSpec.bind`` names; it wires the real adapters."""
+    """``bind`` is what the cache-invalidator's ``RouteSpec`` names; it wires the real adapters."""
     from types import SimpleNamespace
 
+    from workers.cache_invalidation.route import bind
     from workers.config import Settings
-    from workers.handlers.cache import bind_from_deps
 
     deps = SimpleNamespace(redis=object(), pool=object(), settings=Settings())
-    table = bind_from_deps(deps)  # type: ignore[arg-type]
+    table = bind(deps)  # type: ignore[arg-type]
 
     assert set(table) == {InvoiceChanged, ServiceChanged, PaymentMethodChanged, ClientChanged, WhmcsOrderChanged,
                           OrderChanged, OrderFulfilled, OrderFulfillmentFailed, OrderParked, CatalogChanged,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from workers.ingress.checkpoints import Checkpoint, RecentIds, Watermark
+from adapters.cdc_checkpoints import Checkpoint
+from workers.ingress.watermark import RecentIds, Watermark
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CHANNEL = "/data/OrderChangeEvent"

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from adapters.cdc_checkpoints import Checkpoint, MemoryCheckpointStore
 from adapters.kafka import FakeProducer
 from adapters.leader_lease import FakeLease, FakeLockServer, LeaseLost, Term
 from events.errors import DependencyUnavailable
@@ -23,7 +24,6 @@ from tests.unit.test_cdc_translate import fake_org
 from workers.ingress.cdc_leader import Leadership, LeaseTiming, State
 from workers.ingress.cdc_source import FakeSource, Subscribed
 from workers.ingress.cdc_translate import Rules, Translator
-from workers.ingress.checkpoints import Checkpoint, MemoryCheckpointStore
 from workers.ingress.sf_cdc import CdcMetrics, Subscriber
 from workers.runtime.health import HealthServer
 

@@ -14,8 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters.cdc_checkpoints import Checkpoint, MemoryCheckpointStore
 from adapters.kafka import Delivered, FakeProducer
 from adapters.salesforce import FakeSalesforce, OrderWithItems
+from events import failure as fh
 from events.envelope import Envelope, header_map
 from events.errors import AuthenticationFailed, UpstreamUnavailable
 from tests.unit.test_cdc_translate import (
@@ -29,7 +31,6 @@ from tests.unit.test_cdc_translate import (
 )
 from workers.ingress.cdc_source import FakeSource, SourceError
 from workers.ingress.cdc_translate import Rules, Translator
-from workers.ingress.checkpoints import Checkpoint, MemoryCheckpointStore
 from workers.ingress.sf_cdc import CdcOptions, CdcTopics, Subscriber
 from workers.runtime.health import HealthServer
 
@@ -216,8 +217,11 @@ async def test_an_unparseable_delivery_is_dead_lettered_and_the_stream_goes_on(r
     ((key, value, headers),) = rig.producer.on(TOPICS.dlq)
     h = header_map(headers)
     assert key == ORDER_CH.encode() and json.loads(value or b"") == bad
-    assert "ChangeEventHeader" in h["reason"] and h["error_code"] == "INVALID_PAYLOAD"
-    assert h["error_stage"] == "decode" and h["source_replay_id"] == "51" and h["source_topic"] == ORDER_CH
+    assert "ChangeEventHeader" in h[fh.ERROR_MESSAGE] and h[fh.ERROR_CODE] == "INVALID_PAYLOAD"
+    assert h[fh.ERROR_STAGE] == "decode" and h[fh.SOURCE_REPLAY_ID] == "51" and h[fh.SOURCE_TOPIC] == ORDER_CH
+    assert h[fh.ATTEMPTS] == "0" and h[fh.FIRST_FAILED_AT] == h[fh.LAST_FAILED_AT]
+    # the provenance every dead letter carries (``events.failure.provenance``), same names, same order
+    assert [n for n, _ in headers if n in fh.FLEET_HEADERS] == list(fh.PROVENANCE)
     assert len(rig.on(TOPICS.order)) == 1
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from adapters.cdc_checkpoints import Checkpoint, MemoryCheckpointStore
 from events.errors import RejectedByUpstream
 from events.salesforce import OrderChanged
 from tests.unit.test_cdc_subscriber import FAST, ORDER_CH, TOPICS, build, eventually, running, update
 from tests.unit.test_cdc_translate import ORDER_ID, OWN_CLIENT, RULES, change_message, fake_org, parse
 from workers.ingress.cdc_translate import Translator
-from workers.ingress.checkpoints import Checkpoint, MemoryCheckpointStore
 
 OWN = f"com/salesforce/api/rest/60.0;client={OWN_CLIENT}"
 PENDING = "CATCH_UP_PENDING:REPLAY_ID_REJECTED"

@@ -20,16 +20,17 @@ from aiokafka.partitioner import murmur2
 from pydantic import Field, TypeAdapter
 
 from adapters.kafka import FakeProducer
+from adapters.webhook_dedupe import FakeDedupeStore
 from events import failure as fh
 from events.envelope import H_ID
 from schemas.whmcs_webhook import ClientWebhook, OrderWebhook, PayMethodWebhook, ServiceWebhook
 from tests.unit.test_webhook_receiver import DLQ, SECRET, TOPIC, payload, signed
+from workers.dlq.browse import RecordView
 from workers.dlq.ingress import TARGET, NotReplayable, plan_reingest, reingest, replay_event_id
 from workers.dlq.models import DeadLetter, header_dict
-from workers.dlq.render import action_line
+from workers.dlq.render import action_line, record_sections
 from workers.dlq.selection import REFUSED, REPLAYED, action_records
 from workers.ingress import webhook_server
-from workers.ingress.dedupe import FakeDedupeStore
 from workers.ingress.webhook_server import PATH, SignatureVerifier, WebhookReceiver, build_app
 
 #: a receiver one release older: it does not know the invoice hooks yet (``unknown_event``)
@@ -116,3 +117,33 @@ def test_a_cdc_delivery_on_the_ingress_dlq_is_not_reingested() -> None:
     assert dl.event_type == "/data/OrderChangeEvent" and replay_event_id(dl) is None
     action = plan_reingest(dl, partitions=4)
     assert action.outcome == REFUSED and "from /data/OrderChangeEvent" in action.reason
+
+
+def _sections(dl: DeadLetter) -> dict[str, dict[str, str]]:
+    return {title: dict(pairs) for title, pairs in record_sections(RecordView(dl, None, False))}
+
+
+def test_a_refused_body_reads_the_same_from_a_receiver_before_and_after_the_shared_header_builder() -> None:
+    """``fleet dlq`` reads both: the old five headers (``failed_at``, no class) and the provenance of now."""
+    body = payload("InvoiceTeleported")
+    old = (
+        (fh.WEBHOOK_ID, b"msg_old"),
+        (fh.INGRESS, b"whmcs-webhooks"),
+        (fh.ERROR_CODE, b"unknown_event"),
+        (fh.ERROR_MESSAGE, b"unknown event 'InvoiceTeleported'"),
+        (fh.LEGACY_FAILED_AT, b"2027-01-15T08:00:00.000001+00:00"),
+    )
+    rejection = webhook_server.Rejection(400, "unknown_event", "unknown event 'InvoiceTeleported'")
+    new = ((fh.WEBHOOK_ID, b"msg_new"), (fh.INGRESS, b"whmcs-webhooks"))
+    new += tuple(webhook_server.dead_letter_provenance(rejection, 1_800_000_000.0))
+    for headers, failed_at in ((old, "2027-01-15T08:00:00.000001+00:00"), (new, "2027-01-15T08:00:00.000Z")):
+        dl = DeadLetter(DLQ, 0, 1, 0, headers[0][1], body, headers)
+        assert (dl.event_type, dl.error_class, dl.failed_at) == (
+            "whmcs-webhooks:InvoiceTeleported",
+            "unknown_event",
+            failed_at,
+        )
+        error = _sections(dl)["error"]
+        assert (error["code"], error["failed at"]) == ("unknown_event", failed_at)
+        assert error["message"] == "unknown event 'InvoiceTeleported'"
+    assert _sections(DeadLetter(DLQ, 0, 1, 0, b"k", body, new))["error"]["stage"] == "decode"

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.e2e_bench import BASELINE_IN_FLIGHT, IN_FLIGHT_ENV, _target, parse_args, speedup, worker_options
+from bench.e2e_bench import (
+    BASELINE_IN_FLIGHT,
+    IN_FLIGHT_ENV,
+    _target,
+    parse_args,
+    route_keys_in_flight,
+    speedup,
+    worker_options,
+)
 from workers.config import RuntimeSettings
 
 
@@ -46,7 +54,9 @@ def test_the_variable_is_the_runtime_setting_and_the_baseline_is_one_at_a_time()
 
 def test_baseline_options() -> None:
     args = parse_args([])
-    assert (args.baseline_orders, args.no_baseline_burst, args.orders) == (300, False, 1000)
+    # both bursts are 1,000 orders; the measured one runs each route's own keys in flight
+    assert (args.baseline_orders, args.no_baseline_burst, args.orders, args.keys_in_flight) == (1000, False, 1000, None)
+    assert route_keys_in_flight()["fulfillment"] == 16 and route_keys_in_flight()["sf-writer"] == 1
     args = parse_args(["--baseline-orders", "50", "--no-baseline-burst"])
     assert (args.baseline_orders, args.no_baseline_burst) == (50, True)
 

@@ -12,6 +12,7 @@ from events.base import decode_event, event_types, to_envelope
 from events.envelope import Envelope, from_record, to_record
 from events.errors import InvalidPayload, UnknownEventType
 from events.salesforce import OrderActivationRequested
+from workers.fulfillment.run import child_envelope
 
 
 def sample() -> Envelope:
@@ -43,11 +44,15 @@ def test_round_trip_preserves_every_attribute() -> None:
     assert back == env
 
 
-def test_child_event_carries_correlation_and_causation() -> None:
-    parent = sample()
-    child = parent.child(source="/fleet/fulfillment", type="x.v1", key="k", data={})
-    assert child.correlationid == "corr-1"
-    assert child.causationid == parent.id
+def test_a_follow_up_event_keeps_the_correlation_id_and_names_its_cause() -> None:
+    """What the fulfillment saga produces after a delivery (``workers.fulfillment.run.child_envelope``)."""
+    cause = sample()
+    event = OrderActivationRequested(sf_order_id="8015g00000000002AA", sf_account_id="0015g00000000001AA")
+    follow_up = child_envelope(event, "/fleet/fulfillment", cause)
+    assert (follow_up.correlationid, follow_up.causationid) == ("corr-1", cause.id)
+    uncorrelated = cause.model_copy(update={"correlationid": None})
+    assert child_envelope(event, "/fleet/fulfillment", uncorrelated).correlationid == cause.id
+    assert child_envelope(event, "/fleet/fulfillment", None).causationid is None
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The error tree classifies itself; topic names are derived in one place."""
+"""The error tree classifies itself; topic names are derived in one place; one builder of dead-letter provenance."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from events import errors
+from events import failure as fh
 from events.topics import ConsumerGroup, Topic, catalog, dlq_topic, parked_topic, retry_topic
 
 
@@ -67,3 +68,24 @@ def test_catalog_has_unique_versioned_names() -> None:
 )
 def test_only_systemic_failures_can_trip_the_breaker(exc: BaseException, systemic: bool) -> None:
     assert errors.is_systemic(exc) is systemic
+
+
+def test_provenance_writes_every_name_in_order_and_leaves_what_does_not_apply_empty() -> None:
+    """Whoever writes a dead letter, it carries the same names: a missing value is an empty header."""
+    headers = fh.provenance(
+        error_class="events.errors.InvalidPayload",
+        error_code="INVALID_PAYLOAD",
+        error_message="é" * 600,  # 1,200 bytes: cut to the limit on a character boundary
+        stage=fh.Stage.DECODE,
+        attempts=0,
+        first_failed_at=b"\xff kept byte for byte",  # a value carried over from an earlier hop
+        last_failed_at=fh.iso_utc(0.0),
+        source_topic="/data/OrderChangeEvent",
+    )
+    assert [name for name, _ in headers] == list(fh.PROVENANCE)
+    h = dict(headers)
+    assert h[fh.SOURCE_PARTITION] == h[fh.SOURCE_OFFSET] == h[fh.SOURCE_GROUP] == h[fh.ERROR_STACKTRACE] == b""
+    assert (h[fh.SOURCE_TOPIC], h[fh.ATTEMPTS], h[fh.REPLAY_COUNT]) == (b"/data/OrderChangeEvent", b"0", b"0")
+    assert h[fh.ERROR_MESSAGE].decode() == "é" * 500
+    assert h[fh.FIRST_FAILED_AT] == b"\xff kept byte for byte"
+    assert h[fh.LAST_FAILED_AT] == b"1970-01-01T00:00:00.000Z"

@@ -40,7 +40,7 @@ from sandbox import demo_data
 from workers.config import FreebitSettings, Settings
 from workers.fulfillment.model import OrderState, Step, StepStatus
 from workers.fulfillment.policy import SNAPSHOT_MAX_AGE_S
-from workers.handlers import bind_fulfillment
+from workers.fulfillment.route import bind_fulfillment
 from workers.ingress.cdc_translate import order_snapshot
 from workers.runtime.message import Message
 
@@ -259,6 +259,8 @@ async def test_an_internet_order_becomes_one_accepted_whmcs_order_and_is_written
         (182, "monthly", 1), (242, "onetime", 1), (246, "monthly", 1)
     ]  # fmt: skip
     assert add["notes"] == f"sfOrderId={order_id}" and add["payment_method"] == "mailin"
+    # a first attempt has no earlier AddOrder to find: no GetOrders paging before it
+    assert world.calls(world.whmcs, "find_order_by_note") == [] and world.calls(world.whmcs, "find_orders") == []
     [order_update] = world.sf_updates(order_id)
     assert order_update == {
         "Activation_Status__c": "Activated",
@@ -629,6 +631,7 @@ async def test_a_crash_after_add_order_finds_the_order_by_its_note_instead_of_cr
     assert whmcs_order.status == "Active"
     assert (await world.step(order_id, Step.WHMCS_CREATE)).external_ids["adopted"] is True
     assert len(world.calls(world.whmcs, "add_order")) == 1
+    assert len(world.calls(world.whmcs, "find_order_by_note")) == 1, "only the second attempt looks"
 
 
 async def test_a_crash_after_freebit_accepted_finds_the_account_instead_of_registering_again(world: World) -> None:
@@ -686,13 +689,21 @@ async def test_the_timeline_records_attempts_errors_ids_and_durations(world: Wor
 
 
 def test_the_route_binder_takes_the_composition_roots_deps() -> None:
-    """``RouteSpec.bind="workers.handlers:fulfillment_route"``: activation requests and pay-method changes."""
+    """The fulfillment ``RouteSpec`` binds ``workers.fulfillment.route.bind``: its one dispatch table takes
+    activation requests (v2 and v1) to the saga and pay-method changes to the parked orders."""
     from types import SimpleNamespace
 
-    from workers.handlers import HANDLERS, fulfillment_route
+    from workers.fulfillment.route import bind, fulfill_order, resume_parked_orders
+    from workers.routes import ROUTES
 
+    assert ROUTES["fulfillment"].bind is bind
     deps = SimpleNamespace(settings=Settings(), producer=FakeProducer(), pool=object(), salesforce=FakeSalesforce(),
                            whmcs=FakeWhmcs(), freebit=FakeFreebit())  # fmt: skip
-    table = fulfillment_route(deps)  # type: ignore[arg-type]
-    requests = {OrderActivationRequested, SimActivationRequested, OrderActivationRequestedV1, SimActivationRequestedV1}
-    assert set(table) == {*requests, PaymentMethodChanged} == set(HANDLERS)
+    table = bind(deps)  # type: ignore[arg-type]
+    requests: set[type[DomainEvent]] = {
+        OrderActivationRequested, SimActivationRequested, OrderActivationRequestedV1, SimActivationRequestedV1
+    }  # fmt: skip
+    assert set(table) == {*requests, PaymentMethodChanged}
+    assert {table[r].func for r in requests} == {fulfill_order}  # type: ignore[attr-defined]
+    assert len({id(table[r]) for r in requests}) == 1, "one bound handler (and its collector) for every request"
+    assert table[PaymentMethodChanged].func is resume_parked_orders  # type: ignore[attr-defined]

@@ -13,11 +13,11 @@ from uuid import UUID
 
 import pytest
 
+from adapters.dlq_store import ProgressRow
 from adapters.saga_store import HistoryEntry, SagaOrder, SagaRecord, StepRecord
 from events.errors import RejectedByUpstream
 from events.topics import Topic
 from workers.cli.orders import render_order
-from workers.dlq import store
 from workers.dlq.browse import RecordView
 from workers.dlq.models import DeadLetter
 from workers.dlq.testing import Letter, build
@@ -45,8 +45,8 @@ def letter(commanded: datetime, offset: int = 7, key: str = OID) -> DeadLetter:
     )
 
 
-def done(outcome: str) -> store.ProgressRow:
-    return store.ProgressRow(UUID(int=5), outcome, f"{GROUP}.retry.1", 2, 11, 1, AT + timedelta(minutes=2))
+def done(outcome: str) -> ProgressRow:
+    return ProgressRow(UUID(int=5), outcome, f"{GROUP}.retry.1", 2, 11, 1, AT + timedelta(minutes=2))
 
 
 def test_a_pending_dead_letter_of_the_last_write_back_flags_the_order() -> None:
@@ -68,7 +68,7 @@ def test_a_pending_dead_letter_of_the_last_write_back_flags_the_order() -> None:
     [(done("replayed"), False, False), (done("parked"), False, True), (None, True, False)],
     ids=["replayed", "parked", "purged"],
 )
-def test_what_operators_did_decides(replay: store.ProgressRow | None, purged: bool, flagged: bool) -> None:
+def test_what_operators_did_decides(replay: ProgressRow | None, purged: bool, flagged: bool) -> None:
     view = RecordView(letter(AT + timedelta(milliseconds=200)), replay, purged)
     wb = assess([view], order(), [])
     assert wb.dead_lettered is flagged

@@ -14,16 +14,12 @@ from workers.runtime.failure import (
     FailedRecord,
     FailureInfo,
     dead_letter_headers,
-    error_class,
-    iso_utc,
     original_headers,
     retry_record_headers,
     target_partition,
-    truncate_head,
-    truncate_tail,
 )
 from workers.runtime.offsets import OffsetTracker
-from workers.runtime.policy import RetryPolicy, Verdict
+from workers.runtime.policy import Backoff, RetryPolicy, Verdict
 from workers.runtime.testing import FakeClock
 
 # --- offsets ---------------------------------------------------------------------------------
@@ -126,6 +122,35 @@ async def test_in_place_attempts_back_off_with_jitter_and_stop_at_the_limit() ->
     assert 0.2 <= clock.sleeps[0] <= 0.4 and 0.4 <= clock.sleeps[1] <= 0.6  # initial*2^(n-1) + jitter
 
 
+def test_the_back_off_doubles_from_initial_adds_at_most_the_jitter_and_stops_at_the_cap() -> None:
+    backoff = Backoff(initial_s=0.2, max_s=5.0, jitter_s=0.2)
+    no_jitter, full_jitter = (lambda lo, hi: lo), (lambda lo, hi: hi)
+    assert [backoff.delay_s(n, uniform=no_jitter) for n in (1, 2, 3, 4)] == pytest.approx([0.2, 0.4, 0.8, 1.6])
+    assert backoff.delay_s(1, uniform=full_jitter) == pytest.approx(0.4)
+    assert backoff.delay_s(6, uniform=no_jitter) == 5.0  # 6.4 capped
+    assert backoff.delay_s(100_000) == 5.0  # past float range: the cap, not an OverflowError
+    assert all(0.2 <= backoff.delay_s(1) <= 0.4 for _ in range(200))
+
+
+def test_the_policy_backs_off_with_the_settings_jitter_and_a_floor_on_the_first_wait() -> None:
+    assert policy().backoff == Backoff(initial_s=0.2, max_s=5.0, jitter_s=0.2)
+    assert policy(backoff_initial_s=0.0).backoff == Backoff(initial_s=1e-3, max_s=5.0, jitter_s=0.0)
+
+
+async def test_each_wait_in_place_is_announced_with_the_failed_attempt_and_its_length() -> None:
+    clock = FakeClock()
+    told: list[tuple[str, int, float]] = []
+
+    async def call(n: int) -> None:
+        raise UpstreamUnavailable(f"down {n}")
+
+    await policy().run_in_place(
+        call, UpstreamUnavailable("down 1"), sleep=clock.sleep, on_retry=lambda e, n, w: told.append((str(e), n, w))
+    )
+    assert [(e, n) for e, n, _ in told] == [("down 1", 1), ("down 2", 2)]
+    assert [w for _, _, w in told] == clock.sleeps
+
+
 async def test_in_place_success_after_a_transient_error() -> None:
     clock = FakeClock()
 
@@ -214,7 +239,7 @@ def test_dead_letter_headers_keep_the_original_ones_first_and_add_provenance() -
     assert h[fh.ERROR_MESSAGE] == b"no such product code=E42"
     assert b"RejectedByUpstream: no such product" in h[fh.ERROR_STACKTRACE]
     assert h[fh.ERROR_STAGE] == b"handle"
-    assert h[fh.FIRST_FAILED_AT] == iso_utc(100.0).encode() == b"1970-01-01T00:01:40.000Z"
+    assert h[fh.FIRST_FAILED_AT] == fh.iso_utc(100.0).encode() == b"1970-01-01T00:01:40.000Z"
     assert h[fh.LAST_FAILED_AT] == b"1970-01-01T00:01:41.500Z"
     assert h[fh.REPLAY_COUNT] == b"0"
     assert set(h) - {"ce_id", "ce_type", "custom"} == set(fh.PROVENANCE)
@@ -231,8 +256,8 @@ def test_a_record_failing_again_keeps_its_origin_and_accumulates_attempts() -> N
     assert hop2[fh.SOURCE_OFFSET] == b"42"
     assert hop2[fh.SOURCE_TIMESTAMP] == b"1700000000123"
     assert hop2[fh.ATTEMPTS] == b"5"
-    assert hop2[fh.FIRST_FAILED_AT] == iso_utc(100.0).encode()
-    assert hop2[fh.LAST_FAILED_AT] == iso_utc(201.0).encode()
+    assert hop2[fh.FIRST_FAILED_AT] == fh.iso_utc(100.0).encode()
+    assert hop2[fh.LAST_FAILED_AT] == fh.iso_utc(201.0).encode()
     assert hop2[fh.ERROR_MESSAGE] == b"still down"
     assert fh.NOT_BEFORE not in hop2 and fh.RETRY_TIER not in hop2
     # the earlier hop's headers are replaced, never duplicated
@@ -254,14 +279,15 @@ def test_retry_headers_schedule_the_tier() -> None:
 
 
 def test_truncation_keeps_valid_utf8_and_the_useful_end() -> None:
-    assert truncate_head("é" * 10, 5).decode() == "éé"
-    tail = truncate_tail("x" * 100 + "KeyError: 'boom'", 30)
+    assert fh.truncate_head("é" * 10, 5).decode() == "éé"
+    tail = fh.truncate_tail("x" * 100 + "KeyError: 'boom'", 30)
     assert len(tail) <= 30 and tail.startswith(b"...\n") and tail.endswith(b"KeyError: 'boom'")
 
 
 def test_error_class_is_fully_qualified_except_builtins() -> None:
-    assert error_class(KeyError()) == "KeyError"
-    assert error_class(UpstreamUnavailable("x")) == "events.errors.UpstreamUnavailable"
+    assert fh.class_of(KeyError()) == "KeyError"
+    assert fh.class_of(UpstreamUnavailable("x")) == "events.errors.UpstreamUnavailable"
+    assert (fh.code_of(KeyError()), fh.code_of(UpstreamUnavailable("x"))) == (fh.UNCLASSIFIED, "UPSTREAM_UNAVAILABLE")
 
 
 def test_target_partition_is_the_source_partition_modulo_the_target_count() -> None:

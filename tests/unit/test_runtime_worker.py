@@ -489,7 +489,9 @@ async def test_shutdown_lets_the_in_flight_record_finish_and_commits_it() -> Non
     h.send(1)
     await h.until(lambda: len(h.handler.seen) == 1)
     h.stop.set()
-    await asyncio.sleep(0.01)
+    # the worker has begun its shutdown (its partitions stop in the same step), not a 10 ms sleep:
+    # on a loaded machine the poll loop may not have seen ``stop`` by then
+    await h.until(lambda: h.worker.vitals.stopping)
     h.handler.gate.set()
     assert h.task is not None
     await asyncio.wait_for(h.task, 2)

@@ -193,7 +193,7 @@ async def test_the_plain_handler_call_is_a_batch_of_one() -> None:
 # --- the sf-writer on the runtime, with FakeSalesforce -----------------------------------------
 async def test_the_sf_writer_turns_400_commands_on_4_partitions_into_a_few_calls() -> None:
     from adapters.salesforce import FakeSalesforce
-    from workers.handlers.sf_writer import bind_sf_writer
+    from workers.sf_writer.route import bind_sf_writer
 
     fake = FakeSalesforce()
     for n in range(1, 401):
@@ -218,9 +218,9 @@ def test_the_composition_root_binding_is_one_batch_handler() -> None:
     from types import SimpleNamespace
 
     from adapters.salesforce import FakeSalesforce
-    from workers.handlers.sf_writer import bind_from_deps
+    from workers.sf_writer.route import bind
 
-    table = bind_from_deps(SimpleNamespace(salesforce=FakeSalesforce(), settings=Settings()))  # type: ignore[arg-type]
+    table = bind(SimpleNamespace(salesforce=FakeSalesforce(), settings=Settings()))  # type: ignore[arg-type]
 
     assert list(table) == [UpdateSalesforceRecord]
     assert isinstance(table[UpdateSalesforceRecord], BatchHandler)

@@ -26,8 +26,8 @@ from workers.config import SalesforceSettings, Settings
 from workers.fulfillment.model import ErrorCode
 from workers.fulfillment.plan import PlanLine
 from workers.fulfillment.writeback import errored, fulfilled
-from workers.handlers.sf_writer import SfWriterHandler, bind_sf_writer
 from workers.sf_writer import DEFERRED_CODE, BudgetGovernor, Pending, SalesforceWriter
+from workers.sf_writer.route import SfWriterHandler, bind_sf_writer
 from workers.sf_writer.writer import Outcome
 
 ORDER = demo_data.sf_id("801", 1)

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from adapters.webhook_dedupe import Claim, DedupeStore, FakeDedupeStore
 from events.errors import DependencyUnavailable
-from workers.ingress.dedupe import Claim, DedupeStore, FakeDedupeStore
 
 
 class DedupeContract:

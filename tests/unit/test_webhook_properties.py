@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adapters.kafka import FakeProducer
+from adapters.webhook_dedupe import FakeDedupeStore
 from events.errors import DependencyUnavailable
 from schemas.whmcs_webhook import KNOWN_EVENTS
-from workers.ingress.dedupe import FakeDedupeStore
 from workers.ingress.webhook_server import PATH, SignatureVerifier, WebhookReceiver, build_app, decode_secret
 
 SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA=="

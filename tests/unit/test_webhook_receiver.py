@@ -26,13 +26,15 @@ from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
 from adapters.kafka import Delivered, FakeProducer
+from adapters.webhook_dedupe import Claim, FakeDedupeStore
+from events import failure as fh
 from events.base import to_envelope
 from events.billing import InvoiceChanged
 from events.envelope import Envelope, from_record, to_record
 from events.errors import DependencyUnavailable
 from schemas.whmcs_webhook import parse_webhook
 from tests.unit.test_webhook_translate import CASES
-from workers.ingress.dedupe import Claim, FakeDedupeStore
+from workers.dlq import testing as dlq_testing
 from workers.ingress.webhook_server import (
     PATH,
     PRODUCE_BUCKETS,
@@ -216,8 +218,34 @@ async def test_signed_but_unreadable_bodies_get_400_after_being_dead_lettered(
     assert (status, answer["error"]) == (400, code)
     [(key, value, dlq_headers)] = harness.producer.on(DLQ)
     assert (key, value) == (headers["webhook-id"].encode(), body)
-    assert dict(dlq_headers)["error_code"] == code.encode()
+    h = dict(dlq_headers)
+    assert (h[fh.ERROR_CODE], h[fh.WEBHOOK_ID], h[fh.INGRESS]) == (code.encode(), key, b"whmcs-webhooks")
+    assert h[fh.ERROR_STAGE] == (b"validate" if code == "invalid_payload" else b"decode")
+    assert h[fh.ATTEMPTS] == b"0" and h[fh.FIRST_FAILED_AT] == h[fh.LAST_FAILED_AT]
     assert harness.produced() == []
+
+
+async def test_a_refused_body_carries_the_same_dead_letter_headers_as_the_runtime_writes(harness: Harness) -> None:
+    """One builder (``events.failure.provenance``) for every dead letter: the receiver's carry the
+    runtime's failure headers, same names in the same order, empty where nothing applies (no source
+    partition, offset or group), plus the two that say which receiver refused which webhook."""
+    body = payload("InvoiceTeleported")
+    status, _, _ = await harness.post(body, signed(body, "msg_same_names"))
+    assert status == 400
+    [(_, _, received)] = harness.producer.on(DLQ)
+    _, _, runtime = dlq_testing.build(dlq_testing.Letter(), "fleet.g")
+
+    def failure_names(headers: list[tuple[str, bytes]]) -> list[str]:
+        return [name for name, _ in headers if name in fh.FLEET_HEADERS]
+
+    assert failure_names(received) == failure_names(runtime) == list(fh.PROVENANCE)
+    assert [name for name, _ in received if name not in fh.FLEET_HEADERS] == [fh.WEBHOOK_ID, fh.INGRESS]
+    h = dict(received)
+    assert h[fh.SOURCE_PARTITION] == h[fh.SOURCE_OFFSET] == h[fh.SOURCE_GROUP] == b""
+    assert (h[fh.ERROR_CLASS], h[fh.ERROR_MESSAGE]) == (
+        b"workers.ingress.webhook_server.Rejection",
+        b"unknown event 'InvoiceTeleported'",
+    )
 
 
 async def test_a_body_that_cannot_be_dead_lettered_gets_503_so_it_comes_back(harness: Harness) -> None:

@@ -14,10 +14,11 @@ import sys
 import click
 import structlog
 
-from events.topics import dlq_topic, retry_topic
 from workers import crashpoints, profile
 from workers.cli._context import Context, pass_ctx, run_async
+from workers.config import RuntimeSettings
 from workers.routes import INGRESS, ROUTES, IngressSpec, RouteSpec, import_entry
+from workers.runtime.route import Route
 
 log = structlog.get_logger(__name__)
 
@@ -34,13 +35,14 @@ def group(click_ctx: click.Context, list_routes: bool) -> None:
 
 
 def _print_table(ctx: Context | None) -> None:
-    tiers = len(ctx.settings.runtime.retry_tier_delays_ms) if ctx is not None else 2
+    runtime = ctx.settings.runtime if ctx is not None else RuntimeSettings()
     for spec in ROUTES.values():
-        state = "ready" if spec.bind else "no handlers yet"
-        click.echo(f"{spec.name}  [{state}]  group={spec.group}")
+        route = spec.with_handlers({})
+        click.echo(f"{spec.name}  [consumer]  group={spec.group}")
         click.echo(f"    reads: {', '.join(spec.topics)}")
-        failure = [retry_topic(spec.group, i + 1) for i in range(tiers)] + [dlq_topic(spec.group)]
+        failure = [*route.retry_topics(runtime.retry_tier_delays_ms), route.dlq]
         click.echo(f"    failures: {', '.join(failure) if spec.dead_letter else 'retried in place (no DLQ)'}")
+        click.echo(f"    delivery: {_delivery(route, runtime)}")
         for event_type, handler in spec.handlers.items():
             click.echo(f"    {event_type} -> {handler}")
         if spec.description:
@@ -49,6 +51,26 @@ def _print_table(ctx: Context | None) -> None:
         click.echo(f"{ingress.name}  [ingress]")
         click.echo(f"    writes: {', '.join(ingress.writes)}")
         click.echo(f"    {ingress.description}")
+    click.echo("(*: the runtime's default, FLEET_RUNTIME__*; a route's own value otherwise)")
+
+
+def _delivery(route: Route, runtime: RuntimeSettings) -> str:
+    """The route's delivery policy as its worker applies it (``workers.runtime.worker``); ``*`` marks
+    a value that comes from the runtime's settings rather than the route."""
+    attempts = route.in_place_attempts or runtime.in_place_attempts
+    tiers = "/".join(f"{d / 1000:g}s" for d in route.tier_delays_ms(runtime.retry_tier_delays_ms)) or "none"
+    # the worker's precedence: the setting, when set, wins over every route's own value
+    keys = runtime.max_in_flight_per_partition or route.max_in_flight_per_partition or 1
+    own_keys = route.max_in_flight_per_partition is not None and runtime.max_in_flight_per_partition is None
+    return (
+        f"in place x{attempts}{_mark(route.in_place_attempts is not None)}, "
+        f"tiers {tiers}{_mark(route.retry_delays_ms is not None)}, "
+        f"keys per partition {keys}{_mark(own_keys)}"
+    )
+
+
+def _mark(own: bool) -> str:
+    return "" if own else "*"
 
 
 def refuse_unless_configured(ctx: Context, worker: str) -> None:
@@ -76,9 +98,6 @@ def _run_command(spec: RouteSpec) -> click.Command:
     @click.command(name=spec.name, help=f"Run the {spec.name} worker (group {spec.group}).")
     @pass_ctx
     def command(ctx: Context) -> None:
-        if spec.bind is None:
-            click.echo(f"fleet: route {spec.name} has no handlers yet (see workers/routes.py)", err=True)
-            sys.exit(1)
         refuse_unless_configured(ctx, spec.name)
         run_async(_serve(ctx, spec))
 

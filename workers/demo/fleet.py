@@ -125,16 +125,10 @@ def receiver_port(settings: Settings, index: int) -> int:
 def unavailable_workers(names: Iterable[str]) -> dict[str, str]:
     """Workers ``fleet run`` cannot run in this tree yet, with the reason, so the demo lists them
     as "not available" instead of restarting a command that can only fail."""
-    missing: dict[str, str] = {}
-    for name in names:
-        spec = ROUTES.get(name)
-        # `fleet run` has one command per route and per ingress (workers.cli.run builds them from these
-        # two tables), so the tables answer without importing the CLI, which imports this module.
-        if spec is None and name not in INGRESS:
-            missing[name] = f"`fleet run {name}` does not exist yet"
-        elif spec is not None and spec.bind is None:
-            missing[name] = "its route has no handlers yet (workers/routes.py)"
-    return missing
+    # `fleet run` has one command per route and per ingress (workers.cli.run builds them from these
+    # two tables), so the tables answer without importing the CLI, which imports this module.
+    runnable = ROUTES.keys() | INGRESS.keys()
+    return {name: f"`fleet run {name}` does not exist yet" for name in names if name not in runnable}
 
 
 def worker_command(name: str) -> tuple[str, ...]:

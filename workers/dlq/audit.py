@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from workers.dlq import store
+from adapters.dlq_store import PgDlqStore
 
 
 class GroupBusy(RuntimeError):
@@ -27,7 +27,7 @@ class GroupBusy(RuntimeError):
 async def lock_group(conn: asyncpg.Connection, group: str) -> None:
     """Take the group's job lock or raise ``GroupBusy``. Holding it proves no other job of the group
     runs, so a 'running' audit row left by a killed job is then marked 'interrupted'."""
-    if not await store.try_lock_group(conn, group):
+    if not await PgDlqStore(conn).try_lock_group(group):
         raise GroupBusy(f"another `fleet dlq replay/purge` job is running for {group}; see `fleet dlq audit`")
     await mark_stale_interrupted(conn, group)
 

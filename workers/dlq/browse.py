@@ -14,8 +14,8 @@ from datetime import datetime
 import asyncpg
 
 from adapters.db import migrate
+from adapters.dlq_store import PgDlqStore, ProgressRow
 from adapters.kafka import KafkaTarget
-from workers.dlq import store
 from workers.dlq.models import DeadLetter
 from workers.dlq.names import dead_letter_topic
 from workers.dlq.reader import TopicMissing, TopicReader
@@ -91,8 +91,9 @@ async def overviews(kafka: KafkaTarget, dsn: str, groups: Iterable[str]) -> list
 
 
 async def _overview(conn: asyncpg.Connection, kafka: KafkaTarget, group: str) -> GroupOverview:
-    purged = await store.purged_records(conn, group)
-    outcomes = {at: row.outcome for at, row in (await store.done_records(conn, group)).items()}
+    store = PgDlqStore(conn)
+    purged = await store.purged_records(group)
+    outcomes = {at: row.outcome for at, row in (await store.done_records(group)).items()}
     try:
         async with TopicReader(kafka, dead_letter_topic(group), client_id=CLIENT_ID) as reader:
             return summarize(group, [dl async for dl in reader.read()], purged, outcomes)
@@ -105,7 +106,7 @@ class RecordView:
     """One dead letter and what operators did to it."""
 
     dl: DeadLetter
-    replay: store.ProgressRow | None
+    replay: ProgressRow | None
     purged: bool
 
 
@@ -123,8 +124,9 @@ async def find(
     conn = await asyncpg.connect(dsn)
     try:
         found = await _find_records(kafka, group, at, event_id)
-        replays = await store.done_records(conn, group)
-        purged = await store.purged_records(conn, group)
+        store = PgDlqStore(conn)
+        replays = await store.done_records(group)
+        purged = await store.purged_records(group)
         return [RecordView(dl, replays.get(dl.coordinates), dl.coordinates in purged) for dl in found]
     finally:
         await conn.close()

@@ -1,8 +1,8 @@
 """Replaying ingress dead letters (``fleet dlq replay -g ingress``): re-ingest a body a receiver refused.
 
 The WHMCS receiver dead-letters a signed body it cannot read (``webhook_server._dead_letter``): key
-and ``webhook_id`` header = the webhook-id, value = the raw body as signed, plus ``ingress``,
-``error_code``, ``error_message`` and ``failed_at``. Such a record never reached a consumer group,
+and ``webhook_id`` header = the webhook-id, value = the raw body as signed, plus ``ingress`` and the
+provenance every dead letter carries (``error_code`` = the 400's code). Such a record never reached a consumer group,
 so no group has seen its event: replaying it runs the body through the receiver's own parse and
 translation again and produces the events to the topic the receiver writes (``whmcs.billing.v1``),
 keyed and partitioned as the receiver would, with the CloudEvent ids it would have given them
@@ -19,16 +19,25 @@ from datetime import UTC
 
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
+from events import failure as fh
 from events.topics import Topic
-from workers.dlq.models import H_WEBHOOK_ID, DeadLetter
+from workers.dlq.models import DeadLetter
 from workers.dlq.selection import REFUSED, REPLAYED, Action, Record
 
 # The receiver's own rules and encoding, not copies of them: a replay produces exactly what the
 # receiver would have produced for this body (pinned by tests/unit/test_dlq_ingress.py).
-from workers.ingress.webhook_server import MAX_WEBHOOK_ID, WEBHOOK_ID, Rejection, encode_record, event_id_of, parse_body
+from workers.ingress.webhook_server import (
+    INGRESS_NAME,
+    MAX_WEBHOOK_ID,
+    WEBHOOK_ID,
+    Rejection,
+    encode_record,
+    event_id_of,
+    parse_body,
+)
 from workers.ingress.whmcs_webhooks import translate
 
-WHMCS_WEBHOOKS = "whmcs-webhooks"  # the ``ingress`` header of the WHMCS receiver's dead letters
+WHMCS_WEBHOOKS = INGRESS_NAME.decode()  # the ``ingress`` header of the WHMCS receiver's dead letters
 #: where the receiver writes (``WebhookReceiver.topic``), so where its re-ingested events go
 TARGET = str(Topic.WHMCS_BILLING)
 
@@ -44,11 +53,11 @@ class NotReplayable(Exception):
 def reingest(dl: DeadLetter) -> list[Record]:
     """The records the receiver would produce for this body now; ``NotReplayable`` when it still refuses it."""
     if dl.ingress != WHMCS_WEBHOOKS:
-        origin = dl.ingress or dl.header("source_topic") or "?"
+        origin = dl.ingress or dl.header(fh.SOURCE_TOPIC) or "?"
         raise NotReplayable(
             "not_reingestible", f"from {origin}: only {WHMCS_WEBHOOKS} bodies are re-ingested (resync CDC instead)"
         )
-    webhook_id = dl.header(H_WEBHOOK_ID) or ""
+    webhook_id = dl.header(fh.WEBHOOK_ID) or ""
     if not WEBHOOK_ID.fullmatch(webhook_id):
         raise NotReplayable("invalid_webhook_id", f"webhook-id must be 1-{MAX_WEBHOOK_ID} visible ASCII characters")
     try:
@@ -62,7 +71,7 @@ def reingest(dl: DeadLetter) -> list[Record]:
 
 def replay_event_id(dl: DeadLetter) -> str | None:
     """The CloudEvent id a replay gives this body's (first) event, or None for a non-webhook record."""
-    webhook_id = dl.header(H_WEBHOOK_ID)
+    webhook_id = dl.header(fh.WEBHOOK_ID)
     return event_id_of(webhook_id, 0) if dl.ingress == WHMCS_WEBHOOKS and webhook_id else None
 
 

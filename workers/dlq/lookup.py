@@ -15,8 +15,8 @@ from datetime import datetime
 
 import asyncpg
 
+from adapters.dlq_store import PgDlqStore
 from adapters.kafka import KafkaTarget
-from workers.dlq import store
 from workers.dlq.browse import RecordView
 from workers.dlq.models import DeadLetter
 from workers.dlq.names import dead_letter_topic
@@ -70,8 +70,9 @@ async def _with_status(dsn: str, group: str, found: list[DeadLetter]) -> list[Re
     at = [dl.coordinates for dl in found]
     conn = await asyncpg.connect(dsn)
     try:
-        replays = await store.done_among(conn, group, at)
-        purged = await store.purged_among(conn, group, at)
+        store = PgDlqStore(conn)
+        replays = await store.done_among(group, at)
+        purged = await store.purged_among(group, at)
     finally:
         await conn.close()
     return [RecordView(dl, replays.get(dl.coordinates), dl.coordinates in purged) for dl in found]

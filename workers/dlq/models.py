@@ -2,8 +2,11 @@
 
 Owns decoding the header contract of ``events.failure`` (and the CloudEvents ``ce_*`` headers) for
 display and filtering; an ingress dead letter (``ingress.dlq.v1``) has no CloudEvent, so its
-identity, type and error come from the headers its ingress worker wrote. Must not alter the bytes:
-replay re-sends ``key``, ``value`` and the original headers exactly as they were read.
+identity, type and error come from the headers its ingress worker wrote. Reads the records of every
+release: a receiver's dead letter from before the shared builder has no ``error_class`` and says
+``failed_at`` (``events.failure.LEGACY_FAILED_AT``) where a newer one says ``last_failed_at``.
+Must not alter the bytes: replay re-sends ``key``, ``value`` and the original headers exactly as
+they were read.
 """
 
 from __future__ import annotations
@@ -19,11 +22,6 @@ from events.envelope import H_ID, H_TYPE
 
 #: a Kafka header as read: a null value stays None so a replay re-sends it as null
 Header = tuple[str, bytes | None]
-
-#: headers of an ingress dead letter (``webhook_server._dead_letter``; ``sf_cdc`` writes neither)
-H_INGRESS = "ingress"  # the ingress worker that refused the body, e.g. ``whmcs-webhooks``
-H_WEBHOOK_ID = "webhook_id"  # the Standard Webhooks id (also the record key)
-H_FAILED_AT = "failed_at"  # ISO-8601 UTC
 
 
 def decode_header(value: bytes | None) -> str:
@@ -82,7 +80,7 @@ class DeadLetter:
     @property
     def event_id(self) -> str:
         """``ce_id``; for a refused webhook (no CloudEvent yet), its webhook-id."""
-        return self.header(H_ID) or self.header(H_WEBHOOK_ID) or ""
+        return self.header(H_ID) or self.header(fh.WEBHOOK_ID) or ""
 
     @property
     def event_type(self) -> str:
@@ -91,13 +89,21 @@ class DeadLetter:
 
     @property
     def error_class(self) -> str:
-        """The error's class; a receiver's refusal has only a code (``unknown_event``, ...)."""
+        """The error's class; for a receiver's refusal its code (``unknown_event``, ...): every
+        refusal is of one class (``Rejection``), and older ones carry only the code."""
+        if self.ingress is not None:
+            return self.header(fh.ERROR_CODE) or self.header(fh.ERROR_CLASS) or "?"
         return self.header(fh.ERROR_CLASS) or self.header(fh.ERROR_CODE) or "?"
+
+    @property
+    def failed_at(self) -> str | None:
+        """When it last failed (ISO-8601 UTC), as its writer recorded it; None when it did not."""
+        return self.header(fh.LAST_FAILED_AT) or self.header(fh.LEGACY_FAILED_AT) or None
 
     @property
     def ingress(self) -> str | None:
         """The ingress worker that refused this body, when it says so (the WHMCS receiver does)."""
-        return self.header(H_INGRESS)
+        return self.header(fh.INGRESS)
 
     def _ingress_type(self) -> str | None:
         if self.ingress is None:  # sf-cdc's dead letters: no consumer group, the channel as source topic

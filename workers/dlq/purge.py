@@ -22,8 +22,9 @@ from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import RecordsToDelete  # type: ignore[import-untyped]
 
 from adapters.db import migrate
+from adapters.dlq_store import PgDlqStore
 from adapters.kafka import KafkaTarget, admin_client
-from workers.dlq import audit, store
+from workers.dlq import audit
 from workers.dlq.filters import Filter
 from workers.dlq.models import DeadLetter
 from workers.dlq.names import dead_letter_topic
@@ -67,7 +68,7 @@ async def prepare(kafka: KafkaTarget, dsn: str, group: str, filt: Filter) -> Pur
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        selector = Selector(filt, purged=await store.purged_records(conn, group), again=True)
+        selector = Selector(filt, purged=await PgDlqStore(conn).purged_records(group), again=True)
     finally:
         await conn.close()
     offsets: dict[int, list[int]] = {}
@@ -127,11 +128,12 @@ async def _apply(
     if opts.dry_run:
         counts["would_purge"] = len(plan.selected)
         return {}
-    await store.mark_purged(conn, opts.group, job_id, [(dl.coordinates, dl.event_id) for dl in plan.selected])
+    store = PgDlqStore(conn)
+    await store.mark_purged(opts.group, job_id, [(dl.coordinates, dl.event_id) for dl in plan.selected])
     counts["purged"] = len(plan.selected)
     if not opts.truncate:
         return {}
-    points = truncate_points(plan.offsets, plan.ranges, await store.purged_records(conn, opts.group))
+    points = truncate_points(plan.offsets, plan.ranges, await store.purged_records(opts.group))
     truncated = await delete_records(kafka, dead_letter_topic(opts.group), points) if points else {}
     counts["truncated"] = {str(p): o for p, o in truncated.items()}
     return truncated

@@ -17,7 +17,7 @@ from events.envelope import H_CORRELATION, H_ID, H_SOURCE, H_TIME
 from workers.dlq.audit import AuditRow
 from workers.dlq.browse import Bucket, GroupOverview, RecordView
 from workers.dlq.ingress import replay_event_id
-from workers.dlq.models import H_FAILED_AT, H_WEBHOOK_ID, Header, decode_header, header_dict, iso
+from workers.dlq.models import Header, decode_header, header_dict, iso
 from workers.dlq.selection import PARKED, REFUSED, Action
 
 OVERVIEW_COLUMNS = ("count", "replayed", "parked", "oldest", "newest", "error class", "event type")
@@ -136,7 +136,7 @@ def _ingress_sections(view: RecordView) -> list[tuple[str, list[tuple[str, str]]
             "webhook",
             [
                 ("ingress", dl.ingress or "-"),
-                ("webhook id", dl.header(H_WEBHOOK_ID) or "-"),
+                ("webhook id", dl.header(fh.WEBHOOK_ID) or "-"),
                 ("type", dl.event_type),
                 ("replayed as id", replay_event_id(dl) or "- (not re-ingestible)"),
             ],
@@ -145,8 +145,9 @@ def _ingress_sections(view: RecordView) -> list[tuple[str, list[tuple[str, str]]
             "error",
             [
                 ("code", dl.header(fh.ERROR_CODE) or "-"),
+                ("stage", dl.header(fh.ERROR_STAGE) or "-"),
                 ("message", dl.header(fh.ERROR_MESSAGE) or "-"),
-                ("failed at", dl.header(H_FAILED_AT) or "-"),
+                ("failed at", dl.failed_at or "-"),
             ],
         ),
     ]

@@ -32,10 +32,11 @@ import asyncpg
 import structlog
 
 from adapters.db import migrate
+from adapters.dlq_store import DlqStore, InDoubt, PgDlqStore, Sending
 from adapters.kafka import KafkaTarget, durable_producer, start_client
 from events import failure as fh
 from events.topics import parked_topic, retry_topic
-from workers.dlq import audit, ingress, store
+from workers.dlq import audit, ingress
 from workers.dlq.filters import Filter
 from workers.dlq.models import DeadLetter, Header, fingerprint
 from workers.dlq.names import INGRESS, dead_letter_topic
@@ -119,6 +120,7 @@ class _ReplayJob:
         self, conn: asyncpg.Connection, job_id: UUID, kafka: KafkaTarget, opts: ReplayOptions, listener: ReplayListener
     ) -> None:
         self.conn, self.job_id, self.kafka, self.opts, self.listener = conn, job_id, kafka, opts, listener
+        self.store = PgDlqStore(conn)  # on the job's connection, which holds the group lock
         self.group = opts.group
         self.counts: Counter[str] = Counter()
 
@@ -150,9 +152,9 @@ class _ReplayJob:
     async def run(self) -> ReplayReport:
         partitions, scan_from = await _targets(self.kafka, self.group)
         if self.opts.dry_run:
-            self.counts[IN_DOUBT_PENDING] = len(await store.in_doubt(self.conn, self.group))
+            self.counts[IN_DOUBT_PENDING] = len(await self.store.in_doubt(self.group))
         else:
-            self.counts.update(await resolve_in_doubt(self.conn, self.kafka, self.group))
+            self.counts.update(await resolve_in_doubt(self.store, self.kafka, self.group))
         actions = [self._plan(dl, partitions) for dl in await self._select()]
         self.listener.planned(actions)
         sendable = [a for a in actions if a.outcome != REFUSED]
@@ -171,8 +173,8 @@ class _ReplayJob:
     async def _select(self) -> list[DeadLetter]:
         selector = Selector(
             self.opts.filt,
-            purged=await store.purged_records(self.conn, self.group),
-            done=set(await store.done_records(self.conn, self.group)),
+            purged=await self.store.purged_records(self.group),
+            done=set(await self.store.done_records(self.group)),
             again=self.opts.again,
             limit=self.opts.limit,
         )
@@ -203,7 +205,7 @@ class _ReplayJob:
         now_ms = int(time.time() * 1000)
         records = [action_records(a, job_id=str(self.job_id), now_ms=now_ms) for a in chunk]
         rows = [_sending(a, list(r[0][2]), scan_from) for a, r in zip(chunk, records, strict=True)]
-        await store.mark_sending(self.conn, self.group, self.job_id, rows)  # committed before the produce
+        await self.store.mark_sending(self.group, self.job_id, rows)  # committed before the produce
         # send() only enqueues, in this order, so the copies of one partition keep their DLQ order.
         futures = [
             await producer.send(a.target_topic, key=key, value=value, headers=list(h), partition=a.target_partition)
@@ -213,7 +215,7 @@ class _ReplayJob:
         metas = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
         firsts = itertools.accumulate((len(r) for r in records[:-1]), initial=0)  # each action's first record
         done = [(a.dl.coordinates, metas[i].offset) for a, i in zip(chunk, firsts, strict=True)]
-        await store.mark_done(self.conn, self.group, self.job_id, done)
+        await self.store.mark_done(self.group, self.job_id, done)
 
 
 async def _targets(kafka: KafkaTarget, group: str) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
@@ -238,8 +240,8 @@ def _chunks(actions: list[Action], size: int) -> Iterable[list[Action]]:
     return (actions[i : i + size] for i in range(0, len(actions), size))
 
 
-def _sending(action: Action, headers: list[Header], scan_from: dict[tuple[str, int], int]) -> store.Sending:
-    return store.Sending(
+def _sending(action: Action, headers: list[Header], scan_from: dict[tuple[str, int], int]) -> Sending:
+    return Sending(
         partition=action.dl.partition,
         offset=action.dl.offset,
         outcome=action.outcome,
@@ -251,21 +253,21 @@ def _sending(action: Action, headers: list[Header], scan_from: dict[tuple[str, i
     )
 
 
-async def resolve_in_doubt(conn: asyncpg.Connection, kafka: KafkaTarget, group: str) -> Counter[str]:
+async def resolve_in_doubt(store: DlqStore, kafka: KafkaTarget, group: str) -> Counter[str]:
     """Settle the rows a killed job left in 'sending' (see the module docstring, step 3)."""
     result: Counter[str] = Counter()
-    by_target: dict[tuple[str, int], list[store.InDoubt]] = defaultdict(list)
-    for row in await store.in_doubt(conn, group):
+    by_target: dict[tuple[str, int], list[InDoubt]] = defaultdict(list)
+    for row in await store.in_doubt(group):
         by_target[(row.target_topic, row.target_partition)].append(row)
     for (topic, partition), rows in by_target.items():
         found = await _copies_on(kafka, topic, partition, rows)
         for row in rows:
             offsets = found.get((str(row.job_id), row.fingerprint))
             if offsets:
-                await store.mark_done(conn, group, row.job_id, [((row.partition, row.offset), offsets.pop(0))])
+                await store.mark_done(group, row.job_id, [((row.partition, row.offset), offsets.pop(0))])
                 result[IN_DOUBT_CONFIRMED] += 1
             else:
-                await store.forget_sending(conn, group, row)
+                await store.forget_sending(group, row)
                 result[IN_DOUBT_REQUEUED] += 1
     if result:
         log.info("dlq_replay_in_doubt_resolved", group=group, **result)
@@ -273,7 +275,7 @@ async def resolve_in_doubt(conn: asyncpg.Connection, kafka: KafkaTarget, group: 
 
 
 async def _copies_on(
-    kafka: KafkaTarget, topic: str, partition: int, rows: list[store.InDoubt]
+    kafka: KafkaTarget, topic: str, partition: int, rows: list[InDoubt]
 ) -> dict[tuple[str, str], list[int]]:
     """Offsets of the copies the in-doubt jobs left on one target partition, by (job id, fingerprint)."""
     jobs = {str(r.job_id) for r in rows}

@@ -2,7 +2,7 @@
 
 Owns the order of persistence around every step (running → outcome committed), the per-order
 lock, resuming parked and failed orders, wake-ups and the outcome events. Steps are injected
-(``workers.handlers.fulfillment``); what an error means comes from ``policy``. Must not call a
+(``steps``, bound in ``route``); what an error means comes from ``policy``. Must not call a
 vendor itself, and must not sleep: a step that has to wait returns ``Wait``, the saga schedules a
 wake-up (``wakeup.py``) and the delivery ends (see ``docs/fulfillment.md``, "Waiting for Freebit").
 

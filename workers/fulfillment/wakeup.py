@@ -5,9 +5,10 @@ keyed by the order id on ``<group>.retry.<tier>`` with ``retry_not_before`` set,
 holds until due and then hands to the same handler as any activation request. Nothing sleeps, and
 a crashed worker loses nothing (the record is in Kafka). Must not decide when to wait (``policy``).
 
-Why not ``raise NotYetComplete``: a wait is not a failure. Raising would spend the route's retry
-budget (3 in place, 2 tiers, then the dead letter) long before Freebit's 10-minute jobs finish, and
-would hand the deadline to the runtime; the saga owns ``FREEBIT_TIMEOUT`` and its cadence instead.
+Why not raise a retryable error until the job is done: a wait is not a failure. Raising would spend
+the route's retry budget (3 in place, 2 tiers, then the dead letter) long before Freebit's 10-minute
+jobs finish, and would hand the deadline to the runtime; the saga owns ``FREEBIT_TIMEOUT`` and its
+cadence instead.
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from adapters.cdc_checkpoints import PgCheckpointStore
 from adapters.leader_lease import LeaderLease, LeaseLost, fence
 from events.errors import DependencyUnavailable
-from workers.ingress.checkpoints import PgCheckpointStore
 
 log = structlog.get_logger()
 
@@ -339,7 +339,7 @@ class FencedCheckpointStore(PgCheckpointStore):
         super().__init__(pool)
         self._lease, self._term, self._on_fenced = lease, term, on_fenced
 
-    async def _before_write(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+    async def before_write(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
         try:
             await fence(conn, self._lease, self._term)
         except LeaseLost:

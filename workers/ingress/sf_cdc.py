@@ -32,15 +32,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from adapters.cdc_checkpoints import Checkpoint, CheckpointStore, pending
 from adapters.db import create_pool
 from adapters.http import build_client
 from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer, start_client
 from adapters.leader_lease import LeaderLease, PgAdvisoryLease
 from adapters.salesforce import HttpSalesforce, TokenSource
 from adapters.salesforce_stream import FleetAuthenticator
+from events import failure as fh
 from events.base import DomainEvent, to_envelope
 from events.errors import AuthenticationFailed, InvalidPayload, PermanentError, RetryableError
-from events.failure import ERROR_CLASS, ERROR_CODE, ERROR_MESSAGE, ERROR_STAGE, FIRST_FAILED_AT, SOURCE_TOPIC, Stage
+from events.failure import Stage
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, ResyncRequested
 from events.topics import Topic
 from workers.bootstrap import salesforce_token_source
@@ -64,15 +66,12 @@ from workers.ingress.cdc_translate import (
     Translator,
     parse,
 )
-from workers.ingress.checkpoints import Checkpoint, CheckpointStore, RecentIds, Watermark, pending
+from workers.ingress.watermark import RecentIds, Watermark
 from workers.runtime.health import HealthServer
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
-#: DLQ header: why the ingress could not turn this delivery into domain events
-REASON = "reason"
-SOURCE_REPLAY_ID = "source_replay_id"
 #: resync reason when a channel had no replay id to resume from (quiet since its last catch-up)
 QUIET_CATCH_UP = "RESUMED_WITHOUT_REPLAY_ID"
 #: resync reason when the stored replay id was refused (never issued, or past the retention)
@@ -752,20 +751,27 @@ def _json_bytes(message: Any) -> bytes:
 
 
 def _dead_letter_headers(delivery: Delivery, exc: BaseException, stage: str, code: str) -> list[tuple[str, bytes]]:
-    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    headers = {
-        REASON: str(exc)[:1000],
-        ERROR_CODE: code,
-        ERROR_CLASS: f"{type(exc).__module__}.{type(exc).__qualname__}",
-        ERROR_MESSAGE: "".join(traceback.format_exception_only(exc)).strip()[:1000],
-        ERROR_STAGE: stage,
-        SOURCE_TOPIC: delivery.channel,
-        FIRST_FAILED_AT: stamp,
-        "content-type": "application/json",
-    }
+    """The value's content type, the provenance every dead letter carries (``events.failure.provenance``;
+    the channel as source topic, no partition, offset or group) and the delivery's replay id."""
+    stamp = fh.iso_utc(time.time())
+    headers = [
+        ("content-type", b"application/json"),
+        *fh.provenance(
+            source_topic=delivery.channel,
+            # how often the translation was tried is the retry loop's business; a decode ran nothing
+            attempts=0 if stage == Stage.DECODE else None,
+            error_class=fh.class_of(exc),
+            error_code=code,
+            error_message=str(exc) or fh.class_of(exc),
+            error_stacktrace="".join(traceback.format_exception(exc)),
+            stage=stage,
+            first_failed_at=stamp,
+            last_failed_at=stamp,
+        ),
+    ]
     if delivery.replay_id is not None:
-        headers[SOURCE_REPLAY_ID] = str(delivery.replay_id)
-    return [(name, value.encode()) for name, value in headers.items()]
+        headers.append((fh.SOURCE_REPLAY_ID, str(delivery.replay_id).encode()))
+    return headers
 
 
 # --- composition --------------------------------------------------------------------------------

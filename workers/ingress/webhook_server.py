@@ -17,20 +17,22 @@ Delivery semantics: 2xx is the sender's signal to forget the webhook, so it is s
 Kafka acknowledged (``acks=all``). The record's CloudEvent id is derived from the webhook id
 (``whmcs-webhook:<id>``), so whatever slips past the Redis marks (an ack lost after the write, Redis
 forgetting a mark) is removed downstream by the per-group inbox, which dedupes on that id.
-Concurrent requests share their Redis calls (``dedupe``) and their Kafka batches
+Concurrent requests share their Redis calls (``adapters.webhook_dedupe``) and their Kafka batches
 (``adapters.kafka.BatchingProducer``); each one is still answered after its own claim and its own
 record's acknowledgement, so sharing changes the cost per webhook, not what a 2xx promises. The
 done mark is queued rather than awaited: it rides with the next claim (which it always precedes), so
-this receiver answers a later copy ``duplicate`` as before; see ``dedupe`` for the few ms in which
-another process would answer 409 instead.
+this receiver answers a later copy ``duplicate`` as before; see ``adapters.webhook_dedupe`` for the
+few ms in which another process would answer 409 instead.
 
 Refused but signed (the 400s): ``_dead_letter`` keeps the body on ``ingress.dlq.v1`` (key and
-``webhook_id`` header = the webhook-id, value = the body byte for byte, headers ``ingress``,
-``error_code``, ``error_message``, ``failed_at``). ``fleet dlq list|show -g ingress`` shows them;
-once the cause is fixed (a schema that accepts the body), ``fleet dlq replay -g ingress`` runs the
-body through ``parse_body`` and ``translate`` again and produces the event to ``whmcs.billing.v1`` with
-the CloudEvent id this receiver would have used (``workers.dlq.ingress``), audited and resumable; a
-body that still fails is refused there, and nothing is sent for it.
+``webhook_id`` header = the webhook-id, value = the body byte for byte, header ``ingress``, then the
+provenance every dead letter carries, ``events.failure.provenance``: ``error_code`` = the 400's code,
+``error_message`` its reason, ``first_failed_at``/``last_failed_at``, the source coordinates empty).
+``fleet dlq list|show -g ingress`` shows them; once the cause is fixed (a schema that accepts the
+body), ``fleet dlq replay -g ingress`` runs the body through ``parse_body`` and ``translate`` again
+and produces the event to ``whmcs.billing.v1`` with the CloudEvent id this receiver would have used
+(``workers.dlq.ingress``), audited and resumable; a body that still fails is refused there, and
+nothing is sent for it.
 
 Owns: HTTP, signature verification, the dedupe/produce order, metrics and health routes. Must not:
 interpret payloads (``whmcs_webhooks.translate`` does) or read the environment.
@@ -67,20 +69,23 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from adapters.kafka import BatchingProducer, KafkaSecurityError, ProducerPort, durable_producer, start_client
+from adapters.webhook_dedupe import Claim, DedupeStore, RedisDedupeStore
 from events import envelope as ce
+from events import failure as fh
 from events.base import DomainEvent
 from events.errors import DependencyUnavailable
 from events.topics import Topic
 from schemas.whmcs_webhook import WhmcsWebhook, parse_webhook
 from workers.config import ConfigError, Settings
 from workers.crashpoints import crash_point
-from workers.ingress.dedupe import Claim, DedupeStore, RedisDedupeStore
 from workers.ingress.whmcs_webhooks import translate
 from workers.runtime import gc_policy
 
 log = structlog.get_logger(__name__)
 
 PATH = "/webhooks/whmcs"
+#: the ``ingress`` header of this receiver's dead letters (``fleet dlq replay -g ingress`` re-ingests them)
+INGRESS_NAME = b"whmcs-webhooks"
 SOURCE = "/fleet/whmcs-webhooks"
 H_ID, H_TIMESTAMP, H_SIGNATURE = "webhook-id", "webhook-timestamp", "webhook-signature"
 MAX_WEBHOOK_ID = 256
@@ -365,15 +370,10 @@ class WebhookReceiver:
         400 only once it is on the ingress DLQ; if Kafka cannot take it, 503 so the sender retries."""
         if self.producer is None:
             return Rejection(503, "kafka_unavailable", "kafka producer not started yet", RETRY_AFTER_UNAVAILABLE_S)
-        headers = [
-            ("webhook_id", webhook_id.encode("utf-8", "surrogateescape")),
-            ("ingress", b"whmcs-webhooks"),
-            ("error_code", rejection.code.encode()),
-            ("error_message", rejection.reason.encode()[:1000]),
-            ("failed_at", datetime.now(UTC).isoformat().encode()),
-        ]
+        key = webhook_id.encode("utf-8", "surrogateescape")
+        headers = [(fh.WEBHOOK_ID, key), (fh.INGRESS, INGRESS_NAME), *dead_letter_provenance(rejection, time.time())]
         try:
-            await self.producer.publish_raw(self.dlq_topic, headers[0][1], body, headers)
+            await self.producer.publish_raw(self.dlq_topic, key, body, headers)
         except DependencyUnavailable as exc:
             return Rejection(503, "kafka_unavailable", str(exc), RETRY_AFTER_UNAVAILABLE_S)
         return rejection
@@ -392,6 +392,23 @@ class WebhookReceiver:
         if rejection.status == 413:
             response.force_close()  # do not keep reading a body we refused
         return response
+
+
+def dead_letter_provenance(rejection: Rejection, now: float) -> list[tuple[str, bytes]]:
+    """The provenance headers of a refused body (``events.failure.provenance``, as the runtime's
+    dead letters carry): no handler ran (0 attempts), and there is no source partition, offset or
+    consumer group, so those are empty. The code says which refusal it was (the class is always
+    ``Rejection``); a body that fits no model failed ``validate``, anything else ``decode``."""
+    stamp = fh.iso_utc(now)
+    return fh.provenance(
+        error_class=fh.class_of(rejection),
+        error_code=rejection.code,
+        error_message=rejection.reason,
+        stage=fh.Stage.VALIDATE if rejection.code == "invalid_payload" else fh.Stage.DECODE,
+        attempts=0,
+        first_failed_at=stamp,
+        last_failed_at=stamp,
+    )
 
 
 def encode_record(

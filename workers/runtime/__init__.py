@@ -6,14 +6,15 @@
 
 Handlers are ``async def handle(event, msg) -> None``; they raise to fail and the error tree
 (``events.errors``) decides: transient → in-place attempts, then ``<group>.retry.<n>``, then
-``<group>.dlq``; permanent → ``<group>.dlq`` at once. ``idempotent(pool, group, msg)`` makes
-their database effects once per event. See ``docs/dead-letters.md`` for the failure-record contract.
+``<group>.dlq``; permanent → ``<group>.dlq`` at once. A handler claims its event id in the inbox in
+the transaction of its own writes (``adapters.db.claim_event``), so its effects happen once per event.
+See ``docs/dead-letters.md`` for the failure-record contract.
 """
 
 from workers.runtime.breaker import BreakerConfig, CircuitBreaker
 from workers.runtime.consumer import ConsumerPort, build_consumer, consumer_options, partition_counter
 from workers.runtime.health import HealthServer
-from workers.runtime.inbox import InboxTx, idempotent, purge_once
+from workers.runtime.inbox import purge_once
 from workers.runtime.message import Message
 from workers.runtime.offsets import OffsetTracker
 from workers.runtime.policy import Decision, RetryPolicy, Verdict
@@ -28,7 +29,6 @@ __all__ = [
     "Decision",
     "Handler",
     "HealthServer",
-    "InboxTx",
     "Message",
     "OffsetTracker",
     "RetryPolicy",
@@ -38,7 +38,6 @@ __all__ = [
     "Worker",
     "build_consumer",
     "consumer_options",
-    "idempotent",
     "partition_counter",
     "purge_once",
     "serve",

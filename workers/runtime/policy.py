@@ -1,22 +1,19 @@
 """The retry policy of a route: in-place attempts with jittered back-off, then retry tiers, then the DLQ.
 
 Owns the decisions, driven by the error tree (``events.errors.is_retriable``): a transient error
-gets in-place attempts (tenacity ``AsyncRetrying`` with an injected ``sleep`` so unit tests are
-instant and so the worker can pause the partition while it waits), then moves along the retry
-tiers; a permanent error goes to the dead letter at once. Must not produce, commit or touch the
-consumer: the worker acts on the ``Decision``.
+gets in-place attempts, waiting between them the error's own delay or the ``Backoff`` (through an
+injected ``sleep``, so unit tests are instant and the worker pauses the partition or the key while
+it waits), then moves along the retry tiers; a permanent error goes to the dead letter at once.
+Must not produce, commit or touch the consumer: the worker acts on the ``Decision``.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
-from tenacity.asyncio import AsyncRetrying
-from tenacity.stop import stop_base
 
 from events.errors import is_retriable
 
@@ -50,17 +47,26 @@ def retry_after(exc: BaseException) -> float | None:
     return None
 
 
-class _StopOnLongRetryAfter(stop_base):
-    """Stop waiting in place when the error asks for longer than the in-place cap: such a wait
-    belongs on a retry topic (the partition moves on) rather than holding the partition."""
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Jittered exponential back-off: after failed attempt ``n`` (1-based), wait ``initial_s * 2**(n-1)``
+    plus a uniform jitter of up to ``jitter_s``, at most ``max_s``.
 
-    def __init__(self, cap_s: float) -> None:
-        self._cap_s = cap_s
+    The formula of tenacity's ``wait_exponential_jitter`` (Google Cloud's retry strategy), as a value:
+    the runtime needs the delay, not a retry loop around a call it has already made.
+    """
 
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        delay = retry_after(exc) if exc is not None else None
-        return delay is not None and delay > self._cap_s
+    initial_s: float
+    max_s: float
+    jitter_s: float
+
+    def delay_s(self, failed: int, *, uniform: Callable[[float, float], float] = random.uniform) -> float:
+        """The wait after ``failed`` attempts have failed (``uniform`` draws the jitter)."""
+        try:
+            wait = self.initial_s * 2.0 ** (failed - 1) + uniform(0.0, self.jitter_s)
+        except OverflowError:
+            wait = self.max_s
+        return max(0.0, min(wait, self.max_s))
 
 
 class RetryPolicy:
@@ -80,15 +86,19 @@ class RetryPolicy:
         self.backoff_max_s = backoff_max_s
         self.tier_delays_ms = tier_delays_ms
         self.dead_letter = dead_letter
-        self._jitter = wait_exponential_jitter(
-            multiplier=max(backoff_initial_s, 1e-3), max=backoff_max_s, jitter=backoff_initial_s
-        )
+        self.backoff = Backoff(max(backoff_initial_s, 1e-3), backoff_max_s, jitter_s=backoff_initial_s)
 
-    def wait_s(self, retry_state: RetryCallState) -> float:
-        """The error's own delay when it has one, else jittered exponential back-off."""
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        own = retry_after(exc) if exc is not None else None
-        return own if own is not None else float(self._jitter(retry_state))
+    def wait_in_place_s(self, error: BaseException, failed: int) -> float | None:
+        """How long to wait before another attempt in place after ``failed`` attempts, the last one
+        failing with ``error``; None when there is none: the error is permanent, the attempts are
+        spent, or the error asks for longer than ``backoff_max_s`` (such a wait belongs on a retry
+        topic, where the partition moves on, rather than holding it here)."""
+        if failed >= self.attempts or not retriable(error):
+            return None
+        own = retry_after(error)
+        if own is None:
+            return self.backoff.delay_s(failed)
+        return own if own <= self.backoff_max_s else None
 
     async def run_in_place(
         self,
@@ -100,40 +110,25 @@ class RetryPolicy:
     ) -> tuple[BaseException | None, int]:
         """Continue the in-place attempts after the first one failed with ``first_error``.
 
-        ``call(attempt)`` runs attempt number ``attempt`` (1-based). The loop's first attempt ran
-        inline, outside tenacity, because the success path must stay allocation-free; tenacity is
-        handed that outcome as its own attempt 1 so its attempt numbers, stop and wait stay the
-        real ones. Returns ``(None, attempts)`` on success, ``(last_error, attempts)`` otherwise.
-        Cancellation propagates (never a failure).
+        ``call(attempt)`` runs attempt number ``attempt`` (1-based). The first attempt ran inline in
+        the caller, because the success path must stay allocation-free; this loop starts only once
+        it failed. ``on_retry(error, failed_attempt, wait_s)`` is told before each wait. Returns
+        ``(None, attempts)`` on success, ``(last_error, attempts)`` otherwise. Cancellation (and
+        anything else that is not an ``Exception``) propagates, never counted as a failure.
         """
-        made = 0
-
-        async def attempt() -> None:
-            nonlocal made
+        error, made = first_error, 1
+        while (wait := self.wait_in_place_s(error, made)) is not None:
+            if on_retry is not None:
+                on_retry(error, made, wait)
+            await sleep(wait)
             made += 1
-            if made == 1:
-                raise first_error
-            await call(made)
-
-        def before_sleep(state: RetryCallState) -> None:
-            if on_retry is not None and state.outcome is not None and state.next_action is not None:
-                exc = state.outcome.exception()
-                if exc is not None:
-                    on_retry(exc, state.attempt_number, state.next_action.sleep)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts) | _StopOnLongRetryAfter(self.backoff_max_s),
-            wait=self.wait_s,
-            retry=retry_if_exception(retriable),
-            sleep=sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            await retrying(attempt)
-        except Exception as exc:  # the last attempt's error; BaseException (cancellation) propagates
-            return exc, made
-        return None, made
+            try:
+                await call(made)
+            except Exception as exc:
+                error = exc
+            else:
+                return None, made
+        return error, made
 
     def decide(self, error: BaseException, tier: int) -> Decision:
         """Where a record goes after its in-place attempts on tier ``tier`` (0 = source topic) failed."""

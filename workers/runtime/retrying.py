@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from adapters.kafka import ProducerPort
 from events.errors import DependencyUnavailable, is_systemic
-from events.failure import Stage
+from events.failure import Stage, class_of
 from events.topics import retry_topic
 from workers.runtime.breaker import CircuitBreaker
 from workers.runtime.consumer import ConsumerRecord
@@ -30,7 +30,6 @@ from workers.runtime.failure import (
     FailedRecord,
     FailureInfo,
     dead_letter_headers,
-    error_class,
     retry_record_headers,
     target_partition,
 )
@@ -113,20 +112,20 @@ class FailurePath:
                 st.stats.failed += 1
                 decision = self.policy.decide(error, st.tier)
                 if decision.verdict is Verdict.BLOCK:
-                    log.error("record_blocked", error=str(error), error_class=error_class(error), attempts=run.count)
+                    log.error("record_blocked", error=str(error), error_class=class_of(error), attempts=run.count)
                     await hold(BACKOFF, self.policy.backoff_max_s)
-                elif is_systemic(error) and self.breaker.record_failure(error_class(error)):
+                elif is_systemic(error) and self.breaker.record_failure(class_of(error)):
                     # Systemic outage: moving the record would only add work; hold it and retry it
                     # when the breaker lets a trial through (the record stays uncommitted meanwhile).
                     # Record-specific permanent errors (poison messages) never count: a run of them
                     # must reach the dead letter, not hold the good records behind them.
                     trial = False
-                    log.warning("record_held_by_breaker", error_class=error_class(error))
+                    log.warning("record_held_by_breaker", error_class=class_of(error))
                     trial = await self.breaker.admit()
                     if st.stopping:
                         raise Abandon
                 elif decision.verdict is Verdict.DROP:
-                    log.error("record_dropped", error=str(error), error_class=error_class(error), attempts=run.count)
+                    log.error("record_dropped", error=str(error), error_class=class_of(error), attempts=run.count)
                     return
                 else:
                     info = FailureInfo(error, stage_of(error), run.count, first_failed_at, self._clock())
@@ -189,7 +188,7 @@ class FailurePath:
                 "record_moved_to_retry",
                 tier=decision.tier,
                 delay_s=decision.delay_s,
-                error_class=error_class(info.error),
+                error_class=class_of(info.error),
                 attempts=info.attempts,
             )
         else:
@@ -198,7 +197,7 @@ class FailurePath:
                 "record_dead_lettered",
                 dlq=topic,
                 stage=info.stage,
-                error_class=error_class(info.error),
+                error_class=class_of(info.error),
                 error=str(info.error),
                 attempts=info.attempts,
             )
@@ -292,4 +291,4 @@ def stage_of(error: BaseException) -> str:
 
 def _log_retry(stats: TopicStats, error: BaseException, attempt: int, wait_s: float) -> None:
     stats.retried_in_place += 1
-    log.info("record_retrying_in_place", error_class=error_class(error), attempt=attempt, wait_s=round(wait_s, 3))
+    log.info("record_retrying_in_place", error_class=class_of(error), attempt=attempt, wait_s=round(wait_s, 3))

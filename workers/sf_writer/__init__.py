@@ -1,6 +1,7 @@
 """The sf-writer: coalescing, composite batching, per-record outcomes, the API budget governor and the call cap.
 
-Used by ``workers.handlers.sf_writer``; see docs/sf-writer.md. Must not know Kafka or offsets.
+``route`` binds it into the runtime (``bind(deps)``, which ``workers.routes`` imports); the other
+modules must not know Kafka or offsets. See docs/sf-writer.md.
 """
 
 from workers.sf_writer.gate import CallGate

@@ -1,8 +1,8 @@
 """The sf-writer's Prometheus metrics: read from the writer at scrape time, exposed on the worker's /metrics.
 
 Owns the names and the exposition. Like the runtime's own metrics (``workers.runtime.metrics``), the
-writer bumps plain attributes and this collector turns them into families when scraped; register
-it in the worker's ``CollectorRegistry`` (``bind_sf_writer(registry=...)``). Must not decide anything.
+writer bumps plain attributes and this collector turns them into families when scraped; the route's
+handler carries it (``SfWriterHandler.collector``) and the worker registers it. Must not decide anything.
 
     fleet_salesforce_api_usage_used / _limit     Sforce-Limit-Info api-usage as this writer last saw it
     fleet_salesforce_api_low_priority_share      the share of the limit where low priority stops

@@ -1,21 +1,26 @@
-"""Business handlers, one module per flow; each module ends with a ``bind_*`` function the composition root calls.
+"""The fulfillment route: its message handlers, the saga they drive, its dispatch table and ``bind(deps)``.
 
-This module also binds the fulfillment saga (``bind_fulfillment``): its routing table ``HANDLERS``
-on one screen, its steps in plan order, and the ports each step gets. Must not build clients or
-read the environment: the composition root passes ports, the pool and ``Settings`` in.
+Owns what each message does to an order's saga (start, resume, poll, unpark), the steps bound to
+their ports in plan order, and the dispatch table (event class → handler), written once, in
+``bind_fulfillment``. ``workers.routes`` imports ``bind``. Must not build clients or read the
+environment: the composition root passes ports, the pool and ``Settings`` in; nor import
+``workers.routes`` or ``workers.bootstrap`` (they import this module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
+
+import structlog
 
 from adapters.mappings import IdMappingsPort, PgIdMappings
-from adapters.saga_store import PgSagaStore, SagaStore
+from adapters.saga_store import InboxClaim, PgSagaStore, SagaStore
 from events.base import DomainEvent
 from events.billing import PaymentMethodChanged
 from events.salesforce import (
+    ActivationRequest,
     OrderActivationRequested,
     OrderActivationRequestedV1,
     SimActivationRequested,
@@ -23,24 +28,22 @@ from events.salesforce import (
 )
 from events.topics import ConsumerGroup, Topic
 from workers import crashpoints
-from workers.fulfillment.model import Step
-from workers.fulfillment.run import Clock, Publisher, StepFn, StepHook, utcnow
+from workers.fulfillment.model import OrderState, Step
+from workers.fulfillment.run import Clock, Publisher, StepFn, StepHook, Trigger, utcnow
 from workers.fulfillment.saga import Saga
-from workers.fulfillment.wakeup import RetryTopicScheduler
-from workers.handlers.fulfillment import (
+from workers.fulfillment.steps import (
     accept_whmcs_order,
     add_voice_options,
     check_payment_method,
     confirm_sim,
     create_whmcs_order,
-    fulfill_order,
     register_sim,
     resolve_whmcs_client,
-    resume_parked_orders,
     validate_order,
     write_back_to_salesforce,
     write_sim_fields,
 )
+from workers.fulfillment.wakeup import WAKEUP_SOURCE, RetryTopicScheduler
 
 if TYPE_CHECKING:
     import asyncpg
@@ -49,24 +52,55 @@ if TYPE_CHECKING:
     from adapters.kafka import ProducerPort
     from adapters.salesforce.port import SalesforcePort
     from adapters.whmcs.port import WhmcsPort
+    from workers.bootstrap import Deps
     from workers.config import Settings
+    from workers.runtime.message import Message
     from workers.runtime.route import Handler
 
-__all__ = ["FULFILLMENT_SOURCE", "HANDLERS", "FulfillmentDeps", "bind_fulfillment", "build_saga", "fulfillment_route"]
+__all__ = ["FULFILLMENT_SOURCE", "bind", "bind_fulfillment", "build_saga", "fulfill_order", "resume_parked_orders"]
+
+log = structlog.get_logger(__name__)
 
 #: ``ce_source`` of everything the saga publishes
 FULFILLMENT_SOURCE = "fleet/fulfillment"
 
-#: the fulfillment route's dispatch table (unbound; ``bind_fulfillment`` injects the dependencies)
-HANDLERS: Mapping[type[DomainEvent], Any] = {
-    OrderActivationRequested: fulfill_order,
-    SimActivationRequested: fulfill_order,
-    OrderActivationRequestedV1: fulfill_order,  # still on the topic, or replayed from a dead letter
-    SimActivationRequestedV1: fulfill_order,
-    PaymentMethodChanged: resume_parked_orders,
-}
+
+# --- message handlers ----------------------------------------------------------------------------
+async def fulfill_order(event: ActivationRequest, msg: Message, *, saga: Saga) -> None:
+    """Start, resume or poll the order's saga: as far as it can go now."""
+    envelope = msg.envelope
+    wakeup = envelope.source == WAKEUP_SOURCE
+    snapshot = event.snapshot if isinstance(event, OrderActivationRequested | SimActivationRequested) else None
+    trigger = Trigger(
+        event.sf_order_id,
+        reason="wakeup" if wakeup else event.TYPE,
+        sf_account_id=event.sf_account_id,
+        claim=inbox_claim(msg),
+        cause=envelope,
+        wakeup=wakeup,
+        snapshot=None if wakeup else snapshot,
+    )
+    result = await saga.handle(trigger)
+    log.info("fulfillment_handled", sf_order_id=event.sf_order_id, state=result.state, step=result.step)
 
 
+async def resume_parked_orders(event: PaymentMethodChanged, msg: Message, *, saga: Saga, store: SagaStore) -> None:
+    """A pay method of this client changed: its parked orders try the payment gate again.
+
+    No inbox row: a duplicate finds the orders no longer parked (or re-reads the gate), which is
+    the idempotency this fan-out needs."""
+    for sf_order_id in await store.parked_for_client(event.whmcs_client_id):
+        only_parked = frozenset({OrderState.PARKED})
+        await saga.handle(Trigger(sf_order_id, reason=event.TYPE, cause=msg.envelope, only_if=only_parked))
+
+
+def inbox_claim(msg: Message) -> InboxClaim:
+    return InboxClaim(
+        msg.group, msg.event_id, msg.event_type, msg.source_topic, msg.source_partition, msg.source_offset
+    )
+
+
+# --- wiring --------------------------------------------------------------------------------------
 def build_saga(
     *,
     salesforce: SalesforcePort,
@@ -81,7 +115,10 @@ def build_saga(
     hook: StepHook | None = None,
     output_topics: Mapping[Topic, str] | None = None,
 ) -> Saga:
-    """The saga with every step bound to its ports; wake-ups go to ``group``'s retry tiers."""
+    """The saga with every step bound to its ports; wake-ups go to ``group``'s retry tiers.
+
+    The wake-up delays are ``settings.runtime.retry_tier_delays_ms``, the tiers' runtime default: a
+    ``retry_delays_ms`` on the fulfillment ``RouteSpec`` would have to reach the scheduler too."""
     publisher = Publisher(producer, FULFILLMENT_SOURCE, output_topics)
     max_wait_s = float(settings.freebit.confirm_max_wait_s)
     steps: dict[Step, StepFn] = {
@@ -120,7 +157,7 @@ def bind_fulfillment(
     hook: StepHook | None = None,
     output_topics: Mapping[Topic, str] | None = None,
 ) -> dict[type[DomainEvent], Handler]:
-    """The fulfillment route's handlers, for ``Route(group=ConsumerGroup.FULFILLMENT, handlers=...)``.
+    """The fulfillment route's dispatch table, for ``Route(group=ConsumerGroup.FULFILLMENT, handlers=...)``.
 
     ``store`` and ``mappings`` default to their PostgreSQL implementations over ``pool``; ``group``
     must be the route's (wake-ups travel on its retry tiers). ``hook`` is test-only (the kill -9
@@ -148,25 +185,14 @@ def bind_fulfillment(
     return {
         OrderActivationRequested: fulfil,
         SimActivationRequested: fulfil,
-        OrderActivationRequestedV1: fulfil,
+        OrderActivationRequestedV1: fulfil,  # still on the topic, or replayed from a dead letter
         SimActivationRequestedV1: fulfil,
         PaymentMethodChanged: partial(resume_parked_orders, saga=saga, store=store),
     }
 
 
-class FulfillmentDeps(Protocol):
-    """What ``fulfillment_route`` needs of the composition root's ``workers.bootstrap.Deps``."""
-
-    settings: Settings
-    producer: ProducerPort
-    pool: asyncpg.Pool
-    salesforce: SalesforcePort
-    whmcs: WhmcsPort
-    freebit: FreebitPort
-
-
-def fulfillment_route(deps: FulfillmentDeps) -> dict[type[DomainEvent], Handler]:
-    """The ``RouteSpec.bind`` entry point: ``bind="workers.handlers:fulfillment_route"`` in ``workers/routes.py``."""
+def bind(deps: Deps) -> dict[type[DomainEvent], Handler]:
+    """The route's handlers over the composition root's ports and pool (``workers.routes`` imports this)."""
     return bind_fulfillment(
         salesforce=deps.salesforce,
         whmcs=deps.whmcs,

@@ -1,11 +1,11 @@
-"""The fulfillment saga's steps and message handlers (``fleet run fulfillment``).
+"""The fulfillment saga's steps: what each one does against Salesforce, id_mappings, WHMCS and Freebit.
 
-Owns what each step does against Salesforce, id_mappings, WHMCS and Freebit, and why repeating it
-is safe: every step either only reads, sets absolute values, or looks for its own earlier result
-before creating anything. Must not persist state, sleep, or write Salesforce statuses directly: the
-saga (``workers.fulfillment.saga``) records outcomes and publishes ``UpdateSalesforceRecord``
-commands; Salesforce is called here only to read the order, and only when the activation request
-carries no usable snapshot of it (a v1 request, a wake-up, a resume, a snapshot too old).
+Owns each step's effect and why repeating it is safe: every step either only reads, sets absolute
+values, or looks for its own earlier result before creating anything. Must not persist state, sleep,
+or write Salesforce statuses directly: the saga (``workers.fulfillment.saga``) records outcomes and
+publishes ``UpdateSalesforceRecord`` commands; Salesforce is called here only to read the order, and
+only when the activation request carries no usable snapshot of it (a v1 request, a wake-up, a
+resume, a snapshot too old). The message handlers that drive the saga are in ``route``.
 """
 
 from __future__ import annotations
@@ -17,18 +17,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from adapters.freebit.port import DUPLICATE_ACCOUNT, FreebitAccount
-from adapters.saga_store import InboxClaim
-from events.billing import PaymentMethodChanged
 from events.errors import RejectedByUpstream, RetryableError
-from events.salesforce import ActivationRequest, OrderActivationRequested, SimActivationRequested
 from events.topics import Topic
 from workers.fulfillment import writeback
-from workers.fulfillment.model import Done, ErrorCode, Fail, OrderState, Outcome, Park, Skipped, Step, Wait
+from workers.fulfillment.model import Done, ErrorCode, Fail, Outcome, Park, Skipped, Step, Wait
 from workers.fulfillment.plan import SimSpec, build_plan, records_from_snapshot, sim_identity
 from workers.fulfillment.policy import poll_delay, snapshot_usable
-from workers.fulfillment.run import Publisher, Run, Trigger
-from workers.fulfillment.saga import Saga
-from workers.fulfillment.wakeup import WAKEUP_SOURCE
+from workers.fulfillment.run import Publisher, Run
 
 if TYPE_CHECKING:
     from adapters.freebit.port import FreebitPort
@@ -36,7 +31,6 @@ if TYPE_CHECKING:
     from adapters.saga_store import SagaStore
     from adapters.salesforce.port import SalesforcePort
     from adapters.whmcs.port import WhmcsOrder, WhmcsPort
-    from workers.runtime.message import Message
 
 log = structlog.get_logger(__name__)
 
@@ -134,12 +128,17 @@ async def add_voice_options(run: Run, *, freebit: FreebitPort, max_wait_s: float
 
 # --- steps: WHMCS --------------------------------------------------------------------------------
 async def create_whmcs_order(run: Run, *, whmcs: WhmcsPort) -> Outcome:
-    # AddOrder is not idempotent: look for this order's marker first, because a crash between
-    # AddOrder and our commit leaves an order we never recorded. A cancelled one (our compensation)
-    # does not count.
+    # AddOrder is not idempotent: a crash between AddOrder and our commit leaves an order we never
+    # recorded, so a later attempt looks for this order's marker first (a cancelled one, our
+    # compensation, does not count). The first attempt has nothing to find: its attempt was
+    # committed before this call (the saga's rule 2) and no earlier one ever reached AddOrder, so
+    # it skips the search (GetOrders pages through the client's whole order history: 2-4 calls and
+    # a quarter of the fulfillment worker's CPU in a burst, py-spy).
     plan, client_id = run.plan, _client(run)
     marker = f"sfOrderId={plan.sf_order_id}"
-    existing = await _existing_order(whmcs, client_id, marker, plan.sf_whmcs_order_id)
+    existing = None
+    if run.step(Step.WHMCS_CREATE).attempts > 1 or plan.sf_whmcs_order_id is not None:
+        existing = await _existing_order(whmcs, client_id, marker, plan.sf_whmcs_order_id)
     if existing is not None:
         order_id, service_ids, adopted = existing.order_id, existing.service_ids, True
     else:
@@ -192,41 +191,6 @@ async def write_back_to_salesforce(run: Run, *, publisher: Publisher) -> Outcome
     )
     await asyncio.gather(*(publisher.send(Topic.SF_WRITEBACK, u, run.trigger.cause) for u in updates))
     return Done({"commands": len(updates)})
-
-
-# --- message handlers ----------------------------------------------------------------------------
-async def fulfill_order(event: ActivationRequest, msg: Message, *, saga: Saga) -> None:
-    """Start, resume or poll the order's saga: as far as it can go now."""
-    envelope = msg.envelope
-    wakeup = envelope.source == WAKEUP_SOURCE
-    snapshot = event.snapshot if isinstance(event, OrderActivationRequested | SimActivationRequested) else None
-    trigger = Trigger(
-        event.sf_order_id,
-        reason="wakeup" if wakeup else event.TYPE,
-        sf_account_id=event.sf_account_id,
-        claim=inbox_claim(msg),
-        cause=envelope,
-        wakeup=wakeup,
-        snapshot=None if wakeup else snapshot,
-    )
-    result = await saga.handle(trigger)
-    log.info("fulfillment_handled", sf_order_id=event.sf_order_id, state=result.state, step=result.step)
-
-
-async def resume_parked_orders(event: PaymentMethodChanged, msg: Message, *, saga: Saga, store: SagaStore) -> None:
-    """A pay method of this client changed: its parked orders try the payment gate again.
-
-    No inbox row: a duplicate finds the orders no longer parked (or re-reads the gate), which is
-    the idempotency this fan-out needs."""
-    for sf_order_id in await store.parked_for_client(event.whmcs_client_id):
-        only_parked = frozenset({OrderState.PARKED})
-        await saga.handle(Trigger(sf_order_id, reason=event.TYPE, cause=msg.envelope, only_if=only_parked))
-
-
-def inbox_claim(msg: Message) -> InboxClaim:
-    return InboxClaim(
-        msg.group, msg.event_id, msg.event_type, msg.source_topic, msg.source_partition, msg.source_offset
-    )
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The sf-writer's handler: ``UpdateSalesforceRecord`` commands → coalesced sObject Collections writes.
+"""The sf-writer route: ``UpdateSalesforceRecord`` commands → coalesced sObject Collections writes.
 
-Owns the wiring of the writer (``workers.sf_writer``) into the runtime's batch-handler mode and the
-translation of the writer's outcomes into the runtime's (a budget deferral becomes ``Defer``). Must
-not call Salesforce for anything but these writes, nor decide retries: per-record errors are the
-writer's outcomes, and the runtime retries or dead-letters each record on its own.
+Owns the wiring of the writer (this package) into the runtime's batch-handler mode, the translation
+of the writer's outcomes into the runtime's (a budget deferral becomes ``Defer``), the dispatch table
+(in ``bind_sf_writer``) and ``bind(deps)``, which ``workers.routes`` imports. Must not call
+Salesforce for anything but these writes, nor decide retries: per-record errors are the writer's
+outcomes, and the runtime retries or dead-letters each record on its own. Must not import
+``workers.routes`` or ``workers.bootstrap`` (they import this module).
 
 Delivery semantics: at least once. A record is committed only after its write succeeded (or its
 retry / dead-letter copy was acknowledged), so a crash rewrites the same values: field writes are
@@ -97,7 +99,7 @@ def bind_sf_writer(
     return {UpdateSalesforceRecord: SfWriterHandler(window, max_batch=max_batch)}
 
 
-def bind_from_deps(deps: Deps) -> dict[type[DomainEvent], Handler]:
-    """``RouteSpec(bind="workers.handlers.sf_writer:bind_from_deps")``: the writer over the root's
+def bind(deps: Deps) -> dict[type[DomainEvent], Handler]:
+    """The route's handlers (``workers.routes`` imports this): the writer over the root's
     ``HttpSalesforce`` (which tags every write with ``SalesforceSettings.call_options_client``)."""
     return bind_sf_writer(salesforce=deps.salesforce, settings=deps.settings)

@@ -1,41 +1,34 @@
-"""Webhook-id deduplication for the ingress receivers: port, Redis implementation, in-memory fake.
+"""``RedisDedupeStore``: the webhook-id marks in Redis, every claim and completion of one loop turn in one script call.
 
-A webhook id moves through two marks: ``claim`` sets an *in-progress* mark atomically (only one
-request may produce a given id at a time; it expires by itself if its owner dies), ``complete``
-replaces it with a *done* mark that lives longer than the sender's signature tolerance (so a
-replayed, still-valid request is recognised), ``release`` removes the in-progress mark after a
-failed produce so the sender's retry is treated as new.
+Owns the Lua scripts, the batching of marks and the mapping of Redis errors and timeouts onto
+``DependencyUnavailable``. Receives its ``redis.asyncio.Redis`` client from the composition root;
+must not build it, read configuration or decide what a receiver answers.
 
 ``complete`` is queued, not awaited: the done mark is written before any later claim of the same
 store is answered (it rides with that claim). Only two things see the delay, bounded by
 ``COMPLETE_LINGER_S``: another process, which sees "in progress" (409, the sender retries), and a
 crash inside the window, which leaves the in-progress mark to expire (a later replay is produced
 again; the receiver's deterministic CloudEvent ids make that harmless downstream, exactly as for a
-crash between the Kafka ack and the mark). Owns: those marks. Must not: decide what a receiver
-answers, or read configuration.
+crash between the Kafka ack and the mark).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError
 
+from adapters.webhook_dedupe.port import INFLIGHT, Claim, ErrorListener
 from events.errors import DependencyUnavailable
 
-DONE = "done"
 #: ``hiredis.pack_command``, typed as it behaves (its stub declares a one-element tuple)
 _pack = cast(Callable[[tuple[str | int | bytes, ...]], bytes], hiredis.pack_command)
-_INFLIGHT = "inflight:"
 
 # Compare-and-delete: never remove a mark we do not own (ours may have expired and been re-claimed).
 # Only the failure path releases, so this script is not batched.
@@ -48,8 +41,9 @@ return 0
 # the ids to claim. ARGV: the number of completions, the in-progress TTL, the done TTL, then one
 # owner mark per claim. A claim is ``SET key inflight:<owner> NX PX ttl GET``: it sets the mark only
 # if there is none and returns the mark that was there, so "won" and "who holds it" come in one step.
-# Answers one integer per claim: 0 new, 1 done, 2 in progress. Completions run first, so a copy that
-# arrives in the very turn its original completes is answered "duplicate" rather than "in progress".
+# Answers one integer per claim: 0 new, 1 done, 2 in progress ('done' is ``port.DONE``). Completions
+# run first, so a copy that arrives in the very turn its original completes is answered "duplicate"
+# rather than "in progress".
 _MARKS = """
 local completes = tonumber(ARGV[1])
 for i = 1, completes do
@@ -72,39 +66,6 @@ return answers
 MAX_MARKS_PER_CALL = 500
 #: how long a done mark may wait for a claim to ride with before it is sent on its own
 COMPLETE_LINGER_S = 0.05
-
-#: told about a store error that no caller awaited (a queued done mark that could not be written)
-ErrorListener = Callable[[DependencyUnavailable], None]
-
-
-class Claim(Enum):
-    NEW = "new"  # the caller owns the id now: produce, then complete or release
-    DUPLICATE = "done"  # produced before: answer 2xx without producing again
-    IN_PROGRESS = "inflight"  # another request is producing it right now: ask the sender to retry
-
-
-class DedupeStore(Protocol):
-    def claim(self, webhook_id: str, owner: str) -> asyncio.Future[Claim]:
-        """Atomically mark ``webhook_id`` in progress for ``owner`` unless a mark exists. Any
-        ``complete`` called before is applied first. A future, not a coroutine: the caller awaits
-        it directly (one coroutine frame less to resume per webhook). It raises
-        ``DependencyUnavailable`` when the store cannot answer."""
-        ...
-
-    def complete(self, webhook_id: str) -> None:
-        """Queue the replacement of the in-progress mark by the long-lived done mark (idempotent);
-        returns at once. Never raises: a mark that cannot be written goes to the store's error listener
-        (the in-progress mark then expires by itself)."""
-        ...
-
-    async def release(self, webhook_id: str, owner: str) -> None:
-        """Remove the in-progress mark if ``owner`` still holds it (idempotent).
-        Raises ``DependencyUnavailable``."""
-        ...
-
-    async def flush(self) -> None:
-        """Write the queued done marks now (at shutdown, before the client closes). Never raises."""
-        ...
 
 
 class RedisDedupeStore:
@@ -153,7 +114,7 @@ class RedisDedupeStore:
         self._release = redis.register_script(_RELEASE)
 
     def claim(self, webhook_id: str, owner: str) -> asyncio.Future[Claim]:
-        return self._batch.claim(self._prefix + webhook_id, _INFLIGHT + owner)
+        return self._batch.claim(self._prefix + webhook_id, INFLIGHT + owner)
 
     def complete(self, webhook_id: str) -> None:
         self._batch.complete(self._prefix + webhook_id)
@@ -161,7 +122,7 @@ class RedisDedupeStore:
     async def release(self, webhook_id: str, owner: str) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._release(keys=[self._prefix + webhook_id], args=[_INFLIGHT + owner])
+                await self._release(keys=[self._prefix + webhook_id], args=[INFLIGHT + owner])
         except (RedisError, OSError) as exc:  # OSError: TimeoutError too
             raise _unavailable("release", exc) from exc
 
@@ -306,63 +267,3 @@ def _ignore(_exc: DependencyUnavailable) -> None:
 
 def _unavailable(what: str, exc: BaseException) -> DependencyUnavailable:
     return DependencyUnavailable(f"webhook dedupe {what} failed: {exc!r}", upstream="redis")
-
-
-@dataclass
-class FakeDedupeStore:
-    """In-memory ``DedupeStore`` with the same semantics and an injectable clock; marks apply at once.
-
-    ``down = True`` makes ``claim`` and ``release`` raise ``DependencyUnavailable``, as Redis being
-    away would, and ``complete`` report it to ``on_error``.
-    """
-
-    inflight_ttl_s: float = 30.0
-    done_ttl_s: float = 86_400.0
-    clock: Callable[[], float] = time.monotonic
-    down: bool = False
-    on_error: ErrorListener | None = None
-    marks: dict[str, tuple[str, float]] = field(default_factory=dict)
-
-    def _get(self, webhook_id: str) -> str | None:
-        mark = self.marks.get(webhook_id)
-        if mark is None or mark[1] <= self.clock():
-            self.marks.pop(webhook_id, None)
-            return None
-        return mark[0]
-
-    def _check(self) -> None:
-        if self.down:
-            raise DependencyUnavailable("fake dedupe store is down", upstream="redis")
-
-    def claim(self, webhook_id: str, owner: str) -> asyncio.Future[Claim]:
-        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
-        try:
-            future.set_result(self._claim(webhook_id, owner))
-        except DependencyUnavailable as exc:
-            future.set_exception(exc)
-        return future
-
-    def _claim(self, webhook_id: str, owner: str) -> Claim:
-        self._check()
-        value = self._get(webhook_id)
-        if value is None:
-            self.marks[webhook_id] = (_INFLIGHT + owner, self.clock() + self.inflight_ttl_s)
-            return Claim.NEW
-        return Claim.DUPLICATE if value == DONE else Claim.IN_PROGRESS
-
-    def complete(self, webhook_id: str) -> None:
-        try:
-            self._check()
-        except DependencyUnavailable as exc:
-            if self.on_error is not None:
-                self.on_error(exc)
-            return
-        self.marks[webhook_id] = (DONE, self.clock() + self.done_ttl_s)
-
-    async def release(self, webhook_id: str, owner: str) -> None:
-        self._check()
-        if self._get(webhook_id) == _INFLIGHT + owner:
-            del self.marks[webhook_id]
-
-    async def flush(self) -> None:
-        pass
