@@ -245,7 +245,6 @@ async def run_runtime(
     handler awaits that long first (the key-concurrency row), else it does nothing."""
     from events.salesforce import OrderChanged
     from workers.runtime import Message, Route, serve
-    from workers.runtime.worker import Tuning
 
     stop = asyncio.Event()
     clock = Clock(n, warm_up)
@@ -260,7 +259,7 @@ async def run_runtime(
             stop.set()
 
     route = Route("bench", group, (topic,), handlers={OrderChanged: sleeper if sleep_s > 0 else noop})
-    await serve(route, settings, stop, tuning=Tuning())
+    await serve(route, settings, stop)
     stopped = time.perf_counter()
     assert clock.last is not None
     in_flight = settings.runtime.max_in_flight_per_partition
@@ -268,8 +267,8 @@ async def run_runtime(
         shutdown_s=round(stopped - clock.last, 3),
         max_in_flight_per_partition=in_flight,
         handler=f"await asyncio.sleep({sleep_s})" if sleep_s > 0 else "no-op",
-        config="workers.runtime.serve, production Tuning(), no Postgres pool (no inbox), dead letters on, "
-        f"max_in_flight_per_partition={in_flight}",
+        config="workers.runtime.serve, default RuntimeSettings loop knobs, no Postgres pool (no inbox), "
+        f"dead letters on, max_in_flight_per_partition={in_flight}",
     )
 
 

@@ -184,7 +184,27 @@ class FreebitSettings(_Section):
     http: HttpSettings = HttpSettings()
 
 
+class BreakerSettings(_Section):
+    """The batch circuit breaker (``workers.runtime.breaker``): when most recent outcomes fail with one
+    error class, the worker pauses every partition and holds the failing records instead of moving them."""
+
+    window: int = Field(20, ge=1)  # outcomes remembered
+    min_outcomes: int = Field(10, ge=1)  # never judge on fewer
+    threshold: float = Field(0.8, gt=0, le=1)  # share of the window failing with one error class
+    cooldown_s: float = Field(30.0, gt=0)  # open → half-open
+    max_cooldown_s: float = Field(300.0, gt=0)  # doubling cap after failed trials
+    enabled: bool = True
+
+
 class RuntimeSettings(_Section):
+    """The consume runtime (``workers.runtime``): delivery policy, concurrency, and the loop's knobs.
+
+    One object for what an operator sets and for the engineering constants behind it (the loop knobs
+    below ``max_replays``, each with the measurement that chose it): tests and benchmarks shrink those
+    with ``RuntimeSettings(commit_interval_s=0.01)`` or ``model_copy(update=...)``. The worker reads
+    every value once, when it is built: nothing here is read per record.
+    """
+
     in_place_attempts: int = Field(3, ge=1)
     backoff_initial_s: float = Field(0.2, ge=0)
     backoff_max_s: float = Field(5.0, ge=0)
@@ -204,6 +224,33 @@ class RuntimeSettings(_Section):
     health_port: int = Field(0, ge=0, le=65535)  # 0 = pick a free port
     inbox_retention_days: int = Field(14, ge=1)
     max_replays: int = Field(3, ge=1)
+    # --- the loop's knobs: production defaults that tests and benchmarks shrink ---
+    # how long one getmany waits for data (also the stop-signal latency)
+    poll_timeout_ms: int = Field(100, ge=1)
+    # Shallow on purpose: a record is decoded and handled soon after aiokafka built it, while it is
+    # still in the CPU cache (with 4,000 buffered per partition and 10,000 per getmany the same loop
+    # cost ~0.7 us more per record in bench/runtime_bench.py). Deep buffers used to hide a fetch
+    # stall (polling.FetchPacing, which fixes it instead). A partition's buffer may overshoot
+    # buffer_per_partition by up to max_records.
+    max_records: int = Field(500, ge=1)
+    buffer_per_partition: int = Field(500, ge=1)  # pause fetching above this, resume below half
+    commit_interval_s: float = Field(0.2, gt=0)  # commit done offsets at least this often...
+    commit_every: int = Field(5_000, ge=1)  # ...or after this many done records
+    # wait for in-flight records of revoked partitions; unset: half the consumer's rebalance timeout
+    # under serve() (workers.runtime.consumer.revoke_grace_s), else min(shutdown_grace_s, 5)
+    revoke_grace_s: float | None = Field(None, gt=0)
+    liveness_timeout_s: float = Field(60.0, gt=0)  # /livez fails when the loop or a handler is stuck longer
+    purge_interval_s: float = Field(3_600.0, gt=0)  # inbox purge period (with a pool)
+    purge_batch: int = Field(1_000, ge=1)
+    purge_max_batches: int = Field(100, ge=1)
+    yield_every: int = Field(64, ge=1)  # records a partition task handles before letting other tasks run
+    freeze_gc: bool = True  # see workers.runtime.gc_policy.freeze
+    # Young collections every this many seconds from the poll loop instead of CPython's allocation
+    # counter (unset: the counter), see workers.runtime.gc_policy
+    gc_interval_s: float | None = Field(0.1, gt=0)
+    # gen-1 (or timed) collections between two full ones (CPython's threshold2, default 10), see gc_policy
+    gc_full_every: int = Field(100, ge=1)
+    breaker: BreakerSettings = BreakerSettings()
 
 
 class LogSettings(_Section):
@@ -270,6 +317,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=NESTED,
+        # deploy/env.example lists every variable, optional ones blank (``FLEET_X=``): a blank value
+        # means "not set" (the default), not an empty string that fails an int or a path
+        env_ignore_empty=True,
         extra="ignore",
         frozen=True,
     )

@@ -17,7 +17,7 @@ from adapters.db import claim_event, create_pool
 from events.salesforce import OrderChanged
 from workers.config import KafkaSettings, RuntimeSettings, Settings
 from workers.logs import configure_logging
-from workers.runtime import Message, Route, Tuning, Worker, serve, stop_on_signals
+from workers.runtime import Message, Route, Worker, serve, stop_on_signals
 
 TEST_CONSUMER = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 500, "rebalance_timeout_ms": 5_000}
 
@@ -53,7 +53,9 @@ async def main(argv: list[str]) -> None:
 
     settings = Settings(
         kafka=KafkaSettings(bootstrap=bootstrap, session_timeout_ms=6_000, heartbeat_interval_ms=500),
-        runtime=RuntimeSettings(shutdown_grace_s=5, health_port=0),
+        runtime=RuntimeSettings(
+            shutdown_grace_s=5, health_port=0, commit_interval_s=commit_interval_s, commit_every=10**9
+        ),
     )
     route = Route(name, group, (topic,), {OrderChanged: handle}, retry_delays_ms=(1_000, 2_000))
     stop = asyncio.Event()
@@ -69,7 +71,6 @@ async def main(argv: list[str]) -> None:
             stop,
             pool=pool,
             consumer_overrides=TEST_CONSUMER,
-            tuning=Tuning(commit_interval_s=commit_interval_s, commit_every=10**9),
             on_ready=ready,
         )
     finally:

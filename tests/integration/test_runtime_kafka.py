@@ -40,7 +40,7 @@ from events.topics import DAY_MS, TopicSpec, dlq_topic, group_topics, retry_topi
 from tests.stack_fixtures import stack_env  # noqa: F401
 from tests.support import eventually
 from workers.config import KafkaSettings, RuntimeSettings
-from workers.runtime import Message, Route, Tuning, Worker, build_consumer, partition_counter
+from workers.runtime import Message, Route, Worker, build_consumer, partition_counter
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +152,6 @@ async def running(
     route: Route,
     *,
     settings: RuntimeSettings | None = None,
-    tuning: Tuning | None = None,
 ) -> AsyncIterator[Worker]:
     """A Worker on the real broker, in this process, until the block ends (then SIGTERM semantics)."""
     consumer = build_consumer(KafkaSettings(bootstrap=env["bootstrap"]), route.group, **TEST_CONSUMER)
@@ -160,10 +159,9 @@ async def running(
         route,
         consumer,
         AiokafkaProducer(env["producer"]),
-        settings or RuntimeSettings(backoff_initial_s=0.05, backoff_max_s=0.5),
+        settings or RuntimeSettings(backoff_initial_s=0.05, backoff_max_s=0.5, revoke_grace_s=2.5),
         pool=env["pool"],
         partitions_for=partition_counter(env["producer"]),
-        tuning=tuning or Tuning(revoke_grace_s=2.5),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))

@@ -16,8 +16,8 @@ from events.salesforce import AccountEligibilityChanged
 from events.topics import dlq_topic, retry_topic
 from workers import cache_keys as ck
 from workers.cache_invalidation.route import bind_cache_invalidator
-from workers.config import RuntimeSettings
-from workers.runtime import BreakerConfig, Route, Tuning, Worker
+from workers.config import BreakerSettings, RuntimeSettings
+from workers.runtime import Route, Worker
 from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 
 GROUP = "t.cache"
@@ -43,10 +43,9 @@ class Harness(WorkerRun):
             route,
             self.consumer,
             self.producer,
-            RuntimeSettings(),
+            RuntimeSettings(poll_timeout_ms=2, commit_interval_s=0.005, breaker=BreakerSettings(enabled=False)),
             sleep=self.clock.sleep,
             clock=self.clock,
-            tuning=Tuning(poll_timeout_ms=2, commit_interval_s=0.005, breaker=BreakerConfig(enabled=False)),
         )
 
     def invoice(self, n: int, *, partition: int) -> set[str]:

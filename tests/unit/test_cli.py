@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from workers.cli import main
@@ -37,3 +38,14 @@ def test_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
 def test_env_example_is_current() -> None:
     """deploy/env.example documents every variable; regenerate with `fleet config env-example`."""
     assert (ROOT / "deploy" / "env.example").read_text() == env_example()
+
+
+def test_env_example_loads_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copied unedited, the example is a valid configuration: its blank lines (``FLEET_X=``) mean
+    "not set", as its comments say, not an empty value that fails an int or a path."""
+    from workers.config import load_settings
+
+    for name in [n for n in os.environ if n.startswith("FLEET_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(env_file=ROOT / "deploy" / "env.example")
+    assert settings.runtime.max_in_flight_per_partition is None and settings.runtime.revoke_grace_s is None

@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 from events.errors import UpstreamUnavailable
 from events.salesforce import OrderChanged
 from events.topics import dlq_topic, retry_topic
-from workers.config import RuntimeSettings
-from workers.runtime import BreakerConfig, Message, Route, Tuning, Worker
+from workers.config import BreakerSettings, RuntimeSettings
+from workers.runtime import Message, Route, Worker
 from workers.runtime.consumer import TopicPartition
 from workers.runtime.done_ahead import decode as decode_done_ahead
 from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
@@ -85,7 +85,6 @@ class Run(WorkerRun):
         route_limit: int | None = None,
         attempts: int = 3,
         settings: dict[str, Any] | None = None,
-        tuning: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.clock = FakeClock()
@@ -101,7 +100,15 @@ class Run(WorkerRun):
             max_in_flight_per_partition=route_limit,
         )
         # explicit (unset: the route's value, else 1); None leaves it unset
-        runtime = {**({"max_in_flight_per_partition": limit} if limit is not None else {}), **(settings or {})}
+        runtime = {
+            "poll_timeout_ms": 2,
+            "commit_interval_s": 0.005,
+            "breaker": BreakerSettings(enabled=False),
+            "freeze_gc": False,  # no process-wide GC switches from a hundred short-lived workers
+            "gc_interval_s": None,
+            **({"max_in_flight_per_partition": limit} if limit is not None else {}),
+            **(settings or {}),
+        }
         self.worker = Worker(
             route,
             self.consumer,
@@ -109,16 +116,6 @@ class Run(WorkerRun):
             RuntimeSettings(**runtime),
             sleep=self.clock.sleep,
             clock=self.clock,
-            tuning=Tuning(
-                **{
-                    "poll_timeout_ms": 2,
-                    "commit_interval_s": 0.005,
-                    "breaker": BreakerConfig(enabled=False),
-                    "freeze_gc": False,  # no process-wide GC switches from a hundred short-lived workers
-                    "gc_interval_s": None,
-                    **(tuning or {}),
-                }
-            ),
         )
 
     def send(self, key: int | str, *, partition: int = 0) -> None:
@@ -352,8 +349,8 @@ async def _play(sc: Scenario) -> tuple[Observer, Run]:
         partitions=sc.partitions,
         limit=sc.limit,
         attempts=sc.attempts,
-        settings={"max_in_flight": sc.worker_limit},
-        tuning={
+        settings={
+            "max_in_flight": sc.worker_limit,
             "max_records": sc.max_records,
             "buffer_per_partition": sc.buffer,
             "yield_every": sc.yield_every,

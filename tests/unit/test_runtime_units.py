@@ -9,7 +9,8 @@ import pytest
 
 from events import failure as fh
 from events.errors import InvalidPayload, RateLimited, RejectedByUpstream, UpstreamUnavailable
-from workers.runtime.breaker import BreakerConfig, CircuitBreaker, State
+from workers.config import BreakerSettings
+from workers.runtime.breaker import CircuitBreaker, State
 from workers.runtime.failure import (
     FailedRecord,
     FailureInfo,
@@ -314,7 +315,7 @@ def test_stack_trace_header_names_the_failing_frame() -> None:
 
 
 def breaker(clock: FakeClock, **kw: object) -> CircuitBreaker:
-    return CircuitBreaker(BreakerConfig(**kw), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    return CircuitBreaker(BreakerSettings(**kw), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
 
 
 def test_breaker_needs_a_full_window_before_it_judges() -> None:

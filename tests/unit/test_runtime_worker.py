@@ -16,8 +16,8 @@ from events import failure as fh
 from events.errors import InvalidPayload, MappingMissing, RateLimited, RejectedByUpstream, UpstreamUnavailable
 from events.salesforce import CatalogChanged, OrderChanged
 from events.topics import dlq_topic, retry_topic
-from workers.config import RuntimeSettings
-from workers.runtime import BreakerConfig, HealthServer, Message, Route, Tuning, Worker, done_ahead
+from workers.config import BreakerSettings, RuntimeSettings
+from workers.runtime import HealthServer, Message, Route, Worker, done_ahead
 from workers.runtime.consumer import TopicPartition
 from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 
@@ -66,9 +66,8 @@ class Harness(WorkerRun):
         attempts: int = 3,
         delays: tuple[int, ...] = (5_000, 30_000),
         dead_letter: bool = True,
-        breaker: BreakerConfig | None = None,
+        breaker: BreakerSettings | None = None,
         settings: dict[str, Any] | None = None,
-        tuning: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.clock = FakeClock()
@@ -89,17 +88,16 @@ class Harness(WorkerRun):
             self.route,
             self.consumer,
             self.producer,
-            RuntimeSettings(**(settings or {})),
-            sleep=self.clock.sleep,
-            clock=self.clock,
-            tuning=Tuning(
+            RuntimeSettings(
                 **{
                     "poll_timeout_ms": 2,
                     "commit_interval_s": 0.005,
-                    "breaker": breaker or BreakerConfig(enabled=False),
-                    **(tuning or {}),
+                    "breaker": breaker or BreakerSettings(enabled=False),
+                    **(settings or {}),
                 }
             ),
+            sleep=self.clock.sleep,
+            clock=self.clock,
         )
 
     def send(self, i: int | str, *, partition: int = 0, topic: str = SRC, **envelope: Any) -> None:
@@ -182,12 +180,47 @@ async def test_a_slow_commit_does_not_stop_the_loop_and_shutdown_waits_for_it_be
     assert committed == sorted(committed)
 
 
+READS: list[str] = []
+
+
+class CountedSettings(RuntimeSettings):
+    """``RuntimeSettings`` that counts reads of its fields (a pydantic attribute costs ~3x a plain one)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in RuntimeSettings.model_fields:
+            READS.append(name)
+        return super().__getattribute__(name)
+
+
+class CountedBreaker(BreakerSettings):
+    def __getattribute__(self, name: str) -> Any:
+        if name in BreakerSettings.model_fields:
+            READS.append(f"breaker.{name}")
+        return super().__getattribute__(name)
+
+
+async def test_the_worker_reads_its_settings_when_built_not_per_record() -> None:
+    """Every knob is copied out of ``RuntimeSettings`` when the worker is built (and a few once per run):
+    handling records, failing ones included, reads none of them."""
+    h = Harness(attempts=1, delays=())
+    h.handler.fail["8013"] = [UpstreamUnavailable("whmcs")]  # a failure path too: the breaker counts it
+    # two records per fetch: the poll loop turns 150 times
+    settings = CountedSettings(poll_timeout_ms=2, commit_interval_s=0.005, max_records=2, breaker=CountedBreaker())
+    h.worker = Worker(h.route, h.consumer, h.producer, settings, sleep=h.clock.sleep, clock=h.clock)
+    READS.clear()
+    for i in range(300):
+        h.send(i)
+    await h.until(lambda: h.committed() == 300)
+    await h.finish()
+    assert len(READS) < 10, READS  # the run's own: the GC policy, the shutdown grace
+
+
 async def test_the_collector_is_back_on_even_when_leaving_the_group_fails() -> None:
     """Timed collections switch CPython's automatic GC off while a worker runs; a failing shutdown
     must not leave the process without it."""
     import gc
 
-    h = Harness(tuning={"gc_interval_s": 0.1})
+    h = Harness(settings={"gc_interval_s": 0.1})
 
     async def failing_stop() -> None:
         raise RuntimeError("broker gone")
@@ -224,7 +257,7 @@ async def test_the_handler_sees_the_message_and_the_log_context_is_bound() -> No
         assert msg.envelope.correlationid == "corr-1"
 
     h.route = Route("test", GROUP, (SRC,), {OrderChanged: handler})
-    h.worker = Worker(h.route, h.consumer, h.producer, RuntimeSettings(), tuning=Tuning(poll_timeout_ms=2))
+    h.worker = Worker(h.route, h.consumer, h.producer, RuntimeSettings(poll_timeout_ms=2))
     h.send(7, correlationid="corr-1")
     await h.until(lambda: bool(seen))
     await h.finish()
@@ -246,7 +279,7 @@ async def test_a_failed_commit_is_retried_on_the_next_tick() -> None:
 
 async def test_a_full_buffer_stops_draining_the_partition_until_it_has_room() -> None:
     """Back-pressure: the loop leaves a full partition's records in the consumer instead of pausing."""
-    h = Harness(tuning={"buffer_per_partition": 4, "max_records": 10}, settings={"max_in_flight_per_partition": 2})
+    h = Harness(settings={"buffer_per_partition": 4, "max_records": 10, "max_in_flight_per_partition": 2})
     h.handler.gate = asyncio.Event()
     for i in range(30):
         h.send(i)
@@ -262,7 +295,7 @@ async def test_a_full_buffer_stops_draining_the_partition_until_it_has_room() ->
 
 
 async def test_when_every_partition_is_full_they_are_paused_and_polling_goes_on() -> None:
-    h = Harness(delays=(), tuning={"buffer_per_partition": 4, "max_records": 10})
+    h = Harness(delays=(), settings={"buffer_per_partition": 4, "max_records": 10})
     h.handler.gate = asyncio.Event()
     for i in range(30):
         h.send(i)
@@ -532,7 +565,7 @@ async def test_revocation_leaves_queued_records_and_the_next_owner_skips_what_wa
     """Revocation lets the busy key finish its record, not the ones queued behind it: the commit
     stops at the first record left, and carries the later record of another key that is done, so
     the next owner handles the one left and skips the one done."""
-    h = Harness(partitions=2, tuning={"commit_interval_s": 3600.0}, settings={"max_in_flight_per_partition": 8})
+    h = Harness(partitions=2, settings={"commit_interval_s": 3600.0, "max_in_flight_per_partition": 8})
     h.handler.gate = asyncio.Event()
     h.send("a", partition=0)
     h.send("a", partition=0)  # queued behind the first
@@ -555,7 +588,7 @@ async def test_revocation_leaves_queued_records_and_the_next_owner_skips_what_wa
 
 
 async def test_revocation_waits_for_in_flight_work_and_commits_before_giving_partitions_up() -> None:
-    h = Harness(partitions=2, tuning={"commit_interval_s": 3600.0}, settings={"max_in_flight_per_partition": 1})
+    h = Harness(partitions=2, settings={"commit_interval_s": 3600.0, "max_in_flight_per_partition": 1})
     h.handler.gate = asyncio.Event()
     for i in range(3):
         h.send(f"a{i}", partition=0)  # three keys, one slot: the later two wait in the buffer
@@ -571,7 +604,7 @@ async def test_revocation_waits_for_in_flight_work_and_commits_before_giving_par
 
 
 async def test_reassigned_partition_restarts_from_the_committed_offset() -> None:
-    h = Harness(tuning={"commit_interval_s": 3600.0})
+    h = Harness(settings={"commit_interval_s": 3600.0})
     h.send(0)
     await h.until(lambda: len(h.handler.seen) == 1)
     await h.consumer.rebalance([TopicPartition(SRC, 0)])
@@ -586,7 +619,7 @@ async def test_reassigned_partition_restarts_from_the_committed_offset() -> None
 
 
 async def test_a_systemic_outage_trips_the_breaker_instead_of_moving_records() -> None:
-    h = Harness(attempts=1, delays=(), breaker=BreakerConfig(window=10, min_outcomes=5, cooldown_s=60))
+    h = Harness(attempts=1, delays=(), breaker=BreakerSettings(window=10, min_outcomes=5, cooldown_s=60))
     for i in range(8):
         if i < 5:  # the outage ends after the fifth record's first attempt
             h.handler.fail[f"801{i}"] = [UpstreamUnavailable("whmcs down")]
@@ -607,7 +640,7 @@ async def test_a_systemic_outage_trips_the_breaker_instead_of_moving_records() -
 
 async def test_a_run_of_poison_messages_is_dead_lettered_without_tripping_the_breaker() -> None:
     """Record-specific permanent errors say nothing about the environment: no hold, no pause."""
-    h = Harness(attempts=1, delays=(), breaker=BreakerConfig(window=10, min_outcomes=5, cooldown_s=60))
+    h = Harness(attempts=1, delays=(), breaker=BreakerSettings(window=10, min_outcomes=5, cooldown_s=60))
     for i in range(8):
         h.handler.fail[f"801{i}"] = [RejectedByUpstream("ENTITY_IS_DELETED")]
         h.send(i)
@@ -618,7 +651,7 @@ async def test_a_run_of_poison_messages_is_dead_lettered_without_tripping_the_br
 
 
 async def test_an_open_breaker_pauses_every_partition() -> None:
-    h = Harness(attempts=1, partitions=2, breaker=BreakerConfig(window=4, min_outcomes=1, cooldown_s=60))
+    h = Harness(attempts=1, partitions=2, breaker=BreakerSettings(window=4, min_outcomes=1, cooldown_s=60))
     hold = asyncio.Event()
 
     async def held_sleep(seconds: float) -> None:
@@ -672,7 +705,7 @@ async def test_health_endpoints_and_metrics() -> None:
 
 
 async def test_liveness_fails_with_a_reason_when_a_handler_is_stuck() -> None:
-    h = Harness(tuning={"liveness_timeout_s": 0.02})
+    h = Harness(settings={"liveness_timeout_s": 0.02})
     h.handler.gate = asyncio.Event()
     h.send(0)
     await h.until(lambda: len(h.handler.seen) == 1)
@@ -702,7 +735,7 @@ async def test_inbox_purge_runs_on_schedule_when_a_pool_is_given() -> None:
 
 
 async def test_lag_counts_what_is_not_done_and_what_is_not_fetched() -> None:
-    h = Harness(tuning={"buffer_per_partition": 2, "max_records": 2}, settings={"max_in_flight_per_partition": 1})
+    h = Harness(settings={"buffer_per_partition": 2, "max_records": 2, "max_in_flight_per_partition": 1})
     h.handler.gate = asyncio.Event()
     for i in range(6):
         h.send(i)
@@ -718,7 +751,7 @@ async def test_lag_counts_what_is_not_done_and_what_is_not_fetched() -> None:
 
 async def test_a_half_open_trial_cancelled_by_shutdown_hands_its_permit_on() -> None:
     """Otherwise every partition would wait for a trial outcome that never comes."""
-    h = Harness(breaker=BreakerConfig(window=4, min_outcomes=1, cooldown_s=5), settings={"shutdown_grace_s": 0.05})
+    h = Harness(breaker=BreakerSettings(window=4, min_outcomes=1, cooldown_s=5), settings={"shutdown_grace_s": 0.05})
     for _ in range(4):
         h.worker.breaker.record_failure("events.errors.UpstreamUnavailable")  # an outage seen elsewhere
     h.handler.gate = asyncio.Event()  # the trial record hangs
@@ -751,7 +784,7 @@ async def test_a_handler_log_line_carries_the_record_context_and_explicit_keys_w
             structlog.get_logger("handler").info("handled", partition="explicit")
 
     h.route = Route("test", GROUP, (SRC,), {OrderChanged: handler})
-    h.worker = Worker(h.route, h.consumer, h.producer, RuntimeSettings(), tuning=Tuning(poll_timeout_ms=2))
+    h.worker = Worker(h.route, h.consumer, h.producer, RuntimeSettings(poll_timeout_ms=2))
     h.send(1, correlationid="corr-1")
     h.send(2)
     await h.until(lambda: h.committed() == 2)
@@ -793,7 +826,7 @@ async def test_a_full_buffer_shortens_the_poll_so_the_partition_never_runs_dry()
     """A partition over its buffer limit is not polled; the poll of the others (here the idle retry
     tiers) must not then wait the whole poll timeout, or the partition's task works through its buffer
     and idles until that poll returns, while more of its records wait in the consumer."""
-    h = Harness(tuning={"buffer_per_partition": 2, "poll_timeout_ms": 2_000, "max_records": 5})
+    h = Harness(settings={"buffer_per_partition": 2, "poll_timeout_ms": 2_000, "max_records": 5})
     for i in range(20):
         h.send(i)
     # four fetches of five records, each filling the buffer: without the short poll, 2 s per fetch

@@ -21,8 +21,8 @@ from events.fulfillment import UpdateSalesforceRecord
 from events.salesforce import CatalogChanged
 from events.topics import dlq_topic, retry_topic
 from sandbox import demo_data
-from workers.config import RuntimeSettings, Settings
-from workers.runtime import BreakerConfig, Message, Route, Tuning, Worker
+from workers.config import BreakerSettings, RuntimeSettings, Settings
+from workers.runtime import Message, Route, Worker
 from workers.runtime.batch import BatchHandler, Defer, Outcome
 from workers.runtime.testing import FakeClock, FakeConsumer, LoopbackProducer, WorkerRun
 
@@ -59,7 +59,7 @@ class Scripted:
 class Harness(WorkerRun):
     source_topic = SRC
 
-    def __init__(self, handler: Any, *, partitions: int = 1, breaker: BreakerConfig | None = None) -> None:
+    def __init__(self, handler: Any, *, partitions: int = 1, breaker: BreakerSettings | None = None) -> None:
         super().__init__()
         self.clock = FakeClock()
         counts = {SRC: partitions, RETRY1: partitions, RETRY2: partitions, DLQ: partitions}
@@ -70,10 +70,11 @@ class Harness(WorkerRun):
             route,
             self.consumer,
             self.producer,
-            RuntimeSettings(),
+            RuntimeSettings(
+                poll_timeout_ms=2, commit_interval_s=0.005, breaker=breaker or BreakerSettings(enabled=False)
+            ),
             sleep=self.clock.sleep,
             clock=self.clock,
-            tuning=Tuning(poll_timeout_ms=2, commit_interval_s=0.005, breaker=breaker or BreakerConfig(enabled=False)),
         )
 
     def send(self, n: int, *, partition: int = 0, **fields: Any) -> None:
@@ -129,7 +130,7 @@ async def test_a_deferred_record_moves_on_at_once_and_never_trips_the_breaker() 
     deferral = Defer(RateLimited("budget", code="API_BUDGET_RESERVED", retry_after=6.0))
     for n in range(1, 31):
         fn.script[n] = [deferral] * 3
-    h = Harness(BatchHandler(fn), breaker=BreakerConfig(enabled=True, window=10, min_outcomes=5))
+    h = Harness(BatchHandler(fn), breaker=BreakerSettings(enabled=True, window=10, min_outcomes=5))
     for n in range(1, 31):
         h.send(n)
     h.send(99)

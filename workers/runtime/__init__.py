@@ -11,7 +11,7 @@ the transaction of its own writes (``adapters.db.claim_event``), so its effects 
 See ``docs/dead-letters.md`` for the failure-record contract.
 """
 
-from workers.runtime.breaker import BreakerConfig, CircuitBreaker
+from workers.runtime.breaker import CircuitBreaker
 from workers.runtime.consumer import ConsumerPort, build_consumer, consumer_options, partition_counter
 from workers.runtime.health import HealthServer
 from workers.runtime.inbox import purge_once
@@ -20,10 +20,9 @@ from workers.runtime.offsets import OffsetTracker
 from workers.runtime.policy import Decision, RetryPolicy, Verdict
 from workers.runtime.route import Handler, Route
 from workers.runtime.serve import serve, stop_on_signals
-from workers.runtime.worker import Tuning, Worker
+from workers.runtime.worker import Worker
 
 __all__ = [
-    "BreakerConfig",
     "CircuitBreaker",
     "ConsumerPort",
     "Decision",
@@ -33,7 +32,6 @@ __all__ = [
     "OffsetTracker",
     "RetryPolicy",
     "Route",
-    "Tuning",
     "Verdict",
     "Worker",
     "build_consumer",

@@ -78,13 +78,13 @@ def consumer_options(kafka: KafkaSettings, group: str, **overrides: Any) -> dict
         "max_poll_interval_ms": kafka.max_poll_interval_ms,
         "rebalance_timeout_ms": kafka.session_timeout_ms,
         "request_timeout_ms": max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5_000),
-        # Only a fallback: the worker passes its own ``max_records`` (``Tuning.max_records``) to every
-        # ``getmany``, which overrides this.
+        # Only a fallback: the worker passes its own ``max_records`` (``RuntimeSettings.max_records``)
+        # to every ``getmany``, which overrides this.
         "max_poll_records": 1_000,
         # Fewer, larger fetches: 4 MiB per partition (default 1 MiB) cut the CPU per record in
         # bench/runtime_bench.py at 500-byte records. Memory: at most one undrained fetch per
         # partition, a response capped by ``fetch_max_bytes`` (50 MiB default), plus the worker's
-        # buffers (``Tuning.buffer_per_partition`` + ``Tuning.max_records`` records per partition).
+        # buffers (``RuntimeSettings.buffer_per_partition`` + ``max_records`` records per partition).
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         # How long the broker may hold a fetch whose partitions have no data (the long poll of an idle
         # worker). The worker shortens it while records flow: see FetchPacing.

@@ -19,8 +19,10 @@ collection every ``full_every`` of those.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["freeze", "start_timed", "stop_timed", "tick", "unfreeze"]
+__all__ = ["freeze", "running", "start_timed", "stop_timed", "tick", "unfreeze"]
 
 _freezes = 0  # workers of this process running with the start-up heap frozen
 _collected = False  # the process's first freeze collected its start-up garbage first
@@ -82,6 +84,24 @@ def stop_timed() -> None:
     _timed -= 1
     if _timed == 0 and _was_enabled:
         gc.enable()
+
+
+@contextmanager
+def running(*, freeze_heap: bool, full_every: int, timed: bool) -> Iterator[None]:
+    """One worker's policy while it runs (``RuntimeSettings.freeze_gc``, ``gc_full_every``, and
+    ``gc_interval_s`` set: ``timed``): ``freeze`` and ``start_timed`` on entry, undone on exit even
+    when the worker fails, so the process's collector never stays off."""
+    if freeze_heap:
+        freeze(full_every)
+    if timed:
+        start_timed()
+    try:
+        yield
+    finally:
+        if timed:
+            stop_timed()
+        if freeze_heap:
+            unfreeze()
 
 
 def tick(now: float, interval_s: float, full_every: int) -> None:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
 
 from adapters.db import purge_inbox
+
+if TYPE_CHECKING:
+    from workers.config import RuntimeSettings
 
 log = structlog.get_logger(__name__)
 
@@ -37,3 +41,13 @@ async def purge_loop(
         except (asyncpg.PostgresError, OSError) as exc:
             log.warning("inbox_purge_failed", error=repr(exc))
         await asyncio.sleep(interval_s)
+
+
+def start_purge(pool: asyncpg.Pool, settings: RuntimeSettings) -> asyncio.Task[None]:
+    """A worker's ``purge_loop`` as a task (the worker cancels it when it stops): rows older than
+    ``inbox_retention_days``, every ``purge_interval_s``, in batches of ``purge_batch``."""
+    retention = timedelta(days=settings.inbox_retention_days)
+    every = purge_loop(
+        pool, retention, settings.purge_interval_s, batch=settings.purge_batch, max_batches=settings.purge_max_batches
+    )
+    return asyncio.create_task(every, name="inbox-purge")

@@ -1,8 +1,9 @@
 """The state of one assigned partition, and why it is paused.
 
 Owns what the poll loop, the partition task and the commits share about one partition: its buffer
-of fetched records, its offset tracker, the keys in flight (``Lane``), its pause reasons. Must not
-handle records (``workers.runtime.dispatch``) or commit (``workers.runtime.commits``).
+of fetched records, its offset tracker, the keys in flight (``Lane``), its pause reasons; and how its
+tasks stop on revocation and shutdown (``stop_partitions``). Must not handle records
+(``workers.runtime.dispatch``) or commit (``workers.runtime.commits``).
 
 A partition is paused (fetching stops; the poll loop keeps polling so the member never exceeds
 ``max.poll.interval.ms``) while a reason is set: its buffer is full, its head record waits for a
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING
 
+import structlog
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from workers.runtime.consumer import ConsumerRecord, TopicPartition
@@ -26,6 +28,8 @@ from workers.runtime.offsets import OffsetTracker
 if TYPE_CHECKING:
     from workers.runtime.consumer import ConsumerPort
     from workers.runtime.metrics import TopicStats
+
+log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -167,3 +171,27 @@ class Partition:
         if self.task is not None and not self.task.done():
             found.append(self.task)
         return found
+
+
+async def stop_partitions(states: Collection[Partition], grace_s: float) -> None:
+    """Stop the tasks of ``states`` (revoked, or every partition at shutdown): idle or waiting ones at
+    once, handling ones after their record (bounded by ``grace_s``; then cancelled, and their record
+    stays uncommitted)."""
+    tasks = []
+    for st in states:
+        st.stopping = True
+        st.wakeup.set()
+        st.room.set()
+        for lane in list(st.lanes.values()):
+            if lane.task is not None and not lane.task.done() and lane.busy_since is None:
+                lane.task.cancel()  # waiting (back-off, breaker): nothing to finish
+        if st.task is not None and not st.task.done() and st.busy_since is None:
+            st.task.cancel()  # waiting (buffer, room, delay): nothing to finish
+        tasks.extend(st.tasks())
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for task in pending:
+        log.warning("in_flight_abandoned", task=task.get_name(), grace_s=grace_s)
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

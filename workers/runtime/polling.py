@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workers.runtime import gc_policy
@@ -20,6 +19,7 @@ from workers.runtime.partition import BUFFER_FULL, Partition
 if TYPE_CHECKING:
     import asyncio
 
+    from workers.config import RuntimeSettings
     from workers.runtime.commits import Commits
 
 _ONLY_FULL = {BUFFER_FULL}
@@ -74,17 +74,6 @@ class FetchPacing:
         self.busy = busy
 
 
-@dataclass(frozen=True)
-class PollTuning:
-    poll_timeout_ms: int
-    max_records: int
-    buffer_per_partition: int
-    commit_interval_s: float
-    commit_every: int
-    gc_interval_s: float | None
-    gc_full_every: int
-
-
 class PollLoop:
     """Fetch, buffer per partition, commit on a timer, until ``stop`` is set."""
 
@@ -93,22 +82,28 @@ class PollLoop:
         consumer: ConsumerPort,
         parts: dict[TopicPartition, Partition],
         commits: Commits,
-        tuning: PollTuning,
+        settings: RuntimeSettings,
         *,
         open_partition: Callable[[TopicPartition], Partition],
         each_turn: Callable[[], None],
     ) -> None:
-        self._consumer, self._parts, self._commits, self._tuning = consumer, parts, commits, tuning
+        self._consumer, self._parts, self._commits = consumer, parts, commits
+        # the knobs, read once (a pydantic attribute costs ~3x a plain one)
+        self._poll_timeout_ms, self._max_records = settings.poll_timeout_ms, settings.max_records
+        self._high = settings.buffer_per_partition
+        self._commit_interval_s, self._commit_every = settings.commit_interval_s, settings.commit_every
+        self._gc_interval_s, self._gc_full_every = settings.gc_interval_s, settings.gc_full_every
         self._open = open_partition
         self._each_turn = each_turn  # the worker's own check per turn (a crash, the breaker's pauses)
         self.last_turn = time.perf_counter()  # liveness: when the loop last turned
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer, parts, tuning, commits = self._consumer, self._parts, self._tuning, self._commits
-        high = tuning.buffer_per_partition
+        consumer, parts, commits, high = self._consumer, self._parts, self._commits, self._high
+        poll_timeout_ms, max_records = self._poll_timeout_ms, self._max_records
+        commit_interval_s, commit_every = self._commit_interval_s, self._commit_every
+        gc_interval_s, gc_full_every = self._gc_interval_s, self._gc_full_every
         pacing = FetchPacing(consumer)
-        gc_interval_s, gc_full_every = tuning.gc_interval_s, tuning.gc_full_every
-        next_commit = time.perf_counter() + tuning.commit_interval_s
+        next_commit = time.perf_counter() + commit_interval_s
         self.last_turn = time.perf_counter()
         while not stop.is_set():
             # Back-pressure without pausing: drain only the partitions whose backlog has room; the
@@ -133,8 +128,8 @@ class PollLoop:
             # A full partition gets room as its tasks work through its backlog, but a long poll of
             # the others (often only the idle retry tiers) would not return for it: poll briefly then,
             # or the partition tasks run dry and idle until the poll times out.
-            timeout_ms = min(tuning.poll_timeout_ms, FULL_POLL_TIMEOUT_MS) if full else tuning.poll_timeout_ms
-            batch = await consumer.getmany(*room, timeout_ms=timeout_ms, max_records=tuning.max_records)
+            timeout_ms = min(poll_timeout_ms, FULL_POLL_TIMEOUT_MS) if full else poll_timeout_ms
+            batch = await consumer.getmany(*room, timeout_ms=timeout_ms, max_records=max_records)
             # Busy while records flow: aiokafka fetches a drained partition at once and an empty
             # fetch does not hold up the busy partitions (FetchPacing).
             pacing.set(bool(batch) or any(st.buffer or st.lanes for st in parts.values()))
@@ -152,8 +147,8 @@ class PollLoop:
             # the first records in, and their handlers' admit() is what moves it to half-open.
             self._each_turn()
             now = self.last_turn = time.perf_counter()
-            if now >= next_commit or commits.owed >= tuning.commit_every:
+            if now >= next_commit or commits.owed >= commit_every:
                 commits.in_background()
-                next_commit = now + tuning.commit_interval_s
+                next_commit = now + commit_interval_s
             if gc_interval_s is not None:
                 gc_policy.tick(now, gc_interval_s, gc_full_every)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -21,7 +20,7 @@ from workers.config import Settings
 from workers.runtime.consumer import build_consumer, consumer_options, partition_counter, revoke_grace_s
 from workers.runtime.health import HealthServer
 from workers.runtime.route import Route
-from workers.runtime.worker import Tuning, Worker
+from workers.runtime.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -40,18 +39,20 @@ async def serve(
     *,
     pool: asyncpg.Pool | None = None,
     consumer_overrides: Mapping[str, Any] | None = None,
-    tuning: Tuning | None = None,
     on_ready: Callable[[Worker, int], None] | None = None,
 ) -> None:
-    """Consume ``route`` until ``stop`` is set; ``on_ready(worker, health_port)`` once serving."""
+    """Consume ``route`` until ``stop`` is set; ``on_ready(worker, health_port)`` once serving.
+
+    The worker runs on ``settings.runtime`` (a test or benchmark shrinks its knobs there); an unset
+    ``revoke_grace_s`` becomes half the consumer's rebalance timeout (``consumer.revoke_grace_s``)."""
     overrides = dict(consumer_overrides or {})
     options = consumer_options(settings.kafka, route.group, **overrides)
     consumer = build_consumer(settings.kafka, route.group, **overrides)
     connection = settings.kafka.connection()
     raw_producer = durable_producer(connection, f"{settings.kafka.client_id}-{route.group}-failures")
-    tuning = tuning or Tuning()
-    if tuning.revoke_grace_s is None:
-        tuning = replace(tuning, revoke_grace_s=revoke_grace_s(options, settings.runtime.shutdown_grace_s))
+    runtime = settings.runtime
+    if runtime.revoke_grace_s is None:
+        runtime = runtime.model_copy(update={"revoke_grace_s": revoke_grace_s(options, runtime.shutdown_grace_s)})
     try:
         # First of the worker's clients to connect: a credential or certificate Kafka refuses ends the
         # process here with one line (``KafkaSecurityError``), before the consumer joins the group.
@@ -60,13 +61,12 @@ async def serve(
             route,
             consumer,
             AiokafkaProducer(raw_producer),
-            settings.runtime,
+            runtime,
             pool=pool,
             partitions_for=partition_counter(raw_producer),
-            tuning=tuning,
         )
-        async with HealthServer(worker, settings.runtime.health_host, settings.runtime.health_port) as health:
-            log.info("health_serving", host=settings.runtime.health_host, port=health.port)
+        async with HealthServer(worker, runtime.health_host, runtime.health_port) as health:
+            log.info("health_serving", host=runtime.health_host, port=health.port)
             if on_ready is not None:
                 assert health.port is not None
                 on_ready(worker, health.port)

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable
-from datetime import timedelta
+from collections.abc import Callable, Iterable
 
 import asyncpg
 import structlog
@@ -33,14 +32,13 @@ from workers.runtime.commits import Commits
 from workers.runtime.consumer import ConsumerPort, ConsumerRebalanceListener, TopicPartition
 from workers.runtime.decode import Decoder
 from workers.runtime.dispatch import Dispatcher
-from workers.runtime.inbox import purge_loop
+from workers.runtime.inbox import start_purge
 from workers.runtime.metrics import RuntimeMetrics
-from workers.runtime.partition import BREAKER, Partition, Sleep
+from workers.runtime.partition import BREAKER, Partition, Sleep, stop_partitions
 from workers.runtime.policy import RetryPolicy
 from workers.runtime.polling import PollLoop
 from workers.runtime.retrying import FailurePath, PartitionCounts, PartitionsFor
 from workers.runtime.route import Route
-from workers.runtime.tuning import Tuning
 from workers.runtime.vitals import Vitals
 
 log = structlog.get_logger(__name__)
@@ -65,11 +63,9 @@ class Worker:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         partitions_for: PartitionsFor | None = None,
-        tuning: Tuning | None = None,
     ) -> None:
         self.route = route
         self.settings = settings
-        self.tuning = tuning = tuning or Tuning()
         self._consumer = consumer
         self._pool = pool
         delays = route.tier_delays_ms(settings.retry_tier_delays_ms)
@@ -90,10 +86,9 @@ class Worker:
             collector = getattr(handler, "collector", None)
             if collector is not None:
                 self.metrics.registry.register(collector)
-        self.breaker = CircuitBreaker(tuning.breaker, clock=clock, sleep=sleep)
-        self._revoke_grace_s = (
-            tuning.revoke_grace_s if tuning.revoke_grace_s is not None else min(settings.shutdown_grace_s, 5.0)
-        )
+        self.breaker = CircuitBreaker(settings.breaker, clock=clock, sleep=sleep)
+        grace = settings.revoke_grace_s
+        self._revoke_grace_s = grace if grace is not None else min(settings.shutdown_grace_s, 5.0)
         self._parts: dict[TopicPartition, Partition] = {}
         self.commits = Commits(consumer, route.group, self._parts, self._crashed)
         counts = PartitionCounts(partitions_for, getattr(consumer, "partitions_for_topic", lambda _t: None))
@@ -114,8 +109,8 @@ class Worker:
             self.commits,
             limit=settings.max_in_flight_per_partition or route.max_in_flight_per_partition or 1,
             worker_limit=in_flight_cap(settings.max_in_flight, pool),
-            low_water=max(1, tuning.buffer_per_partition // 2),
-            yield_every=tuning.yield_every,
+            low_water=max(1, settings.buffer_per_partition // 2),
+            yield_every=settings.yield_every,
             sleep=sleep,
             clock=clock,
             on_task_done=self._partition_task_done,
@@ -124,13 +119,13 @@ class Worker:
             consumer,
             self._parts,
             self.commits,
-            tuning.poll(),
+            settings,
             open_partition=self._open,
             each_turn=self._each_turn,
         )
         self._listener = _Listener(self)
         self._breaker_paused = False
-        self.vitals = Vitals(consumer, self._parts, self._poll, self.commits, self.breaker, tuning.liveness_timeout_s)
+        self.vitals = Vitals(consumer, self._parts, self._poll, self.commits, self.breaker, settings.liveness_timeout_s)
         self.metrics.snapshot = self.vitals.snapshot
 
     @property
@@ -147,41 +142,27 @@ class Worker:
         except BaseException:
             await self._consumer.stop()  # release what a half-started client opened
             raise
-        if self.tuning.freeze_gc:
-            gc_policy.freeze(self.tuning.gc_full_every)
-        if self.tuning.gc_interval_s is not None:
-            gc_policy.start_timed()
-        self.vitals.started = True
-        log.info(
-            "worker_started",
-            route=self.route.name,
-            group=self.route.group,
-            topics=list(self.topics),
-            max_in_flight_per_partition=self.dispatcher.limit,
-            max_in_flight=self.dispatcher.worker_limit,
-        )
-        purge = None
-        if self._pool is not None:
-            t = self.tuning
-            retention = timedelta(days=self.settings.inbox_retention_days)
-            every = purge_loop(
-                self._pool, retention, t.purge_interval_s, batch=t.purge_batch, max_batches=t.purge_max_batches
+        s = self.settings
+        # restored even when leaving the group fails: the process's collector must not stay off
+        with gc_policy.running(freeze_heap=s.freeze_gc, full_every=s.gc_full_every, timed=s.gc_interval_s is not None):
+            self.vitals.started = True
+            log.info(
+                "worker_started",
+                route=self.route.name,
+                group=self.route.group,
+                topics=list(self.topics),
+                max_in_flight_per_partition=self.dispatcher.limit,
+                max_in_flight=self.dispatcher.worker_limit,
             )
-            purge = asyncio.create_task(every, name="inbox-purge")
-        try:
-            await self._poll.run(stop)
-        finally:
-            self.vitals.stopping = True
-            if purge is not None:
-                purge.cancel()
-                await asyncio.gather(purge, return_exceptions=True)
+            purge = start_purge(self._pool, s) if self._pool is not None else None
             try:
+                await self._poll.run(stop)
+            finally:
+                self.vitals.stopping = True
+                if purge is not None:
+                    purge.cancel()
+                    await asyncio.gather(purge, return_exceptions=True)
                 await self._shutdown()
-            finally:  # even when leaving the group fails: the process's collector must not stay off
-                if self.tuning.gc_interval_s is not None:
-                    gc_policy.stop_timed()
-                if self.tuning.freeze_gc:
-                    gc_policy.unfreeze()
 
     def _each_turn(self) -> None:
         if self.vitals.crash is not None:
@@ -195,7 +176,7 @@ class Worker:
     async def _shutdown(self) -> None:
         """SIGTERM path: stop taking records, let in-flight ones finish (bounded), commit, leave."""
         states = list(self._parts.values())
-        await self._stop_partitions(states, self.settings.shutdown_grace_s)
+        await stop_partitions(states, self.settings.shutdown_grace_s)
         await self.commits.settled()
         await self.commits.commit(states)
         self._parts.clear()
@@ -227,28 +208,6 @@ class Worker:
             log.error("partition_task_crashed", task=task.get_name(), exc_info=exc)
             self.vitals.crash = exc
 
-    async def _stop_partitions(self, states: Collection[Partition], grace_s: float) -> None:
-        """Stop the tasks of ``states``: idle or waiting ones at once, handling ones after their
-        record (bounded by ``grace_s``; then cancelled, and their record stays uncommitted)."""
-        tasks = []
-        for st in states:
-            st.stopping = True
-            st.wakeup.set()
-            st.room.set()
-            for lane in list(st.lanes.values()):
-                if lane.task is not None and not lane.task.done() and lane.busy_since is None:
-                    lane.task.cancel()  # waiting (back-off, breaker): nothing to finish
-            if st.task is not None and not st.task.done() and st.busy_since is None:
-                st.task.cancel()  # waiting (buffer, room, delay): nothing to finish
-            tasks.extend(st.tasks())
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            log.warning("in_flight_abandoned", task=task.get_name(), grace_s=grace_s)
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
     # --- rebalance ---------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -259,7 +218,7 @@ class Worker:
             return
         for st in states:
             st.assigned = False
-        await self._stop_partitions(states, self._revoke_grace_s)
+        await stop_partitions(states, self._revoke_grace_s)
         await self.commits.settled()
         await self.commits.commit(states)
         log.info("partitions_revoked", partitions=sorted(f"{st.topic}[{st.partition}]" for st in states))
@@ -288,8 +247,6 @@ class Worker:
                     st.skip.update(done_ahead.decode(offset, metadata))
                 if not st.stopping and st.task is None:
                     self.dispatcher.start(st)
-
-    # --- housekeeping ------------------------------------------------------------------------
 
     # --- health ----------------------------------------------------------------------------
 
@@ -326,4 +283,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker._on_assigned(assigned)
 
 
-__all__ = ["Tuning", "Worker"]
+__all__ = ["Worker"]
