@@ -474,9 +474,10 @@ async def _phase(
     await sandboxes.requests_since_mark("salesforce")
     await sandboxes.requests_since_mark("whmcs")
     usage = await sandboxes.api_usage()
-    began = time.time()
+    began, cpu_before = time.time(), cpu_by_process()
     await bench.approve_all(batch, rate)
     await bench.wait_done(batch, timeout_s=max(120.0, count / 2))
+    cpu_after, elapsed = cpu_by_process(), time.time() - began
     calls = await sandboxes.api_usage() - usage
     rows = await sandboxes.requests_since_mark("salesforce")
     whmcs_calls = len(await sandboxes.requests_since_mark("whmcs"))
@@ -488,6 +489,7 @@ async def _phase(
     # WHMCS look-before-create (only on an order's second attempt) pages through the client's orders
     report["whmcs_calls_per_order"] = round(whmcs_calls / len(batch.ids), 3) if batch.ids else None
     report["offered_rate_per_s"] = rate if rate is not None else "as fast as the control API approves"
+    report["cpu_by_process"] = cpu_report(cpu_before, cpu_after, elapsed, len(batch.ids))
     shown = ["orders", "activated", "orders_per_s", "latency_ms", "salesforce_api_calls_per_order"]
     if in_flight is not None:
         report["max_in_flight_per_partition"] = in_flight
@@ -900,6 +902,53 @@ class WorkerProbes:
             out["invalidator_handler_ms_mean"] = round(d["handler_sum_s"] * 1000 / d["handler_count"], 3)
         out["note"] = "CPU ms per event over the whole run (idle polling included); handler time per record"
         return out
+
+
+#: what a process is, from its command line (the first match names it; others are not counted)
+_PROCESS_KINDS = (
+    ("fleet run ", None),  # a worker: named by its route (the word after "run")
+    ("kafka.Kafka", "kafka"),
+    ("postgres", "postgres"),
+    ("redis-server", "redis"),
+    ("sandbox", "sandboxes"),
+    ("bench.e2e_bench", "bench (approvals, watch)"),
+)
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds (utime + stime) so far of every process of the fleet and its stack, by kind:
+    each worker by name, Kafka, every Postgres process together, Redis, the sandboxes, this bench."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            name = _process_kind(cmdline)
+            if name is not None:
+                fields = (proc / "stat").read_text().rpartition(")")[2].split()
+                found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def _process_kind(cmdline: str) -> str | None:
+    for marker, kind in _PROCESS_KINDS:
+        if marker in cmdline:
+            return kind if kind is not None else cmdline.split(marker, 1)[1].split()[0]
+    return None
+
+
+def cpu_report(before: dict[str, float], after: dict[str, float], elapsed_s: float, orders: int) -> dict[str, Any]:
+    """Cores each process kind used over a phase, and CPU ms per order (processes that ended during
+    the phase are not counted; Postgres backends live as long as their pools)."""
+    cores = {k: round((after[k] - before.get(k, 0.0)) / elapsed_s, 3) for k in sorted(after) if elapsed_s > 0}
+    used = sum(cores.values())
+    return {
+        "cores": dict(sorted(cores.items(), key=lambda kv: -kv[1])),
+        "cores_total": round(used, 2),
+        "cpu_ms_per_order": round(used * elapsed_s * 1000 / orders, 1) if orders else None,
+        "phase_s": round(elapsed_s, 1),
+        "note": "utime+stime from /proc between the first approval and the last activation",
+    }
 
 
 def _cpu_s(pid: int) -> float:

@@ -68,7 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "runtime.json"
 PARTITIONS = 4
 VARIANTS = ("raw", "runtime", "faust")
-TARGETS = {"b_over_a": 0.7, "b_over_c": 1.5, "key_concurrency_speedup": 20.0}
+#: b/a is issue 15's 0.75 (was 0.7 before the runtime split; the split was to win the speed back)
+TARGETS = {"b_over_a": 0.75, "b_over_c": 1.5, "key_concurrency_speedup": 20.0}
 #: the key-concurrency row: its handler's await, and the two settings it compares (the fleet's default is
 #: still 1: see workers.config.RuntimeSettings.max_in_flight_per_partition)
 KEY_SLEEP_S = 0.02

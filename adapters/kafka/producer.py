@@ -8,7 +8,6 @@ Consuming and offsets are not here: they belong to ``workers.runtime`` alone.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -17,6 +16,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
+from adapters.coalescer import ByRound, Coalescer
 from adapters.kafka.connection import KafkaTarget, as_connection
 from events.envelope import Envelope, to_record
 from events.errors import DependencyUnavailable
@@ -101,16 +101,24 @@ class BatchingProducer:
 
     Same durability as ``AiokafkaProducer``: a caller returns only once the broker acknowledged the
     batch holding its record (``acks=all``, idempotent producer); a failed batch, or no answer within
-    ``timeout_s``, raises ``DependencyUnavailable`` in its callers. Same partitions: a key goes where
-    ``send`` puts it (murmur2), and one key's records keep their order (one batch per partition per
-    round, rounds one after the other). Batching: one round of batches is in flight at a time; what
-    arrives meanwhile waits here and leaves as the next round, so batches grow with the load and
-    nothing lingers when it is quiet; under load a round may wait ``linger_s`` to grow (``_fill``).
-    The price: a partition whose leader is slow holds the next round of every partition, for at most
+    ``timeout_s`` of ``submit``, raises ``DependencyUnavailable`` in its callers. Same partitions: a
+    key goes where ``send`` puts it (murmur2), and one key's records keep their order (one batch per
+    partition per round, rounds one after the other). Batching is ``adapters.coalescer``'s: one round
+    of batches is in flight at a time; what arrives meanwhile waits and leaves as the next round, so
+    batches grow with the load and nothing lingers when it is quiet; under load (a round of
+    ``linger_from`` records or more) the next round may wait ``linger_s`` to grow (``ByRound``).
+    A round's callers are answered together, once every batch of the round is acknowledged. The
+    price: a partition whose leader is slow holds the next round of every partition, for at most
     ``timeout_s`` (their callers get 503 and retry either way).
     Why not ``send_and_wait``: aiokafka's per-record work (metadata check, accumulator lookup, a
     future and a timer per call) and its ~150 us of Python per produce request dominated the
     receiver's CPU. Records without a key, or with an explicit partition, take ``send_and_wait``.
+
+    The linger: each partition's batch costs ~30 us of aiokafka Python whatever it holds; at the
+    ingress bench's maximum a round carried ~26 records over 4 partitions. There a 1 ms linger took
+    the receiver from 66-71 to ~64 us per webhook (3 interleaved pairs) and 2 ms to ~57 us, with a
+    lower p50 (4.3-4.5 ms without, 3.9-4.0 with). (A target of the last round's size alone, rather
+    than twice it, did not grow the rounds.)
     """
 
     def __init__(
@@ -124,15 +132,14 @@ class BatchingProducer:
         self._producer = producer
         self._timeout_s = timeout_s
         self._single = AiokafkaProducer(producer, timeout_s=timeout_s)
-        self._queued: dict[tuple[str, int], list[_Queued]] = {}
-        self._queued_count = 0
-        #: under load, the next round waits (``linger_s`` at most) until this many records are queued
-        self._linger_s, self._linger_from = linger_s, linger_from
-        self._filled: asyncio.Future[None] | None = None
-        self._fill_to = 0
-        self._sender: asyncio.Task[None] | None = None
-        #: callers of this turn; one timer per turn bounds their wait (not one per call)
-        self._turn: list[asyncio.Future[Delivered]] = []
+        self._rounds: Coalescer[_Record, Delivered] = Coalescer(
+            self._send_round,
+            max_items=MAX_ROUND_RECORDS,
+            linger=ByRound(linger_s, linger_from, cap=LINGER_MAX_RECORDS),
+            timeout_s=timeout_s,  # no caller waits longer, a stuck round included (no timer per caller)
+            errors=_record_failed,
+            name="kafka-produce-round",
+        )
         #: partitions per topic as aiokafka's metadata says, forgotten at each metadata update
         #: (``partitions_for_topic`` builds a set per call); the listener is aiokafka's public hook
         self._partition_counts: dict[str, int] = {}
@@ -168,19 +175,7 @@ class BatchingProducer:
         partitions = self._partition_counts.get(topic) or self._partitions_of(topic)
         if key is None or not partitions:  # unkeyed, or the topic's metadata is not fetched yet
             return asyncio.ensure_future(self.publish_raw(topic, key, value, headers))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Delivered] = loop.create_future()
-        tp = (topic, _partition_of(key, partitions))
-        self._queued.setdefault(tp, []).append((key, value, list(headers), future))
-        self._queued_count += 1
-        if self._filled is not None and self._queued_count >= self._fill_to and not self._filled.done():
-            self._filled.set_result(None)
-        if self._sender is None:
-            self._sender = loop.create_task(self._send())  # first runs next turn: collects this one
-        if not self._turn:
-            loop.call_soon(self._time_turn)
-        self._turn.append(future)
-        return future
+        return self._rounds.submit((topic, _partition_of(key, partitions), key, value, list(headers)))
 
     def _partitions_of(self, topic: str) -> int:
         partitions = self._producer.client.cluster.partitions_for_topic(topic)
@@ -195,82 +190,67 @@ class BatchingProducer:
     async def flush(self) -> None:
         """Hand every queued record to aiokafka (its ``stop()`` then flushes them); waits at most one
         produce timeout, as long as any caller could still be waiting for an answer."""
-        if self._sender is not None:
-            sender = self._sender
-            _, late = await asyncio.wait([sender], timeout=self._timeout_s)
-            if late:  # Kafka is away: its callers have been answered 503 already
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
-
-    def _time_turn(self) -> None:
-        turn, self._turn = self._turn, []
-        asyncio.get_running_loop().call_later(self._timeout_s, _expire, turn, self._timeout_s)
-
-    async def _send(self) -> None:
         try:
-            while self._queued:
-                queued, self._queued = self._queued, {}
-                sent, self._queued_count = self._queued_count, 0
-                in_flight = []
-                for (topic, partition), records in queued.items():
-                    live = [record for record in records if not record[3].done()]  # skip callers timed out
-                    for batch, members in self._batches(live):
-                        try:
-                            delivered = await self._producer.send_batch(batch, topic, partition=partition)
-                        except Exception as exc:  # KafkaError, or the producer stopped under us
-                            _fail(topic, members, exc)
-                            continue
-                        delivered.add_done_callback(functools.partial(_settle, topic, partition, members))
-                        in_flight.append(delivered)
-                if in_flight:
-                    # One round of batches in flight at a time (one produce request per broker): what
-                    # arrives meanwhile leaves in the next round, so batches grow with the load and
-                    # nothing lingers when it is quiet. Bounded, so a stuck batch holds the next round
-                    # no longer than their callers wait.
-                    await asyncio.wait(in_flight, timeout=self._timeout_s)
-                if self._linger_s and sent >= self._linger_from and self._queued_count < sent:
-                    await self._fill(min(2 * sent, LINGER_MAX_RECORDS))
-        finally:
-            self._sender = None
-            # left early (cancelled at shutdown): whoever still waits gets an error, never a silent drop
-            for (topic, _), records in self._queued.items():
-                _fail(topic, records, KafkaError("producer stopped before sending"))
-            self._queued = {}
+            async with asyncio.timeout(self._timeout_s):
+                await self._rounds.drain()
+        except TimeoutError:  # Kafka is away: its callers have been answered 503 already
+            pass
+        await self._rounds.aclose()  # whoever still waits gets an error, never a silent drop
 
-    async def _fill(self, size: int) -> None:
-        """Under load (the last round carried ``linger_from`` records or more), wait until ``size``
-        records are queued (twice the last round), or ``linger_s``: fewer and larger rounds. Each
-        partition's batch costs ~30 us of aiokafka Python whatever it holds; at the ingress bench's
-        maximum a round carried ~26 records over 4 partitions. There a 1 ms linger took the receiver
-        from 66-71 to ~64 us per webhook (3 interleaved pairs) and 2 ms to ~57 us, with a lower p50
-        (4.3-4.5 ms without, 3.9-4.0 with). At low rates rounds are small and leave at once. (A
-        target of the last round's size alone, rather than twice it, did not grow the rounds.)"""
-        self._filled, self._fill_to = asyncio.get_running_loop().create_future(), size
-        try:
-            await asyncio.wait([self._filled], timeout=self._linger_s)
-        finally:
-            self._filled = None
+    async def _send_round(self, records: list[_Record]) -> list[Delivered | BaseException]:
+        """One round: a closed batch per partition (more if one fills up), all sent at once; each
+        record's outcome once they are all acknowledged."""
+        outcomes: list[Delivered | BaseException] = [_NOT_SENT] * len(records)
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        for n, record in enumerate(records):
+            by_partition.setdefault((record[0], record[1]), []).append(n)
+        sent: list[tuple[str, int, list[int], asyncio.Future[Any]]] = []
+        for (topic, partition), members in by_partition.items():
+            for batch, batch_members in self._batches(records, members):
+                try:
+                    delivered = await self._producer.send_batch(batch, topic, partition=partition)
+                except Exception as exc:  # KafkaError, or the producer stopped under us
+                    for n in batch_members:
+                        outcomes[n] = _produce_failed(topic, exc)
+                    continue
+                sent.append((topic, partition, batch_members, delivered))
+        if sent:
+            try:
+                # One round of batches in flight at a time (one produce request per broker): what
+                # arrives meanwhile leaves in the next round. ``asyncio.wait`` never cancels the
+                # batches' futures, whatever cuts this wait short.
+                await asyncio.wait([delivered for *_, delivered in sent])
+            except asyncio.CancelledError:  # the round's deadline, or shutdown: nobody reads them now
+                for *_, delivered in sent:
+                    delivered.add_done_callback(_retrieve)
+                raise
+        for topic, partition, members, delivered in sent:
+            _settle(outcomes, topic, partition, members, delivered)
+        return outcomes
 
-    def _batches(self, records: list[_Queued]) -> list[tuple[Any, list[_Queued]]]:
-        batches: list[tuple[Any, list[_Queued]]] = []
-        batch, members = None, list[_Queued]()
-        for record in records:
-            key, value, headers, _ = record
+    def _batches(self, records: list[_Record], members: list[int]) -> list[tuple[Any, list[int]]]:
+        batches: list[tuple[Any, list[int]]] = []
+        batch, in_batch = None, list[int]()
+        for n in members:
+            _, _, key, value, headers = records[n]
             if batch is None or batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                 if batch is not None:
-                    batches.append((batch, members))
-                batch, members = self._producer.create_batch(), []
+                    batches.append((batch, in_batch))
+                batch, in_batch = self._producer.create_batch(), []
                 batch.append(timestamp=None, key=key, value=value, headers=headers)  # a first record always fits
-            members.append(record)
+            in_batch.append(n)
         if batch is not None:
-            batches.append((batch, members))
+            batches.append((batch, in_batch))
         for built, _ in batches:
             built.close()  # closed: aiokafka sends it without lingering (this class already batched)
         return batches
 
 
-#: key, value, headers, the caller's future
-_Queued = tuple[bytes, bytes | None, list[tuple[str, bytes]], "asyncio.Future[Delivered]"]
+#: topic, partition, key, value, headers
+_Record = tuple[str, int, bytes, bytes | None, list[tuple[str, bytes]]]
+#: a round carries at most this many records (more queued: the next round, at once)
+MAX_ROUND_RECORDS = 4096
+_NOT_SENT = KafkaError("record not sent")  # replaced for every record of a round; never seen by a caller
 
 
 #: partition count → key → partition; cleared when it reaches ``_PARTITION_CACHE_SIZE`` keys
@@ -295,30 +275,33 @@ def _partition_of(key: bytes, partitions: int) -> int:
     return partition
 
 
-def _settle(topic: str, partition: int, records: list[_Queued], delivered: asyncio.Future[Any]) -> None:
+def _settle(
+    outcomes: list[Delivered | BaseException],
+    topic: str,
+    partition: int,
+    members: list[int],
+    delivered: asyncio.Future[Any],
+) -> None:
     if delivered.cancelled():
-        _fail(topic, records, KafkaError("batch delivery cancelled"))
-        return
-    exc = delivered.exception()
-    if exc is not None:
-        _fail(topic, records, exc)
+        failure: BaseException | None = KafkaError("batch delivery cancelled")
+    else:
+        failure = delivered.exception()
+    if failure is not None:
+        for n in members:  # one exception per caller: a shared one would collect every traceback
+            outcomes[n] = _produce_failed(topic, failure)
         return
     base = delivered.result().offset
-    for n, (_, _, _, future) in enumerate(records):
-        if not future.done():
-            future.set_result(Delivered(topic, partition, base + n))
+    for offset, n in enumerate(members, base):
+        outcomes[n] = Delivered(topic, partition, offset)
 
 
-def _fail(topic: str, records: list[_Queued], exc: BaseException) -> None:
-    for _, _, _, future in records:
-        if not future.done():  # one exception per caller: a shared one would collect every traceback
-            future.set_exception(_produce_failed(topic, exc))
+def _retrieve(delivered: asyncio.Future[Any]) -> None:
+    if not delivered.cancelled():
+        delivered.exception()  # read, so a late failure is not logged as never retrieved
 
 
-def _expire(futures: list[asyncio.Future[Delivered]], timeout_s: float) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(_unavailable(f"kafka produce failed: no acknowledgement within {timeout_s:g} s"))
+def _record_failed(record: _Record, cause: BaseException) -> DependencyUnavailable:
+    return _produce_failed(record[0], cause)
 
 
 def _produce_failed(topic: str, cause: BaseException) -> DependencyUnavailable:

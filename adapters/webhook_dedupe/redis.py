@@ -1,8 +1,9 @@
 """``RedisDedupeStore``: the webhook-id marks in Redis, every claim and completion of one loop turn in one script call.
 
-Owns the Lua scripts, the batching of marks and the mapping of Redis errors and timeouts onto
-``DependencyUnavailable``. Receives its ``redis.asyncio.Redis`` client from the composition root;
-must not build it, read configuration or decide what a receiver answers.
+Owns the Lua scripts, the marks' script call (``adapters.coalescer`` gathers the marks) and the
+mapping of Redis errors and timeouts onto ``DependencyUnavailable``. Receives its
+``redis.asyncio.Redis`` client from the composition root; must not build it, read configuration
+or decide what a receiver answers.
 
 ``complete`` is queued, not awaited: the done mark is written before any later claim of the same
 store is answered (it rides with that claim). Only two things see the delay, bounded by
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError
 
+from adapters.coalescer import Coalescer, CoalescerClosed, Linger, own_exception
 from adapters.webhook_dedupe.port import INFLIGHT, Claim, ErrorListener
 from events.errors import DependencyUnavailable
 
@@ -71,10 +73,12 @@ COMPLETE_LINGER_S = 0.05
 class RedisDedupeStore:
     """``DedupeStore`` over a ``redis.asyncio.Redis`` built by the composition root (Redis >= 7.0).
 
-    Claims and completions of concurrent requests go out together as one ``EVALSHA`` of ``_MARKS``:
-    what is asked during one event-loop turn leaves at the next, and while a call is out, what is
-    asked meanwhile waits for it and leaves as the next call. Completions do not start a call: they
-    ride with the next claim, or leave on their own after ``complete_linger_s``. That takes one Redis
+    Claims and completions of concurrent requests go out together as one ``EVALSHA`` of ``_MARKS``,
+    gathered by an ``adapters.coalescer.Coalescer``: what is asked during one event-loop turn leaves
+    at the next, and while a call is out, what is asked meanwhile waits for it and leaves as the next
+    call. Completions are its riders: they start no call, they ride with the next claim, or leave
+    on their own ``complete_linger_s`` after they were queued. ``claim_linger`` (none by default)
+    lets a claim call wait a little for more claims under load (``ByRate``). That takes one Redis
     round trip off every request's path, and at low rates one call per webhook: each call to an idle
     Redis costs the receiver ~150 us of socket write, wake-up and redis-py work on the bench machine,
     more than a third of its CPU per webhook at 500/s. Not a pipeline of ``SET``s: redis-py
@@ -98,26 +102,32 @@ class RedisDedupeStore:
         inflight_ttl_s: float,
         done_ttl_s: float,
         complete_linger_s: float = COMPLETE_LINGER_S,
+        claim_linger: Linger | None = None,
         on_error: ErrorListener | None = None,
         timeout_s: float | None = None,
     ) -> None:
         self._prefix = prefix
         self._timeout_s = timeout_s
-        self._batch = _MarkBatcher(
-            _ScriptConnection(redis, _MARKS),
-            inflight_ms=int(inflight_ttl_s * 1000),
-            done_ms=int(done_ttl_s * 1000),
-            linger_s=complete_linger_s,
-            on_error=on_error or _ignore,
-            timeout_s=timeout_s,
+        self._script = _ScriptConnection(redis, _MARKS)
+        self._inflight_ms, self._done_ms = int(inflight_ttl_s * 1000), int(done_ttl_s * 1000)
+        self._complete_linger_s = complete_linger_s
+        self._on_error = on_error or _ignore
+        self._marks: Coalescer[_Mark, Claim | None] = Coalescer(
+            self._send,
+            max_items=MAX_MARKS_PER_CALL,
+            linger=claim_linger,
+            errors=_claim_failed,
+            name="webhook-dedupe-marks",
         )
         self._release = redis.register_script(_RELEASE)
 
     def claim(self, webhook_id: str, owner: str) -> asyncio.Future[Claim]:
-        return self._batch.claim(self._prefix + webhook_id, INFLIGHT + owner)
+        # a claim's outcome is never None (only a completion's is)
+        return cast("asyncio.Future[Claim]", self._marks.submit((self._prefix + webhook_id, INFLIGHT + owner)))
 
     def complete(self, webhook_id: str) -> None:
-        self._batch.complete(self._prefix + webhook_id)
+        # a rider: starts no call of its own, goes with the next claim or after its linger
+        self._marks.push((self._prefix + webhook_id, None), within_s=self._complete_linger_s)
 
     async def release(self, webhook_id: str, owner: str) -> None:
         try:
@@ -127,16 +137,39 @@ class RedisDedupeStore:
             raise _unavailable("release", exc) from exc
 
     async def flush(self) -> None:
-        await self._batch.flush()
+        await self._marks.drain()
+        await self._script.close()
+
+    async def _send(self, marks: list[_Mark]) -> list[Claim | None]:
+        """One ``_MARKS`` call for the marks of a coalesced call: the completions first, then the
+        claims; an answer per claim, ``None`` for a completion."""
+        completes = [key for key, owner_mark in marks if owner_mark is None]
+        claims = [(n, key, owner_mark) for n, (key, owner_mark) in enumerate(marks) if owner_mark is not None]
+        keys = completes + [key for _, key, _ in claims]
+        args: list[str | int] = [len(completes), self._inflight_ms, self._done_ms]
+        args += [owner_mark for _, _, owner_mark in claims]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answers = await self._script.evalsha(keys, args)
+        except Exception as exc:  # the claims' callers hear of it from the coalescer (``_claim_failed``)
+            for _ in completes:  # nobody awaits these: the in-progress marks expire by themselves
+                self._on_error(_unavailable("complete", exc))
+            raise
+        outcomes: list[Claim | None] = [None] * len(marks)
+        for (n, _, _), answer in zip(claims, answers, strict=True):
+            outcomes[n] = _ANSWERS[answer]
+        return outcomes
 
 
 _ANSWERS = (Claim.NEW, Claim.DUPLICATE, Claim.IN_PROGRESS)  # the script's 0, 1, 2
+#: a queued mark: the key, and the owner's in-progress mark for a claim or None for a completion
+_Mark = tuple[str, str | None]
 
 
 class _ScriptConnection:
     """``EVALSHA`` of one script over one connection of the client's pool, held between calls.
 
-    The batcher sends one call at a time, so it needs no pool per call. This keeps redis-py's
+    The coalescer sends one call at a time, so it needs no pool per call. This keeps redis-py's
     connection (connect, AUTH/SELECT from the URL, TLS, reconnect after an error, and dropping the
     connection when a call is cancelled mid-reply) and skips the client layers above it: the pool's
     lock, the retry wrapper, the observability hooks, and Python command packing (a string join per
@@ -171,98 +204,16 @@ class _ScriptConnection:
             await self._redis.connection_pool.release(connection)
 
 
-class _MarkBatcher:
-    """Queues marks and sends them as ``_MARKS`` calls, one call in flight at a time: what is asked
-    while a call is out goes in the next one, so calls grow with the load instead of multiplying.
-    Claims start a call; completions wait for one, ``linger_s`` at most. A call is a task that takes
-    the queue at its first step, the next event-loop turn, so it carries the rest of this turn too."""
-
-    def __init__(
-        self,
-        script: _ScriptConnection,
-        *,
-        inflight_ms: int,
-        done_ms: int,
-        linger_s: float,
-        on_error: ErrorListener,
-        timeout_s: float | None = None,
-    ) -> None:
-        self._script, self._inflight_ms, self._done_ms, self._timeout_s = script, inflight_ms, done_ms, timeout_s
-        self._linger_s, self._on_error = linger_s, on_error
-        self._completes: list[str] = []
-        self._claims: list[tuple[str, str, asyncio.Future[Claim]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._call: asyncio.Task[None] | None = None  # the call in flight (a strong reference)
-
-    def claim(self, key: str, owner_mark: str) -> asyncio.Future[Claim]:
-        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
-        self._claims.append((key, owner_mark, future))
-        if self._call is None:
-            self._start()
-        return future
-
-    def complete(self, key: str) -> None:
-        self._completes.append(key)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._linger_over)
-
-    async def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        while self._completes or self._claims or self._call:
-            await asyncio.wait([self._call or self._start()])
-        await self._script.close()
-
-    def _linger_over(self) -> None:
-        self._timer = None
-        if self._completes and self._call is None:
-            self._start()
-
-    def _start(self) -> asyncio.Task[None]:
-        self._call = call = asyncio.ensure_future(self._send())
-        call.add_done_callback(self._sent)
-        return call
-
-    def _sent(self, _call: asyncio.Task[None]) -> None:
-        self._call = None
-        # waiting claims go at once; lone completions only if their linger is over (no timer left)
-        if self._claims or (self._completes and self._timer is None):
-            self._start()
-
-    async def _send(self) -> None:
-        room = MAX_MARKS_PER_CALL
-        completes, self._completes = self._completes[:room], self._completes[room:]
-        room -= len(completes)
-        claims, self._claims = self._claims[:room], self._claims[room:]
-        if not (completes or claims):
-            return
-        keys = completes + [key for key, _, _ in claims]
-        args: list[str | int] = [len(completes), self._inflight_ms, self._done_ms]
-        args += [mark for _, mark, _ in claims]
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                answers = await self._script.evalsha(keys, args)
-        except Exception as exc:  # one failure (or the timeout) answers every request of the batch
-            # Redis errors (and the timeout) become one DependencyUnavailable per waiting request (a
-            # shared exception would collect every request's traceback); anything else is a bug, passed on
-            for _, _, future in claims:
-                if not future.done():
-                    future.set_exception(_unavailable("claim", exc) if isinstance(exc, RedisError | OSError) else exc)
-            for _ in completes:  # nobody awaits these: the in-progress marks expire by themselves
-                self._on_error(_unavailable("complete", exc))
-            return
-        except BaseException:  # shutdown: nobody gets an answer
-            for _, _, future in claims:
-                future.cancel()
-            raise
-        for (_, _, future), answer in zip(claims, answers, strict=True):
-            if not future.done():  # the waiting request was cancelled
-                future.set_result(_ANSWERS[answer])
-
-
 def _ignore(_exc: DependencyUnavailable) -> None:
     pass
+
+
+def _claim_failed(_mark: _Mark, exc: BaseException) -> BaseException:
+    """What a claim's caller gets when its call failed: ``DependencyUnavailable`` (its own) for
+    Redis errors, the call's timeout or a closed store; anything else is a bug, passed on."""
+    if isinstance(exc, RedisError | OSError | CoalescerClosed):  # OSError: TimeoutError too
+        return _unavailable("claim", exc)
+    return own_exception(_mark, exc)
 
 
 def _unavailable(what: str, exc: BaseException) -> DependencyUnavailable:

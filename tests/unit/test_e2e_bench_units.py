@@ -76,3 +76,17 @@ def test_each_worker_is_started_with_the_variable(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv(IN_FLIGHT_ENV, "1")  # what a worker started with that variable reads
     assert load_settings(env_file=None).runtime.max_in_flight_per_partition == 1
+
+
+def test_processes_are_counted_by_kind_and_reported_in_cores() -> None:
+    from bench.e2e_bench import _process_kind, cpu_report
+
+    assert _process_kind("/v/bin/python3 /v/bin/fleet run fulfillment ") == "fulfillment"
+    assert _process_kind("/usr/bin/java -Xmx1g -cp /k/libs/* kafka.Kafka /k/server.properties") == "kafka"
+    assert _process_kind("postgres: postgres fleet 127.0.0.1(53028) idle") == "postgres"
+    assert _process_kind("/usr/bin/vim notes.txt") is None
+    report = cpu_report(
+        {"fulfillment": 1.0, "kafka": 5.0}, {"fulfillment": 11.0, "kafka": 7.0, "redis": 1.0}, 10.0, 400
+    )
+    assert report["cores"] == {"fulfillment": 1.0, "kafka": 0.2, "redis": 0.1}
+    assert (report["cores_total"], report["cpu_ms_per_order"]) == (1.3, 32.5)

@@ -93,7 +93,8 @@ async def test_a_busy_window_gathers_several_orders_into_one_call() -> None:
     assert window.runs == 2 and [len(c) for c in fake.collection_calls] == [20, 3]
 
 
-def test_the_rate_counts_commands_of_the_last_second_only() -> None:
+async def test_the_rate_counts_commands_of_the_last_second_only() -> None:
+    """The window is busy while commands of the last second (written or waiting) reach ``busy_rate``."""
     now = [100.0]
     fake = FakeSalesforce()
     window = BatchWindow(
@@ -103,16 +104,16 @@ def test_the_rate_counts_commands_of_the_last_second_only() -> None:
         busy_rate=20,
         clock=lambda: now[0],
     )
-    window._arrivals.note(15)
+    await window.write(batch(0, 15, fake))
     now[0] += 0.5
-    window._arrivals.note(10)
+    await window.write(batch(1, 10, fake))
     assert window.rate() == 25 and window.linger() == 0.1
     now[0] += 0.7
     assert window.rate() == 10 and window.linger() == 0.01
 
 
 def test_arrival_rate_counts_only_the_last_window() -> None:
-    from workers.arrival_rate import ArrivalRate
+    from adapters.coalescer import ArrivalRate
 
     now = [100.0]
     rate = ArrivalRate(window_s=1.0, clock=lambda: now[0])
