@@ -70,8 +70,8 @@ PARTITIONS = 4
 VARIANTS = ("raw", "runtime", "faust")
 #: b/a is issue 15's 0.75 (was 0.7 before the runtime split; the split was to win the speed back)
 TARGETS = {"b_over_a": 0.75, "b_over_c": 1.5, "key_concurrency_speedup": 20.0}
-#: the key-concurrency row: its handler's await, and the two settings it compares (the fleet's default is
-#: still 1: see workers.config.RuntimeSettings.max_in_flight_per_partition)
+#: the key-concurrency row: its handler's await, and the two settings it compares (the runtime's default
+#: is 1 where a route sets none: see workers.config.RuntimeSettings.max_in_flight_per_partition)
 KEY_SLEEP_S = 0.02
 KEY_SETTINGS: dict[str, int | None] = {"max_in_flight_1": 1, "max_in_flight_32": 32}
 #: group-join tuning shared by every variant (infra-notes: small timeouts; the broker has no initial delay)

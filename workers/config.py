@@ -211,7 +211,7 @@ class RuntimeSettings(_Section):
     retry_tier_delays_ms: list[int] = [5_000, 30_000]
     # Keys handled at once per partition (records of one key always one after another, in offset
     # order; commits stay contiguous): workers.runtime.dispatch. Unset: the route's own value
-    # (workers/routes.py; none sets one yet), else 1. Set, it wins over every route (1 = one record at a
+    # (workers/routes.py; fulfillment 16), else 1. Set, it wins over every route (1 = one record at a
     # time per partition, the runtime before key concurrency).
     max_in_flight_per_partition: int | None = Field(None, ge=1)
     # Keys handled at once by one worker process over all its partitions (Parallel Consumer's
