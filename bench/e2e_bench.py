@@ -71,6 +71,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -90,6 +91,7 @@ from standardwebhooks.webhooks import Webhook
 
 from adapters.db import create_pool, seed_id_mappings
 from adapters.kafka import KafkaConnection, durable_producer, start_client
+from bench.chaos.checker import REGISTRATION_ENDPOINTS, registered_account
 from bench.ingress_bench import machine_info, signed_request
 from bench.kafka_connection import bench_connection
 from events.base import to_envelope
@@ -112,6 +114,7 @@ ORDER_CHANNEL = "/data/OrderChangeEvent"
 SF_REST_ENDPOINTS = ("sobjects.get", "sobjects.update", "query", "composite.update")
 NOT_ON_PATH = ("oauth.token", "authOem")  # once per process, not per order
 ORDER_WORKERS = ("sf-cdc", "fulfillment", "sf-writer")
+SF_ORDER_MARKER = re.compile(r"sfOrderId=([A-Za-z0-9]+)")  # AddOrder's notes (workers/fulfillment/steps.py)
 WEBHOOK_WORKERS = ("whmcs-webhooks", "cache-invalidator")
 SEED_BATCH = 200
 BENCH_CLIENT_BASE = 880_000  # synthetic WHMCS client ids for the webhook phase (id_mappings rows)
@@ -473,6 +476,7 @@ async def _phase(
     batch = await bench.prepare(kinds, pool)
     await sandboxes.requests_since_mark("salesforce")
     await sandboxes.requests_since_mark("whmcs")
+    await sandboxes.requests_since_mark("freebit")
     usage = await sandboxes.api_usage()
     began, cpu_before = time.time(), cpu_by_process()
     await bench.approve_all(batch, rate)
@@ -490,7 +494,9 @@ async def _phase(
     report["whmcs_calls_per_order"] = round(whmcs_calls / len(batch.ids), 3) if batch.ids else None
     report["offered_rate_per_s"] = rate if rate is not None else "as fast as the control API approves"
     report["cpu_by_process"] = cpu_report(cpu_before, cpu_after, elapsed, len(batch.ids))
-    shown = ["orders", "activated", "orders_per_s", "latency_ms", "salesforce_api_calls_per_order"]
+    freebit_rows = await sandboxes.requests_since_mark("freebit")
+    report["duplicates"] = duplicates_in(batch.ids, await sandboxes.state("whmcs"), freebit_rows)
+    shown = ["orders", "activated", "orders_per_s", "latency_ms", "salesforce_api_calls_per_order", "duplicates"]
     if in_flight is not None:
         report["max_in_flight_per_partition"] = in_flight
         shown.append("max_in_flight_per_partition")
@@ -539,6 +545,31 @@ def _orders_report(
             "key_concurrency_speedup_at_least_5": _target(ratio, 5, ">=")
             | {"measured_as": "orders/s of burst ÷ orders/s of burst_key_concurrency_1"},
         },
+    }
+
+
+def duplicates_in(
+    order_ids: Iterable[str], whmcs_state: dict[str, Any], freebit_rows: list[dict[str, Any]]
+) -> dict[str, int]:
+    """What the phase did twice (``make chaos`` counts the same): WHMCS orders whose notes carry one of
+    the phase's Salesforce order ids more than once, and Freebit accounts with more than one
+    successful registration request in the phase's request log."""
+    ids = set(order_ids)
+    per_order: Counter[str] = Counter()
+    for order in whmcs_state.get("orders", []):
+        for found in SF_ORDER_MARKER.findall(order.get("notes") or ""):
+            if found in ids:
+                per_order[found] += 1
+    registered: Counter[str] = Counter()
+    for row in freebit_rows:
+        if row.get("endpoint") in REGISTRATION_ENDPOINTS and row.get("status") == 200 and row.get("fault") is None:
+            account = registered_account(row.get("body") or "")
+            if account:
+                registered[account] += 1
+    return {
+        "whmcs_orders_twice": sum(1 for n in per_order.values() if n > 1),
+        "sim_registrations_twice": sum(1 for n in registered.values() if n > 1),
+        "orders_without_whmcs_order": len(ids) - len(per_order),
     }
 
 

@@ -127,7 +127,7 @@ def _freebit(
     for entry in log:
         if entry.get("endpoint") not in REGISTRATION_ENDPOINTS:
             continue
-        account = _account_of(entry.get("body") or "")
+        account = registered_account(entry.get("body") or "")
         if not account:
             continue
         attempts[account] += 1
@@ -145,7 +145,7 @@ def _freebit(
     }
 
 
-def _account_of(form_body: str) -> str | None:
+def registered_account(form_body: str) -> str | None:
     raw = parse_qs(form_body).get("json", [""])[0]
     try:
         body = json.loads(raw)

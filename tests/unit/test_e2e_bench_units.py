@@ -90,3 +90,29 @@ def test_processes_are_counted_by_kind_and_reported_in_cores() -> None:
     )
     assert report["cores"] == {"fulfillment": 1.0, "kafka": 0.2, "redis": 0.1}
     assert (report["cores_total"], report["cpu_ms_per_order"]) == (1.3, 32.5)
+
+
+def test_duplicates_count_orders_created_twice_and_sims_registered_twice() -> None:
+    from bench.e2e_bench import duplicates_in
+
+    whmcs = {
+        "orders": [
+            {"notes": "sfOrderId=801A"},
+            {"notes": "sfOrderId=801A"},  # created twice
+            {"notes": "sfOrderId=801B"},
+            {"notes": "sfOrderId=801Z"},  # another phase's order
+        ]
+    }
+    ok, faulted = {"status": 200, "fault": None}, {"status": 500, "fault": "error"}
+    freebit = [
+        {"endpoint": "master/addAcnt", "body": 'json={"account": "07000000001"}', **ok},
+        {"endpoint": "master/addAcnt", "body": 'json={"account": "07000000001"}', **ok},  # registered twice
+        {"endpoint": "mvno/esim/addAcnt", "body": 'json={"account": "07000000002"}', **ok},
+        {"endpoint": "mvno/esim/addAcnt", "body": 'json={"account": "07000000002"}', **faulted},  # harmed: a retry
+        {"endpoint": "mvno/getDetail", "body": 'json={"account": "07000000002"}', **ok},
+    ]
+    assert duplicates_in(["801A", "801B", "801C"], whmcs, freebit) == {
+        "whmcs_orders_twice": 1,
+        "sim_registrations_twice": 1,
+        "orders_without_whmcs_order": 1,
+    }
