@@ -30,7 +30,7 @@ lint: install ## ruff (lint + format check)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: install ## mypy, strict for events/ schemas/ adapters/ workers/
+typecheck: install ## mypy, strict for events/ schemas/ adapters/ workers/ devtools/
 	$(BIN)/mypy
 
 schemas: install ## Export the JSON Schema of every event type to docs/events/

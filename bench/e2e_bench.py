@@ -6,7 +6,7 @@
     python -m bench.e2e_bench --skip-orders           # the webhook phase alone
 
 What runs: the local stack, the sandboxes and the five workers exactly as ``fleet demo up`` starts
-them (``workers.demo.fleet``), with fixed latencies injected through the sandboxes' fault API
+them (``devtools.demo.fleet``), with fixed latencies injected through the sandboxes' fault API
 (default: 20 ms per Salesforce REST call, 30 ms per WHMCS call, 20 ms per Freebit call, SIM
 registrations active at once). Every figure is read from what the sandboxes record; nothing is
 added to them:
@@ -94,6 +94,9 @@ from adapters.kafka import KafkaConnection, durable_producer, start_client
 from bench.chaos.checker import REGISTRATION_ENDPOINTS, registered_account
 from bench.ingress_bench import machine_info, signed_request
 from bench.kafka_connection import bench_connection
+from devtools.demo.fleet import Endpoints, Fleet, FleetOptions, health_ports
+from devtools.demo.probes import forget_stale_sagas
+from devtools.supervisor import ChildStatus, StopReport
 from events.base import to_envelope
 from events.billing import InvoiceChanged
 from events.envelope import to_record
@@ -101,12 +104,9 @@ from events.topics import ConsumerGroup, Topic
 from sandbox.demo_data import sf_id
 from workers import cache_keys as ck
 from workers.config import STACK_ENV_FILE, Settings, load_settings
-from workers.demo.fleet import Endpoints, Fleet, FleetOptions, health_ports
-from workers.demo.probes import forget_stale_sagas
 from workers.fulfillment.policy import POLL_FIRST_S
 from workers.logs import configure_logging
 from workers.routes import ROUTES
-from workers.supervisor import ChildStatus, StopReport
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "e2e.json"

@@ -408,7 +408,7 @@ def machine_info(bootstrap: str) -> dict[str, Any]:
         "bootstrap": bootstrap,
     }
     try:
-        from workers.stack.kafka import kafka_version
+        from devtools.stack.kafka import kafka_version
 
         info["kafka"] = kafka_version()
     except Exception as exc:  # only informational; a foreign broker has no pom here

@@ -4,7 +4,7 @@
 
 The certificates come from ``cryptography`` (a CA, the broker's certificate for 127.0.0.1 and
 localhost signed by it, and a second CA nobody trusts); SCRAM users are written at storage format
-and PLAIN users in the listener's JAAS line (``workers.stack.kafka.SecureListener``). The shared
+and PLAIN users in the listener's JAAS line (``devtools.stack.kafka.SecureListener``). The shared
 stack's broker is never touched.
 """
 
@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from adapters.kafka import KafkaConnection
-from workers.stack.kafka import Kafka, SecureListener
-from workers.stack.process import stop as stop_process
+from devtools.stack.kafka import Kafka, SecureListener
+from devtools.stack.process import stop as stop_process
 
 USER = "fleet-app"
 PASSWORD = "s3cret-for-tests-only"

@@ -1,6 +1,6 @@
 """The ``stack_env`` session fixture: where Kafka, Redis and PostgreSQL are for integration and e2e tests.
 
-By default, the embedded stack of ``fleet stack up`` (``workers.stack``): the endpoints come from its
+By default, the embedded stack of ``fleet stack up`` (``devtools.stack``): the endpoints come from its
 env file (``.fleet/stack.env``), and when the stack is not running the fixture starts it with the
 very function ``fleet stack up`` calls, so ``pytest`` works without a prior ``make up``. The stack is
 left running afterwards, for the next run and for the other suites that share it.
@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest_asyncio
 
 from adapters.kafka import delete_topics, list_topics
+from devtools import stack
+from devtools.stack.envfile import DATABASE_URL, KAFKA_BOOTSTRAP, REDIS_URL, read
+from devtools.stack.provision import ensure_topics_and_schema
 from events.topics import catalog
-from workers import stack
 from workers.config import STACK_ENV_FILE, StackSettings, load_settings
-from workers.stack.envfile import DATABASE_URL, KAFKA_BOOTSTRAP, REDIS_URL, read
-from workers.stack.provision import ensure_topics_and_schema
 
 __all__ = ["stack_env"]
 

@@ -3,8 +3,16 @@
     async with bootstrap(settings) as deps:            # real adapters on the configured endpoints
     async with bootstrap(settings, whmcs=FakeWhmcs()) as deps:   # any port can be overridden
 
+The one place a worker process's clients are built from Settings: the consumers get them through
+``bootstrap``; the two ingress processes, whose lifecycles differ (the webhook receiver answers 503
+while its producer retries a Kafka that is away at boot; the CDC subscriber's Salesforce client also
+authenticates its CometD session), build theirs with the same named builders (``kafka_producer``,
+``open_producer``, ``open_pool``, ``redis_client``, ``open_salesforce``). A test checks that no other
+module of ``workers/`` builds a client. (The runtime's consumer and failure producer are the
+runtime's own, ``workers.runtime.serve``; the ops commands open short-lived connections of their own.)
+
 Owns the lifecycle of clients, pools and producers (opened here, closed on exit, in reverse order).
-Given a worker's ``needs`` (``workers.routes.Need``), it opens only those: a cache invalidator
+Given a worker's ``needs`` (``workers.needs.Need``), it opens only those: a cache invalidator
 holds no vendor credentials and builds no vendor client (its ports are ``Unconfigured``, which fail
 loudly if a handler reaches for them). Must not hold business rules or bind handlers:
 ``workers.routes`` turns ``Deps`` into routes. Nothing here runs at import.
@@ -21,6 +29,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 import structlog
+from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio.retry import Retry
@@ -40,7 +49,7 @@ from adapters.salesforce import (
 )
 from adapters.whmcs import HttpWhmcs, WhmcsPort
 from workers.config import ConfigError, HttpSettings, SalesforceSettings, Settings
-from workers.routes import Need
+from workers.needs import Need
 
 log = structlog.get_logger(__name__)
 
@@ -126,34 +135,20 @@ async def bootstrap(
     async with contextlib.AsyncExitStack() as stack:
         tokens: TokenSource | None = None
         if producer is None:
-            connection = settings.kafka.connection()
-            raw = durable_producer(connection, settings.kafka.client_id)
-            stack.push_async_callback(raw.stop)  # also after a failed start: it closes what start opened
-            await start_client(raw, connection)
-            producer = AiokafkaProducer(raw)
+            producer = await open_producer(stack, settings)
         if pool is None:
-            pg = settings.postgres
-            pool = await create_pool(pg.dsn.get_secret_value(), pg.min_pool, pg.max_pool)
-            stack.push_async_callback(pool.close)
+            pool = await open_pool(stack, settings)
         if redis is None and Need.REDIS not in wanted:
             redis = cast(aioredis.Redis, Unconfigured("redis", Need.REDIS))
         if redis is None:
             # no client-side retries: redis-py's default (3 tries with back-off) would hold a partition
             # for seconds per record; the runtime's retry policy decides instead
-            redis = aioredis.from_url(
-                settings.redis.url.get_secret_value(),
-                retry=Retry(NoBackoff(), 0),
-                socket_timeout=2.0,
-                socket_connect_timeout=2.0,
-            )
+            redis = redis_client(settings, socket_timeout=2.0, connect_timeout=2.0)
             stack.push_async_callback(redis.aclose)
         if salesforce is None and Need.SALESFORCE not in wanted:
             salesforce = cast(SalesforcePort, Unconfigured("salesforce", Need.SALESFORCE))
         if salesforce is None:
-            sf = settings.salesforce
-            client = await stack.enter_async_context(_client(sf.http))
-            tokens = salesforce_token_source(sf, settings.env, client)
-            salesforce = HttpSalesforce(client, tokens, sf.api_version, sf.call_options_client)
+            salesforce, tokens = await open_salesforce(stack, settings)
         if whmcs is None and Need.WHMCS_API not in wanted:
             whmcs = cast(WhmcsPort, Unconfigured("whmcs", Need.WHMCS_API))
         if whmcs is None:
@@ -169,3 +164,56 @@ async def bootstrap(
             client = await stack.enter_async_context(_client(fb.http))
             freebit = HttpFreebit(client, fb.base_url, fb.oem_id, fb.oem_key.get_secret_value())
         yield Deps(settings, producer, pool, redis, salesforce, whmcs, freebit, tokens)
+
+
+def kafka_producer(settings: Settings, role: str | None = None, **options: Any) -> AIOKafkaProducer:
+    """An unstarted durable producer (acks=all, idempotent) on the configured connection; ``role``
+    suffixes the client id (``fleet-sf-cdc``) so the broker's logs and quotas tell processes apart."""
+    client_id = settings.kafka.client_id if role is None else f"{settings.kafka.client_id}-{role}"
+    return durable_producer(settings.kafka.connection(), client_id, **options)
+
+
+async def open_producer(
+    stack: contextlib.AsyncExitStack, settings: Settings, role: str | None = None
+) -> AiokafkaProducer:
+    """A started producer, stopped when ``stack`` closes. A credential or certificate Kafka refuses
+    raises ``KafkaSecurityError`` here (one line from the CLI), before anything else connects."""
+    raw = kafka_producer(settings, role)
+    stack.push_async_callback(raw.stop)  # also after a failed start: it closes what start opened
+    await start_client(raw, settings.kafka.connection())
+    return AiokafkaProducer(raw)
+
+
+async def open_pool(
+    stack: contextlib.AsyncExitStack, settings: Settings, min_size: int | None = None, max_size: int | None = None
+) -> asyncpg.Pool:
+    """A Postgres pool (the configured size unless given), closed when ``stack`` closes."""
+    pg = settings.postgres
+    pool = await create_pool(
+        pg.dsn.get_secret_value(),
+        pg.min_pool if min_size is None else min_size,
+        pg.max_pool if max_size is None else max_size,
+    )
+    stack.push_async_callback(pool.close)
+    return pool
+
+
+def redis_client(settings: Settings, *, socket_timeout: float | None, connect_timeout: float) -> aioredis.Redis:
+    """A Redis client that tries once: whoever calls it owns the retry policy (the runtime's tiers, or
+    the webhook receiver's fail-open dedupe). redis-py parses replies with hiredis when installed
+    (``redis[hiredis]`` in pyproject). The caller closes it."""
+    return aioredis.from_url(
+        settings.redis.url.get_secret_value(),
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+    )
+
+
+async def open_salesforce(stack: contextlib.AsyncExitStack, settings: Settings) -> tuple[HttpSalesforce, TokenSource]:
+    """The Salesforce REST client and its token source (the CDC subscriber's CometD session
+    authenticates with the same tokens); the HTTP client closes with ``stack``."""
+    sf = settings.salesforce
+    client = await stack.enter_async_context(_client(sf.http))
+    tokens = salesforce_token_source(sf, settings.env, client)
+    return HttpSalesforce(client, tokens, sf.api_version, sf.call_options_client), tokens

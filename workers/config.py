@@ -278,7 +278,7 @@ class StackSettings(_Section):
     # Kafka's own default (kafka-server-start.sh: -Xmx1G). At 512m a stack that has served a few test
     # runs (thousands of partitions) kept ~400 MB live: G1 then collected every second and ran
     # concurrent cycles back to back, and its pauses took both cores from the workers (e2e p99 tails).
-    # Per JVM. With brokers > 1 and this left unset, each node gets workers.stack.kafka.MULTI_BROKER_HEAP.
+    # Per JVM. With brokers > 1 and this left unset, each node gets devtools.stack.kafka.MULTI_BROKER_HEAP.
     kafka_heap: str = "1g"
     # Kafka nodes (KRaft, each broker+controller): 1 for `make run`/`make test`; 3 (`fleet stack up
     # --brokers 3`) for failover tests: node i on kafka_port+2i / kafka_controller_port+2i, RF 3, min ISR 2.

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from workers.config import Settings, env_var_name, sandbox_defaults
-from workers.routes import Need, worker_needs
+from workers.needs import Need
+from workers.routes import worker_needs
 
 #: the sandboxes' other public credentials (sandbox/salesforce/oauth.py); refused wherever they appear
 SANDBOX_ONLY_VALUES: dict[str, str] = {

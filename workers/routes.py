@@ -8,26 +8,29 @@ takes the composition root's ``workers.bootstrap.Deps`` and returns the route's 
 (in-place attempts, retry-tier delays, keys at once per partition, dead letters on or off); None
 means the runtime's default from ``RuntimeSettings``.
 
-Owns the table and the names; must not hold handlers or business rules. The flows must not import
-this module (it imports them), nor ``workers.bootstrap`` at run time (it imports ``Need`` from here).
+Owns the table and the names; must not hold handlers or business rules. The flows and the ingress
+modules must not import this module (it imports them).
 
-``INGRESS`` lists the two bridges from outside into Kafka (they produce; they consume nothing).
-Every worker states what it ``needs`` (``Need``): the production profile (``workers.profile``)
-refuses to start one whose needs are not configured, and the composition root builds only those.
+``INGRESS`` lists the two bridges from outside into Kafka (they produce; they consume nothing); each
+names its entry point, a function, like a route's ``bind``. Every worker states what it ``needs``
+(``workers.needs.Need``): the production profile (``workers.profile``) refuses to start one whose
+needs are not configured, and the composition root (``workers.bootstrap``) builds only those.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from events.base import DomainEvent
 from events.topics import GROUP_SOURCES, ConsumerGroup, Topic
 from workers.cache_invalidation import route as cache_invalidation
+from workers.config import Settings
 from workers.fulfillment import route as fulfillment
+from workers.ingress import sf_cdc, webhook_server
+from workers.needs import Need
 from workers.runtime.route import Handler, Route
 from workers.sf_writer import route as sf_writer
 
@@ -36,18 +39,9 @@ if TYPE_CHECKING:
 
 #: a flow's ``bind``: the composition root's dependencies → the route's dispatch table
 Binder = Callable[["Deps"], Mapping[type[DomainEvent], Handler]]
-
-
-class Need(StrEnum):
-    """A dependency a worker uses; each has settings that must be real in staging/production."""
-
-    KAFKA = "kafka"
-    POSTGRES = "postgres"
-    REDIS = "redis"
-    SALESFORCE = "salesforce"
-    WHMCS_API = "whmcs-api"
-    FREEBIT = "freebit"
-    WEBHOOK_SECRETS = "webhook-secrets"
+#: an ingress worker's entry point: runs until the event is set, building its clients through
+#: ``workers.bootstrap``
+IngressEntry = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
 #: every consumer worker: Kafka, and Postgres for the runtime's inbox and dead-letter bookkeeping
@@ -148,9 +142,7 @@ class IngressSpec:
 
     name: str
     writes: tuple[Topic, ...]
-    #: ``"module:function"``: ``async function(settings, stop) -> None``. A string, unlike a route's
-    #: ``bind``: the ingress modules import ``workers.bootstrap``, which imports this module.
-    entry: str
+    entry: IngressEntry
     description: str = ""
     needs: frozenset[Need] = frozenset({Need.KAFKA})
 
@@ -161,24 +153,19 @@ INGRESS: dict[str, IngressSpec] = {
         IngressSpec(
             "sf-cdc",
             (Topic.SF_ORDER, Topic.SF_CATALOG, Topic.SF_ACCOUNT, Topic.SF_RESYNC, Topic.INGRESS_DLQ),
-            "workers.ingress.sf_cdc:serve",
+            sf_cdc.serve,
             "Salesforce CDC (CometD) → domain events; replay id checkpointed after the Kafka ack",
             needs=frozenset({Need.KAFKA, Need.POSTGRES, Need.SALESFORCE}),
         ),
         IngressSpec(
             "whmcs-webhooks",
             (Topic.WHMCS_BILLING,),
-            "workers.ingress.webhook_server:serve",
+            webhook_server.serve,
             "signed WHMCS webhooks (POST /webhooks/whmcs) → domain events; 2xx only after the Kafka ack",
             needs=frozenset({Need.KAFKA, Need.REDIS, Need.WEBHOOK_SECRETS}),
         ),
     )
 }
-
-
-def import_entry(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def worker_needs() -> dict[str, frozenset[Need]]:

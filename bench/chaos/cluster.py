@@ -1,7 +1,7 @@
 """The system under test of a chaos run, and the hands that hurt it.
 
 Up: a private stack (``StackSettings.brokers`` KRaft nodes, Redis, PostgreSQL) in the run's state
-directory, the sandboxes and every worker instance under the demo supervisor (``workers.demo.fleet``,
+directory, the sandboxes and every worker instance under the demo supervisor (``devtools.demo.fleet``,
 which restarts a killed instance as Kubernetes or systemd would). The workers get every setting in
 their environment (``ChaosConfig.worker_env``). Down: the workers, the sandboxes, then the stack
 with its state (a run starts from nothing: empty topics, an empty database, fresh sandboxes).
@@ -25,11 +25,11 @@ import httpx
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from bench.chaos.config import ChaosConfig
-from workers import stack
+from devtools import stack
+from devtools.demo.fleet import Fleet, FleetOptions
+from devtools.stack.process import wait_gone
+from devtools.supervisor import ChildState
 from workers.config import Settings, load_settings
-from workers.demo.fleet import Fleet, FleetOptions
-from workers.stack.process import wait_gone
-from workers.supervisor import ChildState
 
 Echo = Callable[[str], None]
 

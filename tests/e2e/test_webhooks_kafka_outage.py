@@ -30,12 +30,12 @@ import pytest_asyncio
 from standardwebhooks.webhooks import Webhook
 
 from adapters.kafka import ensure_topics
+from devtools.stack.kafka import Kafka
+from devtools.stack.process import stop as stop_process
 from events.topics import TopicSpec
 from tests.integration.test_webhook_receiver import SECRET, free_port, read_topic, wait_ready
 from workers.config import Settings
 from workers.ingress.webhook_server import PATH, serve
-from workers.stack.kafka import Kafka
-from workers.stack.process import stop as stop_process
 
 pytestmark = pytest.mark.e2e
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from workers import stack
+from devtools import stack
+from devtools.stack.envfile import DATABASE_URL, KAFKA_BOOTSTRAP, REDIS_URL, read
+from devtools.stack.kafka import CACHE_ROOT, kafka_version
+from devtools.stack.process import is_gone, read_cmdline, wait_gone
 from workers.config import StackSettings
-from workers.stack.envfile import DATABASE_URL, KAFKA_BOOTSTRAP, REDIS_URL, read
-from workers.stack.kafka import CACHE_ROOT, kafka_version
-from workers.stack.process import is_gone, read_cmdline, wait_gone
 
 pytestmark = pytest.mark.integration
 

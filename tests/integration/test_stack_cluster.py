@@ -28,12 +28,12 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 
 from adapters.kafka import ensure_topics, plan_topics
+from devtools import stack
+from devtools.stack.envfile import KAFKA_BOOTSTRAP, read
+from devtools.stack.kafka import cluster_brokers
+from devtools.stack.process import is_gone, port_is_free, wait_gone
 from events.topics import TopicPolicy, TopicSpec, catalog
-from workers import stack
 from workers.config import StackSettings
-from workers.stack.envfile import KAFKA_BOOTSTRAP, read
-from workers.stack.kafka import cluster_brokers
-from workers.stack.process import is_gone, port_is_free, wait_gone
 
 pytestmark = pytest.mark.integration
 

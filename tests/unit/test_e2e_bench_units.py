@@ -62,8 +62,8 @@ def test_baseline_options() -> None:
 
 
 def test_each_worker_is_started_with_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from devtools.demo.fleet import Fleet, FleetOptions
     from workers.config import load_settings
-    from workers.demo.fleet import Fleet, FleetOptions
 
     settings = load_settings(env_file=None)
     options = FleetOptions(worker_env={"FLEET_LOG__LEVEL": "INFO"}, log_dir=tmp_path, state_dir=tmp_path)

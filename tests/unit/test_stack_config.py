@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from workers import stack
-from workers.config import StackSettings, load_settings
-from workers.stack import envfile
-from workers.stack.kafka import (
+from devtools import stack
+from devtools.stack import envfile
+from devtools.stack.kafka import (
     CLUSTER_FILE,
     MULTI_BROKER_HEAP,
     POM,
@@ -24,7 +23,8 @@ from workers.stack.kafka import (
     recorded_cluster_size,
     render_properties,
 )
-from workers.stack.process import Signature, StackError, read_pid
+from devtools.stack.process import Signature, StackError, read_pid
+from workers.config import StackSettings, load_settings
 
 
 def _properties(text: str) -> dict[str, str]:

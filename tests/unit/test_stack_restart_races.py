@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.cli import sandbox as sandbox_cli
+from devtools.cli import sandbox as sandbox_cli
+from devtools.stack.process import forget_stale_pid
 from workers.config import Settings
-from workers.stack.process import forget_stale_pid
 
 
 def state(pid: int) -> str | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from workers.supervisor import Backoff, ChildSpec, ChildState, Supervisor, last_line
+from devtools.supervisor import Backoff, ChildSpec, ChildState, Supervisor, last_line
 
 PY = sys.executable
 FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.2, stable_after_s=5.0, crash_loop_after=3)
@@ -198,7 +198,7 @@ async def test_stop_reaches_the_childs_own_children(tmp_path: Path) -> None:
 SUPERVISING_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from workers.supervisor import ChildSpec, Supervisor
+from devtools.supervisor import ChildSpec, Supervisor
 from workers.runtime.serve import stop_on_signals
 
 async def main():

@@ -17,7 +17,7 @@ import structlog
 from workers import crashpoints, profile
 from workers.cli._context import Context, pass_ctx, run_async
 from workers.config import RuntimeSettings
-from workers.routes import INGRESS, ROUTES, IngressSpec, RouteSpec, import_entry
+from workers.routes import INGRESS, ROUTES, IngressSpec, RouteSpec
 from workers.runtime.route import Route
 
 log = structlog.get_logger(__name__)
@@ -131,7 +131,7 @@ async def _serve_ingress(ctx: Context, spec: IngressSpec) -> None:
     settings = ctx.settings
     stop = asyncio.Event()
     stop_on_signals(stop)  # SIGTERM / SIGINT: stop accepting, finish in-flight work, checkpoint
-    await import_entry(spec.entry)(settings, stop)
+    await spec.entry(settings, stop)
 
 
 for _spec in ROUTES.values():

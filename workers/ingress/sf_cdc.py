@@ -33,11 +33,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from adapters.cdc_checkpoints import Checkpoint, CheckpointStore, pending
-from adapters.db import create_pool
-from adapters.http import build_client
-from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer, start_client
+from adapters.kafka import ProducerPort
 from adapters.leader_lease import LeaderLease, PgAdvisoryLease
-from adapters.salesforce import HttpSalesforce, TokenSource
+from adapters.salesforce import TokenSource
 from adapters.salesforce_stream import FleetAuthenticator
 from events import failure as fh
 from events.base import DomainEvent, to_envelope
@@ -45,7 +43,7 @@ from events.errors import AuthenticationFailed, InvalidPayload, PermanentError, 
 from events.failure import Stage
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, ResyncRequested
 from events.topics import Topic
-from workers.bootstrap import salesforce_token_source
+from workers import bootstrap
 from workers.config import Settings
 from workers.ingress.cdc_leader import (
     FencedCheckpointStore,
@@ -810,10 +808,8 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         tokens: TokenSource | None = None
         if salesforce is None or source is None:
-            http = build_client(sf.http.connect_timeout_s, sf.http.read_timeout_s, sf.http.max_connections)
-            await stack.enter_async_context(http)
-            tokens = salesforce_token_source(sf, settings.env, http)
-            salesforce = salesforce or HttpSalesforce(http, tokens, sf.api_version, sf.call_options_client)
+            client, tokens = await bootstrap.open_salesforce(stack, settings)
+            salesforce = salesforce or client
         if source is None:
             assert tokens is not None
             source = CometdSource(
@@ -825,15 +821,11 @@ async def serve(
                 reauthenticate=_forcing_refresh(tokens),
             )
         if producer is None:
-            connection = settings.kafka.connection()
-            kafka = durable_producer(connection, f"{settings.kafka.client_id}-sf-cdc")
-            stack.push_async_callback(kafka.stop)
-            await start_client(kafka, connection)  # a refused credential stops the process (one line)
-            producer = AiokafkaProducer(kafka)
-        dsn = settings.postgres.dsn.get_secret_value()
+            # a refused credential stops the process here (one line)
+            producer = await bootstrap.open_producer(stack, settings, "sf-cdc")
         if pool is None:
-            pool = await create_pool(dsn, 1, 2)
-            stack.push_async_callback(pool.close)
+            pool = await bootstrap.open_pool(stack, settings, 1, 2)
+        dsn = settings.postgres.dsn.get_secret_value()
         if lease is None:
             lease = PgAdvisoryLease(
                 dsn,

@@ -70,11 +70,9 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from adapters.coalescer import ByRate
-from adapters.kafka import BatchingProducer, KafkaSecurityError, ProducerPort, durable_producer, start_client
+from adapters.kafka import BatchingProducer, KafkaSecurityError, ProducerPort, start_client
 from adapters.webhook_dedupe import Claim, DedupeStore, RedisDedupeStore
 from events import envelope as ce
 from events import failure as fh
@@ -82,6 +80,7 @@ from events.base import DomainEvent
 from events.errors import DependencyUnavailable
 from events.topics import Topic
 from schemas.whmcs_webhook import WhmcsWebhook, parse_webhook
+from workers import bootstrap
 from workers.config import ConfigError, Settings
 from workers.crashpoints import crash_point
 from workers.ingress.whmcs_webhooks import translate
@@ -617,14 +616,8 @@ def _redis_client(settings: Settings) -> Redis:
     # One attempt, short timeouts: the receiver fails open on dedupe errors, so retrying inside the
     # client would only delay the answer (a blackholed Redis would cost seconds per request). The
     # dedupe store bounds each call (``REDIS_TIMEOUT_S``), not the socket: see ``RedisDedupeStore``.
-    # redis-py parses replies with hiredis when it is installed (``redis[hiredis]`` in pyproject):
-    # about 5% of the receiver's CPU per webhook at full load, for the whole fleet's clients too.
-    return Redis.from_url(
-        settings.redis.url.get_secret_value(),
-        socket_timeout=None,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
+    # hiredis parses the replies: about 5% of the receiver's CPU per webhook at full load.
+    return bootstrap.redis_client(settings, socket_timeout=None, connect_timeout=REDIS_TIMEOUT_S)
 
 
 async def _until_stopped(stop: asyncio.Event, kafka: asyncio.Task[None] | None) -> None:
@@ -647,11 +640,7 @@ async def _own_producer(settings: Settings, receiver: WebhookReceiver, finished:
     delay = 0.5
     connection = settings.kafka.connection()
     while not finished.is_set():
-        raw = durable_producer(
-            connection,
-            f"{settings.kafka.client_id}-whmcs-webhooks",
-            request_timeout_ms=settings.kafka.request_timeout_ms,
-        )
+        raw = bootstrap.kafka_producer(settings, "whmcs-webhooks", request_timeout_ms=settings.kafka.request_timeout_ms)
         try:
             await start_client(raw, connection)
         except KafkaSecurityError as exc:

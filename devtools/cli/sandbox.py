@@ -23,7 +23,7 @@ import click
 import httpx
 
 from sandbox.runner import command_line
-from workers.cli._context import Context, pass_ctx
+from workers.cli import Context, pass_ctx
 from workers.config import Settings
 
 SECRET_ENV = "SANDBOX_WHMCS_WEBHOOK_SECRET"

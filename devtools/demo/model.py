@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.supervisor import ChildStatus
+from devtools.supervisor import ChildStatus
 
 
 @dataclass

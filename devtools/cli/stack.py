@@ -1,6 +1,6 @@
 """`fleet stack`: start, stop and inspect the embedded local stack (Kafka, Redis, PostgreSQL).
 
-Output and exit codes only; the lifecycle itself is ``workers.stack``, which the test fixture
+Output and exit codes only; the lifecycle itself is ``devtools.stack``, which the test fixture
 calls too. ``up`` exits 1 when a server does not become ready, quoting its log; ``status``
 always exits 0, so scripts can call it to look.
 """
@@ -13,8 +13,8 @@ from typing import NoReturn
 
 import click
 
-from workers import stack
-from workers.cli._context import Context, pass_ctx, run_async
+from devtools import stack
+from workers.cli import Context, pass_ctx, run_async
 from workers.config import STACK_ENV_FILE
 
 env_file_option = click.option(

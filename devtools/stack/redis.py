@@ -12,7 +12,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from workers.stack.process import Signature, forget_stale_pid, require, run, running_pid
+from devtools.stack.process import Signature, forget_stale_pid, require, run, running_pid
 
 
 class Redis:

@@ -34,10 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from events.topics import TopicPolicy
-from workers.config import STACK_ENV_FILE, StackSettings
-from workers.stack import envfile
-from workers.stack.kafka import (
+from devtools.stack import envfile
+from devtools.stack.kafka import (
     MULTI_BROKER_HEAP,
     Kafka,
     PartitionState,
@@ -48,10 +46,12 @@ from workers.stack.kafka import (
     replication,
     size_mismatch,
 )
-from workers.stack.postgres import Postgres
-from workers.stack.process import Signature, StackError, file_lock, port_is_free, stop, tails
-from workers.stack.provision import ensure_topics_and_schema
-from workers.stack.redis import Redis
+from devtools.stack.postgres import Postgres
+from devtools.stack.process import Signature, StackError, file_lock, port_is_free, stop, tails
+from devtools.stack.provision import ensure_topics_and_schema
+from devtools.stack.redis import Redis
+from events.topics import TopicPolicy
+from workers.config import STACK_ENV_FILE, StackSettings
 
 __all__ = [
     "STACK_ENV_FILE",

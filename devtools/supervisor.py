@@ -8,7 +8,7 @@
 
 Owns: spawning each child in its own session with its output appended to ``<log_dir>/<name>.log``,
 restarts with exponential back-off, crash-loop detection, HTTP health probes and a bounded,
-ordered stop. Must not know what the children are (``workers.demo.fleet`` builds the specs) and
+ordered stop. Must not know what the children are (``devtools.demo.fleet`` builds the specs) and
 must not signal a process it did not spawn: it only signals children it has not yet reaped, so
 their pids cannot have been reused.
 """

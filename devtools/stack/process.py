@@ -1,6 +1,6 @@
 """Process plumbing for the local stack: detached spawning, pid files, ownership checks, stopping.
 
-Owns the one rule of ``workers/stack``: a pid is signalled only after ``/proc/<pid>/cmdline``
+Owns the one rule of ``devtools/stack``: a pid is signalled only after ``/proc/<pid>/cmdline``
 proves it is the server this stack started, i.e. its argv names the expected program and an
 exact path inside our state directory (a properties file, a data directory). A pid file can be
 stale, or the pid reused by an unrelated process after a crash or a reboot; the check makes

@@ -5,8 +5,8 @@
     fleet demo scenario                    only the scenario, against a fleet that already runs
 
 Owns options, output and exit codes: 0 the scenario passed, 1 it failed or the fleet did not come
-up, 130 interrupted. Must not hold the logic: ``workers.demo`` (fleet, scenario, render) and
-``workers.supervisor`` do. The demo's own logs go to ``.fleet/logs/demo.log`` so they never tear
+up, 130 interrupted. Must not hold the logic: ``devtools.demo`` (fleet, scenario, render) and
+``devtools.supervisor`` do. The demo's own logs go to ``.fleet/logs/demo.log`` so they never tear
 the live table; each worker logs to ``.fleet/logs/<name>.log``.
 """
 
@@ -23,15 +23,15 @@ from typing import TypeVar
 import click
 from rich.console import Console
 
-from workers.cli._context import Context, pass_ctx, run_async
+from devtools.demo.fleet import Fleet, FleetError, FleetOptions
+from devtools.demo.model import ScenarioState
+from devtools.demo.render import PlainProgress, hints, live_view, summary_dict, summary_lines, workers_table
+from devtools.demo.scenario import Scenario, ScenarioError
+from devtools.supervisor import ChildStatus
+from workers.cli import Context, pass_ctx, run_async
 from workers.config import STACK_ENV_FILE, Settings
-from workers.demo.fleet import Fleet, FleetError, FleetOptions
-from workers.demo.model import ScenarioState
-from workers.demo.render import PlainProgress, hints, live_view, summary_dict, summary_lines, workers_table
-from workers.demo.scenario import Scenario, ScenarioError
 from workers.logs import configure_logging
 from workers.runtime.serve import stop_on_signals
-from workers.supervisor import ChildStatus
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -221,5 +221,5 @@ def _log_to_file(settings: Settings, path: Path) -> None:
     configure_logging(settings.log.level, "json", settings.secrets(), stream=stream)
 
 
-if __name__ == "__main__":  # `python -m workers.cli.demo up` until `fleet` registers the group
+if __name__ == "__main__":  # `python -m devtools.cli.demo up`, also without the `fleet.commands` entry point
     group()

@@ -10,16 +10,16 @@ import asyncio
 
 from adapters.db import migrate
 from adapters.kafka import ensure_topics
+from devtools.stack.kafka import cluster_brokers, replication
+from devtools.stack.process import StackError
 from events.topics import TopicPolicy, catalog
-from workers.stack.kafka import cluster_brokers, replication
-from workers.stack.process import StackError
 
 
 async def ensure_catalog(bootstrap: str, policy: TopicPolicy | None = None) -> list[str]:
     """Create every catalog topic that is missing, under ``policy``; returns the names created. Lives
-    here, not in the CLI: the stack and the demo need it too, and workers/stack must not import
-    workers/cli (a cycle). Without a policy, the stack's own for the cluster's size: RF 1 on one
-    broker, RF 3 / min ISR 2 from three brokers on (``kafka.replication``)."""
+    here, not in the CLI: the stack and the demo need it too, and devtools/stack must not import a
+    CLI module (devtools/cli imports it). Without a policy, the stack's own for the cluster's size:
+    RF 1 on one broker, RF 3 / min ISR 2 from three brokers on (``kafka.replication``)."""
     if policy is None:
         brokers = await cluster_brokers(bootstrap)
         if brokers is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
-from workers.stack.process import (
+from devtools.stack.process import (
     Signature,
     StackError,
     pids_with_cwd,

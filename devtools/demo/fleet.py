@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from adapters.db import create_pool, seed_id_mappings
+from devtools import stack
+from devtools.supervisor import ChildSpec, ChildStatus, StopReport, Supervisor
 from sandbox.runner import command_line
-from workers import stack
 from workers.config import STACK_ENV_FILE, Settings
 from workers.routes import INGRESS, ROUTES
-from workers.supervisor import ChildSpec, ChildStatus, StopReport, Supervisor
 
 #: every worker of the fleet, in start order (ingress last: consumers are ready for what it produces)
 WORKERS = ("fulfillment", "sf-writer", "cache-invalidator", "sf-cdc", "whmcs-webhooks")

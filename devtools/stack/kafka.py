@@ -33,7 +33,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from workers.stack.process import (
+from devtools.stack.process import (
     Signature,
     StackError,
     file_lock,

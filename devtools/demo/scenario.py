@@ -30,12 +30,12 @@ import structlog
 
 from adapters.db import create_pool
 from adapters.saga_store import PgSagaStore
+from devtools.demo.fleet import Endpoints
+from devtools.demo.model import KeyProgress, OrderProgress, ScenarioState, demo_progress
+from devtools.demo.probes import dead_letter_offsets, delta, forget_stale_sagas
+from devtools.supervisor import ChildStatus
 from workers import cache_keys as ck
 from workers.config import Settings
-from workers.demo.fleet import Endpoints
-from workers.demo.model import KeyProgress, OrderProgress, ScenarioState, demo_progress
-from workers.demo.probes import dead_letter_offsets, delta, forget_stale_sagas
-from workers.supervisor import ChildStatus
 
 log = structlog.get_logger(__name__)
 

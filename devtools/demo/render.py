@@ -16,9 +16,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from workers.demo.fleet import Endpoints
-from workers.demo.model import OrderProgress, ScenarioState
-from workers.supervisor import ChildStatus
+from devtools.demo.fleet import Endpoints
+from devtools.demo.model import OrderProgress, ScenarioState
+from devtools.supervisor import ChildStatus
 
 Echo = Callable[[str], None]
 DASH = "—"
