@@ -9,6 +9,7 @@ Data only; no behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 PORTAL_PRICEBOOK_ID = "01s5g00000PORTALAA"
@@ -222,3 +223,41 @@ DEMO_ORDERS: list[dict[str, Any]] = [
     {"customer": "suzuki", "Type": "VPN", "VPN_Region__c": "Tokyo", "lines": ["VPN-TOKYO", "VPN-ACTIVATION"]},
     {"customer": "sato", "Type": "Internet", "lines": ["INT-1G-SILVER", "INT-INSTALL-SINGLE"]},
 ]
+
+
+# --- SIM inventory (SIM_Inventory__c: our inference of the object, see sandbox.salesforce.store) --
+#: cards of each type in the demo org: far more than a benchmark or chaos run assigns
+SIM_INVENTORY_SIZE = 3000
+
+
+def sim_card(sim_type: str, n: int, number: int) -> dict[str, Any]:
+    """Card ``n`` (from 1) of a type, made from ``number``, a record number no earlier sandbox process
+    handed out (``sandbox.salesforce.store.RECORD_NUMBERS``, which also gives the record its Id): the
+    phone number and the serial come from it, so the cards of one sandbox run never collide with
+    those an earlier run's orders took in the fleet's own, longer-lived Postgres
+    (``sim_card_assignments``, ``sim_account``).
+    Physical cards ``SIM-000001`` / ``080`` + 8 digits / serial ``AX`` + 13 digits (Freebit's
+    productNumber shape), eSIM profiles ``ESIM-000001`` / ``070`` + 8 digits / no serial. The phone
+    digits repeat only every 10^8 record numbers (100 s of the sandbox's microsecond numbering): two
+    runs whose first cards are that far apart to within their few thousand numbers could share one."""
+    physical = sim_type == "Physical"
+    return {
+        "Name": f"{'SIM' if physical else 'ESIM'}-{n:06d}",
+        "Phone_Number__c": f"{'080' if physical else '070'}{number % 10**8:08d}",
+        "Serial_Number__c": f"AX{number % 10**13:013d}" if physical else None,
+        "SIM_Type__c": sim_type,
+        "Status__c": "Available",
+        "Assigned_Account__c": None,
+        "Assigned_Order__c": None,
+    }
+
+
+def sim_inventory(numbers: Iterator[int], size: int = SIM_INVENTORY_SIZE) -> list[tuple[int, dict[str, Any]]]:
+    """The demo org's SIM inventory: ``size`` Available physical cards, then ``size`` eSIM profiles,
+    each with the record number it was made from (the sandbox's, for its Id)."""
+    made = []
+    for sim_type in ("Physical", "eSIM"):
+        for n in range(1, size + 1):
+            number = next(numbers)
+            made.append((number, sim_card(sim_type, n, number)))
+    return made

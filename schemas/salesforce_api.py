@@ -2,7 +2,8 @@
 
 Covers the OAuth token endpoint (answers and ``invalid_grant``-style errors), the REST error list
 (``[{"errorCode", "message", "fields"}]``), query pages (``totalSize``/``done``/``nextRecordsUrl``),
-sObject Collections save results, and the Order / OrderItem records the fleet reads.
+sObject Collections save results, the Order / OrderItem records the fleet reads, and the SIM
+inventory cards (``SIM_Inventory__c``) fulfillment assigns to SIM orders.
 
 Tolerance: envelopes ignore fields they do not name; records (``OrderRecord``...) keep unknown
 fields in ``model_extra`` (``extra="allow"``) because admins add custom fields at any time and a
@@ -182,3 +183,23 @@ class OrderRecord(_Record):
     last_modified_date: datetime | None = Field(None, alias="LastModifiedDate")
     #: the ``OrderItems`` sub-query result when the query selected one (None: not selected, or no lines)
     order_items: QueryPage | None = Field(None, alias="OrderItems")
+
+
+class SimCardRecord(_Record):
+    """A ``SIM_Inventory__c`` record: one physical SIM card or eSIM profile the portal assigns to an
+    order. Our inference of the object: only ``Assigned_Account__c``, ``Assigned_Order__c`` and
+    ``SIM_Type__c`` are known fields; the object name, ``Status__c`` (``Available`` / ``Assigned``),
+    ``Phone_Number__c`` and ``Serial_Number__c`` are our choices."""
+
+    id: str = Field(alias="Id")
+    #: ``SIM-000001`` (physical) / ``ESIM-000001`` (eSIM); the inventory pages by it
+    name: str = Field(alias="Name")
+    #: the MSISDN, 11 digits (``08012345678``)
+    phone_number: str = Field(alias="Phone_Number__c")
+    #: the physical card's product number (2 letters + 13 digits, Freebit's ``productNumber``); eSIM: None
+    serial_number: str | None = Field(None, alias="Serial_Number__c")
+    #: ``Physical`` or ``eSIM``
+    sim_type: str = Field(alias="SIM_Type__c")
+    status: str = Field(alias="Status__c")
+    assigned_order_id: str | None = Field(None, alias="Assigned_Order__c")
+    assigned_account_id: str | None = Field(None, alias="Assigned_Account__c")

@@ -1,8 +1,8 @@
 """Persistence of the fulfillment saga: one row per order, one per step, an append-only history.
 
-Owns the tables of migration 0005, the per-order lock and the inbox claim of a delivery's final
-write (``adapters.db.claim_event``, same transaction). Same shape as every adapter: ``port``
-(``SagaStore`` and its value types), ``pg`` (``PgSagaStore`` over asyncpg), ``memory``
+Owns the tables of migrations 0005 and 0007 (the SIM cards orders took), the per-order lock and
+the inbox claim of a delivery's final write (``adapters.db.claim_event``, same transaction). Same
+shape as every adapter: ``port`` (``SagaStore`` and its value types), ``pg`` (``PgSagaStore`` over asyncpg), ``memory``
 (``MemorySagaStore``, the fake). Must not decide anything: which step runs next, what an error
 means and when to wait belong to ``workers.fulfillment``.
 """
@@ -17,6 +17,7 @@ from adapters.saga_store.port import (
     SagaOrder,
     SagaRecord,
     SagaStore,
+    SimCard,
     StepRecord,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "SagaOrder",
     "SagaRecord",
     "SagaStore",
+    "SimCard",
     "StepRecord",
 ]

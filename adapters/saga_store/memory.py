@@ -12,7 +12,15 @@ import copy
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from adapters.saga_store.port import HistoryEntry, InboxClaim, OrderBusy, SagaOrder, SagaRecord, StepRecord
+from adapters.saga_store.port import (
+    HistoryEntry,
+    InboxClaim,
+    OrderBusy,
+    SagaOrder,
+    SagaRecord,
+    SimCard,
+    StepRecord,
+)
 
 
 @dataclass
@@ -25,6 +33,8 @@ class MemorySagaStore:
     orders: dict[str, SagaRecord] = field(default_factory=dict)
     timeline: dict[str, list[HistoryEntry]] = field(default_factory=dict)
     inbox: set[tuple[str, str]] = field(default_factory=set)
+    #: order id → the SIM card it holds (``sim_card_assignments``)
+    sim_cards: dict[str, SimCard] = field(default_factory=dict)
     saves: int = 0
     fail_next_save: Exception | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -76,6 +86,16 @@ class MemorySagaStore:
             return False
         record.order.sim_account = account
         return True
+
+    async def reserve_sim_card(self, sf_order_id: str, candidates: Sequence[SimCard]) -> SimCard | None:
+        held = self.sim_cards.get(sf_order_id)
+        if held is not None:
+            return held
+        taken = {card.card_id for card in self.sim_cards.values()}
+        card = next((c for c in candidates if c.card_id not in taken), None)
+        if card is not None:
+            self.sim_cards[sf_order_id] = card
+        return card
 
     async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
         parked = [r.order for r in self.orders.values() if r.order.state == "parked"]

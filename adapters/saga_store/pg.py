@@ -25,6 +25,7 @@ from adapters.saga_store.port import (
     OrderBusy,
     SagaOrder,
     SagaRecord,
+    SimCard,
     StepRecord,
 )
 from events.errors import DependencyUnavailable
@@ -95,6 +96,23 @@ _SAVE = (
     f" c AS (INSERT INTO inbox ({INBOX_COLUMNS}) SELECT $29, $30, $31, $32, $33, $34 WHERE $29::text IS NOT NULL"
     " ON CONFLICT DO NOTHING RETURNING 1)"
     " SELECT count(*) FROM c"
+)
+
+
+#: The order's card if it holds one, else the first candidate nobody holds, inserted: one statement.
+#: Two orders that read the same free card race on the primary key; the loser's insert does nothing
+#: (ON CONFLICT) and it gets no row back, so the caller tries its next page of candidates.
+_RESERVE_CARD = (
+    "WITH mine AS (SELECT card_id, card_name, phone_number, serial_number FROM sim_card_assignments"
+    " WHERE sf_order_id = $1),"
+    " taken AS (INSERT INTO sim_card_assignments (card_id, sf_order_id, card_name, phone_number, serial_number)"
+    " SELECT c.id, $1, c.name, c.phone, c.serial"
+    " FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS c(id, name, phone, serial, n)"
+    " WHERE NOT EXISTS (SELECT 1 FROM mine)"
+    " AND NOT EXISTS (SELECT 1 FROM sim_card_assignments a WHERE a.card_id = c.id)"
+    " ORDER BY c.n LIMIT 1"
+    " ON CONFLICT DO NOTHING RETURNING card_id, card_name, phone_number, serial_number)"
+    " SELECT * FROM mine UNION ALL SELECT * FROM taken"
 )
 
 
@@ -220,6 +238,21 @@ class PgSagaStore:
         except asyncpg.UniqueViolationError:
             return False
         return bool(status == "UPDATE 1")
+
+    async def reserve_sim_card(self, sf_order_id: str, candidates: Sequence[SimCard]) -> SimCard | None:
+        with _db("reserve SIM card"):
+            async with self._conn() as conn:
+                row = await conn.fetchrow(
+                    _RESERVE_CARD,
+                    sf_order_id,
+                    [c.card_id for c in candidates],
+                    [c.name for c in candidates],
+                    [c.phone_number for c in candidates],
+                    [c.serial_number for c in candidates],
+                )
+        if row is None:
+            return None
+        return SimCard(row["card_id"], row["card_name"], row["phone_number"], row["serial_number"])
 
     async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
         with _db("parked lookup"):

@@ -19,6 +19,16 @@ LOCK_NAMESPACE = 0x46554C  # "FUL"
 UPSTREAM = "postgres"
 
 
+@dataclass(frozen=True)
+class SimCard:
+    """A card of Salesforce ``SIM_Inventory__c`` as the saga reserves it (``sim_card_assignments``)."""
+
+    card_id: str
+    name: str
+    phone_number: str
+    serial_number: str | None = None
+
+
 @dataclass
 class StepRecord:
     """One step of one order; ``started_at`` opens the current attempt window (reset on resume)."""
@@ -115,6 +125,12 @@ class SagaStore(Protocol):
 
     async def reserve_sim_account(self, sf_order_id: str, account: str) -> bool:
         """Tie ``account`` to the order; False when another order holds it. Idempotent per order."""
+        ...
+
+    async def reserve_sim_card(self, sf_order_id: str, candidates: Sequence[SimCard]) -> SimCard | None:
+        """The card the order holds: the one it took before (``candidates`` are then ignored), else the
+        first candidate no other order holds, taken now, atomically (two orders racing for one card:
+        one gets it). None when every candidate is held by another order. One statement."""
         ...
 
     async def parked_for_client(self, whmcs_client_id: int) -> list[str]:

@@ -18,6 +18,10 @@ from adapters.salesforce.http import HttpSalesforce
 from adapters.salesforce.port import (
     BULK_READ_LIMIT,
     COLLECTION_LIMIT,
+    SIM_ASSIGNED,
+    SIM_AVAILABLE,
+    SIM_INVENTORY,
+    SIM_TYPES,
     OrderWithItems,
     RecordError,
     RecordResult,
@@ -28,6 +32,10 @@ from adapters.salesforce.port import (
 __all__ = [
     "BULK_READ_LIMIT",
     "COLLECTION_LIMIT",
+    "SIM_ASSIGNED",
+    "SIM_AVAILABLE",
+    "SIM_INVENTORY",
+    "SIM_TYPES",
     "AccessToken",
     "FakeSalesforce",
     "HttpSalesforce",

@@ -4,7 +4,9 @@ Holds records by type and id, records every applied update in ``.updates`` (and 
 request in ``.collection_calls``), can be told to fail the next call (``fail_next_with``) or a
 given record of collection updates (``fail_record``). Its SOQL is a deliberate sliver: ``SELECT
 fields FROM Type [WHERE field = 'v' | field IN ('a','b')]`` with dotted relationship fields;
-richer queries belong to the sandbox. Must not grow business rules.
+richer queries belong to the sandbox. ``free_sim_cards`` reads ``records["SIM_Inventory__c"]``
+directly (arrange it with ``add_sim_cards``), so updates of those records change what it returns.
+Must not grow business rules.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from typing import Any
 from adapters.salesforce.port import (
     BULK_READ_LIMIT,
     COLLECTION_LIMIT,
+    SIM_AVAILABLE,
+    SIM_INVENTORY,
+    SIM_TYPES,
     OrderWithItems,
     RecordError,
     RecordResult,
     RecordUpdate,
 )
-from events.errors import FleetError, RateLimited, RejectedByUpstream
-from schemas.salesforce_api import OrderItemRecord, OrderRecord
+from events.errors import FleetError, InvalidPayload, RateLimited, RejectedByUpstream
+from schemas.salesforce_api import OrderItemRecord, OrderRecord, SimCardRecord
 
 _QUERY = re.compile(
     r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<type>\w+)"
@@ -55,6 +60,26 @@ class FakeSalesforce:
         stored = {"LastModifiedDate": _now(), **record}
         self.records.setdefault(sobject, {})[str(record["Id"])] = stored
         return stored
+
+    def add_sim_cards(self, n: int, sim_type: str = "Physical", start: int = 1) -> list[dict[str, Any]]:
+        """Add ``n`` Available cards numbered from ``start``, shaped as the sandbox's demo inventory:
+        physical ``SIM-000001`` / ``080`` + 8 digits / serial ``AX`` + 13 digits, eSIM
+        ``ESIM-000001`` / ``070`` + 8 digits / no serial. Returns the stored records."""
+        physical = sim_type == "Physical"
+        cards = []
+        for number in range(start, start + n):
+            card = {
+                "Id": f"a0S5g0{'P' if physical else 'E'}{number:09d}AA",
+                "Name": f"{'SIM' if physical else 'ESIM'}-{number:06d}",
+                "Phone_Number__c": f"{'080' if physical else '070'}{number:08d}",
+                "Serial_Number__c": f"AX{number:013d}" if physical else None,
+                "SIM_Type__c": sim_type,
+                "Status__c": SIM_AVAILABLE,
+                "Assigned_Order__c": None,
+                "Assigned_Account__c": None,
+            }
+            cards.append(self.add_record(SIM_INVENTORY, card))
+        return cards
 
     def fail_next_with(self, *errors: FleetError) -> None:
         """The next call(s) raise these errors, one per call, before touching any record."""
@@ -92,6 +117,24 @@ class FakeSalesforce:
                 if row is not None:
                     found.append(OrderWithItems(OrderRecord.model_validate(row), self._items_of(order_id)))
         return found
+
+    async def free_sim_cards(self, sim_type: str, *, after: str | None = None, limit: int = 50) -> list[SimCardRecord]:
+        if sim_type not in SIM_TYPES:
+            raise InvalidPayload(f"not a SIM type of the inventory: {sim_type!r}", upstream="salesforce",
+                                 code="INVALID_SIM_TYPE")  # fmt: skip
+        if not 1 <= limit <= 2000:
+            raise ValueError(f"limit must be within 1..2000, not {limit}")
+        self._enter()
+        free = [
+            card
+            for card in self.records.get(SIM_INVENTORY, {}).values()
+            if card.get("Status__c") == SIM_AVAILABLE
+            and card.get("Assigned_Order__c") is None
+            and card.get("SIM_Type__c") == sim_type
+            and (after is None or str(card.get("Name")) > after)
+        ]
+        free.sort(key=lambda card: str(card.get("Name")))
+        return [SimCardRecord.model_validate(card) for card in free[:limit]]
 
     async def query(self, soql: str) -> list[dict[str, Any]]:
         self._enter()

@@ -24,6 +24,9 @@ from adapters.salesforce.auth import AccessToken, TokenSource
 from adapters.salesforce.port import (
     BULK_READ_LIMIT,
     COLLECTION_LIMIT,
+    SIM_AVAILABLE,
+    SIM_INVENTORY,
+    SIM_TYPES,
     OrderWithItems,
     RecordError,
     RecordResult,
@@ -46,6 +49,7 @@ from schemas.salesforce_api import (
     OrderRecord,
     QueryPage,
     SaveResult,
+    SimCardRecord,
 )
 
 UPSTREAM = "salesforce"
@@ -72,9 +76,19 @@ ORDER_ITEMS_SUBQUERY = (
 )
 ORDERS_WITH_ITEMS_SOQL = "SELECT " + ORDER_FIELDS + ", " + ORDER_ITEMS_SUBQUERY + " FROM Order WHERE Id IN ({ids})"
 
+#: free cards of one type, by Name, from a Name on (keyset paging); literals via ``_soql_string``
+FREE_SIM_CARDS_SOQL = (
+    "SELECT Id, Name, Phone_Number__c, Serial_Number__c, SIM_Type__c, Status__c, Assigned_Order__c, "
+    f"Assigned_Account__c FROM {SIM_INVENTORY} WHERE Status__c = '{SIM_AVAILABLE}' AND Assigned_Order__c = null "
+    "AND SIM_Type__c = {sim_type}{after} ORDER BY Name LIMIT {limit}"
+)
+#: the most a query page holds: a larger ``limit`` would need a second call
+FREE_SIM_CARDS_MAX = 2000
+
 _ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _FIELD_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*$")
+_SOQL_ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r"})
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
 
@@ -136,6 +150,23 @@ class HttpSalesforce:
             return OrderWithItems(order, [OrderItemRecord.model_validate(r) for r in rows])
         except ValidationError as exc:
             raise _malformed(operation, exc) from exc
+
+    async def free_sim_cards(self, sim_type: str, *, after: str | None = None, limit: int = 50) -> list[SimCardRecord]:
+        if sim_type not in SIM_TYPES:
+            raise InvalidPayload(f"not a SIM type of the inventory: {sim_type!r} (expected one of {SIM_TYPES})",
+                                 upstream=UPSTREAM, code="INVALID_SIM_TYPE")  # fmt: skip
+        if not 1 <= limit <= FREE_SIM_CARDS_MAX:
+            raise ValueError(f"limit must be within 1..{FREE_SIM_CARDS_MAX}, not {limit}")
+        soql = FREE_SIM_CARDS_SOQL.format(
+            sim_type=_soql_string(sim_type),
+            after="" if after is None else f" AND Name > {_soql_string(after)}",
+            limit=limit,
+        )
+        rows = await self.query(soql)
+        try:
+            return [SimCardRecord.model_validate(row) for row in rows]
+        except ValidationError as exc:
+            raise _malformed(f"GET /query ({SIM_INVENTORY})", exc) from exc
 
     async def query(self, soql: str) -> list[dict[str, Any]]:
         operation = "GET /query"
@@ -299,6 +330,11 @@ def _checked_id(record_id: str) -> str:
 def _check_name(name: str, pattern: re.Pattern[str]) -> None:
     if not pattern.match(name):
         raise ValueError(f"not a Salesforce API name: {name!r}")
+
+
+def _soql_string(value: str) -> str:
+    """A SOQL string literal: quoted, with backslash, quote and line breaks escaped as SOQL requires."""
+    return "'" + value.translate(_SOQL_ESCAPES) + "'"
 
 
 def _soql_datetime(moment: datetime) -> str:

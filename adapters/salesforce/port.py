@@ -1,9 +1,10 @@
 """The Salesforce port in the fleet's terms, and the small value types it speaks.
 
 What the fleet needs from Salesforce (REST API v60.0): read an Order and its lines with their
-WHMCS product mapping, run the few SOQL queries reconciliation needs, and write fields back (one
-record, or many through sObject Collections). Must not know HTTP, tokens or JSON shapes: those
-live in ``http.py``; ``fake.py`` implements the same Protocol in memory.
+WHMCS product mapping, find free cards in the SIM inventory, run the few SOQL queries
+reconciliation needs, and write fields back (one record, or many through sObject Collections).
+Must not know HTTP, tokens or JSON shapes: those live in ``http.py``; ``fake.py`` implements the
+same Protocol in memory.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from schemas.salesforce_api import OrderItemRecord, OrderRecord
+from schemas.salesforce_api import OrderItemRecord, OrderRecord, SimCardRecord
 
 #: sObject Collections accepts at most this many records per request
 COLLECTION_LIMIT = 200
 #: Order ids per bulk read (one SOQL ``IN`` list; keeps the statement far below SOQL's length limit)
 BULK_READ_LIMIT = 200
+
+#: the SIM inventory object and the values of its ``SIM_Type__c`` / ``Status__c`` (our inference of the
+#: portal's schema: only the ``Assigned_*`` and ``SIM_Type__c`` fields are known to exist)
+SIM_INVENTORY = "SIM_Inventory__c"
+SIM_TYPES = ("Physical", "eSIM")
+SIM_AVAILABLE = "Available"
+SIM_ASSIGNED = "Assigned"
 
 #: per-record status codes after which the same update may succeed later: a lock held by another
 #: transaction, or a record that was fine but rolled back because a sibling failed (all-or-none)
@@ -89,6 +97,19 @@ class SalesforcePort(Protocol):
         in a parent-to-child sub-query (``(SELECT ... FROM OrderItems)``), so n orders cost
         ceil(n / 200) API calls instead of 2n. Orders that do not exist are absent from the answer
         (no error); the order of the answer is unspecified. Idempotent. Raises as ``query``."""
+        ...
+
+    async def free_sim_cards(self, sim_type: str, *, after: str | None = None, limit: int = 50) -> list[SimCardRecord]:
+        """Cards of ``SIM_Inventory__c`` with ``Status__c = 'Available'``, no ``Assigned_Order__c``
+        and this ``SIM_Type__c`` (one of ``SIM_TYPES``), ordered by ``Name``; only those with
+        ``Name > after`` when ``after`` is given (keyset paging: the caller pages on from the last
+        Name of a page when every card of that page is taken), at most ``limit`` (1..2000). Reads
+        only: taking a card is the caller's write (``Status__c``, ``Assigned_Order__c``,
+        ``Assigned_Account__c``). An empty inventory gives ``[]``. Idempotent.
+
+        Raises ``InvalidPayload(code="INVALID_SIM_TYPE")`` for a ``sim_type`` outside ``SIM_TYPES``
+        (before any call), ``ValueError`` for a ``limit`` outside 1..2000 (one query page);
+        otherwise raises as ``query`` (a row that is not a card: ``InvalidPayload(code="MALFORMED_RESPONSE")``)."""
         ...
 
     async def query(self, soql: str) -> list[dict[str, Any]]:

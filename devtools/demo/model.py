@@ -29,6 +29,8 @@ class OrderProgress:
     finished_at: float | None = None
     parked_at: float | None = None
     resumed_at: float | None = None
+    #: a physical SIM order: billed on approval, then waiting for the agent's Processed (set at this time)
+    processed_at: float | None = None
     outcome: str = "waiting"  # waiting | fulfilled | failed | timed out
     detail: str = ""
 
@@ -41,6 +43,8 @@ class OrderProgress:
         """The outcome with the detour, as the summary shows it."""
         if self.outcome == "fulfilled" and self.parked_at is not None:
             return "parked → resumed → fulfilled"
+        if self.outcome == "fulfilled" and self.processed_at is not None:
+            return "billed → Processed → SIM registered → fulfilled"
         return self.outcome if not self.detail else f"{self.outcome}: {self.detail}"
 
     def elapsed(self, now: float) -> float | None:

@@ -4,7 +4,9 @@ invoice webhooks busting portal cache keys, driven over the sandboxes' control A
     state = await Scenario(settings).run(on_tick=render, stop=stop)     # state.ok: every order fulfilled
 
 What it does, as people would: the portal places the five ``DEMO_ORDERS`` (one Salesforce
-transaction), an agent approves each (SIM orders go straight to ``Processed``, the 2026 SIM flow),
+transaction), an agent approves each (the eSIM order goes straight to ``Processed``; the physical
+SIM order is approved, billed, waits at ``sim_processed`` until the agent sets ``Processed`` a few
+seconds later, then takes a card from the SIM inventory and is registered: the 2026 SIM flow),
 the customer without a pay method adds one in WHMCS once Salesforce shows ``PAYMENT_METHOD_MISSING``,
 and billing creates and pays two invoices. Portal cache keys are seeded in Redis first so their
 disappearance can be watched. Progress is polled every ``poll_interval_s`` from the Salesforce
@@ -42,6 +44,8 @@ log = structlog.get_logger(__name__)
 PARKED_CODE = "PAYMENT_METHOD_MISSING"
 NEW_PAYMETHOD = {"type": "CreditCard", "description": "Visa ending 1881", "card_last_four": "1881"}
 KEY_TTL_S = 900  # seeded portal keys expire by themselves if nothing busts them
+#: how long the agent takes to process a billed physical SIM order (in life: hours; scaled down)
+PROCESS_AFTER_S = 2.0
 
 
 class ScenarioError(Exception):
@@ -69,6 +73,7 @@ class Scenario:
         self._workers = workers
         self._clock = clock
         self.state = ScenarioState(demo_progress(), clock())
+        self._background: list[asyncio.Task[None]] = []
 
     async def run(self, on_tick: Tick, stop: asyncio.Event | None = None) -> ScenarioState:
         stop = stop or asyncio.Event()
@@ -85,6 +90,8 @@ class Scenario:
             invoices = asyncio.create_task(self._invoices())
             await self._watch(on_tick, stop)
             await _finish(invoices, timeout_s=10.0)
+            for task in self._background:
+                await _finish(task, timeout_s=10.0)
             await self._poll_keys()
             self.state.api_calls = await self._api_usage() - usage_before
             dlq_after = await self._dead_letters()
@@ -135,9 +142,10 @@ class Scenario:
             self.state.note(self._clock(), f"removed {removed} stale saga rows of ids the fresh sandbox reused")
 
     async def _approve(self, progress: OrderProgress) -> None:
-        # SIM orders: staff set Status = Processed (the SIM trigger); the Flow leaves the activation
-        # status alone. Others: Approved, and the Flow sets Activation_Status__c = Activating.
-        sim = progress.spec.get("Type") == "SIM"
+        # eSIM: staff set Status = Processed at once (the SIM trigger); the Flow leaves the activation
+        # status alone. Others, the physical SIM included: Approved, and the Flow sets
+        # Activation_Status__c = Activating; the physical SIM gets Processed later (_process).
+        sim = progress.spec.get("Type") == "SIM" and not _physical_sim(progress)
         body: dict[str, Any] = {"status": "Processed", "activation_status": None} if sim else {}
         answer = await self.http.post(
             f"{self.endpoints.salesforce}/_sandbox/orders/{progress.sf_id}/approve", json=body
@@ -200,6 +208,15 @@ class Scenario:
         while await self.redis.exists(key) and self._clock() < deadline:
             await asyncio.sleep(0.05)
 
+    async def _process(self, progress: OrderProgress) -> None:
+        """The agent sets Processed on the billed physical SIM order: the card and Freebit follow."""
+        await asyncio.sleep(PROCESS_AFTER_S)
+        body = {"status": "Processed", "activation_status": None}
+        url = f"{self.endpoints.salesforce}/_sandbox/orders/{progress.sf_id}/approve"
+        answer = await self.http.post(url, json=body)
+        answer.raise_for_status()
+        self.state.note(self._clock(), f"agent set {progress.number} to Processed")
+
     async def _add_paymethod(self, progress: OrderProgress) -> None:
         client_id = _client_id(progress.customer)
         body = {"clientid": client_id, **NEW_PAYMETHOD}
@@ -253,6 +270,11 @@ class Scenario:
                 progress.parked_at = now
                 self.state.note(now, f"{progress.number} parked: {PARKED_CODE}")
                 await self._add_paymethod(progress)
+        elif _physical_sim(progress) and progress.saga_step == "sim_processed" and progress.saga_state == "parked":
+            if progress.processed_at is None:  # once: the agent's Processed is what resumes it
+                progress.processed_at = now
+                self.state.note(now, f"{progress.number} billed in WHMCS; waiting for the agent's Processed")
+                self._background.append(asyncio.create_task(self._process(progress)))
         elif progress.error_code or progress.saga_state == "failed":
             detail = progress.error_code or f"saga failed at {progress.saga_step}"
             self._finish(progress, "failed", detail, f"failed: {detail}")
@@ -305,6 +327,10 @@ def _saga_text(progress: OrderProgress) -> str:
     if progress.saga_state is None:
         return "no saga row yet"
     return f"{progress.saga_state} at {progress.saga_step}" if progress.saga_step else progress.saga_state
+
+
+def _physical_sim(progress: OrderProgress) -> bool:
+    return progress.spec.get("Type") == "SIM" and progress.spec.get("SIM_Type__c") != "eSIM"
 
 
 def _client_id(customer: str) -> int:

@@ -3,9 +3,11 @@
 What a test or ``make run`` needs to play the parts Salesforce users and the platform play:
 seed orders as the portal would, approve an order as an agent (the record-triggered Flow runs in
 the same transaction), edit records in the "UI", expire every token, spend the API budget, make
-chosen records fail in DML, and bend the event stream (gap, overflow, merged, duplicate,
-out-of-order, platform events, dropped CometD clients). Every record change goes through an org
-transaction, so it emits its change event like any other write.
+chosen records fail in DML, bend the event stream (gap, overflow, merged, duplicate,
+out-of-order, platform events, dropped CometD clients) and arrange the SIM inventory
+(``/_sandbox/sim-inventory``: list, add, clear). Every record change goes through an org
+transaction, so it emits its change event like any other write (``SIM_Inventory__c`` has no CDC
+channel, so its writes emit none; clearing the inventory removes its records outright).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sandbox.salesforce.store import FIELDS, FieldProblem, Store
 
 #: orders are placed by the portal's BFF through the API unless a seed says otherwise
 PORTAL_CLIENT = "customer-portal"
+SIM_INVENTORY = "SIM_Inventory__c"
 _SEED_KEYS = frozenset({"customer", "lines", "client"})
 
 
@@ -60,6 +63,9 @@ class ControlApi:
         r.add_post("/_sandbox/events/out-of-order", self.out_of_order)
         r.add_post("/_sandbox/events/platform", self.platform_event)
         r.add_post("/_sandbox/drop-connections", self.drop_connections)
+        r.add_get("/_sandbox/sim-inventory", self.list_sim_cards)
+        r.add_post("/_sandbox/sim-inventory", self.add_sim_cards)
+        r.add_delete("/_sandbox/sim-inventory", self.clear_sim_cards)
 
     @property
     def store(self) -> Store:
@@ -170,6 +176,45 @@ class ControlApi:
         except RecordMissing as missing:
             return web.json_response({"error": str(missing)}, status=404)
         return web.json_response(self.store.get(sobject, record_id))
+
+    # --- SIM inventory ------------------------------------------------------------------------
+    async def list_sim_cards(self, request: web.Request) -> web.Response:
+        """Every ``SIM_Inventory__c`` record with every field, by Name; ``?status=`` / ``?sim_type=``
+        / ``?assigned_order=`` keep only cards with that ``Status__c`` / ``SIM_Type__c`` /
+        ``Assigned_Order__c``."""
+        filters = {"Status__c": "status", "SIM_Type__c": "sim_type", "Assigned_Order__c": "assigned_order"}
+        wanted = {name: request.query[key] for name, key in filters.items() if key in request.query}
+        cards = [c for c in self.store.rows(SIM_INVENTORY) if all(c[k] == v for k, v in wanted.items())]
+        return web.json_response(sorted(cards, key=lambda c: str(c["Name"])))
+
+    async def add_sim_cards(self, request: web.Request) -> web.Response:
+        """``{"clear": true, "cards": [{"Name": "SIM-900001", "Phone_Number__c": ..., ...}]}``: remove
+        every card first when ``clear``, then create the cards (``Status__c`` defaults to Available,
+        ``SIM_Type__c`` to Physical). Answers 201 with the created records."""
+        body = await _body(request)
+        cards = body.get("cards", [])
+        if not isinstance(cards, list) or not all(isinstance(c, dict) for c in cards):
+            return _bad("cards must be a list of SIM_Inventory__c field objects")
+        try:
+            for card in cards:
+                Store.check_writable(SIM_INVENTORY, card)
+        except FieldProblem as problem:
+            return web.json_response(problem.entry, status=400)
+        removed = self._clear_sim_cards() if body.get("clear") else 0
+        defaults = {"Status__c": "Available", "SIM_Type__c": "Physical"}
+        with self.org.transaction(AGENT) as tx:
+            created = [tx.create(SIM_INVENTORY, {**defaults, **card}) for card in cards]
+        return web.json_response({"removed": removed, "cards": created}, status=201)
+
+    async def clear_sim_cards(self, _request: web.Request) -> web.Response:
+        """Remove every card: the inventory is empty until cards are added (or ``/_sandbox/reset``)."""
+        return web.json_response({"removed": self._clear_sim_cards()})
+
+    def _clear_sim_cards(self) -> int:
+        cards = self.store.records[SIM_INVENTORY]
+        removed = len(cards)
+        cards.clear()
+        return removed
 
     # --- stream shaping -----------------------------------------------------------------------
     async def list_events(self, request: web.Request) -> web.Response:

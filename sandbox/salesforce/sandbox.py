@@ -2,8 +2,12 @@
 
 Speaks OAuth (``/services/oauth2/token``), REST (``/services/data/vXX.X/``) and the Streaming API
 (``/cometd/XX.X``) over one org (``store.py`` + ``org.py`` + ``events.py``), plus the control API
-(``control.py``). This module only wires the parts, names endpoints for fault injection and
-shapes injected errors the way Salesforce would; behaviour lives in the parts.
+(``control.py``). This module only wires the parts, names endpoints for fault injection and shapes
+injected errors the way Salesforce would; behaviour lives in the parts.
+
+The demo org holds a SIM inventory (``SIM_Inventory__c``: 3,000 physical cards and 3,000 eSIM
+profiles): that object, its ``Status__c`` picklist and its phone/serial field names are our
+inference of the portal's schema, not confirmed.
 """
 
 from __future__ import annotations
@@ -139,11 +143,20 @@ class SalesforceSandbox(SandboxBase):
                 }
                 for o in self.store.rows("Order")
             ],
+            "sim_inventory": self._sim_inventory_counts(),
             "api_usage": {"used": self.limits.used, "limit": self.limits.limit},
             "last_replay_id": self.bus.last_replay_id,
             "cometd_clients": len(self.cometd.sessions),
             "live_tokens": len(self.tokens.tokens),
         }
+
+    def _sim_inventory_counts(self) -> dict[str, dict[str, int]]:
+        """Cards by ``SIM_Type__c`` then ``Status__c`` (the full list: ``GET /_sandbox/sim-inventory``)."""
+        counts: dict[str, dict[str, int]] = {}
+        for card in self.store.rows("SIM_Inventory__c"):
+            by_status = counts.setdefault(str(card["SIM_Type__c"]), {})
+            by_status[str(card["Status__c"])] = by_status.get(str(card["Status__c"]), 0) + 1
+        return counts
 
     async def seed(self, body: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -5,12 +5,15 @@ Grammar: ``SELECT item (, item)* FROM Type [WHERE cond (AND cond)*] [ORDER BY pa
 <ChildRelationship> [WHERE ...] [ORDER BY ...] [LIMIT n])`` (one level, as in Salesforce; the
 relationships in ``CHILD_RELATIONSHIPS``), ``cond`` is ``path op literal`` (``= != <> < <= > >=``) or
 ``path [NOT] IN (literal, ...)``, and a path may walk lookups (``Product2.WH_Product_ID__c``,
-``PricebookEntry.Product2.Billing_Cycle__c``). Literals: 'strings', numbers, true/false/null, dates
-and datetimes (``2026-01-01T00:00:00Z``). A sub-query's rows come back nested under the relationship
-name as a query result of their own (``{"totalSize", "done", "records"}``), or ``null`` when the parent
-has none, as the REST API answers ("Understanding Query Results", SOQL and SOSL Reference). Not
-supported (answered as MALFORMED_QUERY): OR, NOT outside IN, functions, semi-joins, nested
-sub-queries, GROUP BY, OFFSET. Errors carry Salesforce's error codes.
+``PricebookEntry.Product2.Billing_Cycle__c``). Literals: 'strings' (backslash escapes ``\\'``,
+``\\\\``, ``\\n``...; any other escape is MALFORMED_QUERY), numbers, true/false/null (``field = null``
+matches an empty field), dates and datetimes (``2026-01-01T00:00:00Z``). A sub-query's rows come back
+nested under the relationship name as a query result of their own (``{"totalSize", "done",
+"records"}``), or ``null`` when the parent has none, as the REST API answers ("Understanding Query
+Results", SOQL and SOSL Reference). Simplified: text compares and sorts case-sensitively (Salesforce
+compares it case-insensitively); nulls sort first. Not supported (answered as MALFORMED_QUERY): OR,
+NOT outside IN, functions, semi-joins, nested sub-queries, GROUP BY, OFFSET. Errors carry
+Salesforce's error codes.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ _ORDERING: dict[str, Callable[[Any, Any], Any]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
+#: backslash escapes in string literals (SOQL and SOSL Reference, "Quoted String Escape Sequences")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_ESCAPED = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
 #: words that can never be a field or object name (ORDER can: "FROM Order ORDER BY Id" is valid SOQL)
 _RESERVED = {"SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "LIMIT"}
 #: parent-to-child relationship names: parent object -> {relationship: (child object, lookup field)}
@@ -210,7 +216,7 @@ def _value_list(tokens: _Tokens) -> tuple[Any, ...]:
 def _literal(tokens: _Tokens) -> Any:
     kind, value = tokens.take()
     if kind == "string":
-        return value[1:-1].replace("\\'", "'")
+        return _ESCAPE.sub(_unescape, value[1:-1])
     if kind == "number":
         return float(value)
     if kind == "datetime":
@@ -220,6 +226,14 @@ def _literal(tokens: _Tokens) -> Any:
     if kind == "word" and value.lower() in ("true", "false", "null"):
         return {"true": True, "false": False, "null": None}[value.lower()]
     raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{value}', expected a literal")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = match.group(1)
+    found = _ESCAPED.get(char.lower())
+    if found is None:
+        raise SoqlError("MALFORMED_QUERY", f"invalid escape sequence in a string literal: '\\{char}'")
+    return found
 
 
 def _order(tokens: _Tokens) -> list[tuple[str, bool]]:
@@ -275,7 +289,8 @@ def _by_parent(store: Store, child: str, lookup: str, parents: list[dict[str, An
 
 
 def _select_rows(store: Store, sobject: str, rows: Iterable[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
-    picked = [r for r in rows if all(_matches(store, sobject, r, c) for c in query.conditions)]
+    tests = [_predicate(store, sobject, c) for c in query.conditions]
+    picked = [r for r in rows if all(test(r) for test in tests)]
     for path, descending in reversed(query.order):
         picked.sort(key=_sorter(store, sobject, path), reverse=descending)
     return picked if query.limit is None else picked[: query.limit]
@@ -334,6 +349,27 @@ def _resolve(store: Store, sobject: str, row: dict[str, Any] | None, path: str) 
             return None
         row = store.get(hop, str(row.get(f"{hop}Id")))
     return None if row is None else row.get(last)
+
+
+def _predicate(store: Store, sobject: str, condition: Condition) -> Callable[[dict[str, Any]], bool]:
+    """The condition as a row test. A plain field compared with a text, boolean or null literal (every
+    filter of an inventory scan) reads the row directly: the same answer as ``_matches``, cheaper."""
+    path, op, literal = condition.path, condition.op, condition.values[0]
+    if "." in path or op in ("IN", "NOT IN") or not (literal is None or isinstance(literal, str | bool)):
+        return lambda row: _matches(store, sobject, row, condition)
+    if op == "=":
+        return lambda row: bool(row.get(path) == literal)
+    if op == "!=":
+        return lambda row: bool(row.get(path) != literal)
+    if literal is None:
+        return lambda row: False
+    ordering = _ORDERING[op]
+
+    def ordered(row: dict[str, Any]) -> bool:
+        value = row.get(path)
+        return value is not None and bool(ordering(value, literal))
+
+    return ordered
 
 
 def _matches(store: Store, sobject: str, row: dict[str, Any], condition: Condition) -> bool:

@@ -1,5 +1,11 @@
 """The sandbox org's records: the sObject schema the fleet touches, ids, field checks, snapshots.
 
+``SIM_Inventory__c`` (the physical SIM cards and eSIM profiles the portal assigns to SIM orders) is
+our inference, not a confirmed schema: Salesforce is known to hold SIM inventory with
+``Assigned_Account__c``, ``Assigned_Order__c`` and ``SIM_Type__c``, but the object's API name, its
+``Status__c`` picklist (``Available`` / ``Assigned`` here) and the ``Phone_Number__c`` /
+``Serial_Number__c`` field names are our choices. It has no CDC channel (writes emit no events).
+
 Pure data. It knows which fields each object has, which are read-only, how ids look (key prefix,
 pod, a base-62 record number that no earlier sandbox process handed out, and the case-safe
 suffix: 18 characters) and how Salesforce formats datetimes; it does not know HTTP or change
@@ -27,6 +33,7 @@ KEY_PREFIX = {
     "PricebookEntry": "01u",
     "Order": "801",
     "OrderItem": "802",
+    "SIM_Inventory__c": "a0S",  # a custom object: its key prefix is org-specific; a0S is our pick
 }
 SYSTEM_FIELDS = ("Id", "CreatedDate", "CreatedById", "LastModifiedDate", "LastModifiedById", "SystemModstamp")
 #: fields no API write may set (auto-numbers, roll-ups and audit fields)
@@ -56,6 +63,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "OrderItem": (
         "OrderId", "OrderItemNumber", "PricebookEntryId", "Product2Id", "Quantity", "UnitPrice",
         "TotalPrice", "Description", "WHMCS_Service_ID__c", "Billing_Cycle__c",
+    ),
+    "SIM_Inventory__c": (
+        "Name", "Phone_Number__c", "Serial_Number__c", "SIM_Type__c", "Status__c", "Assigned_Account__c",
+        "Assigned_Order__c",
     ),
 }  # fmt: skip
 
@@ -213,6 +224,20 @@ class Store:
             self.insert("Product2", product, user=user, now=now)
         for entry in demo_data.pricebook_entries():
             self.insert("PricebookEntry", entry, user=user, now=now)
+        cards = demo_data.sim_inventory(RECORD_NUMBERS)
+        self.seed_sim_inventory([{**card, "Id": sf_record_id(KEY_PREFIX["SIM_Inventory__c"], n)} for n, card in cards],
+                                user=user, now=now)  # fmt: skip
+
+    def seed_sim_inventory(self, cards: Iterable[dict[str, Any]], *, user: str, now: datetime) -> None:
+        """Add inventory cards directly (thousands at start-up: one shared audit stamp, no change
+        events, since ``SIM_Inventory__c`` has no CDC channel). Cards need their ``Id``."""
+        stamp = sf_datetime(now)
+        audit = {"CreatedDate": stamp, "CreatedById": user, "LastModifiedDate": stamp, "LastModifiedById": user,
+                 "SystemModstamp": stamp}  # fmt: skip
+        blank = dict.fromkeys(FIELDS["SIM_Inventory__c"])
+        rows = self.records["SIM_Inventory__c"]
+        for card in cards:
+            rows[card["Id"]] = {**blank, **card, **audit}
 
 
 def _account_fields(customer: dict[str, Any]) -> dict[str, Any]:

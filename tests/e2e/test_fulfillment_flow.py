@@ -43,7 +43,7 @@ from events.base import DomainEvent, decode_event, to_envelope
 from events.billing import PaymentMethodChanged
 from events.envelope import Envelope, from_record
 from events.fulfillment import OrderFulfilled, UpdateSalesforceRecord
-from events.salesforce import OrderActivationRequested, OrderSnapshot
+from events.salesforce import OrderActivationRequested, OrderSnapshot, SimActivationRequested
 from events.topics import DAY_MS, Topic, TopicSpec, catalog, group_topics
 from sandbox import demo_data
 from sandbox.freebit import FreebitSandbox
@@ -222,11 +222,20 @@ class World:
     async def request(
         self, order_id: str, *, event_id: str | None = None, snapshot: OrderSnapshot | None = None
     ) -> Envelope:
-        event = OrderActivationRequested(sf_order_id=order_id, snapshot=snapshot)
+        return await self.publish(OrderActivationRequested(sf_order_id=order_id, snapshot=snapshot), event_id)
+
+    async def publish(self, event: DomainEvent, event_id: str | None = None) -> Envelope:
+        """What sf-cdc would publish on the order topic."""
         envelope = to_envelope(event, source="/e2e/sf-cdc", **({"id": event_id} if event_id else {}))
         assert self.producer is not None
         await self.producer.publish(self.cfg.order_topic, envelope)
         return envelope
+
+    def card(self, card_id: str) -> dict[str, Any]:
+        """A SIM_Inventory__c record of the Salesforce sandbox."""
+        found = self.salesforce.store.get("SIM_Inventory__c", card_id)
+        assert found is not None, card_id
+        return found
 
     async def payment_method_changed(self, client_id: int) -> None:
         assert self.producer is not None
@@ -376,6 +385,12 @@ async def test_each_order_type_is_fulfilled_end_to_end(world: World, case: str) 
 
     if order_type == "SIM":
         assert record.order.sim_account is not None
+        card = world.card(record.steps["sim_assign"].external_ids["card_id"])  # from the sandbox's inventory
+        assert card["Phone_Number__c"] == record.order.sim_account
+        assert card["SIM_Type__c"] == ("eSIM" if fields.get("SIM_Type__c") == "eSIM" else "Physical")
+        [assigned] = await world.published(Topic.SF_WRITEBACK, card["Id"])
+        assert isinstance(assigned, UpdateSalesforceRecord) and assigned.sobject == "SIM_Inventory__c"
+        assert assigned.fields["Assigned_Order__c"] == order_id and assigned.fields["Status__c"] == "Assigned"
         [account] = world.freebit_accounts(record.order.sim_account)
         assert world.freebit.accounts and account.state(world.freebit.clock()) == "active"
         assert isinstance(world.whmcs, WhmcsSandbox)
@@ -386,7 +401,7 @@ async def test_each_order_type_is_fulfilled_end_to_end(world: World, case: str) 
         if fields.get("SIM_Type__c") == "eSIM":
             assert fields_by_name["EID"] == EID and account.eid == EID
         else:
-            assert fields_by_name["Serial Number"] == account.product_number
+            assert fields_by_name["Serial Number"] == account.product_number == card["Serial_Number__c"]
             assert account.voice_mail and account.call_waiting
         assert record.steps["sim_confirm"].attempts >= 1
     else:
@@ -447,3 +462,55 @@ async def test_an_unmapped_account_fails_with_its_code(world: World) -> None:
     [update] = await world.published(Topic.SF_WRITEBACK, order_id)
     assert isinstance(update, UpdateSalesforceRecord)
     assert update.fields["Activation_Error_Code__c"] == "WHMCS_CLIENT_NOT_MAPPED"
+
+
+async def test_a_sim_order_is_billed_on_approval_and_registered_once_an_agent_sets_processed(world: World) -> None:
+    """Activating with Status = Approved: WHMCS AddOrder/AcceptOrder, then a quiet park (no error on
+    the Order, no card taken, Freebit never called). The agent's Processed (SimActivationRequested)
+    takes a card from the inventory and registers it."""
+    order_id, _ = world.place_order("suzuki", "SIM", ["SIM-DV-5GB", "SIM-ACTIVATION"],
+                                    SIM_Type__c="Physical SIM", Status="Approved")  # fmt: skip
+    await world.publish(OrderActivationRequested(sf_order_id=order_id, status="Approved"))
+    record = await world.reaches(order_id, "parked")
+    assert record.order.error_code == "AWAITING_PROCESSED" and record.order.sim_account is None
+    assert [o.status for o in world.whmcs_orders(order_id)] == ["Active"]
+    assert "sim_assign" not in record.steps  # never attempted: no card taken
+    await asyncio.sleep(0.5)
+    assert world.tap.on(world.cfg.writeback_topic, order_id) == []  # a wait, not an error: nothing written
+
+    with world.salesforce.org.transaction(AGENT) as tx:
+        tx.update("Order", order_id, {"Status": "Processed"})
+    await world.publish(SimActivationRequested(sf_order_id=order_id, sim_type="Physical SIM", status="Processed"))
+    record = await world.reaches(order_id, "fulfilled")
+    assert record.order.sim_account is not None
+    [account] = world.freebit_accounts(record.order.sim_account)
+    card = world.card(record.steps["sim_assign"].external_ids["card_id"])
+    assert (account.account, account.product_number) == (card["Phone_Number__c"], card["Serial_Number__c"])
+    assert len(world.whmcs_orders(order_id)) == 1
+
+
+async def test_an_empty_sim_inventory_fails_the_order_with_its_code_and_registers_nothing(
+    stack_env: dict[str, str],
+) -> None:
+    """Every physical card taken (Status__c = Assigned in the sandbox): SIM_INVENTORY_EMPTY on the
+    Order with Status back to Approved, and no registration reaches Freebit."""
+    async with world_for(stack_env) as world:
+        with world.salesforce.org.transaction(AGENT) as tx:
+            for card in list(world.salesforce.store.rows("SIM_Inventory__c")):
+                if card["SIM_Type__c"] == "Physical":
+                    tx.update("SIM_Inventory__c", card["Id"], {"Status__c": "Assigned"})
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_worker(world.cfg, stop))
+        try:
+            order_id, _ = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+            await world.request(order_id)
+            record = await world.reaches(order_id, "failed")
+            assert record.order.error_code == "SIM_INVENTORY_EMPTY"
+            [update] = await world.published(Topic.SF_WRITEBACK, order_id)
+            assert isinstance(update, UpdateSalesforceRecord)
+            assert update.fields["Activation_Error_Code__c"] == "SIM_INVENTORY_EMPTY"
+            assert update.fields["Status"] == "Approved"
+            assert [r for r in world.freebit.requests if r.endpoint in ("master/addAcnt", "mvno/esim/addAcnt")] == []
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)

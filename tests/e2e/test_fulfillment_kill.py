@@ -149,11 +149,12 @@ async def test_a_kill_after_each_step_in_turn_creates_nothing_twice(world: World
 async def test_a_kill_while_a_create_is_unrecorded_adopts_it_instead_of_creating_again(
     world: World, worker: Process
 ) -> None:
-    """Killed after Freebit accepted the registration and after WHMCS answered AddOrder, each time
-    before the saga committed what it learned: the restarted worker finds both and adopts them."""
+    """Killed after WHMCS answered AddOrder and after Freebit accepted the registration (in plan
+    order: a SIM order is billed first), each time before the saga committed what it learned: the
+    restarted worker finds both and adopts them."""
     order_id, _ = world.place_order("tanaka", "SIM", ["SIM-D-20GB"], SIM_Type__c="eSIM",
                                     EID__c="89049032000001000000000000000099")  # fmt: skip
-    await kill_in_turn(world, worker, order_id, [f"{Step.SIM_REGISTER}:called", f"{Step.WHMCS_CREATE}:called"])
+    await kill_in_turn(world, worker, order_id, [f"{Step.WHMCS_CREATE}:called", f"{Step.SIM_REGISTER}:called"])
 
     record = await world.record(order_id)
     assert record is not None

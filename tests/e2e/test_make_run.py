@@ -2,7 +2,9 @@
 
 Contract: with the local stack and a set of sandboxes on ports of its own, ``fleet demo up`` starts
 the five workers under its supervisor, runs the built-in scenario and exits 0. Its summary lists
-every demo order as fulfilled, the one without a pay method as parked → resumed → fulfilled; the
+every demo order as fulfilled, the one without a pay method as parked → resumed → fulfilled, the
+physical SIM order as billed, then registered after the agent's Processed with a card the
+Salesforce sandbox shows assigned to it; the
 Salesforce sandbox shows each order ``Activated`` with its WHMCS order id; the WHMCS sandbox holds
 exactly one order per demo order; and once the command has exited, no process it started is alive.
 
@@ -219,6 +221,13 @@ def test_make_run_fulfils_every_demo_order_and_leaves_no_process_behind(
     [parked] = [o for o in orders if o["parked"]]
     assert parked["path"] == "parked → resumed → fulfilled"
     assert parked["customer"] == "sato"
+    # the physical SIM order: billed on approval, waited for the agent's Processed, took a card
+    [physical] = [o for o in orders if o["sf_order_id"] and o["path"].startswith("billed")]
+    assert physical["path"] == "billed → Processed → SIM registered → fulfilled"
+    [card] = httpx.get(
+        f"{sandboxes['salesforce']}/_sandbox/sim-inventory", params={"assigned_order": physical["sf_order_id"]}
+    ).json()
+    assert (card["Status__c"], card["SIM_Type__c"]) == ("Assigned", "Physical")
 
     sf_orders = {o["Id"]: o for o in httpx.get(f"{sandboxes['salesforce']}/_sandbox/state").json()["orders"]}
     whmcs = httpx.get(f"{sandboxes['whmcs']}/_sandbox/state").json()

@@ -3,7 +3,8 @@
 Contract: an order, its steps and its timeline round-trip; the final write and the inbox claim
 commit in one transaction (a duplicate claim says so, and a failed transaction leaves neither);
 the per-order lock excludes a second holder until released, and dies with a killed holder's
-connection; SIM numbers are unique across orders; parked orders are found by WHMCS client.
+connection; SIM numbers are unique across orders; an inventory card goes to one order, which
+keeps it; parked orders are found by WHMCS client.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from adapters.saga_store import (
     OrderBusy,
     PgSagaStore,
     SagaOrder,
+    SimCard,
     StepRecord,
 )
 
@@ -154,6 +156,26 @@ async def test_sim_numbers_are_unique_across_orders(store: PgSagaStore) -> None:
     assert not await store.reserve_sim_account(b, number)
     record = await store.get(a)
     assert record is not None and record.order.sim_account == number
+
+
+def cards(n: int) -> list[SimCard]:
+    tag = uuid.uuid4().hex[:10].upper()
+    return [
+        SimCard(f"a0S{tag}{i:05d}", f"SIM-{tag}-{i}", f"080{uuid.uuid4().int % 10**8:08d}", f"AX{i:013d}")
+        for i in range(n)
+    ]
+
+
+async def test_many_orders_racing_for_the_same_free_cards_each_get_their_own(store: PgSagaStore) -> None:
+    """Twelve orders read the same page of 8 free cards at once (the Salesforce write-back of a taken
+    card lags): 8 get a card each, no card twice, the other 4 get None (they page on)."""
+    page, orders = cards(8), [order_id() for _ in range(12)]
+    taken = await asyncio.gather(*(store.reserve_sim_card(o, page) for o in orders))
+    got = [c for c in taken if c is not None]
+    assert len(got) == 8 and len({c.card_id for c in got}) == 8
+    winner = next(o for o, c in zip(orders, taken, strict=True) if c is not None)
+    mine = next(c for c in taken if c is not None)
+    assert await store.reserve_sim_card(winner, cards(3)) == mine, "a retried order gets its own card back"
 
 
 async def test_parked_orders_are_found_by_client_and_listed_by_state(store: PgSagaStore) -> None:

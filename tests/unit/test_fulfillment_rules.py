@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from adapters.kafka import FakeProducer
-from adapters.saga_store import InboxClaim, MemorySagaStore, SagaOrder, StepRecord
+from adapters.saga_store import InboxClaim, MemorySagaStore, SagaOrder, SimCard, StepRecord
 from events import failure as fh
 from events.errors import AuthenticationFailed, MappingMissing, RejectedByUpstream, UpstreamUnavailable
 from events.topics import retry_topic
 from schemas.salesforce_api import OrderItemRecord, OrderRecord
 from workers.fulfillment.model import PLANS, ErrorCode, Fail, OrderType, Step, steps_for
-from workers.fulfillment.plan import OrderPlan, build_plan, sim_identity
+from workers.fulfillment.plan import OrderPlan, SimSpec, build_plan, inventory_sim_type
 from workers.fulfillment.policy import poll_delay, rejection_code, reverts_status
 from workers.fulfillment.wakeup import WAKEUP_SOURCE, RetryTopicScheduler
 from workers.fulfillment.writeback import errored, fulfilled
@@ -103,18 +103,16 @@ def test_a_whmcs_order_id_already_on_the_order_is_kept_for_adoption() -> None:
     assert isinstance(plan, OrderPlan) and plan.sf_whmcs_order_id == 5007
 
 
-def test_sim_numbers_are_deterministic_per_order_and_candidate() -> None:
-    number, serial = sim_identity("801000000000001AAA")
-    assert (number, serial) == sim_identity("801000000000001AAA")
-    assert number.startswith("070") and len(number) == 11 and number.isdigit()
-    assert serial.startswith("AX") and len(serial) == 15
-    assert sim_identity("801000000000001AAA", 1) != (number, serial)
-    assert sim_identity("801000000000002AAA") != (number, serial)
+def test_a_sim_order_takes_a_card_of_its_own_kind_from_the_inventory() -> None:
+    physical = SimSpec(kind="physical", plan_code="SIM-DV-5GB")
+    assert inventory_sim_type(physical) == "Physical"
+    assert inventory_sim_type(physical.model_copy(update={"kind": "esim"})) == "eSIM"
 
 
-def test_plans_put_freebit_before_billing_and_write_back_last() -> None:
+def test_plans_bill_sim_orders_first_then_wait_for_processed_and_write_back_last() -> None:
     sim = PLANS[OrderType.SIM]
-    assert sim.index(Step.SIM_CONFIRM) < sim.index(Step.WHMCS_CREATE) < sim.index(Step.WHMCS_SIM_FIELDS)
+    assert sim.index(Step.WHMCS_ACCEPT) < sim.index(Step.SIM_PROCESSED) < sim.index(Step.SIM_ASSIGN)
+    assert sim.index(Step.SIM_ASSIGN) < sim.index(Step.SIM_REGISTER) < sim.index(Step.WHMCS_SIM_FIELDS)
     assert all(plan[-1] == Step.SF_WRITEBACK for plan in PLANS.values())
     assert Step.SIM_REGISTER not in PLANS[OrderType.INTERNET] and steps_for(None) == (Step.VALIDATE,)
 
@@ -210,6 +208,11 @@ async def test_the_fake_store_keeps_sim_numbers_unique_and_claims_with_the_final
     assert await store.reserve_sim_account("801a", "07011112222")
     assert await store.reserve_sim_account("801a", "07011112222"), "idempotent for the holder"
     assert not await store.reserve_sim_account("801b", "07011112222")
+    one, two = SimCard("a0S1", "SIM-000001", "08000000001", "AX1"), SimCard("a0S2", "SIM-000002", "08000000002", "AX2")
+    assert await store.reserve_sim_card("801a", [one, two]) == one
+    assert await store.reserve_sim_card("801b", [one, two]) == two, "a card another order holds is passed over"
+    assert await store.reserve_sim_card("801a", [two]) == one, "an order keeps the card it took"
+    assert await store.reserve_sim_card("801c", [one, two]) is None
 
     claim = InboxClaim("g", "evt-1", "t", "sf.order.v1", 0, 7)
     assert await store.save(SagaOrder("801a", state="fulfilled"), [StepRecord("validate", 1)], claim=claim)

@@ -131,6 +131,8 @@ class World:
             raise Crash(f"killed after {step} ({phase})")
 
     def _seed(self) -> None:
+        self.salesforce.add_sim_cards(20, "Physical")
+        self.salesforce.add_sim_cards(20, "eSIM")
         for customer in demo_data.CUSTOMERS:
             self.salesforce.add_record("Account", {"Id": customer["sf_account_id"], "Name": customer["name"]})
             if customer["whmcs_client_id"] is not None:
@@ -344,34 +346,112 @@ async def test_a_vpn_order_is_billed_in_whmcs_only(world: World) -> None:
     assert await world.state(order_id) == OrderState.FULFILLED
 
 
-async def test_a_physical_sim_with_voice_options_is_registered_confirmed_then_billed(world: World) -> None:
-    """PA02-01 once, PA03-02 until active (via wake-ups), PA05-05, then AddOrder/AcceptOrder and the
-    SIM Number / Serial Number on the WHMCS service."""
+async def test_a_physical_sim_with_voice_options_is_billed_then_takes_a_card_registers_and_confirms(
+    world: World,
+) -> None:
+    """AddOrder/AcceptOrder, a card from SIM_Inventory__c (assigned back in Salesforce), PA02-01 with
+    the card's number and serial, PA03-02 until active (via wake-ups), PA05-05, then the card's SIM
+    Number / Serial Number on the WHMCS service."""
     order_id = world.place_order(
         "suzuki", "SIM", ["SIM-DV-5GB", "SIM-ACTIVATION"], SIM_Type__c="Physical SIM",
         SIM_Voice_Mail__c=True, SIM_Call_Waiting__c=True,
     )  # fmt: skip
-    await world.deliver(SimActivationRequested(sf_order_id=order_id, sim_type="Physical SIM"))
+    await world.deliver(SimActivationRequested(sf_order_id=order_id, sim_type="Physical SIM", status="Processed"))
 
     assert await world.state(order_id) == OrderState.WAITING
-    assert world.whmcs_orders(order_id) == []  # billing waits for the line to be active
+    [whmcs_order] = world.whmcs_orders(order_id)  # billed first, as the portal since March 2026
+    assert whmcs_order.status == "Active"
     [wakeup] = world.pending_wakeups()
     assert wakeup[0] == retry_topic(GROUP, 1) and wakeup[1] == order_id.encode()
 
     await world.settle()
 
+    card = world.salesforce.records["SIM_Inventory__c"]["a0S5g0P000000001AA"]  # the first free card, by Name
     [register] = world.calls(world.freebit, "register_physical_sim")
     [account] = world.freebit.accounts.values()
+    assert (account.account, account.serial_number) == (card["Phone_Number__c"], card["Serial_Number__c"])
     assert account.state == "active" and account.voice_mail and account.call_waiting
-    assert register["plan_code"] == "SIM-DV-5GB" and account.serial_number.startswith("AX")
+    assert register["plan_code"] == "SIM-DV-5GB"
+    account_id = CUSTOMER["suzuki"]["sf_account_id"]
+    assert world.sf_updates(card["Id"]) == [
+        {"Status__c": "Assigned", "Assigned_Order__c": order_id, "Assigned_Account__c": account_id,
+         "SIM_Type__c": "Physical"}
+    ]  # fmt: skip
     assert len(world.calls(world.freebit, "add_voice_options")) == 1
-    [whmcs_order] = world.whmcs_orders(order_id)
     sim_service = world.whmcs.services[whmcs_order.service_ids[0]]
-    assert sim_service.custom_fields["SIM Number"] == account.account
-    assert sim_service.custom_fields["Serial Number"] == account.serial_number
+    assert sim_service.custom_fields["SIM Number"] == card["Phone_Number__c"]
+    assert sim_service.custom_fields["Serial Number"] == card["Serial_Number__c"]
     assert sim_service.custom_fields["EID"] == ""
     assert world.sf_updates(order_id)[-1]["Activation_Status__c"] == "Activated"
     assert await world.state(order_id) == OrderState.FULFILLED
+
+
+async def test_a_sim_order_approved_is_billed_and_waits_quietly_for_processed(world: World) -> None:
+    """Activating with Status = Approved bills the order and parks it at sim_processed without an
+    error on the Order; the agent's Processed (SimActivationRequested) takes a card and registers."""
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM", Status="Approved")
+    await world.deliver(OrderActivationRequested(sf_order_id=order_id, status="Approved"))
+
+    assert await world.state(order_id) == OrderState.PARKED
+    assert (await world.step(order_id, Step.SIM_PROCESSED)).status == StepStatus.PARKED
+    assert [o.status for o in world.whmcs_orders(order_id)] == ["Active"]
+    assert world.freebit.calls == [] and world.sf_updates("a0S5g0P000000001AA") == []
+    assert world.sf_updates(order_id) == []  # a wait, not an error: nothing written to the Order
+    [parked] = world.outcomes(order_id)
+    assert isinstance(parked, OrderParked) and parked.error_code == "AWAITING_PROCESSED"
+
+    await world.deliver(OrderActivationRequested(sf_order_id=order_id, status="Approved"))  # a duplicate trigger
+    assert await world.state(order_id) == OrderState.PARKED and world.freebit.calls == []
+    assert len(world.outcomes(order_id)) == 1  # parked again for the same reason: said once
+
+    world.salesforce.records["Order"][order_id]["Status"] = "Processed"
+    await world.deliver(SimActivationRequested(sf_order_id=order_id, sim_type="Physical SIM", status="Processed"))
+    await world.settle()
+    assert await world.state(order_id) == OrderState.FULFILLED
+    assert len(world.calls(world.freebit, "register_physical_sim")) == 1
+    assert len(world.whmcs_orders(order_id)) == 1 and len(world.calls(world.whmcs, "add_order")) == 1
+
+
+async def test_a_resume_that_carries_no_status_reads_it(world: World) -> None:
+    """A request without a Status (a v1 request, ``fleet orders retry``) reads the Order's: Processed
+    already, so the SIM steps run at once."""
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")  # Status Processed
+    await world.request(order_id)
+    await world.settle()
+    assert await world.state(order_id) == OrderState.FULFILLED
+
+
+async def test_two_orders_never_share_a_card_and_a_retried_order_keeps_its_own(world: World) -> None:
+    first = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+    second = world.place_order("tanaka", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+    world.crash_at = (Step.SIM_ASSIGN, "called")  # the card is reserved; the step's result not committed
+    with pytest.raises(Crash):
+        await world.request(first, event_id="evt-first")
+    # the Salesforce write-back of the first card never happened: it still reads Available there
+    assert world.salesforce.records["SIM_Inventory__c"]["a0S5g0P000000001AA"]["Status__c"] == "Available"
+    await world.request(second)
+    await world.request(first, event_id="evt-first")
+    await world.settle()
+    numbers = {order: (await world.step(order, Step.SIM_ASSIGN)).external_ids["account"] for order in (first, second)}
+    assert numbers == {first: "08000000001", second: "08000000002"}
+    assert sorted(a.account for a in world.freebit.accounts.values()) == ["08000000001", "08000000002"]
+    assert world.store.sim_cards[first].card_id == "a0S5g0P000000001AA"
+
+
+async def test_an_empty_inventory_fails_the_order_and_registers_nothing(world: World) -> None:
+    world.salesforce.records["SIM_Inventory__c"].clear()
+    world.salesforce.add_sim_cards(3, "eSIM")  # cards of the other type do not count
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+    await world.request(order_id)
+    assert await world.state(order_id) == OrderState.FAILED
+    update = world.sf_updates(order_id)[-1]
+    assert update["Activation_Error_Code__c"] == "SIM_INVENTORY_EMPTY" and update["Status"] == "Approved"
+    assert world.freebit.calls == []
+    world.salesforce.add_sim_cards(1, "Physical", start=500)  # stocked: the agent re-triggers
+    await world.deliver(SimActivationRequested(sf_order_id=order_id, sim_type="Physical SIM", status="Processed"))
+    await world.settle()
+    assert await world.state(order_id) == OrderState.FULFILLED
+    assert [a.account for a in world.freebit.accounts.values()] == ["08000000500"]
 
 
 async def test_an_esim_is_registered_with_its_eid_and_skips_voice_options(world: World) -> None:
@@ -464,7 +544,7 @@ async def test_freebit_never_completing_fails_with_freebit_timeout_and_status_ba
     assert update["Activation_Error_Code__c"] == "FREEBIT_TIMEOUT" and update["Status"] == "Approved"
     [failed] = world.outcomes(order_id)
     assert isinstance(failed, OrderFulfillmentFailed) and failed.step == Step.SIM_CONFIRM
-    assert world.whmcs_orders(order_id) == []
+    assert [o.status for o in world.whmcs_orders(order_id)] == ["Active"]  # billed on approval; staff decide
 
     # staff re-trigger once Freebit has caught up: resumes at sim_confirm, never registers again
     world.clock.advance(10_000)

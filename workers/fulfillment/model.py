@@ -15,6 +15,8 @@ class Step(StrEnum):
     VALIDATE = "validate"  # re-read Order + OrderItems + Product2 mapping; build the plan
     RESOLVE_CLIENT = "resolve_client"  # id_mappings: SF Account → WHMCS client
     PAYMENT_GATE = "payment_gate"  # WHMCS GetPayMethods: none → park
+    SIM_PROCESSED = "sim_processed"  # an agent's Status = Processed: the SIM steps may run (no I/O but a read)
+    SIM_ASSIGN = "sim_assign"  # a free card of Salesforce SIM_Inventory__c, reserved for this order
     SIM_REGISTER = "sim_register"  # Freebit PA02-01 (physical) / PA05-41 (eSIM), submitted
     SIM_CONFIRM = "sim_confirm"  # Freebit PA03-02 until the account is active
     SIM_VOICE = "sim_voice"  # Freebit PA05-05 voice options, submitted then confirmed by PA03-02
@@ -33,16 +35,20 @@ class OrderType(StrEnum):
 _COMMON = (Step.VALIDATE, Step.RESOLVE_CLIENT, Step.PAYMENT_GATE)
 _BILLING = (Step.WHMCS_CREATE, Step.WHMCS_ACCEPT)
 
-#: the steps of each order type, in order (SIM: Freebit first, then billing, as the portal since Feb 2026)
+#: the steps of each order type, in order. SIM, as the portal since March 2026 (domain-facts §2.3):
+#: billed in WHMCS on approval (Activation_Status__c = Activating), the SIM taken from inventory and
+#: registered at Freebit only once an agent set Status = Processed
 PLANS: dict[OrderType, tuple[Step, ...]] = {
     OrderType.INTERNET: (*_COMMON, *_BILLING, Step.SF_WRITEBACK),
     OrderType.VPN: (*_COMMON, *_BILLING, Step.SF_WRITEBACK),
     OrderType.SIM: (
         *_COMMON,
+        *_BILLING,
+        Step.SIM_PROCESSED,
+        Step.SIM_ASSIGN,
         Step.SIM_REGISTER,
         Step.SIM_CONFIRM,
         Step.SIM_VOICE,
-        *_BILLING,
         Step.WHMCS_SIM_FIELDS,
         Step.SF_WRITEBACK,
     ),
@@ -93,6 +99,13 @@ class ErrorCode(StrEnum):
     PRODUCT_MAPPING_MISSING = "PRODUCT_MAPPING_MISSING"
     WHMCS_CLIENT_NOT_MAPPED = "WHMCS_CLIENT_NOT_MAPPED"
     PAYMENT_METHOD_MISSING = "PAYMENT_METHOD_MISSING"
+    #: not an error: a SIM order billed on approval waits for an agent's Status = Processed (parked
+    #: quietly: nothing is written to the Order's error fields)
+    AWAITING_PROCESSED = "AWAITING_PROCESSED"
+    #: no Available card of the order's SIM type in SIM_Inventory__c: stock the inventory, re-approve
+    SIM_INVENTORY_EMPTY = "SIM_INVENTORY_EMPTY"
+    #: the inventory gave a card whose phone number another order already holds: fix the inventory record
+    SIM_INVENTORY_CONFLICT = "SIM_INVENTORY_CONFLICT"
     FREEBIT_REGISTRATION_FAILED = "FREEBIT_REGISTRATION_FAILED"
     FREEBIT_TIMEOUT = "FREEBIT_TIMEOUT"
     WHMCS_ORDER_REJECTED = "WHMCS_ORDER_REJECTED"

@@ -1,17 +1,17 @@
 """The validated order (``OrderPlan``): what the saga will bill and provision, built from Salesforce records.
 
 Owns the validation rules (known order type, every line mapped to a WHMCS ``pid`` with a billing
-cycle, SIM details) and the stand-in SIM number allocation. Pure: no I/O, so the rules are unit
+cycle, SIM details) and which inventory cards a SIM order takes. Pure: no I/O, so the rules are unit
 tested without fakes. Must not call any port.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from adapters.salesforce.port import SIM_TYPES
 from adapters.whmcs.port import OrderLine
 from events.salesforce import OrderLineSnapshot, OrderSnapshot
 from schemas.salesforce_api import OrderItemRecord, OrderRecord
@@ -161,15 +161,10 @@ def _sim_spec(order: OrderRecord, lines: tuple[PlanLine, ...]) -> SimSpec | Fail
     )
 
 
-def sim_identity(sf_order_id: str, salt: int = 0) -> tuple[str, str]:
-    """(phone number, SIM serial) for an order: a deterministic stand-in for SIM inventory assignment.
+#: ``SIM_Inventory__c.SIM_Type__c`` values (our inference of the picklist: docs/fulfillment.md)
+PHYSICAL, ESIM = SIM_TYPES
 
-    The portal assigns a SIM from a Salesforce inventory object whose API name we could not confirm
-    (domain-facts §11); until that lands the saga derives both from the order id. Deterministic,
-    so every retry of the order asks Freebit about the same account; ``salt`` moves to the next
-    candidate when another order already holds a number (``fulfillment_orders.sim_account`` is unique).
-    """
-    digest = hashlib.sha256(f"{sf_order_id}:{salt}".encode()).hexdigest()
-    number = "070" + str(int(digest[:16], 16) % 10**8).zfill(8)
-    serial = "AX" + str(int(digest[16:40], 16) % 10**13).zfill(13)
-    return number, serial
+
+def inventory_sim_type(sim: SimSpec) -> str:
+    """The ``SIM_Type__c`` of the inventory cards a SIM order takes: a physical card, or an eSIM profile's number."""
+    return ESIM if sim.kind == "esim" else PHYSICAL

@@ -24,6 +24,7 @@ REJECTION_CODES: dict[Step, ErrorCode] = {
     Step.VALIDATE: ErrorCode.ORDER_INVALID,  # e.g. the Order id does not exist
     Step.RESOLVE_CLIENT: ErrorCode.WHMCS_CLIENT_NOT_MAPPED,
     Step.PAYMENT_GATE: ErrorCode.WHMCS_CLIENT_NOT_MAPPED,  # the mapped client does not exist in WHMCS
+    Step.SIM_PROCESSED: ErrorCode.ORDER_INVALID,  # the Order id no longer exists
     Step.SIM_REGISTER: ErrorCode.FREEBIT_REGISTRATION_FAILED,
     Step.SIM_CONFIRM: ErrorCode.FREEBIT_REGISTRATION_FAILED,
     Step.SIM_VOICE: ErrorCode.FREEBIT_REGISTRATION_FAILED,
@@ -39,7 +40,12 @@ UPSTREAM_CODES: dict[str, ErrorCode] = {
 }
 
 #: codes that park the order (resumed automatically by the event that fixes them) instead of failing it
-PARKING_CODES = frozenset({ErrorCode.PAYMENT_METHOD_MISSING})
+PARKING_CODES = frozenset({ErrorCode.PAYMENT_METHOD_MISSING, ErrorCode.AWAITING_PROCESSED})
+#: parks that are a normal wait, not a problem: no error code is written to the Order (staff see
+#: Status = Approved with Activation_Status__c = Activating, which already says "process me")
+QUIET_PARKING_CODES = frozenset({ErrorCode.AWAITING_PROCESSED})
+#: the Order.Status that lets a SIM order's Freebit steps run (domain-facts §2.3, since 2026-03-07)
+SIM_GO_STATUS = "Processed"
 
 #: How old an activation request's snapshot (the order as sf-cdc read it right after the change) may
 #: be for ``validate`` to build the plan from it instead of reading Salesforce again. The snapshot is

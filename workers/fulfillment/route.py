@@ -34,6 +34,8 @@ from workers.fulfillment.saga import Saga
 from workers.fulfillment.steps import (
     accept_whmcs_order,
     add_voice_options,
+    assign_sim_card,
+    await_processed,
     check_payment_method,
     confirm_sim,
     create_whmcs_order,
@@ -79,6 +81,7 @@ async def fulfill_order(event: ActivationRequest, msg: Message, *, saga: Saga) -
         cause=envelope,
         wakeup=wakeup,
         snapshot=None if wakeup else snapshot,
+        status=None if wakeup else event.status,
     )
     result = await saga.handle(trigger)
     log.info("fulfillment_handled", sf_order_id=event.sf_order_id, state=result.state, step=result.step)
@@ -125,7 +128,9 @@ def build_saga(
         Step.VALIDATE: partial(validate_order, salesforce=salesforce),
         Step.RESOLVE_CLIENT: partial(resolve_whmcs_client, mappings=mappings),
         Step.PAYMENT_GATE: partial(check_payment_method, whmcs=whmcs),
-        Step.SIM_REGISTER: partial(register_sim, freebit=freebit, store=store),
+        Step.SIM_PROCESSED: partial(await_processed, salesforce=salesforce),
+        Step.SIM_ASSIGN: partial(assign_sim_card, salesforce=salesforce, store=store, publisher=publisher),
+        Step.SIM_REGISTER: partial(register_sim, freebit=freebit),
         Step.SIM_CONFIRM: partial(confirm_sim, freebit=freebit, max_wait_s=max_wait_s),
         Step.SIM_VOICE: partial(add_voice_options, freebit=freebit, max_wait_s=max_wait_s),
         Step.WHMCS_CREATE: partial(create_whmcs_order, whmcs=whmcs),

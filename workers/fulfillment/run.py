@@ -36,7 +36,7 @@ class Trigger:
     """Why the saga runs for an order now. ``only_if`` limits it to orders in those states; a
     ``wakeup`` (scheduled by the saga itself) runs only while it is the order's latest one.
     ``snapshot``: the order and its lines as the request carried them (``validate`` may plan from
-    it instead of reading Salesforce)."""
+    it instead of reading Salesforce). ``status``: the Order's Status the request carried."""
 
     sf_order_id: str
     reason: str
@@ -46,6 +46,8 @@ class Trigger:
     only_if: frozenset[OrderState] | None = None
     wakeup: bool = False
     snapshot: OrderSnapshot | None = None
+    #: the Order's ``Status`` as the request saw it (None: the trigger does not say, e.g. a wake-up)
+    status: str | None = None
 
 
 @dataclass(frozen=True)

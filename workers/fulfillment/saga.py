@@ -53,6 +53,7 @@ from workers.fulfillment.model import (
     Wait,
 )
 from workers.fulfillment.policy import (
+    QUIET_PARKING_CODES,
     LedgerCheck,
     check_ledger,
     mismatch_message,
@@ -267,8 +268,9 @@ class Saga:
         self._stop(run, step, StepStatus.PARKED, OrderState.PARKED, outcome.code, outcome.message)
         if run.was != (OrderState.PARKED, outcome.code):  # parked again for the same reason: say it once
             order = run.order
-            update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False)
-            await self._send_update(run, update)
+            if outcome.code not in QUIET_PARKING_CODES:
+                update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False)
+                await self._send_update(run, update)
             parked = OrderParked(
                 **_outcome_ids(order), error_code=outcome.code, error_message=outcome.message, step=step
             )

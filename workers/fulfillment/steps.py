@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from adapters.freebit.port import DUPLICATE_ACCOUNT, FreebitAccount
+from adapters.saga_store import SimCard
 from events.errors import RejectedByUpstream, RetryableError
 from events.topics import Topic
 from workers.fulfillment import writeback
 from workers.fulfillment.model import Done, ErrorCode, Fail, Outcome, Park, Skipped, Step, Wait
-from workers.fulfillment.plan import SimSpec, build_plan, records_from_snapshot, sim_identity
-from workers.fulfillment.policy import poll_delay, snapshot_usable
+from workers.fulfillment.plan import PHYSICAL, SimSpec, build_plan, inventory_sim_type, records_from_snapshot
+from workers.fulfillment.policy import SIM_GO_STATUS, poll_delay, snapshot_usable
 from workers.fulfillment.run import Publisher, Run
 
 if TYPE_CHECKING:
@@ -34,7 +35,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-SIM_CANDIDATES = 8  # numbers tried before giving up when other orders already hold them
+#: free cards read per page of ``SIM_Inventory__c``, and pages read before the inventory counts as
+#: empty. A page runs out only while many orders take cards at once (a taken card reads Available
+#: until the sf-writer's write lands), so the next page (keyset, by Name) has the free ones.
+SIM_CARD_PAGE = 50
+SIM_CARD_PAGES = 10
 
 
 # --- steps: common -------------------------------------------------------------------------------
@@ -79,13 +84,61 @@ async def check_payment_method(run: Run, *, whmcs: WhmcsPort) -> Outcome:
     return Done({"paymethod_ids": [m.paymethod_id for m in methods]})
 
 
-# --- steps: Freebit (SIM orders) -----------------------------------------------------------------
-async def register_sim(run: Run, *, freebit: FreebitPort, store: SagaStore) -> Outcome:
-    # The number is committed before Freebit is called, and Freebit is asked about it before a
-    # registration is submitted: a crash after an earlier submit finds the account, not a gap.
-    sim, ids = _sim(run), await _reserve_sim_identity(run, store)
-    if ids is None:
-        return Fail(ErrorCode.FREEBIT_REGISTRATION_FAILED, "no free SIM number for this order")
+# --- steps: SIM inventory and Freebit (SIM orders) ------------------------------------------------
+async def await_processed(run: Run, *, salesforce: SalesforcePort) -> Outcome:
+    # Reads at most. A SIM order is billed on approval, and its card and Freebit registration wait
+    # for an agent's Status = Processed (domain-facts §2.3). The request says which Status it saw;
+    # one that says nothing (a PaymentMethodChanged resume, `fleet orders retry`) reads it. Parked
+    # here, the order resumes on the SimActivationRequested that sf-cdc publishes when the agent sets
+    # Processed, or on any later request that carries Processed.
+    status = run.trigger.status
+    if status is None:
+        status = (await salesforce.get_order(run.order.sf_order_id)).status
+    if status == SIM_GO_STATUS:
+        return Done({"status": status})
+    message = f"billed in WHMCS; the SIM is taken and registered once an agent sets Status = Processed (now {status})"
+    return Park(ErrorCode.AWAITING_PROCESSED, message)
+
+
+async def assign_sim_card(run: Run, *, salesforce: SalesforcePort, store: SagaStore, publisher: Publisher) -> Outcome:
+    # Takes one free card of the order's type from Salesforce SIM_Inventory__c. Postgres
+    # (sim_card_assignments) is the arbiter: a card goes to one order, and a retried order gets back
+    # the card it took (the store answers with it before looking at candidates). The assignment is
+    # recorded before Freebit hears of the card, and written back to Salesforce as absolute values
+    # (re-sent after a crash, the same fields are written again).
+    ids = run.ids(Step.SIM_ASSIGN)
+    if "card_id" not in ids:
+        if "account" in run.ids(Step.SIM_REGISTER):  # registered by a release before the inventory
+            return Skipped("the SIM was registered before cards came from SIM_Inventory__c")
+        sim_type = inventory_sim_type(_sim(run))
+        card = await _take_card(run, salesforce, store, sim_type)
+        if card is None:
+            message = f"no Available {sim_type} card in SIM_Inventory__c; nothing was registered at Freebit"
+            return Fail(ErrorCode.SIM_INVENTORY_EMPTY, message)
+        if not await store.reserve_sim_account(run.order.sf_order_id, card.phone_number):
+            message = f"card {card.name} has phone number {card.phone_number}, which another order holds"
+            return Fail(ErrorCode.SIM_INVENTORY_CONFLICT, message)
+        run.order.sim_account = card.phone_number
+        await run.remember(
+            Step.SIM_ASSIGN,
+            card_id=card.card_id,
+            card=card.name,
+            account=card.phone_number,
+            serial_number=card.serial_number or "",
+            sim_type=sim_type,
+        )
+        ids = run.ids(Step.SIM_ASSIGN)
+    assignment = writeback.sim_card_assigned(
+        ids["card_id"], run.order.sf_order_id, run.order.sf_account_id, ids["sim_type"]
+    )
+    await publisher.send(Topic.SF_WRITEBACK, assignment, run.trigger.cause)
+    return Done({k: ids[k] for k in ("card_id", "card", "account", "serial_number")})
+
+
+async def register_sim(run: Run, *, freebit: FreebitPort) -> Outcome:
+    # The card was committed before Freebit is called (sim_assign), and Freebit is asked about its
+    # number before a registration is submitted: a crash after an earlier submit finds the account.
+    sim, ids = _sim(run), _card(run)
     existing = await freebit.account_detail(ids["account"])
     if existing is None or existing.state == "cancelled":
         try:
@@ -206,18 +259,32 @@ def _sim(run: Run) -> SimSpec:
     return sim
 
 
-async def _reserve_sim_identity(run: Run, store: SagaStore) -> dict[str, Any] | None:
-    ids = run.ids(Step.SIM_REGISTER)
-    if "account" in ids:
-        return ids
-    sim = _sim(run)
-    for salt in range(SIM_CANDIDATES):
-        account, serial = sim_identity(run.order.sf_order_id, salt)
-        if await store.reserve_sim_account(run.order.sf_order_id, account):
-            run.order.sim_account = account
-            serial = serial if sim.kind == "physical" else ""
-            await run.remember(Step.SIM_REGISTER, account=account, serial_number=serial, eid=sim.eid)
-            return run.ids(Step.SIM_REGISTER)
+def _card(run: Run) -> dict[str, Any]:
+    """The SIM the order registers: its inventory card (or the number an older release derived)."""
+    assigned = run.ids(Step.SIM_ASSIGN)
+    if "account" in assigned:
+        return {"account": assigned["account"], "serial_number": assigned.get("serial_number", "")}
+    return run.ids(Step.SIM_REGISTER)
+
+
+async def _take_card(run: Run, salesforce: SalesforcePort, store: SagaStore, sim_type: str) -> SimCard | None:
+    after: str | None = None
+    for _ in range(SIM_CARD_PAGES):
+        page = await salesforce.free_sim_cards(sim_type, after=after, limit=SIM_CARD_PAGE)
+        if not page:
+            return None
+        unusable = [c.name for c in page if sim_type == PHYSICAL and not c.serial_number]
+        if unusable:  # a physical card Freebit cannot register: someone must complete the record
+            log.warning("sim_cards_without_serial", cards=unusable, sf_order_id=run.order.sf_order_id)
+        candidates = [
+            SimCard(c.id, c.name, c.phone_number, c.serial_number)
+            for c in page
+            if c.phone_number and (c.serial_number or sim_type != PHYSICAL)
+        ]
+        card = await store.reserve_sim_card(run.order.sf_order_id, candidates)
+        if card is not None:
+            return card
+        after = page[-1].name
     return None
 
 

@@ -10,7 +10,7 @@ The priority rule (docs/sf-writer.md, "Priorities"), set here and nowhere else:
 * **high**: what a person or the fleet acts on. The Order's ``Activation_Status__c = Activated``
   with its ``WHMCS_Order_ID__c`` (the "already fulfilled" guard) and cleared errors; the error code
   and message staff act on (failed or parked); ``Status = Approved``, the revert that lets staff
-  re-trigger a SIM order. Never deferred by the governor.
+  re-trigger a SIM order; the SIM inventory card an order took. Never deferred by the governor.
 * **low**: information recorded for reference that nobody waits on: the WHMCS service id on each
   OrderItem (CDC ignores the field, the fleet never reads it back), and any progress note. Deferred
   while the daily API budget is above ``SalesforceSettings.api_budget_share_for_low_priority``.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from adapters.salesforce.port import SIM_ASSIGNED, SIM_INVENTORY
 from events.fulfillment import UpdateSalesforceRecord
 from workers.fulfillment.model import ErrorCode
 from workers.fulfillment.plan import PlanLine
@@ -60,6 +61,20 @@ def fulfilled(
         for line, service_id in zip(lines, service_ids, strict=False)
     ]
     return [order, *items]
+
+
+def sim_card_assigned(
+    card_id: str, sf_order_id: str, sf_account_id: str | None, sim_type: str
+) -> UpdateSalesforceRecord:
+    """The inventory card taken by an order (high: the inventory is what staff hand out cards from,
+    and what the next order's free-card query reads). The assignment fields of domain-facts §2.4."""
+    fields: dict[str, object] = {
+        "Status__c": SIM_ASSIGNED,
+        "Assigned_Order__c": sf_order_id,
+        "Assigned_Account__c": sf_account_id,
+        "SIM_Type__c": sim_type,
+    }
+    return UpdateSalesforceRecord(sobject=SIM_INVENTORY, record_id=card_id, fields=fields, priority="high")
 
 
 def errored(sf_order_id: str, code: ErrorCode, message: str, *, revert_status: bool) -> UpdateSalesforceRecord:
