@@ -2,8 +2,9 @@
 
 Owns the Redis side of invalidation: reading the portal's dependency SETs, then for a whole batch
 of events one pipelined round trip of ``UNLINK`` (one command per key, so it also works on a Redis
-Cluster), ``SREM`` and ``PUBLISH`` of each event's notice; and the mapping of redis-py errors onto
-``events.errors``. Must not build key names (``workers.cache_keys`` does), read configuration or
+Cluster), ``SREM`` and ``PUBLISH`` of each event's notices (the invalidation notice, and the
+order-status notice of a fulfillment outcome on its own channel); and the mapping of redis-py
+errors onto ``events.errors``. Must not build key names (``workers.cache_keys`` does), read configuration or
 build the client (the composition root passes a ``redis.asyncio.Redis``).
 """
 
@@ -43,12 +44,49 @@ class InvalidationNotice:
 
 
 @dataclass(frozen=True)
+class OrderStatusNotice:
+    """What portal instances receive on the order-status channel (JSON, see docs/cache-keys.md): an
+    order's new status for the live order view (SSE ``order.update``, subscribers keyed by
+    ``sf_order_id``). ``at`` is the outcome's ``ce_time`` (ISO 8601, UTC), so a subscriber can drop
+    a notice older than the status it already shows."""
+
+    event_id: str
+    sf_order_id: str
+    sf_account_id: str | None
+    status: str  # "Activating" | "Activated" | "Failed"
+    error_code: str | None = None
+    error_message: str | None = None
+    at: str | None = None
+
+    def to_json(self) -> str:
+        body = {
+            "event_id": self.event_id,
+            "sf_order_id": self.sf_order_id,
+            "sf_account_id": self.sf_account_id,
+            "status": self.status,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "at": self.at,
+        }
+        return json.dumps(body, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
 class Invalidation:
     """One event's share of ``CachePort.invalidate``: ``UNLINK`` the notice's keys, ``SREM`` the
-    ``untrack`` members from their dependency SETs, then ``PUBLISH`` the notice."""
+    ``untrack`` members from their dependency SETs, then ``PUBLISH`` the notice, then ``PUBLISH`` the
+    order-status notice. ``notice`` is None when the event made no key stale (then nothing is
+    unlinked and no invalidation notice goes out); ``status`` is None for every event but an order
+    outcome the portal's live view shows."""
 
-    notice: InvalidationNotice
+    notice: InvalidationNotice | None
     untrack: Mapping[str, Iterable[str]] = field(default_factory=dict)
+    status: OrderStatusNotice | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys to ``UNLINK``, each once, in order."""
+        return list(dict.fromkeys(self.notice.keys)) if self.notice is not None else []
 
 
 class CachePort(Protocol):
@@ -61,10 +99,13 @@ class CachePort(Protocol):
 
     async def invalidate(self, items: Sequence[Invalidation]) -> list[int | FleetError]:
         """For each item, in order: ``UNLINK`` its keys, ``SREM`` its untracked members, ``PUBLISH`` its
-        notice; all items in one pipelined round trip. Returns, per item, how many of its keys existed,
-        or the error of a command Redis refused for that item (the other items are unaffected).
+        notice on the invalidation channel, ``PUBLISH`` its order-status notice on the order-status
+        channel (each notice only when the item has one); all items in one pipelined round trip.
+        Returns, per item, how many of its keys existed, or the error of a command Redis refused for
+        that item (the other items are unaffected).
 
-        Order: Redis runs a pipeline in order, so no notice goes out before its own keys are gone.
+        Order: Redis runs a pipeline in order, so no notice (of either kind) goes out before its own
+        keys are gone.
         Idempotent: deleting a missing key is a no-op, so a retry deletes nothing twice (and repeats
         the notice, which subscribers treat as idempotent). ``SREM`` rather than deleting a whole SET
         keeps members the portal added meanwhile, and a failure half-way leaves the SET for the retry.
@@ -75,11 +116,13 @@ class CachePort(Protocol):
 
 
 class RedisCache:
-    """``CachePort`` over a ``redis.asyncio.Redis`` built by the composition root."""
+    """``CachePort`` over a ``redis.asyncio.Redis`` built by the composition root: invalidation
+    notices on ``channel``, order-status notices on ``status_channel``."""
 
-    def __init__(self, redis: Redis, *, channel: str) -> None:
+    def __init__(self, redis: Redis, *, channel: str, status_channel: str) -> None:
         self._redis = redis
         self._channel = channel
+        self._status_channel = status_channel
 
     async def dependents(self, *index_keys: str) -> dict[str, frozenset[str]]:
         if not index_keys:
@@ -98,15 +141,21 @@ class RedisCache:
         unlinks: list[int] = []  # per item: its UNLINK commands (they come first in its span)
         spans: list[int] = []  # per item: its commands
         for item in items:
-            keys = list(dict.fromkeys(item.notice.keys))
+            keys = item.keys
             removals = {index: sorted(members) for index, members in item.untrack.items() if members}
             for key in keys:
                 pipe.unlink(key)
             for index, members in removals.items():
                 pipe.srem(index, *members)
-            pipe.publish(self._channel, item.notice.to_json())
+            published = 0
+            if item.notice is not None:
+                pipe.publish(self._channel, item.notice.to_json())
+                published += 1
+            if item.status is not None:  # last: after the keys and after the invalidation notice
+                pipe.publish(self._status_channel, item.status.to_json())
+                published += 1
             unlinks.append(len(keys))
-            spans.append(len(keys) + len(removals) + 1)
+            spans.append(len(keys) + len(removals) + published)
         with _mapped("UNLINK/SREM/PUBLISH"):
             # raise_on_error=False: a refused command comes back as its error, in its item's span
             answers = await pipe.execute(raise_on_error=False)
@@ -153,16 +202,18 @@ class FakeCache:
     """In-memory ``CachePort``: plain values in ``values``, dependency SETs in ``sets``.
 
     Records every key it was asked to delete (``invalidated_keys``, in order), every notice
-    (``notices``) and every call (``calls``: ``"dependents"`` / ``"invalidate"``, one per round trip);
-    ``fail_next_with`` makes the next call raise that error, before any effect; a key in
-    ``wrong_type`` is refused like Redis refuses ``WRONGTYPE`` (``SMEMBERS`` raises, an item whose
-    ``SREM`` names it reports the error after its ``UNLINK``s, as a pipeline would).
+    (``notices``), every order-status notice (``status_notices``) and every call (``calls``:
+    ``"dependents"`` / ``"invalidate"``, one per round trip); ``fail_next_with`` makes the next call
+    raise that error, before any effect; a key in ``wrong_type`` is refused like Redis refuses
+    ``WRONGTYPE`` (``SMEMBERS`` raises, an item whose ``SREM`` names it reports the error after its
+    ``UNLINK``s, as a pipeline would).
     """
 
     values: dict[str, str] = field(default_factory=dict)
     sets: dict[str, set[str]] = field(default_factory=dict)
     invalidated_keys: list[str] = field(default_factory=list)
     notices: list[InvalidationNotice] = field(default_factory=list)
+    status_notices: list[OrderStatusNotice] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     wrong_type: set[str] = field(default_factory=set)
     fail_next_with: Exception | None = None
@@ -183,7 +234,7 @@ class FakeCache:
         return [self._invalidate_one(item) for item in items]
 
     def _invalidate_one(self, item: Invalidation) -> int | FleetError:
-        keys = list(dict.fromkeys(item.notice.keys))
+        keys = item.keys
         self.invalidated_keys.extend(keys)
         existed = sum(1 for k in keys if self.values.pop(k, None) is not None or self.sets.pop(k, None) is not None)
         refused: FleetError | None = None
@@ -196,7 +247,11 @@ class FakeCache:
                 self.sets[index] = remaining
             else:
                 self.sets.pop(index, None)  # Redis deletes an emptied SET
-        self.notices.append(item.notice)  # the pipeline publishes after a refused SREM too
+        # the pipeline publishes after a refused SREM too, the order-status notice last
+        if item.notice is not None:
+            self.notices.append(item.notice)
+        if item.status is not None:
+            self.status_notices.append(item.status)
         return refused if refused is not None else existed
 
     def _enter(self, call: str) -> None:

@@ -14,7 +14,7 @@ event id across the bump and inbox deduplication holds over an upgrade.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -58,6 +58,10 @@ class OrderSnapshot(BaseModel):
     eid: str | None = None
     sim_voice_mail: bool | None = None
     sim_call_waiting: bool | None = None
+    opportunity_id: str | None = None
+    mnp_reservation_number: str | None = None
+    mnp_expiry_date: date | None = None
+    mnp_phone_number: str | None = None
     lines: list[OrderLineSnapshot] = []
 
 

@@ -23,7 +23,7 @@ class Topic(StrEnum):
     SF_ACCOUNT = "sf.account.v1"  # account eligibility changes; key = SF Account id
     SF_RESYNC = "sf.resync.v1"  # requests to re-read a window of records; key = entity name
     WHMCS_BILLING = "whmcs.billing.v1"  # invoice/service/client/pay-method/order; key = WHMCS client id
-    FULFILLMENT_OUTCOME = "fulfillment.outcome.v1"  # fulfilled / failed / parked; key = SF Order id
+    FULFILLMENT_OUTCOME = "fulfillment.outcome.v1"  # started / fulfilled / failed / parked; key = SF Order id
     SF_WRITEBACK = "sf.writeback.v1"  # record-update commands for the sf-writer; key = record id
     INGRESS_DLQ = "ingress.dlq.v1"  # raw payloads an ingress worker could not parse
 

@@ -1,11 +1,12 @@
 """``FreebitSandbox``: Freebit's ``POST /emptool/api/<path>/`` with one form field ``json``.
 
 Speaks authOem (authKeys expire after ``auth_ttl_s``), PA02-01 ``master/addAcnt``, PA05-41
-``mvno/esim/addAcnt``, PA05-05 ``mvno/talkoption/addOrder``, PA03-02 (assumed path
-``mvno/getDetail``) and PA02-04 (assumed path ``master/cnclAcnt``). Registrations are accepted
-``pending`` and turn ``active`` after ``activation_delay_s``. The fault endpoint key is the path
-(``master/addAcnt``). Result codes: ``schemas.freebit_api.FreebitResultCode``. Never imported by
-production code.
+``mvno/esim/addAcnt`` (both with an optional ``mnp`` block, ``{reserveNumber, reserveExpireDate}``:
+our inference of its fields; a malformed or expired reservation is a 400), PA05-05
+``mvno/talkoption/addOrder``, PA03-02 (assumed path ``mvno/getDetail``) and PA02-04 (assumed path
+``master/cnclAcnt``). Registrations are accepted ``pending`` and turn ``active`` after
+``activation_delay_s``. The fault endpoint key is the path (``master/addAcnt``). Result codes:
+``schemas.freebit_api.FreebitResultCode``. Never imported by production code.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -40,6 +43,8 @@ STATUS_CODE = {  # resultCode → status.statusCode (the HTTP-like class the doc
 }
 _ACCOUNT = re.compile(r"\d{10,14}")
 _EID = re.compile(r"\d{32}")
+_RESERVE = re.compile(r"\d{10}")
+JST = ZoneInfo("Asia/Tokyo")
 
 
 class FreebitError(Exception):
@@ -63,6 +68,8 @@ class Account:
     cancelled: bool = False
     voice_mail: bool = False
     call_waiting: bool = False
+    #: the MNP reservation number the account was ported in with ("" when it was a new number)
+    mnp_reserve_number: str = ""
 
     def state(self, now: float) -> str:
         return "cancelled" if self.cancelled else ("active" if now >= self.active_at else "pending")
@@ -179,7 +186,9 @@ class FreebitSandbox(SandboxBase):
         if body.get("createType", "new") not in ("new", "add"):
             raise FreebitError(Code.BAD_REQUEST, "createType must be new or add")
         product_number = _required(body, "productNumber")
+        mnp = self._mnp(body)
         self._register(account, "physical", body.get("planCode", ""), product_number, "")
+        self.accounts[account].mnp_reserve_number = mnp
         return result(account=account)
 
     def _add_esim(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -193,8 +202,29 @@ class FreebitSandbox(SandboxBase):
             raise FreebitError(Code.BAD_REQUEST, "eid must be 32 digits")
         if add_kind == "R":
             return self._reissue(account, eid)
+        mnp = self._mnp(body)
+        if (add_kind == "M") != bool(mnp):
+            raise FreebitError(Code.BAD_REQUEST, "addKind M needs the mnp block, and the mnp block needs addKind M")
         self._register(account, "esim", body.get("planCode", ""), "", eid)
+        self.accounts[account].mnp_reserve_number = mnp
         return result(account=account)
+
+    def _mnp(self, body: dict[str, Any]) -> str:
+        """The MNP block's reservation number ("" without one). Like Freebit, a malformed or expired
+        reservation is a 400 (our inference of the block: ``reserveNumber``, 10 digits, as PA05-20;
+        ``reserveExpireDate`` YYYYMMDD, the last valid day in Japan)."""
+        mnp = body.get("mnp")
+        if mnp is None:
+            return ""
+        if not isinstance(mnp, dict) or not _RESERVE.fullmatch(str(mnp.get("reserveNumber", ""))):
+            raise FreebitError(Code.BAD_REQUEST, "mnp.reserveNumber must be 10 digits")
+        try:
+            expiry = date.fromisoformat(_iso_day(str(mnp.get("reserveExpireDate", ""))))
+        except ValueError:
+            raise FreebitError(Code.BAD_REQUEST, "mnp.reserveExpireDate must be YYYYMMDD") from None
+        if expiry < datetime.now(JST).date():
+            raise FreebitError(Code.BAD_REQUEST, f"MNP reservation {mnp['reserveNumber']} expired on {expiry}")
+        return str(mnp["reserveNumber"])
 
     def _reissue(self, account: str, eid: str) -> dict[str, Any]:
         current = self._existing(account)
@@ -269,3 +299,8 @@ def _account(body: dict[str, Any]) -> str:
     if not _ACCOUNT.fullmatch(account):
         raise FreebitError(Code.BAD_REQUEST, "account must be 10-14 digits")
     return account
+
+
+def _iso_day(yyyymmdd: str) -> str:
+    """``20260315`` → ``2026-03-15`` (Freebit writes days as YYYYMMDD); anything else stays invalid."""
+    return f"{yyyymmdd[:4]}-{yyyymmdd[4:6]}-{yyyymmdd[6:]}" if len(yyyymmdd) == 8 and yyyymmdd.isdigit() else "x"

@@ -16,7 +16,7 @@ Sources: REST API Developer Guide, "Status Codes and Error Responses", "Limit In
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -174,6 +174,13 @@ class OrderRecord(_Record):
     sim_voice_mail: bool | None = Field(None, alias="SIM_Voice_Mail__c")
     sim_call_waiting: bool | None = Field(None, alias="SIM_Call_Waiting__c")
     vpn_region: str | None = Field(None, alias="VPN_Region__c")
+    #: the Opportunity the order came from (standard field); linked both ways on success
+    opportunity_id: str | None = Field(None, alias="OpportunityId")
+    #: MNP (number portability) details collected at checkout. The portal's field names were not
+    #: visible (domain-facts §2.1 "plus MNP fields"): these three are our choice (docs/fulfillment.md)
+    mnp_reservation_number: str | None = Field(None, alias="MNP_Reservation_Number__c")
+    mnp_expiry_date: date | None = Field(None, alias="MNP_Expiry_Date__c")
+    mnp_phone_number: str | None = Field(None, alias="MNP_Phone_Number__c")
     billing_street: str | None = Field(None, alias="BillingStreet")
     billing_city: str | None = Field(None, alias="BillingCity")
     billing_state: str | None = Field(None, alias="BillingState")

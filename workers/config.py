@@ -94,6 +94,9 @@ class PostgresSettings(_Section):
 class RedisSettings(_Section):
     url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
     invalidation_channel: str = "portal:cache:invalidated"
+    #: the cache-invalidator's order-status notices (Activating / Activated / Failed) for the
+    #: portal's live order view (SSE ``order.update``); docs/cache-keys.md, "The order-status notice"
+    order_status_channel: str = "portal:orders:status"
 
 
 class HttpSettings(_Section):

@@ -125,7 +125,7 @@ ROUTES: dict[str, RouteSpec] = {
             handlers={
                 "fleet.billing.*-changed.v1": "UNLINK the user's invoice/service/pay-method/profile keys",
                 "fleet.order.changed.v1": "UNLINK the account's order keys (customer-facing fields only)",
-                "fleet.fulfillment.*.v1": "UNLINK order keys (+ subscriptions/invoices when fulfilled)",
+                "fleet.fulfillment.*.v1": "UNLINK order keys (+ services/invoices if fulfilled); PUBLISH its status",
                 "fleet.catalog.changed.v1": "UNLINK catalog entries that embed the product (dependency sets)",
                 "fleet.account.eligibility-changed.v1": "UNLINK the account's eligibility key",
             },

@@ -7,7 +7,14 @@ Same shape as every adapter, split into ``port`` (Protocol in our terms), ``http
 
 from adapters.freebit.fake import FakeFreebit
 from adapters.freebit.http import HttpFreebit
-from adapters.freebit.port import DUPLICATE_ACCOUNT, AccountState, EsimKind, FreebitAccount, FreebitPort
+from adapters.freebit.port import (
+    DUPLICATE_ACCOUNT,
+    AccountState,
+    EsimKind,
+    FreebitAccount,
+    FreebitPort,
+    MnpReservation,
+)
 
 __all__ = [
     "DUPLICATE_ACCOUNT",
@@ -17,4 +24,5 @@ __all__ = [
     "FreebitAccount",
     "FreebitPort",
     "HttpFreebit",
+    "MnpReservation",
 ]

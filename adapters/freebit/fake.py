@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from adapters.freebit.port import DUPLICATE_ACCOUNT, UPSTREAM, EsimKind, FreebitAccount
+from adapters.freebit.port import DUPLICATE_ACCOUNT, UPSTREAM, EsimKind, FreebitAccount, MnpReservation
 from events.errors import FleetError, RejectedByUpstream, UpstreamUnavailable
 
 
@@ -25,15 +25,32 @@ class FakeFreebit:
     fail_next_with: FleetError | None = None
     _active_at: dict[str, float] = field(default_factory=dict)
 
-    async def register_physical_sim(self, account: str, *, serial_number: str, plan_code: str) -> None:
-        self._record("register_physical_sim", account=account, serial_number=serial_number, plan_code=plan_code)
+    async def register_physical_sim(
+        self, account: str, *, serial_number: str, plan_code: str, mnp: MnpReservation | None = None
+    ) -> None:
+        self._record(
+            "register_physical_sim", account=account, serial_number=serial_number, plan_code=plan_code, mnp=mnp
+        )
         self._register(FreebitAccount(account, "pending", "physical", plan_code, serial_number, ""))
 
     async def register_esim(
-        self, account: str, *, eid: str, plan_code: str, kind: EsimKind = "new", aladin_operated: bool = True
+        self,
+        account: str,
+        *,
+        eid: str,
+        plan_code: str,
+        kind: EsimKind = "new",
+        aladin_operated: bool = True,
+        mnp: MnpReservation | None = None,
     ) -> None:
         self._record(
-            "register_esim", account=account, eid=eid, plan_code=plan_code, kind=kind, aladin_operated=aladin_operated
+            "register_esim",
+            account=account,
+            eid=eid,
+            plan_code=plan_code,
+            kind=kind,
+            aladin_operated=aladin_operated,
+            mnp=mnp,
         )
         if aladin_operated and kind != "new":
             raise RejectedByUpstream(

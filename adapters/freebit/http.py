@@ -15,7 +15,14 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import ValidationError
 
-from adapters.freebit.port import DUPLICATE_ACCOUNT, UPSTREAM, AccountState, EsimKind, FreebitAccount
+from adapters.freebit.port import (
+    DUPLICATE_ACCOUNT,
+    UPSTREAM,
+    AccountState,
+    EsimKind,
+    FreebitAccount,
+    MnpReservation,
+)
 from adapters.http import send
 from events.errors import AuthenticationFailed, InvalidPayload, RejectedByUpstream, UpstreamUnavailable
 from schemas.freebit_api import (
@@ -48,14 +55,30 @@ class HttpFreebit:
         self._auth_lock = asyncio.Lock()
 
     # --- port ----------------------------------------------------------------------------
-    async def register_physical_sim(self, account: str, *, serial_number: str, plan_code: str) -> None:
-        body = {"createType": "new", "account": account, "productNumber": serial_number, "planCode": plan_code}
+    async def register_physical_sim(
+        self, account: str, *, serial_number: str, plan_code: str, mnp: MnpReservation | None = None
+    ) -> None:
+        body: dict[str, Any] = {
+            "createType": "new",
+            "account": account,
+            "productNumber": serial_number,
+            "planCode": plan_code,
+        }
+        if mnp is not None:
+            body["mnp"] = _mnp_block(mnp)
         await self._call("master/addAcnt", body, FreebitResponse)
 
     async def register_esim(
-        self, account: str, *, eid: str, plan_code: str, kind: EsimKind = "new", aladin_operated: bool = True
+        self,
+        account: str,
+        *,
+        eid: str,
+        plan_code: str,
+        kind: EsimKind = "new",
+        aladin_operated: bool = True,
+        mnp: MnpReservation | None = None,
     ) -> None:
-        body = {
+        body: dict[str, Any] = {
             "aladinOperated": _flag(aladin_operated),
             "createType": "new",
             "addKind": _ESIM_ADD_KIND[kind],
@@ -63,6 +86,8 @@ class HttpFreebit:
             "eid": eid,
             "planCode": plan_code,
         }
+        if mnp is not None:
+            body["mnp"] = _mnp_block(mnp)
         await self._call("mvno/esim/addAcnt", body, FreebitResponse)
 
     async def add_voice_options(
@@ -176,3 +201,10 @@ def _account(row: AccountDetailRecord) -> FreebitAccount:
     sim_kind: Literal["physical", "esim"] = "esim" if row.simKind == "esim" else "physical"
     fields = (row.planCode, row.productNumber, row.eid, row.voiceMail, row.callWaiting)
     return FreebitAccount(row.account, state, sim_kind, *fields)
+
+
+def _mnp_block(mnp: MnpReservation) -> dict[str, str]:
+    """The MNP block of a registration. Freebit's docs show ``mnp{method, reserveNumber (10 digits)}``
+    for PA05-20 and an MNP block on PA05-18; the expiry field's name was not visible:
+    ``reserveExpireDate`` (YYYYMMDD, Freebit's date format) is our inference (docs/fulfillment.md)."""
+    return {"reserveNumber": mnp.reservation_number, "reserveExpireDate": mnp.expiry.strftime("%Y%m%d")}

@@ -8,6 +8,7 @@ until it completes. Must not know HTTP, authKeys or result codes; those belong t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal, Protocol
 
 UPSTREAM = "freebit"
@@ -32,21 +33,42 @@ class FreebitAccount:
     call_waiting: bool = False
 
 
+@dataclass(frozen=True)
+class MnpReservation:
+    """The MNP block of a registration that ports a number in: the losing carrier's reservation
+    number (10 digits) and its last valid day. The account registered is the ported number."""
+
+    reservation_number: str
+    expiry: date
+
+
 class FreebitPort(Protocol):
     """Every method may raise ``UpstreamUnavailable``/``UpstreamTimeout``/``RateLimited`` or a
     retryable ``UpstreamUnavailable`` for Freebit's busy/locked codes, ``AuthenticationFailed``
     when a fresh authOem is refused, and ``InvalidPayload`` (code MALFORMED_RESPONSE)."""
 
-    async def register_physical_sim(self, account: str, *, serial_number: str, plan_code: str) -> None:
+    async def register_physical_sim(
+        self, account: str, *, serial_number: str, plan_code: str, mnp: MnpReservation | None = None
+    ) -> None:
         """PA02-01: submit registration of a physical SIM; the account is ``pending`` afterwards.
+        ``mnp``: the number ``account`` is ported in (an expired or malformed reservation →
+        ``RejectedByUpstream``, a 400 at Freebit).
         Not idempotent at Freebit: a second call for a registered account raises
         ``RejectedByUpstream(code=DUPLICATE_ACCOUNT)``, which callers treat as "already done"."""
         ...
 
     async def register_esim(
-        self, account: str, *, eid: str, plan_code: str, kind: EsimKind = "new", aladin_operated: bool = True
+        self,
+        account: str,
+        *,
+        eid: str,
+        plan_code: str,
+        kind: EsimKind = "new",
+        aladin_operated: bool = True,
+        mnp: MnpReservation | None = None,
     ) -> None:
-        """PA05-41: submit eSIM activation (``kind`` new/reissue/mnp). Duplicate → as above.
+        """PA05-41: submit eSIM activation (``kind`` new/reissue/mnp; ``mnp`` needs the reservation,
+        ``addKind`` M). Duplicate → as above.
         ``aladin_operated`` with any kind but ``new`` → ``RejectedByUpstream(code="400-356")``."""
         ...
 

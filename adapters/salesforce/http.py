@@ -66,7 +66,8 @@ ORDER_ITEMS_SOQL = (
 ORDER_FIELDS = (
     "Id, AccountId, Status, Type, Order_Type__c, EffectiveDate, Pricebook2Id, OrderNumber, Activation_Type__c, "
     "Activation_Status__c, Activation_Error_Code__c, WHMCS_Order_ID__c, SIM_Type__c, EID__c, SIM_Voice_Mail__c, "
-    "SIM_Call_Waiting__c, VPN_Region__c, LastModifiedDate"
+    "SIM_Call_Waiting__c, VPN_Region__c, OpportunityId, MNP_Reservation_Number__c, MNP_Expiry_Date__c, "
+    "MNP_Phone_Number__c, LastModifiedDate"
 )
 #: the same line fields as ``ORDER_ITEMS_SOQL``, as a parent-to-child sub-query of Order
 ORDER_ITEMS_SUBQUERY = (

@@ -29,7 +29,7 @@ from sandbox.salesforce.store import FIELDS, FieldProblem, Store
 #: orders are placed by the portal's BFF through the API unless a seed says otherwise
 PORTAL_CLIENT = "customer-portal"
 SIM_INVENTORY = "SIM_Inventory__c"
-_SEED_KEYS = frozenset({"customer", "lines", "client"})
+_SEED_KEYS = frozenset({"customer", "lines", "client", "opportunity"})
 
 
 def _bad(message: str) -> web.Response:
@@ -97,12 +97,19 @@ class ControlApi:
         client = spec.get("client", PORTAL_CLIENT)
         actor = api_actor(self.api_version, f"client={client}") if client else AGENT
         with self.org.transaction(actor) as tx:
+            if "OpportunityId" not in order_fields and spec.get("opportunity", True):
+                # the portal's checkout converts the customer's Opportunity ("Ready") into the Order
+                opportunity = {"Name": f"{order_fields.get('Type') or 'Order'} for {order_fields['AccountId']}",
+                               "AccountId": order_fields["AccountId"], "StageName": "Ready",
+                               "CloseDate": order_fields["EffectiveDate"]}  # fmt: skip
+                order_fields["OpportunityId"] = tx.create("Opportunity", opportunity)["Id"]
             order = tx.create("Order", order_fields)
             items = [tx.create("OrderItem", {**line, "OrderId": order["Id"]}) for line in lines]
         return {
             "id": order["Id"],
             "OrderNumber": order["OrderNumber"],
             "AccountId": order["AccountId"],
+            "OpportunityId": order["OpportunityId"],
             "items": [
                 {"id": i["Id"], "Product2Id": i["Product2Id"], "PricebookEntryId": i["PricebookEntryId"]} for i in items
             ],  # fmt: skip

@@ -31,6 +31,7 @@ KEY_PREFIX = {
     "Product2": "01t",
     "Pricebook2": "01s",
     "PricebookEntry": "01u",
+    "Opportunity": "006",
     "Order": "801",
     "OrderItem": "802",
     "SIM_Inventory__c": "a0S",  # a custom object: its key prefix is org-specific; a0S is our pick
@@ -52,13 +53,15 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "Pricebook2": ("Name", "IsActive", "IsStandard"),
     "PricebookEntry": ("Pricebook2Id", "Product2Id", "UnitPrice", "IsActive", "UseStandardPrice"),
+    "Opportunity": ("Name", "AccountId", "StageName", "CloseDate", "WHMCS_Service_ID__c", "WH_Registeration__c"),
     "Order": (
         "AccountId", "Name", "Description", "EffectiveDate", "Status", "Type", "Pricebook2Id",
         "OrderNumber", "TotalAmount", "Order_Type__c", "Activation_Type__c", "Activation_Scheduled_At__c",
         "Activation_Status__c", "Activation_Error_Code__c", "Activation_Error_Message__c",
         "WHMCS_Order_ID__c", "Internet_Plan_Tier__c", "Installation_Type__c", "Weekend_Install__c",
         "Access_Mode__c", "Hikari_Denwa__c", "VPN_Region__c", "SIM_Type__c", "EID__c",
-        "SIM_Voice_Mail__c", "SIM_Call_Waiting__c", "Address_Changed__c", *_BILLING,
+        "SIM_Voice_Mail__c", "SIM_Call_Waiting__c", "Address_Changed__c", "OpportunityId",
+        "MNP_Reservation_Number__c", "MNP_Expiry_Date__c", "MNP_Phone_Number__c", *_BILLING,
     ),
     "OrderItem": (
         "OrderId", "OrderItemNumber", "PricebookEntryId", "Product2Id", "Quantity", "UnitPrice",

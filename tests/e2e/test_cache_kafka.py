@@ -4,7 +4,10 @@ Contract: domain events produced to unique billing / order / catalog topics make
 exactly the portal keys they affect in the real Redis (users resolved through the real
 ``id_mappings``), publish one notice per event on the invalidation channel, and leave every other
 seeded key alone; an event of a client without a portal user busts nothing and is not an error
-(nothing reaches the dead-letter topic). The produce → notice latency is measured.
+(nothing reaches the dead-letter topic). The produce → notice latency is measured. Fulfillment
+outcomes also publish an order-status notice (Activating / Activated / Failed) on the order-status
+channel, after the event's keys are gone and after its invalidation notice, even when nothing was
+stale; a parked wait (``AWAITING_PROCESSED``) publishes none.
 
 A unique consumer group, topics, channel, users and accounts per run, so suites share one stack.
 """
@@ -32,7 +35,7 @@ from adapters.kafka import AiokafkaProducer, durable_producer, ensure_topics
 from adapters.mappings import PgIdMappings
 from events.base import DomainEvent, to_envelope
 from events.billing import InvoiceChanged
-from events.fulfillment import OrderFulfilled
+from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderParked
 from events.salesforce import CatalogChanged, OrderChanged
 from events.topics import DAY_MS, TopicSpec, group_topics
 from workers import cache_keys as ck
@@ -55,8 +58,10 @@ class World:
         self.env, self.redis, self.pool = env, redis, pool
         self.billing, self.orders = f"e2e.{tag}.whmcs.billing.v1", f"e2e.{tag}.sf.order.v1"
         self.catalog = f"e2e.{tag}.sf.catalog.v1"
+        self.outcomes = f"e2e.{tag}.fulfillment.outcome.v1"
         self.group = f"fleet.cache-invalidator.e2e-{tag}"
         self.channel = f"portal:cache:invalidated:e2e-{tag}"
+        self.status_channel = f"portal:orders:status:e2e-{tag}"
         client_id = 100_000_000 + secrets.randbelow(2_000_000_000)
         self.row: dict[str, Any] = {
             "user_id": str(uuid.uuid4()),
@@ -87,7 +92,7 @@ class World:
         }
 
     async def prepare(self) -> None:
-        specs = [TopicSpec(t, 2, DAY_MS) for t in (self.billing, self.orders, self.catalog)]
+        specs = [TopicSpec(t, 2, DAY_MS) for t in (self.billing, self.orders, self.catalog, self.outcomes)]
         await ensure_topics(self.env["KAFKA_BOOTSTRAP"], [*specs, *group_topics(self.group, 2)])
         await seed_id_mappings(self.pool, [self.row])
         await self.redis.mset({key: "{}" for key in self.keys().values()})
@@ -101,10 +106,11 @@ class World:
         aioproducer = durable_producer(self.env["KAFKA_BOOTSTRAP"], f"e2e-worker-{self.group}")
         await aioproducer.start()
         try:
-            handlers = bind_cache_invalidator(cache=RedisCache(self.redis, channel=self.channel),
-                                              mappings=PgIdMappings(self.pool))  # fmt: skip
-            route = Route(name="cache-invalidator", group=self.group, topics=(self.billing, self.orders, self.catalog),
-                          handlers=handlers, retry_delays_ms=(300, 1000))  # fmt: skip
+            cache = RedisCache(self.redis, channel=self.channel, status_channel=self.status_channel)
+            handlers = bind_cache_invalidator(cache=cache, mappings=PgIdMappings(self.pool))
+            topics = (self.billing, self.orders, self.catalog, self.outcomes)
+            route = Route(name="cache-invalidator", group=self.group, topics=topics, handlers=handlers,
+                          retry_delays_ms=(300, 1000))  # fmt: skip
             self.worker = Worker(route, build_consumer(self.settings.kafka, self.group), AiokafkaProducer(aioproducer),
                                  self.settings.runtime, partitions_for=partition_counter(aioproducer))  # fmt: skip
             await self.worker.run(stop)
@@ -185,6 +191,76 @@ async def test_domain_events_on_kafka_delete_exactly_their_keys(world: World) ->
     stats = world.worker.metrics.topic(world.billing)
     assert stats.dead_lettered == 0 and stats.retried_to_topic == 0
     print(f"\ncache-invalidator e2e: produce -> notice latency ms: {[round(s * 1000, 1) for s in latencies]}")
+
+
+async def test_fulfillment_outcomes_publish_order_status_notices_after_their_keys_are_gone(world: World) -> None:
+    """Activating (nothing stale: the status alone), Failed for a payment park, nothing for a parked
+    wait, Activated: each status on the real channel, after its event's cache notice, with the order's
+    keys already gone from Redis when it arrives."""
+    k, row = world.keys(), world.row
+    account, client = row["sf_account_id"], row["whmcs_client_id"]
+    order_keys = {k["orders"], k["order"]}
+    plan: list[tuple[DomainEvent, str | None]] = [
+        (OrderActivationStarted(sf_order_id=world.order, sf_account_id=account, order_type="Internet"), "Activating"),
+        (OrderParked(sf_order_id=world.order, sf_account_id=account, whmcs_client_id=client,
+                     error_code="PAYMENT_METHOD_MISSING", error_message="no pay method"), "Failed"),
+        (OrderParked(sf_order_id=world.order, sf_account_id=account, whmcs_client_id=client,
+                     error_code="AWAITING_PROCESSED", error_message="waiting for Processed"), None),
+        (OrderFulfilled(sf_order_id=world.order, sf_account_id=account, whmcs_client_id=client, whmcs_order_id=5),
+         "Activated"),
+    ]  # fmt: skip
+    pubsub = world.redis.pubsub()
+    await pubsub.subscribe(world.channel, world.status_channel)
+    aioproducer = durable_producer(world.env["KAFKA_BOOTSTRAP"], f"e2e-status-{world.group}")
+    await aioproducer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(world.run_worker(stop))
+    try:
+        producer = AiokafkaProducer(aioproducer)
+        for event, status in plan:
+            await world.redis.mset(dict.fromkeys(order_keys, "{}"))  # the portal cached the order again
+            envelope = to_envelope(event, source="/e2e")
+            await producer.publish(world.outcomes, envelope)
+            busts = not isinstance(event, OrderActivationStarted)
+            if busts:  # the cache notice first: UNLINK, then PUBLISH it, then PUBLISH the status
+                channel, notice = await next_message(pubsub, timeout=30)
+                assert (channel, notice["event_id"]) == (world.channel, envelope.id)
+                assert order_keys <= set(notice["keys"])
+            if status is None:
+                continue  # a parked wait: the next status on the channel is the next event's
+            channel, notice = await next_message(pubsub, timeout=30)
+            assert await world.redis.exists(*order_keys) == (0 if busts else 2), "the status comes after the UNLINKs"
+            assert channel == world.status_channel, f"{type(event).__name__}: its status, not another cache notice"
+            assert notice == {
+                "event_id": envelope.id,
+                "sf_order_id": world.order,
+                "sf_account_id": account,
+                "status": status,
+                "error_code": getattr(event, "error_code", None),
+                "error_message": getattr(event, "error_message", None),
+                "at": envelope.time.isoformat().replace("+00:00", "Z"),
+            }
+        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5) is None, "nothing more"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await aioproducer.stop()
+        await pubsub.unsubscribe(world.channel, world.status_channel)
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    stats = world.worker.metrics.topic(world.outcomes)
+    assert stats.dead_lettered == 0 and stats.retried_to_topic == 0
+
+
+async def next_message(pubsub: Any, timeout: float) -> tuple[str, dict[str, Any]]:
+    """The next pub/sub message on any subscribed channel: (channel, JSON body)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            channel = message["channel"]
+            return (channel.decode() if isinstance(channel, bytes) else channel), dict(json.loads(message["data"]))
+    raise AssertionError("no notice")
 
 
 async def next_notice(pubsub: Any, timeout: float) -> dict[str, Any]:

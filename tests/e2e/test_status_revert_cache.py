@@ -100,7 +100,9 @@ async def portal(world: World, stack_env: dict[str, str]) -> AsyncIterator[Porta
     await aioproducer.start()
     kafka = KafkaSettings(bootstrap=bootstrap, session_timeout_ms=6_000)
     runtime = RuntimeSettings(in_place_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.2, shutdown_grace_s=3.0)
-    handlers = bind_cache_invalidator(cache=RedisCache(redis, channel=channel), mappings=PgIdMappings(pool))
+    handlers = bind_cache_invalidator(
+        cache=RedisCache(redis, channel=channel, status_channel=f"{channel}:status"), mappings=PgIdMappings(pool)
+    )
     route = Route("cache-invalidator", group, (world.topics.order,), handlers, retry_delays_ms=(300, 1000))
     worker = Worker(route, build_consumer(kafka, group), AiokafkaProducer(aioproducer), runtime,
                     partitions_for=partition_counter(aioproducer))  # fmt: skip

@@ -227,7 +227,9 @@ async def test_each_event_deletes_exactly_its_keys_and_notifies(
     case: str, portal: Portal, redis: Redis, pool: asyncpg.Pool
 ) -> None:
     channel = f"portal:cache:invalidated:test-{secrets.token_hex(4)}"
-    handlers = bind_cache_invalidator(cache=RedisCache(redis, channel=channel), mappings=PgIdMappings(pool))
+    handlers = bind_cache_invalidator(
+        cache=RedisCache(redis, channel=channel, status_channel=f"{channel}:status"), mappings=PgIdMappings(pool)
+    )
     name, event, expected = next(c for c in cases(portal) if c[0] == case)
     before = await portal.present()
     assert expected <= before, f"{name}: the test seeds what it expects to see deleted"
@@ -245,7 +247,9 @@ async def test_each_event_deletes_exactly_its_keys_and_notifies(
 
 
 async def test_an_unmapped_client_busts_nothing(portal: Portal, redis: Redis, pool: asyncpg.Pool) -> None:
-    handlers = bind_cache_invalidator(cache=RedisCache(redis, channel="unused"), mappings=PgIdMappings(pool))
+    handlers = bind_cache_invalidator(
+        cache=RedisCache(redis, channel="unused", status_channel="unused-status"), mappings=PgIdMappings(pool)
+    )
     before = await portal.present()
     event = InvoiceChanged(whmcs_client_id=99_999, invoice_id=1)
 
@@ -271,9 +275,9 @@ async def test_one_batch_of_every_event_type_busts_each_events_keys_with_its_own
     portal: Portal, redis: Redis, pool: asyncpg.Pool
 ) -> None:
     channel = f"portal:cache:invalidated:test-{secrets.token_hex(4)}"
-    handler = bind_cache_invalidator(cache=RedisCache(redis, channel=channel), mappings=PgIdMappings(pool))[
-        InvoiceChanged
-    ]
+    handler = bind_cache_invalidator(
+        cache=RedisCache(redis, channel=channel, status_channel=f"{channel}:status"), mappings=PgIdMappings(pool)
+    )[InvoiceChanged]
     assert isinstance(handler, BatchHandler)
     batch = [*cases(portal), ("unmapped", InvoiceChanged(whmcs_client_id=99_999, invoice_id=1), set())]
     msgs = [message(event) for _, event, _ in batch]
@@ -312,7 +316,7 @@ async def test_a_command_redis_refuses_fails_only_its_own_item(redis: Redis) -> 
     tag = secrets.token_hex(4)
     a, b, c, not_a_set = (f"portal:v1:test:{tag}:{n}" for n in ("a", "b", "c", "deps"))
     await redis.mset({a: "1", b: "1", c: "1", not_a_set: "a string"})
-    cache = RedisCache(redis, channel=f"test-{tag}")
+    cache = RedisCache(redis, channel=f"test-{tag}", status_channel=f"test-{tag}:status")
     try:
         results = await cache.invalidate(
             [
@@ -399,9 +403,9 @@ async def test_redis_down_then_up_loses_nothing(private_redis: PrivateRedis, poo
     # of 3 backed-off retries makes every failed attempt take seconds)
     client = Redis(port=private_redis.port, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
     channel = f"test-{secrets.token_hex(4)}"
-    handler = bind_cache_invalidator(cache=RedisCache(client, channel=channel), mappings=PgIdMappings(pool))[
-        InvoiceChanged
-    ]
+    handler = bind_cache_invalidator(
+        cache=RedisCache(client, channel=channel, status_channel=f"{channel}:status"), mappings=PgIdMappings(pool)
+    )[InvoiceChanged]
     other = ck.user_profile(user)
     stale = {ck.user_invoices(user), ck.user_invoice(user, 7)}
     event = InvoiceChanged(whmcs_client_id=row["whmcs_client_id"], invoice_id=7)

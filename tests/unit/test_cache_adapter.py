@@ -42,7 +42,7 @@ class _FailingRedis:
 
 
 def cache_failing_with(error: Exception) -> RedisCache:
-    return RedisCache(_FailingRedis(error), channel="c")  # type: ignore[arg-type]
+    return RedisCache(_FailingRedis(error), channel="c", status_channel="s")  # type: ignore[arg-type]
 
 
 def item(*keys: str, untrack: dict[str, list[str]] | None = None) -> Invalidation:
@@ -115,7 +115,7 @@ async def test_a_refused_command_fails_only_its_own_item() -> None:
     answers = [1, 0, 1, 1, wrong, 1, 1, 1]
     redis = _FailingRedis(RuntimeError("unused"))
     redis.pipeline = lambda transaction=True: _AnsweringPipe(answers)  # type: ignore[method-assign]
-    cache = RedisCache(redis, channel="c")  # type: ignore[arg-type]
+    cache = RedisCache(redis, channel="c", status_channel="s")  # type: ignore[arg-type]
 
     results = await cache.invalidate([item("a", "b"), item("c", untrack={"idx": ["c"]}), item("d")])
 

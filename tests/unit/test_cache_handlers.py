@@ -22,7 +22,7 @@ from events.base import DomainEvent
 from events.billing import ClientChanged, InvoiceChanged, PaymentMethodChanged, ServiceChanged, WhmcsOrderChanged
 from events.envelope import H_ID
 from events.errors import DependencyUnavailable, InvalidPayload, RejectedByUpstream
-from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked
+from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, OrderActivationRequested, OrderChanged
 from sandbox import demo_data
 from workers import cache_keys as ck
@@ -390,5 +390,5 @@ def test_the_composition_root_binding_covers_every_busting_event_type() -> None:
     table = bind(deps)  # type: ignore[arg-type]
 
     assert set(table) == {InvoiceChanged, ServiceChanged, PaymentMethodChanged, ClientChanged, WhmcsOrderChanged,
-                          OrderChanged, OrderFulfilled, OrderFulfillmentFailed, OrderParked, CatalogChanged,
-                          AccountEligibilityChanged}  # fmt: skip
+                          OrderChanged, OrderFulfilled, OrderFulfillmentFailed, OrderParked, OrderActivationStarted,
+                          CatalogChanged, AccountEligibilityChanged}  # fmt: skip

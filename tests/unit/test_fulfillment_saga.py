@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from adapters.freebit import FakeFreebit
+from adapters.freebit import FakeFreebit, MnpReservation
 from adapters.kafka import FakeProducer
 from adapters.mappings import FakeIdMappings
 from adapters.saga_store import MemorySagaStore
@@ -27,7 +27,13 @@ from events.base import DomainEvent, decode_event
 from events.billing import PaymentMethodChanged
 from events.envelope import Envelope, from_record, to_record
 from events.errors import RejectedByUpstream, UpstreamUnavailable
-from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked, UpdateSalesforceRecord
+from events.fulfillment import (
+    OrderActivationStarted,
+    OrderFulfilled,
+    OrderFulfillmentFailed,
+    OrderParked,
+    UpdateSalesforceRecord,
+)
 from events.salesforce import (
     OrderActivationRequested,
     OrderActivationRequestedV1,
@@ -219,7 +225,12 @@ class World:
         return [u.fields for u in updates if u.record_id == record_id]
 
     def outcomes(self, order_id: str) -> list[DomainEvent]:
-        return [e for e in self.published(Topic.FULFILLMENT_OUTCOME) if getattr(e, "sf_order_id", None) == order_id]
+        """How deliveries ended (fulfilled, parked, failed); not the ``OrderActivationStarted`` notes."""
+        return [
+            e
+            for e in self.published(Topic.FULFILLMENT_OUTCOME)
+            if getattr(e, "sf_order_id", None) == order_id and not isinstance(e, OrderActivationStarted)
+        ]
 
     def whmcs_orders(self, order_id: str) -> list[Any]:
         return [o for o in self.whmcs.orders.values() if f"sfOrderId={order_id}" in o.notes]
@@ -493,7 +504,8 @@ async def test_a_client_without_payment_method_parks_then_resumes_when_one_is_ad
     assert await world.state(order_id) == OrderState.FULFILLED
     assert len(world.whmcs_orders(order_id)) == 1
     assert world.sf_updates(order_id)[-1]["Activation_Error_Code__c"] is None
-    assert [type(e) for e in world.outcomes(order_id)] == [OrderParked, OrderFulfilled]
+    # parked twice (the second resume announced Activating, so the portal hears the park again), then done
+    assert [type(e) for e in world.outcomes(order_id)] == [OrderParked, OrderParked, OrderFulfilled]
     await world.deliver(PaymentMethodChanged(whmcs_client_id=1003, paymethod_id=31))  # nothing parked any more
     assert len(world.calls(world.whmcs, "add_order")) == 1
 
@@ -787,3 +799,82 @@ def test_the_route_binder_takes_the_composition_roots_deps() -> None:
     assert {table[r].func for r in requests} == {fulfill_order}  # type: ignore[attr-defined]
     assert len({id(table[r]) for r in requests}) == 1, "one bound handler (and its collector) for every request"
     assert table[PaymentMethodChanged].func is resume_parked_orders  # type: ignore[attr-defined]
+
+
+# --- number portability (MNP) and the Opportunity link ----------------------------------------------
+
+MNP = {"MNP_Reservation_Number__c": "1234567890", "MNP_Phone_Number__c": "09011112222"}
+
+
+async def test_a_ported_number_is_registered_with_its_mnp_reservation_and_keeps_the_cards_serial(
+    world: World,
+) -> None:
+    expiry = (world.clock.now + timedelta(days=10)).date()
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM",
+                                 MNP_Expiry_Date__c=expiry.isoformat(), **MNP)  # fmt: skip
+    await world.request(order_id)
+    await world.settle()
+    assert await world.state(order_id) == OrderState.FULFILLED
+    [register] = world.calls(world.freebit, "register_physical_sim")
+    assert register["account"] == "09011112222" and register["mnp"] == MnpReservation("1234567890", expiry)
+    card = world.salesforce.records["SIM_Inventory__c"]["a0S5g0P000000001AA"]
+    assert register["serial_number"] == card["Serial_Number__c"]  # the card's serial, the customer's number
+    assert world.sf_updates(card["Id"])[0]["Assigned_Order__c"] == order_id
+
+
+async def test_a_ported_esim_takes_no_inventory_number(world: World) -> None:
+    expiry = (world.clock.now + timedelta(days=3)).date()
+    order_id = world.place_order("tanaka", "SIM", ["SIM-D-20GB"], SIM_Type__c="eSIM", EID__c=EID,
+                                 MNP_Expiry_Date__c=expiry.isoformat(), **MNP)  # fmt: skip
+    await world.request(order_id)
+    await world.settle()
+    assert await world.state(order_id) == OrderState.FULFILLED
+    [register] = world.calls(world.freebit, "register_esim")
+    assert (register["account"], register["kind"], register["aladin_operated"]) == ("09011112222", "mnp", False)
+    assert register["mnp"] == MnpReservation("1234567890", expiry)
+    assert [u for u in world.published(Topic.SF_WRITEBACK) if getattr(u, "sobject", "") == "SIM_Inventory__c"] == []
+
+
+async def test_an_expired_mnp_reservation_fails_with_its_code_before_freebit_hears_of_it(world: World) -> None:
+    expired = (world.clock.now - timedelta(days=1)).date()
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM",
+                                 MNP_Expiry_Date__c=expired.isoformat(), **MNP)  # fmt: skip
+    await world.request(order_id)
+    assert await world.state(order_id) == OrderState.FAILED
+    update = world.sf_updates(order_id)[-1]
+    assert update["Activation_Error_Code__c"] == "MNP_RESERVATION_EXPIRED" and update["Status"] == "Approved"
+    assert world.calls(world.freebit, "register_physical_sim") == []
+
+
+async def test_incomplete_mnp_fields_fail_validation_with_their_code(world: World) -> None:
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM",
+                                 MNP_Reservation_Number__c="12345")  # fmt: skip
+    await world.request(order_id)
+    assert await world.state(order_id) == OrderState.FAILED
+    update = world.sf_updates(order_id)[-1]
+    assert update["Activation_Error_Code__c"] == "MNP_RESERVATION_INVALID"
+    assert (
+        "10 digits" in update["Activation_Error_Message__c"]
+        and "MNP_Expiry_Date__c" in update["Activation_Error_Message__c"]
+    )
+    assert world.whmcs_orders(order_id) == []
+
+
+async def test_an_order_from_an_opportunity_links_it_both_ways(world: World) -> None:
+    order_id = world.place_order("tanaka", "Internet", ["INT-1G-GOLD", "INT-INSTALL-SINGLE"],
+                                 OpportunityId="0065g00000000001AA")  # fmt: skip
+    await world.request(order_id)
+    assert await world.state(order_id) == OrderState.FULFILLED
+    [whmcs_order] = world.whmcs_orders(order_id)
+    main_service = world.whmcs.services[whmcs_order.service_ids[0]]
+    assert main_service.custom_fields["OpportunityId"] == "0065g00000000001AA"
+    assert world.sf_updates("0065g00000000001AA") == [{"WHMCS_Service_ID__c": str(whmcs_order.service_ids[0])}]
+    [link] = [u for u in world.published(Topic.SF_WRITEBACK) if getattr(u, "record_id", "") == "0065g00000000001AA"]
+    assert isinstance(link, UpdateSalesforceRecord) and (link.sobject, link.priority) == ("Opportunity", "low")
+
+
+async def test_an_order_without_an_opportunity_skips_the_link(world: World) -> None:
+    order_id = world.place_order("tanaka", "VPN", ["VPN-TOKYO"])
+    await world.request(order_id)
+    assert (await world.step(order_id, Step.WHMCS_LINKS)).status == StepStatus.SKIPPED
+    assert [u for u in world.published(Topic.SF_WRITEBACK) if getattr(u, "sobject", "") == "Opportunity"] == []

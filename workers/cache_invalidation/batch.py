@@ -1,17 +1,18 @@
-"""One batch of the cache-invalidator: every record's stale keys gone and its notice published.
+"""One batch of the cache-invalidator: every record's stale keys gone and its notices published.
 
 Shape: one ``BatchHandler`` for every event type (``workers.runtime.batch``), so a batch runs on
 across types. Per batch: one ``id_mappings`` query per id kind (``Directory``), one ``SMEMBERS``
-pipeline when some event names a dependency SET, and one pipeline of every event's ``UNLINK``s and
-its notice (``CachePort.invalidate``). What an event makes stale is decided per event by a pure
+pipeline when some event names a dependency SET, and one pipeline of every event's ``UNLINK``s, its
+invalidation notice and, for a fulfillment outcome, its order-status notice (``status``;
+``CachePort.invalidate``). What an event makes stale is decided per event by a pure
 planner (``plan.PLANNERS``), so the rules read one event at a time; a call with one record
 (in-place retries, tests) is a batch of one. Must not decide retries: it returns one outcome per
 record and the runtime retries or dead-letters each.
 
 Delivery semantics: at least once. Deleting a key twice is harmless and a repeated notice costs a
 portal instance one extra read, so no inbox ledger is kept: a redelivered event simply runs again.
-Keys are deleted before the notice is published (one pipeline, which Redis runs in order), so an
-instance reacting to the notice re-reads Redis and misses. The runtime commits a record only after
+Keys are deleted before the notices are published (one pipeline, which Redis runs in order), so an
+instance reacting to either notice re-reads Redis and misses. The runtime commits a record only after
 its outcome here is ``None``. Redis or Postgres down → ``DependencyUnavailable`` for every record of
 the batch, and the runtime retries each (as a batch of one), then dead-letters; an invalidation is
 never dropped silently. A record-specific refusal (an id that cannot be a key segment, a dependency
@@ -31,6 +32,7 @@ from events.errors import FleetError, InvalidPayload
 from workers import cache_keys as ck
 from workers.cache_invalidation.directory import Directory
 from workers.cache_invalidation.plan import PLANNERS, Bust
+from workers.cache_invalidation.status import order_status
 from workers.runtime.batch import Outcome
 from workers.runtime.message import Message
 
@@ -66,10 +68,13 @@ def _settle(
     outcomes: list[Outcome],
 ) -> None:
     """Each pipelined item's result becomes its record's outcome (a refused command fails it alone)."""
-    busted = deleted = 0
+    busted = deleted = statuses = 0
     for (i, item), result in zip(items, results, strict=True):
         if isinstance(result, FleetError):
             outcomes[i] = result
+            continue
+        statuses += item.status is not None
+        if item.notice is None:  # an order-status notice alone: nothing was stale
             continue
         busted, deleted = busted + 1, deleted + result
         notice = item.notice
@@ -78,7 +83,7 @@ def _settle(
     # One line per batch (under the batch's log context: topic, partition, first offset): at
     # thousands of events a second a line per event cost a fifth of the worker's CPU. Per-event
     # lines are DEBUG; a failed record is logged by the runtime under its own context.
-    log.info("cache_invalidated", events=len(msgs), busted=busted, deleted=deleted,
+    log.info("cache_invalidated", events=len(msgs), busted=busted, deleted=deleted, statuses=statuses,
              failed=sum(o is not None for o in outcomes))  # fmt: skip
 
 
@@ -120,8 +125,9 @@ def _invalidations(
     members: Mapping[str, frozenset[str]],
     outcomes: list[Outcome],
 ) -> list[tuple[int, Invalidation]]:
-    """Each still-open event's stale keys (its own, then its SETs' members) with its notice; an event
-    with none is done (no notice: nothing was stale)."""
+    """Each still-open event's stale keys (its own, then its SETs' members) with its notice, and its
+    order-status notice; an event with neither is done (no notice: nothing was stale). An outcome
+    that made nothing stale (Activating; an account without cached keys) still gets its status out."""
     items: list[tuple[int, Invalidation]] = []
     for i, bust in busts.items():
         if outcomes[i] is not None:
@@ -129,9 +135,12 @@ def _invalidations(
         msg = msgs[i]
         found = {ix: members.get(ix, frozenset()) for ix in bust.indexes}
         stale = tuple(dict.fromkeys([*bust.keys, *sorted(m for s in found.values() for m in s)]))
+        status = order_status(msg)
         if not stale:
             log.debug("cache_nothing_to_invalidate", event_id=msg.event_id, offset=msg.offset, reason=bust.reason)
+            if status is not None:
+                items.append((i, Invalidation(None, status=status)))
             continue
         notice = InvalidationNotice(msg.event_id, msg.event_type, stale, bust.reason)
-        items.append((i, Invalidation(notice, {ix: sorted(m) for ix, m in found.items() if m})))
+        items.append((i, Invalidation(notice, {ix: sorted(m) for ix, m in found.items() if m}, status)))
     return items

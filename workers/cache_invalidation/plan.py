@@ -14,7 +14,7 @@ from typing import Any
 
 from events.base import DomainEvent
 from events.billing import ClientChanged, InvoiceChanged, PaymentMethodChanged, ServiceChanged, WhmcsOrderChanged
-from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked
+from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
 from events.salesforce import AccountEligibilityChanged, CatalogChanged, OrderChanged
 from workers import cache_keys as ck
 from workers.cache_invalidation.directory import BillingEvent, Directory, OrderOutcome
@@ -90,6 +90,13 @@ def plan_outcome(event: OrderOutcome, who: Directory) -> Bust:
     return _order_bust(event.sf_order_id, account, f"order {type(event).__name__}", extra)
 
 
+def plan_started(event: OrderActivationStarted, who: Directory) -> Bust:
+    """Nothing cached changes when the saga starts work (the portal caches Salesforce's order, which
+    the saga has not written yet): no key, no invalidation notice. The event is here for its
+    order-status notice (Activating, ``status.order_status``), which goes out all the same."""
+    return Bust((), f"order {event.sf_order_id} activation started: nothing cached changes")
+
+
 def plan_catalog(event: CatalogChanged, who: Directory) -> Bust:
     changed = set(event.changed_fields)
     membership = event.change_type != "UPDATE" or not changed or bool(changed & CATALOG_MEMBERSHIP_FIELDS)
@@ -138,6 +145,7 @@ PLANNERS: dict[type[DomainEvent], Planner] = {
     OrderFulfilled: plan_outcome,
     OrderFulfillmentFailed: plan_outcome,
     OrderParked: plan_outcome,
+    OrderActivationStarted: plan_started,
     CatalogChanged: plan_catalog,
     AccountEligibilityChanged: plan_eligibility,
 }

@@ -37,6 +37,8 @@ def bind_cache_invalidator(
 
 def bind(deps: Deps) -> dict[type[DomainEvent], Handler]:
     """The route's handlers (``workers.routes`` imports this): the real adapters over the root's
-    Redis client (notices on ``RedisSettings.invalidation_channel``) and PostgreSQL pool."""
-    cache = RedisCache(deps.redis, channel=deps.settings.redis.invalidation_channel)
+    Redis client (notices on ``RedisSettings.invalidation_channel``, order-status notices on
+    ``RedisSettings.order_status_channel``) and PostgreSQL pool."""
+    redis = deps.settings.redis
+    cache = RedisCache(deps.redis, channel=redis.invalidation_channel, status_channel=redis.order_status_channel)
     return bind_cache_invalidator(cache=cache, mappings=PgIdMappings(deps.pool))

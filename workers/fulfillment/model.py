@@ -22,6 +22,7 @@ class Step(StrEnum):
     SIM_VOICE = "sim_voice"  # Freebit PA05-05 voice options, submitted then confirmed by PA03-02
     WHMCS_CREATE = "whmcs_create"  # WHMCS AddOrder (notes carry sfOrderId=<id>)
     WHMCS_ACCEPT = "whmcs_accept"  # WHMCS AcceptOrder
+    WHMCS_LINKS = "whmcs_links"  # the Opportunity on the main WHMCS service (custom field OpportunityId)
     WHMCS_SIM_FIELDS = "whmcs_sim_fields"  # SIM Number / Serial Number / EID on the WHMCS service
     SF_WRITEBACK = "sf_writeback"  # UpdateSalesforceRecord commands: Activated, WHMCS ids
 
@@ -33,7 +34,7 @@ class OrderType(StrEnum):
 
 
 _COMMON = (Step.VALIDATE, Step.RESOLVE_CLIENT, Step.PAYMENT_GATE)
-_BILLING = (Step.WHMCS_CREATE, Step.WHMCS_ACCEPT)
+_BILLING = (Step.WHMCS_CREATE, Step.WHMCS_ACCEPT, Step.WHMCS_LINKS)
 
 #: the steps of each order type, in order. SIM, as the portal since March 2026 (domain-facts §2.3):
 #: billed in WHMCS on approval (Activation_Status__c = Activating), the SIM taken from inventory and
@@ -106,6 +107,10 @@ class ErrorCode(StrEnum):
     SIM_INVENTORY_EMPTY = "SIM_INVENTORY_EMPTY"
     #: the inventory gave a card whose phone number another order already holds: fix the inventory record
     SIM_INVENTORY_CONFLICT = "SIM_INVENTORY_CONFLICT"
+    #: a SIM order ports a number but its MNP fields are incomplete or malformed: fix them, re-approve
+    MNP_RESERVATION_INVALID = "MNP_RESERVATION_INVALID"
+    #: the MNP reservation expired before the SIM was registered: the customer needs a new one
+    MNP_RESERVATION_EXPIRED = "MNP_RESERVATION_EXPIRED"
     FREEBIT_REGISTRATION_FAILED = "FREEBIT_REGISTRATION_FAILED"
     FREEBIT_TIMEOUT = "FREEBIT_TIMEOUT"
     WHMCS_ORDER_REJECTED = "WHMCS_ORDER_REJECTED"

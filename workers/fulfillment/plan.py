@@ -7,6 +7,8 @@ tested without fakes. Must not call any port.
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -18,6 +20,10 @@ from schemas.salesforce_api import OrderItemRecord, OrderRecord
 from workers.fulfillment.model import ErrorCode, Fail, OrderType
 
 ESIM_TYPES = frozenset({"esim", "e-sim"})
+#: an MNP reservation number (MNP予約番号): 10 digits, as Freebit's PA05-20 ``reserveNumber``
+MNP_RESERVATION = re.compile(r"\d{10}")
+#: a Japanese mobile number: 070 / 080 / 090 and 8 digits
+MNP_PHONE = re.compile(r"0[789]0\d{8}")
 
 
 class _Frozen(BaseModel):
@@ -36,6 +42,18 @@ class PlanLine(_Frozen):
         return OrderLine(self.pid, self.billing_cycle, self.qty)
 
 
+class MnpSpec(_Frozen):
+    """Number portability: the customer's number moves in from another carrier (domain-facts §2.4:
+    "MNP reservation details are collected at checkout"; the Order's field names are our choice)."""
+
+    reservation_number: str  # the MNP reservation number from the losing carrier, 10 digits
+    expiry: date  # the reservation's last valid day (Japan time)
+    phone_number: str  # the number being ported in: it becomes the Freebit account
+
+    def expired(self, today: date) -> bool:
+        return self.expiry < today
+
+
 class SimSpec(_Frozen):
     kind: Literal["physical", "esim"]
     plan_code: str
@@ -43,6 +61,7 @@ class SimSpec(_Frozen):
     voice_mail: bool = False
     call_waiting: bool = False
     service_line: int = 0  # index of the line whose WHMCS service carries SIM Number / Serial / EID
+    mnp: MnpSpec | None = None
 
     @property
     def wants_voice(self) -> bool:
@@ -57,6 +76,11 @@ class OrderPlan(_Frozen):
     sim: SimSpec | None = None
     #: ``Order.WHMCS_Order_ID__c`` as read (set when someone fulfilled it before us)
     sf_whmcs_order_id: int | None = None
+    #: ``Order.OpportunityId``: linked both ways on success (WHMCS custom field, Opportunity field)
+    opportunity_id: str | None = None
+    #: index of the order's main line (the first ``Service`` item): its WHMCS service is the one the
+    #: Opportunity and the SIM fields point at
+    service_line: int = 0
 
 
 def build_plan(order: OrderRecord, items: list[OrderItemRecord]) -> OrderPlan | Fail:
@@ -81,6 +105,8 @@ def build_plan(order: OrderRecord, items: list[OrderItemRecord]) -> OrderPlan | 
         sf_whmcs_order_id=int(order.whmcs_order_id)
         if order.whmcs_order_id and order.whmcs_order_id.isdigit()
         else None,
+        opportunity_id=(order.opportunity_id or "").strip() or None,
+        service_line=_service_line(lines),
     )
 
 
@@ -99,6 +125,10 @@ def records_from_snapshot(sf_order_id: str, snapshot: OrderSnapshot) -> tuple[Or
             "EID__c": snapshot.eid,
             "SIM_Voice_Mail__c": snapshot.sim_voice_mail,
             "SIM_Call_Waiting__c": snapshot.sim_call_waiting,
+            "OpportunityId": snapshot.opportunity_id,
+            "MNP_Reservation_Number__c": snapshot.mnp_reservation_number,
+            "MNP_Expiry_Date__c": snapshot.mnp_expiry_date,
+            "MNP_Phone_Number__c": snapshot.mnp_phone_number,
         }
     )
     return order, [_item_record(sf_order_id, line) for line in snapshot.lines]
@@ -149,7 +179,10 @@ def _sim_spec(order: OrderRecord, lines: tuple[PlanLine, ...]) -> SimSpec | Fail
     kind: Literal["physical", "esim"] = "esim" if (order.sim_type or "").lower() in ESIM_TYPES else "physical"
     if kind == "esim" and not (order.eid or "").strip():
         return Fail(ErrorCode.ORDER_INVALID, "eSIM order without EID__c")
-    service = next((n for n, line in enumerate(lines) if line.item_class == "Service"), 0)
+    service = _service_line(lines)
+    mnp = _mnp_spec(order)
+    if isinstance(mnp, Fail):
+        return mnp
     return SimSpec(
         kind=kind,
         # the plan code Freebit registers: the SIM service's SKU (the portal's catalog key)
@@ -158,7 +191,30 @@ def _sim_spec(order: OrderRecord, lines: tuple[PlanLine, ...]) -> SimSpec | Fail
         voice_mail=bool(order.sim_voice_mail),
         call_waiting=bool(order.sim_call_waiting),
         service_line=service,
+        mnp=mnp,
     )
+
+
+def _service_line(lines: tuple[PlanLine, ...]) -> int:
+    return next((n for n, line in enumerate(lines) if line.item_class == "Service"), 0)
+
+
+def _mnp_spec(order: OrderRecord) -> MnpSpec | Fail | None:
+    """None when the order ports no number; all three MNP fields when it does, well-formed."""
+    number = (order.mnp_reservation_number or "").strip()
+    phone = (order.mnp_phone_number or "").strip()
+    if not (number or phone or order.mnp_expiry_date):
+        return None
+    problems = []
+    if not MNP_RESERVATION.fullmatch(number):
+        problems.append(f"MNP_Reservation_Number__c must be 10 digits, not {number!r}")
+    if order.mnp_expiry_date is None:
+        problems.append("MNP_Expiry_Date__c is missing")
+    if not MNP_PHONE.fullmatch(phone):
+        problems.append(f"MNP_Phone_Number__c must be a Japanese mobile number (11 digits), not {phone!r}")
+    if problems or order.mnp_expiry_date is None:
+        return Fail(ErrorCode.MNP_RESERVATION_INVALID, "; ".join(problems))
+    return MnpSpec(reservation_number=number, expiry=order.mnp_expiry_date, phone_number=phone)
 
 
 #: ``SIM_Inventory__c.SIM_Type__c`` values (our inference of the picklist: docs/fulfillment.md)

@@ -39,6 +39,7 @@ from workers.fulfillment.steps import (
     check_payment_method,
     confirm_sim,
     create_whmcs_order,
+    link_opportunity,
     register_sim,
     resolve_whmcs_client,
     validate_order,
@@ -135,6 +136,7 @@ def build_saga(
         Step.SIM_VOICE: partial(add_voice_options, freebit=freebit, max_wait_s=max_wait_s),
         Step.WHMCS_CREATE: partial(create_whmcs_order, whmcs=whmcs),
         Step.WHMCS_ACCEPT: partial(accept_whmcs_order, whmcs=whmcs),
+        Step.WHMCS_LINKS: partial(link_opportunity, whmcs=whmcs),
         Step.WHMCS_SIM_FIELDS: partial(write_sim_fields, whmcs=whmcs),
         Step.SF_WRITEBACK: partial(write_back_to_salesforce, publisher=publisher),
     }

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from adapters.saga_store import InboxClaim, SagaOrder, SagaRecord, SagaStore
 from events.base import DomainEvent
-from events.fulfillment import OrderFulfilled, OrderFulfillmentFailed, OrderParked
+from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
 from events.topics import Topic
 from workers.fulfillment import writeback
 from workers.fulfillment.model import (
@@ -116,6 +116,7 @@ class Saga:
                 return SagaResult(trigger.sf_order_id, "ignored")
             if run.order.state == OrderState.FULFILLED:
                 return await self._revisit(run)
+            await self._announce(run)
             return await self._advance(run)
 
     # --- opening and resuming -------------------------------------------------------------------
@@ -148,6 +149,21 @@ class Saga:
         run.order.state, run.order.error_code, run.order.error_message = OrderState.RUNNING, None, None
         run.order.finished_at = None
         return [Step(r.step) for r in reopened]
+
+    async def _announce(self, run: Run) -> None:
+        """``OrderActivationStarted`` (the portal's Activating) when this request starts work on an order
+        that was not running: a new one, or a parked or failed one it resumes. Not on a wake-up, nor
+        when the order is already running or waiting. Published before the delivery's first save
+        (like every outcome, rule 4): a crash before that save publishes it again on the redelivery,
+        so it may arrive twice; a crash after it finds the order running and announces nothing."""
+        if run.trigger.wakeup or run.was[0] not in _NOT_RUNNING:
+            return
+        ids, shown = _outcome_ids(run.order), run.trigger.snapshot  # a new order: validate has not run yet
+        if shown is not None:
+            ids["sf_account_id"] = ids["sf_account_id"] or shown.sf_account_id
+        order_type = run.order.order_type or (shown.order_type if shown else None)
+        started = OrderActivationStarted(**ids, order_type=order_type)
+        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, started, run.trigger.cause)
 
     # --- a request for a fulfilled order ----------------------------------------------------------
     async def _revisit(self, run: Run) -> SagaResult:
@@ -266,11 +282,14 @@ class Saga:
     # --- endings ---------------------------------------------------------------------------------
     async def _park(self, run: Run, step: Step, outcome: Park) -> SagaResult:
         self._stop(run, step, StepStatus.PARKED, OrderState.PARKED, outcome.code, outcome.message)
-        if run.was != (OrderState.PARKED, outcome.code):  # parked again for the same reason: say it once
-            order = run.order
-            if outcome.code not in QUIET_PARKING_CODES:
-                update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False)
-                await self._send_update(run, update)
+        order, quiet = run.order, outcome.code in QUIET_PARKING_CODES
+        again = run.was == (OrderState.PARKED, outcome.code)
+        if not again and not quiet:  # parked again for the same reason: Salesforce is told once
+            update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False)
+            await self._send_update(run, update)
+        # parked again: this delivery resumed the order and announced Activating (``_announce``), so the
+        # portal hears where it stopped again; a quiet park (a wait, no notice) stays said once
+        if not (again and quiet):
             parked = OrderParked(
                 **_outcome_ids(order), error_code=outcome.code, error_message=outcome.message, step=step
             )
@@ -328,6 +347,10 @@ class Saga:
     def _call_hook(self, step: Step, phase: str) -> None:
         if self._hook is not None:
             self._hook(step, phase)
+
+
+#: an order in one of these states is not being worked on: a request that runs it starts work (``_announce``)
+_NOT_RUNNING = frozenset({OrderState.RECEIVED, OrderState.PARKED, OrderState.FAILED})
 
 
 def _wanted(record: SagaRecord | None, trigger: Trigger) -> bool:

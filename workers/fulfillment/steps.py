@@ -11,12 +11,13 @@ resume, a snapshot too old). The message handlers that drive the saga are in ``r
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
-from adapters.freebit.port import DUPLICATE_ACCOUNT, FreebitAccount
+from adapters.freebit.port import DUPLICATE_ACCOUNT, FreebitAccount, MnpReservation
 from adapters.saga_store import SimCard
 from events.errors import RejectedByUpstream, RetryableError
 from events.topics import Topic
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from adapters.whmcs.port import WhmcsOrder, WhmcsPort
 
 log = structlog.get_logger(__name__)
+
+JST = ZoneInfo("Asia/Tokyo")
 
 #: free cards read per page of ``SIM_Inventory__c``, and pages read before the inventory counts as
 #: empty. A page runs out only while many orders take cards at once (a taken card reads Available
@@ -103,42 +106,55 @@ async def await_processed(run: Run, *, salesforce: SalesforcePort) -> Outcome:
 async def assign_sim_card(run: Run, *, salesforce: SalesforcePort, store: SagaStore, publisher: Publisher) -> Outcome:
     # Takes one free card of the order's type from Salesforce SIM_Inventory__c. Postgres
     # (sim_card_assignments) is the arbiter: a card goes to one order, and a retried order gets back
-    # the card it took (the store answers with it before looking at candidates). The assignment is
-    # recorded before Freebit hears of the card, and written back to Salesforce as absolute values
-    # (re-sent after a crash, the same fields are written again).
-    ids = run.ids(Step.SIM_ASSIGN)
-    if "card_id" not in ids:
+    # the card it took (the store answers with it before looking at candidates). The number is
+    # claimed too (fulfillment_orders.sim_account). Both are recorded before Freebit hears of them,
+    # and the assignment is written back to Salesforce as absolute values (re-sent after a crash,
+    # the same fields are written again). A ported number (MNP) replaces the card's own: the card
+    # gives its serial, the customer the number; an eSIM that ports takes no inventory record at all.
+    ids, sim = run.ids(Step.SIM_ASSIGN), _sim(run)
+    if "account" not in ids:
         if "account" in run.ids(Step.SIM_REGISTER):  # registered by a release before the inventory
             return Skipped("the SIM was registered before cards came from SIM_Inventory__c")
-        sim_type = inventory_sim_type(_sim(run))
-        card = await _take_card(run, salesforce, store, sim_type)
-        if card is None:
-            message = f"no Available {sim_type} card in SIM_Inventory__c; nothing was registered at Freebit"
-            return Fail(ErrorCode.SIM_INVENTORY_EMPTY, message)
-        if not await store.reserve_sim_account(run.order.sf_order_id, card.phone_number):
-            message = f"card {card.name} has phone number {card.phone_number}, which another order holds"
-            return Fail(ErrorCode.SIM_INVENTORY_CONFLICT, message)
-        run.order.sim_account = card.phone_number
+        card: SimCard | None = None
+        if not (sim.mnp is not None and sim.kind == "esim"):
+            card = await _take_card(run, salesforce, store, inventory_sim_type(sim))
+            if card is None:
+                message = f"no Available {inventory_sim_type(sim)} card in SIM_Inventory__c; nothing was registered"
+                return Fail(ErrorCode.SIM_INVENTORY_EMPTY, message)
+        number = sim.mnp.phone_number if sim.mnp is not None else card.phone_number if card else ""
+        if not await store.reserve_sim_account(run.order.sf_order_id, number):
+            whose = f"the ported number {number}" if sim.mnp is not None else f"card {card and card.name}'s number"
+            return Fail(ErrorCode.SIM_INVENTORY_CONFLICT, f"{whose} is already held by another order")
+        run.order.sim_account = number
         await run.remember(
             Step.SIM_ASSIGN,
-            card_id=card.card_id,
-            card=card.name,
-            account=card.phone_number,
-            serial_number=card.serial_number or "",
-            sim_type=sim_type,
+            card_id=card.card_id if card else None,
+            card=card.name if card else None,
+            account=number,
+            serial_number=(card.serial_number or "") if card else "",
+            sim_type=inventory_sim_type(sim),
         )
         ids = run.ids(Step.SIM_ASSIGN)
-    assignment = writeback.sim_card_assigned(
-        ids["card_id"], run.order.sf_order_id, run.order.sf_account_id, ids["sim_type"]
-    )
-    await publisher.send(Topic.SF_WRITEBACK, assignment, run.trigger.cause)
-    return Done({k: ids[k] for k in ("card_id", "card", "account", "serial_number")})
+    if ids.get("card_id"):
+        assignment = writeback.sim_card_assigned(
+            ids["card_id"], run.order.sf_order_id, run.order.sf_account_id, ids["sim_type"]
+        )
+        await publisher.send(Topic.SF_WRITEBACK, assignment, run.trigger.cause)
+    return Done({k: ids.get(k) for k in ("card_id", "card", "account", "serial_number")})
 
 
 async def register_sim(run: Run, *, freebit: FreebitPort) -> Outcome:
     # The card was committed before Freebit is called (sim_assign), and Freebit is asked about its
     # number before a registration is submitted: a crash after an earlier submit finds the account.
+    # A ported number's reservation is checked here, where it is used, not only at approval: an
+    # expired one is our error code for staff, not a Freebit 400.
     sim, ids = _sim(run), _card(run)
+    if sim.mnp is not None and sim.mnp.expired(japan_today(run.clock())):
+        message = (
+            f"the MNP reservation {sim.mnp.reservation_number} for {sim.mnp.phone_number} expired on "
+            f"{sim.mnp.expiry.isoformat()}; nothing was registered at Freebit"
+        )
+        return Fail(ErrorCode.MNP_RESERVATION_EXPIRED, message)
     existing = await freebit.account_detail(ids["account"])
     if existing is None or existing.state == "cancelled":
         try:
@@ -217,6 +233,17 @@ async def accept_whmcs_order(run: Run, *, whmcs: WhmcsPort) -> Outcome:
     return Done({"whmcs_order_id": order_id})
 
 
+async def link_opportunity(run: Run, *, whmcs: WhmcsPort) -> Outcome:
+    # UpdateClientProduct sets values (not appends): writing it twice leaves the same service. The
+    # other direction (Opportunity.WHMCS_Service_ID__c) is a write-back command (sf_writeback).
+    opportunity, plan = run.plan.opportunity_id, run.plan
+    if not opportunity:
+        return Skipped("the order has no OpportunityId")
+    service_id = int(run.ids(Step.WHMCS_CREATE)["service_ids"][plan.service_line])
+    await whmcs.update_service_custom_fields(service_id, {"OpportunityId": opportunity})
+    return Done({"service_id": service_id, "opportunity_id": opportunity})
+
+
 async def write_sim_fields(run: Run, *, whmcs: WhmcsPort) -> Outcome:
     # UpdateClientProduct sets values (not appends): writing them twice leaves the same service.
     sim, confirmed = _sim(run), run.ids(Step.SIM_CONFIRM)
@@ -238,9 +265,14 @@ async def write_back_to_salesforce(run: Run, *, publisher: Publisher) -> Outcome
     # each record on its own key's partition), so the sf-writer tends to fetch them in one batch
     # and write the order and its lines in one sObject Collections call; the step is done only
     # once every one is acknowledged.
-    created = run.ids(Step.WHMCS_CREATE)
+    created, plan = run.ids(Step.WHMCS_CREATE), run.plan
     updates = writeback.fulfilled(
-        run.order.sf_order_id, run.plan.lines, int(created["whmcs_order_id"]), created["service_ids"]
+        run.order.sf_order_id,
+        plan.lines,
+        int(created["whmcs_order_id"]),
+        created["service_ids"],
+        opportunity_id=plan.opportunity_id,
+        service_line=plan.service_line,
     )
     await asyncio.gather(*(publisher.send(Topic.SF_WRITEBACK, u, run.trigger.cause) for u in updates))
     return Done({"commands": len(updates)})
@@ -260,11 +292,16 @@ def _sim(run: Run) -> SimSpec:
 
 
 def _card(run: Run) -> dict[str, Any]:
-    """The SIM the order registers: its inventory card (or the number an older release derived)."""
+    """The SIM the order registers: what sim_assign took (or the number an older release derived)."""
     assigned = run.ids(Step.SIM_ASSIGN)
     if "account" in assigned:
         return {"account": assigned["account"], "serial_number": assigned.get("serial_number", "")}
     return run.ids(Step.SIM_REGISTER)
+
+
+def japan_today(now: datetime) -> date:
+    """The calendar day in Japan, where MNP reservations expire."""
+    return now.astimezone(JST).date()
 
 
 async def _take_card(run: Run, salesforce: SalesforcePort, store: SagaStore, sim_type: str) -> SimCard | None:
@@ -289,10 +326,17 @@ async def _take_card(run: Run, salesforce: SalesforcePort, store: SagaStore, sim
 
 
 async def _submit_registration(freebit: FreebitPort, sim: SimSpec, ids: dict[str, Any]) -> None:
-    if sim.kind == "esim":
+    mnp = MnpReservation(sim.mnp.reservation_number, sim.mnp.expiry) if sim.mnp is not None else None
+    if sim.kind == "esim" and mnp is not None:  # PA05-41 addKind M; Aladin-operated only with addKind N
+        await freebit.register_esim(
+            ids["account"], eid=sim.eid, plan_code=sim.plan_code, kind="mnp", aladin_operated=False, mnp=mnp
+        )
+    elif sim.kind == "esim":
         await freebit.register_esim(ids["account"], eid=sim.eid, plan_code=sim.plan_code)
     else:
-        await freebit.register_physical_sim(ids["account"], serial_number=ids["serial_number"], plan_code=sim.plan_code)
+        await freebit.register_physical_sim(
+            ids["account"], serial_number=ids["serial_number"], plan_code=sim.plan_code, mnp=mnp
+        )
 
 
 def _ours(account: FreebitAccount, sim: SimSpec, ids: dict[str, Any]) -> bool:

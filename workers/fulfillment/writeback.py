@@ -42,11 +42,21 @@ def _reference(sobject: str, record_id: str, fields: dict[str, object]) -> Updat
 
 
 def fulfilled(
-    sf_order_id: str, lines: Sequence[PlanLine], whmcs_order_id: int, service_ids: Sequence[int]
+    sf_order_id: str,
+    lines: Sequence[PlanLine],
+    whmcs_order_id: int,
+    service_ids: Sequence[int],
+    *,
+    opportunity_id: str | None = None,
+    service_line: int = 0,
 ) -> list[UpdateSalesforceRecord]:
-    """Order: Activated + WHMCS order id, errors cleared (high); each OrderItem: its WHMCS service id (low).
+    """Order: Activated + WHMCS order id, errors cleared (high); each OrderItem: its WHMCS service id
+    (low); the Opportunity the order came from: the main line's WHMCS service id (low: a link for
+    reference, domain-facts §2.7 "the Opportunity is linked both ways").
 
-    AddOrder returns one service per line, in line order, which is how lines and services pair up."""
+    AddOrder returns one service per line, in line order, which is how lines and services pair up.
+    ``WH_Registeration__c`` is not written: it appears once, in a commit message ([S15]), with no
+    value or meaning we could pin down (docs/fulfillment.md)."""
     order = _order(
         sf_order_id,
         {
@@ -60,7 +70,10 @@ def fulfilled(
         _reference("OrderItem", line.order_item_id, {"WHMCS_Service_ID__c": str(service_id)})
         for line, service_id in zip(lines, service_ids, strict=False)
     ]
-    return [order, *items]
+    links = []
+    if opportunity_id and service_line < len(service_ids):
+        links.append(_reference("Opportunity", opportunity_id, {"WHMCS_Service_ID__c": str(service_ids[service_line])}))
+    return [order, *items, *links]
 
 
 def sim_card_assigned(

@@ -458,6 +458,10 @@ def order_snapshot(read: OrderWithItems, read_at: datetime) -> OrderSnapshot:
         eid=order.eid,
         sim_voice_mail=order.sim_voice_mail,
         sim_call_waiting=order.sim_call_waiting,
+        opportunity_id=order.opportunity_id,
+        mnp_reservation_number=order.mnp_reservation_number,
+        mnp_expiry_date=order.mnp_expiry_date,
+        mnp_phone_number=order.mnp_phone_number,
         lines=[_line_snapshot(item) for item in read.items],
     )
 
