@@ -52,6 +52,8 @@ class OrderSnapshot(BaseModel):
     order_type: str | None = None
     status: str | None = None
     activation_status: str | None = None
+    activation_type: str | None = None
+    activation_scheduled_at: datetime | None = None
     #: the WHMCS order id Salesforce already holds (an order fulfilled before the fleet saw it)
     whmcs_order_id: str | None = None
     sim_type: str | None = None

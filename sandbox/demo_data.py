@@ -220,7 +220,14 @@ DEMO_ORDERS: list[dict[str, Any]] = [
         "EID__c": "89049032000001000000000000000001",
         "lines": ["SIM-D-20GB", "SIM-ACTIVATION"],
     },
-    {"customer": "suzuki", "Type": "VPN", "VPN_Region__c": "Tokyo", "lines": ["VPN-TOKYO", "VPN-ACTIVATION"]},
+    # a scheduled activation: the demo sets Activation_Scheduled_At__c this many seconds after seeding
+    {
+        "customer": "suzuki",
+        "Type": "VPN",
+        "VPN_Region__c": "Tokyo",
+        "lines": ["VPN-TOKYO", "VPN-ACTIVATION"],
+        "scheduled_in_s": 8,
+    },
     {"customer": "sato", "Type": "Internet", "lines": ["INT-1G-SILVER", "INT-INSTALL-SINGLE"]},
 ]
 

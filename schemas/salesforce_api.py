@@ -165,6 +165,7 @@ class OrderRecord(_Record):
     order_number: str | None = Field(None, alias="OrderNumber")
     total_amount: Decimal | None = Field(None, alias="TotalAmount")
     activation_type: str | None = Field(None, alias="Activation_Type__c")
+    activation_scheduled_at: datetime | None = Field(None, alias="Activation_Scheduled_At__c")
     activation_status: str | None = Field(None, alias="Activation_Status__c")
     activation_error_code: str | None = Field(None, alias="Activation_Error_Code__c")
     activation_error_message: str | None = Field(None, alias="Activation_Error_Message__c")

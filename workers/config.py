@@ -187,6 +187,26 @@ class FreebitSettings(_Section):
     http: HttpSettings = HttpSettings()
 
 
+class FulfillmentSettings(_Section):
+    """The fulfillment saga's durable timers (``workers.fulfillment.timers``): scheduled activations,
+    the re-checks of orders parked for a missing pay method, and the stuck-order sweeper."""
+
+    #: seconds before each re-check (WHMCS GetPayMethods) of an order parked for a missing pay method,
+    #: one per re-check, the last repeating: production WHMCS sends no hook when a bank account or a
+    #: remote token is added, so the order must not wait for one
+    payment_recheck_s: list[float] = [600, 1800, 3600, 10800, 21600, 43200, 86400]
+    #: how often a worker looks for due timers, and how many it takes at most per look
+    timer_interval_s: float = Field(1.0, gt=0)
+    timer_batch: int = Field(100, ge=1, le=10_000)
+    #: a taken timer falls due again after this long unless the saga re-arms or clears it first
+    timer_lease_s: float = Field(120.0, gt=0)
+    #: how long an order may stay in a state before the sweeper reports it stuck (metric
+    #: ``fleet_fulfillment_orders_stuck``, ``fleet orders list --stuck``), in seconds. ``parked``
+    #: and ``scheduled`` count from when the wait began; ``scheduled``, from its due time
+    stuck_after_s: dict[str, float] = {"running": 1800.0, "waiting": 3600.0, "parked": 259200.0, "scheduled": 600.0}
+    stuck_check_interval_s: float = Field(60.0, gt=0)
+
+
 class BreakerSettings(_Section):
     """The batch circuit breaker (``workers.runtime.breaker``): when most recent outcomes fail with one
     error class, the worker pauses every partition and holds the failing records instead of moving them."""
@@ -335,6 +355,7 @@ class Settings(BaseSettings):
     salesforce: SalesforceSettings = SalesforceSettings()
     whmcs: WhmcsSettings = WhmcsSettings()
     freebit: FreebitSettings = FreebitSettings()
+    fulfillment: FulfillmentSettings = FulfillmentSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
     sandbox: SandboxSettings = SandboxSettings()
@@ -569,8 +590,12 @@ def env_example() -> str:
                 isinstance(default, list) and default and isinstance(default[0], SecretStr)
             ):
                 shown = ""
+            elif isinstance(default, list) and all(isinstance(v, int | float) for v in default):
+                shown = json.dumps(default)  # numbers stay numbers
             elif isinstance(default, list):
                 shown = "[" + ",".join(f'"{v}"' for v in default) + "]"
+            elif isinstance(default, dict):
+                shown = json.dumps(default)
             elif default is None:
                 shown = ""
             elif isinstance(default, bool):

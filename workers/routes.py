@@ -96,8 +96,9 @@ ROUTES: dict[str, RouteSpec] = {
             fulfillment.bind,
             handlers={
                 "fleet.order.activation-requested.v2": "saga: run the order to its next wait or its end (v1 too)",
-                "fleet.order.sim-activation-requested.v2": "saga: Freebit registration, then billing (v1 too)",
+                "fleet.order.sim-activation-requested.v2": "saga: a SIM order's card and Freebit (Processed; v1 too)",
                 "fleet.billing.payment-method-changed.v1": "saga: resume the client's parked orders",
+                "fleet.order.changed.v1": "saga: a scheduled order's new date or type moves its timer",
             },
             needs=_CONSUMER | {Need.SALESFORCE, Need.WHMCS_API, Need.FREEBIT},
             # Orders of different Salesforce orders at once (the record key is the order id, so one

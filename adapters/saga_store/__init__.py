@@ -1,6 +1,6 @@
 """Persistence of the fulfillment saga: one row per order, one per step, an append-only history.
 
-Owns the tables of migrations 0005 and 0007 (the SIM cards orders took), the per-order lock and
+Owns the tables of migrations 0005, 0007 (the SIM cards orders took) and 0008 (timers), the per-order lock and
 the inbox claim of a delivery's final write (``adapters.db.claim_event``, same transaction). Same
 shape as every adapter: ``port`` (``SagaStore`` and its value types), ``pg`` (``PgSagaStore`` over asyncpg), ``memory``
 (``MemorySagaStore``, the fake). Must not decide anything: which step runs next, what an error
@@ -19,6 +19,7 @@ from adapters.saga_store.port import (
     SagaStore,
     SimCard,
     StepRecord,
+    Timer,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "SagaStore",
     "SimCard",
     "StepRecord",
+    "Timer",
 ]

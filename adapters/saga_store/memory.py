@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from adapters.saga_store.port import (
     HistoryEntry,
@@ -20,6 +21,7 @@ from adapters.saga_store.port import (
     SagaRecord,
     SimCard,
     StepRecord,
+    Timer,
 )
 
 
@@ -33,6 +35,8 @@ class MemorySagaStore:
     orders: dict[str, SagaRecord] = field(default_factory=dict)
     timeline: dict[str, list[HistoryEntry]] = field(default_factory=dict)
     inbox: set[tuple[str, str]] = field(default_factory=set)
+    #: order id → its timer (``fulfillment_timers``)
+    timers: dict[str, Timer] = field(default_factory=dict)
     #: order id → the SIM card it holds (``sim_card_assignments``)
     sim_cards: dict[str, SimCard] = field(default_factory=dict)
     saves: int = 0
@@ -97,6 +101,40 @@ class MemorySagaStore:
             self.sim_cards[sf_order_id] = card
         return card
 
+    async def set_timer(self, sf_order_id: str, reason: str, due_at: datetime) -> None:
+        old = self.timers.get(sf_order_id)
+        same = old is not None and old.reason == reason
+        since = old.since if same and old is not None else due_at if reason == "scheduled" else _now()
+        fired = old.fired if same and old is not None else 0
+        self.timers[sf_order_id] = Timer(sf_order_id, due_at, reason, fired, since)
+
+    async def clear_timer(self, sf_order_id: str) -> None:
+        self.timers.pop(sf_order_id, None)
+
+    async def timer(self, sf_order_id: str) -> Timer | None:
+        return self.timers.get(sf_order_id)
+
+    async def take_due_timers(self, now: datetime, lease_s: float, limit: int) -> list[Timer]:
+        due = sorted((t for t in self.timers.values() if t.due_at <= now), key=lambda t: t.due_at)[:limit]
+        taken = []
+        for t in due:
+            moved = replace(t, due_at=now + timedelta(seconds=lease_s), fired=t.fired + 1)
+            self.timers[t.sf_order_id] = moved
+            taken.append(moved)
+        return taken
+
+    async def stuck_orders(self, now: datetime, deadlines: dict[str, float]) -> list[tuple[SagaOrder, datetime]]:
+        found = []
+        for record in self.orders.values():
+            order, timer = record.order, self.timers.get(record.order.sf_order_id)
+            if order.state not in deadlines:
+                continue
+            since = timer.due_at if order.state == "scheduled" and timer else (timer.since if timer else None)
+            since = since or order.updated_at or now
+            if since < now - timedelta(seconds=deadlines[order.state]):
+                found.append((copy.deepcopy(order), since))
+        return sorted(found, key=lambda pair: pair[1])
+
     async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
         parked = [r.order for r in self.orders.values() if r.order.state == "parked"]
         return [o.sf_order_id for o in parked if o.whmcs_client_id == whmcs_client_id]
@@ -113,3 +151,7 @@ class MemorySagaStore:
             return False
         self.timeline.setdefault(sf_order_id, []).append(entry)
         return True
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -12,6 +12,7 @@ import contextvars
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ from adapters.saga_store.port import (
     SagaRecord,
     SimCard,
     StepRecord,
+    Timer,
 )
 from events.errors import DependencyUnavailable
 
@@ -113,6 +115,34 @@ _RESERVE_CARD = (
     " ORDER BY c.n LIMIT 1"
     " ON CONFLICT DO NOTHING RETURNING card_id, card_name, phone_number, serial_number)"
     " SELECT * FROM mine UNION ALL SELECT * FROM taken"
+)
+
+
+_TIMER_COLUMNS = "sf_order_id, due_at, reason, fired, created_at AS since"
+_SET_TIMER = (
+    "INSERT INTO fulfillment_timers AS t (sf_order_id, due_at, reason) VALUES ($1, $2, $3)"
+    " ON CONFLICT (sf_order_id) DO UPDATE SET due_at = EXCLUDED.due_at, reason = EXCLUDED.reason,"
+    " fired = CASE WHEN t.reason = EXCLUDED.reason THEN t.fired ELSE 0 END,"
+    " created_at = CASE WHEN t.reason = EXCLUDED.reason THEN t.created_at ELSE now() END, updated_at = now()"
+)
+#: due rows, oldest first, each leased ahead in the same statement (SKIP LOCKED: instances share the work)
+_TAKE_TIMERS = (
+    "UPDATE fulfillment_timers AS t SET due_at = $1::timestamptz + make_interval(secs => $2::float8),"
+    " fired = t.fired + 1, updated_at = now()"
+    " FROM (SELECT sf_order_id FROM fulfillment_timers WHERE due_at <= $1 ORDER BY due_at LIMIT $3"
+    " FOR UPDATE SKIP LOCKED) AS due WHERE t.sf_order_id = due.sf_order_id"
+    " RETURNING t.sf_order_id, t.due_at, t.reason, t.fired, t.created_at AS since"
+)
+#: since when each order has been in its state: a parked or scheduled order's wait began when its
+#: timer was first armed (re-checks re-arm it and touch updated_at); anything else, its last change
+_STUCK = (
+    f"SELECT {', '.join('o.' + c.strip() for c in _ORDER_COLUMNS.split(','))},"
+    " CASE WHEN o.state = 'scheduled' THEN t.due_at ELSE coalesce(t.created_at, o.updated_at) END AS since"
+    " FROM fulfillment_orders o LEFT JOIN fulfillment_timers t USING (sf_order_id)"
+    " JOIN unnest($2::text[], $3::float8[]) AS d(state, seconds) ON d.state = o.state"
+    " WHERE CASE WHEN o.state = 'scheduled' THEN t.due_at ELSE coalesce(t.created_at, o.updated_at) END"
+    " < $1::timestamptz - make_interval(secs => d.seconds)"
+    " ORDER BY since"
 )
 
 
@@ -254,6 +284,37 @@ class PgSagaStore:
             return None
         return SimCard(row["card_id"], row["card_name"], row["phone_number"], row["serial_number"])
 
+    async def set_timer(self, sf_order_id: str, reason: str, due_at: datetime) -> None:
+        with _db("set timer"):
+            async with self._conn() as conn:
+                await conn.execute(_SET_TIMER, sf_order_id, due_at, reason)
+
+    async def clear_timer(self, sf_order_id: str) -> None:
+        with _db("clear timer"):
+            async with self._conn() as conn:
+                await conn.execute("DELETE FROM fulfillment_timers WHERE sf_order_id = $1", sf_order_id)
+
+    async def timer(self, sf_order_id: str) -> Timer | None:
+        with _db("timer lookup"):
+            async with self._conn() as conn:
+                row = await conn.fetchrow(
+                    f"SELECT {_TIMER_COLUMNS} FROM fulfillment_timers WHERE sf_order_id = $1", sf_order_id
+                )
+        return _timer(row) if row is not None else None
+
+    async def take_due_timers(self, now: datetime, lease_s: float, limit: int) -> list[Timer]:
+        with _db("take due timers"):
+            async with self._conn() as conn:
+                rows = await conn.fetch(_TAKE_TIMERS, now, lease_s, limit)
+        return [_timer(r) for r in rows]
+
+    async def stuck_orders(self, now: datetime, deadlines: dict[str, float]) -> list[tuple[SagaOrder, datetime]]:
+        states, seconds = list(deadlines), [float(deadlines[s]) for s in deadlines]
+        with _db("stuck orders"):
+            async with self._conn() as conn:
+                rows = await conn.fetch(_STUCK, now, states, seconds)
+        return [(_order({k: v for k, v in dict(r).items() if k != "since"}), r["since"]) for r in rows]
+
     async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
         with _db("parked lookup"):
             async with self._conn() as conn:
@@ -311,10 +372,14 @@ def _step_args(s: StepRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _order(r: asyncpg.Record) -> SagaOrder:
+def _order(r: asyncpg.Record | dict[str, Any]) -> SagaOrder:
     values = dict(r)
     values["plan"] = json.loads(values["plan"]) if isinstance(values["plan"], str) else values["plan"]
     return SagaOrder(**values)
+
+
+def _timer(r: asyncpg.Record) -> Timer:
+    return Timer(r["sf_order_id"], r["due_at"], r["reason"], r["fired"], r["since"])
 
 
 def _step(r: asyncpg.Record) -> StepRecord:

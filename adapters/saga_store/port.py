@@ -29,6 +29,18 @@ class SimCard:
     serial_number: str | None = None
 
 
+@dataclass(frozen=True)
+class Timer:
+    """An order waiting for a time (migration 0008): ``reason`` says for what; ``fired`` counts how
+    often a timer loop took it; ``since`` is when the order began this wait (kept across re-arms)."""
+
+    sf_order_id: str
+    due_at: datetime
+    reason: str
+    fired: int = 0
+    since: datetime | None = None
+
+
 @dataclass
 class StepRecord:
     """One step of one order; ``started_at`` opens the current attempt window (reset on resume)."""
@@ -135,6 +147,29 @@ class SagaStore(Protocol):
 
     async def parked_for_client(self, whmcs_client_id: int) -> list[str]:
         """Salesforce Order ids parked for this WHMCS client, oldest first."""
+        ...
+
+    async def set_timer(self, sf_order_id: str, reason: str, due_at: datetime) -> None:
+        """Arm (or move) the order's one timer. Re-arming for the same reason keeps ``fired`` and
+        ``since``; another reason starts both afresh. Idempotent."""
+        ...
+
+    async def clear_timer(self, sf_order_id: str) -> None:
+        """The order waits for no time any more. Idempotent."""
+        ...
+
+    async def timer(self, sf_order_id: str) -> Timer | None: ...
+
+    async def take_due_timers(self, now: datetime, lease_s: float, limit: int) -> list[Timer]:
+        """Up to ``limit`` timers due at ``now``, each moved ``lease_s`` ahead and counted as fired, in
+        one statement; rows another taker holds are skipped. A taker that dies before it acted
+        loses nothing: the row falls due again after the lease."""
+        ...
+
+    async def stuck_orders(self, now: datetime, deadlines: dict[str, float]) -> list[tuple[SagaOrder, datetime]]:
+        """Orders in a state of ``deadlines`` (state → seconds) for longer than its deadline, with
+        since when: waiting/running without a change, parked since its wait began, scheduled past
+        its due time."""
         ...
 
     async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:

@@ -65,6 +65,7 @@ ORDER_ITEMS_SOQL = (
 #: what a bulk read selects of each Order: what the sf-cdc rules and the saga's plan read
 ORDER_FIELDS = (
     "Id, AccountId, Status, Type, Order_Type__c, EffectiveDate, Pricebook2Id, OrderNumber, Activation_Type__c, "
+    "Activation_Scheduled_At__c, "
     "Activation_Status__c, Activation_Error_Code__c, WHMCS_Order_ID__c, SIM_Type__c, EID__c, SIM_Voice_Mail__c, "
     "SIM_Call_Waiting__c, VPN_Region__c, OpportunityId, MNP_Reservation_Number__c, MNP_Expiry_Date__c, "
     "MNP_Phone_Number__c, LastModifiedDate"

@@ -7,6 +7,7 @@ Owns plain data and the labels derived from it. Must not do I/O: the scenario fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from devtools.supervisor import ChildStatus
@@ -31,6 +32,9 @@ class OrderProgress:
     resumed_at: float | None = None
     #: a physical SIM order: billed on approval, then waiting for the agent's Processed (set at this time)
     processed_at: float | None = None
+    #: a scheduled activation's time (set when the order is seeded), and whether the saga was seen waiting
+    scheduled_for: datetime | None = None
+    scheduled_seen: bool = False
     outcome: str = "waiting"  # waiting | fulfilled | failed | timed out
     detail: str = ""
 
@@ -45,6 +49,8 @@ class OrderProgress:
             return "parked → resumed → fulfilled"
         if self.outcome == "fulfilled" and self.processed_at is not None:
             return "billed → Processed → SIM registered → fulfilled"
+        if self.outcome == "fulfilled" and self.scheduled_seen:
+            return "scheduled → fulfilled at its time"
         return self.outcome if not self.detail else f"{self.outcome}: {self.detail}"
 
     def elapsed(self, now: float) -> float | None:
@@ -85,6 +91,8 @@ def order_label(spec: dict[str, Any], customer: dict[str, Any]) -> str:
     kind = str(spec.get("Type"))
     if kind == "SIM":
         kind = "eSIM" if spec.get("SIM_Type__c") == "eSIM" else "SIM (physical)"
+    if spec.get("scheduled_in_s") is not None:
+        kind = f"{kind}, scheduled"
     return kind if customer.get("paymethods") else f"{kind}, no pay method"
 
 

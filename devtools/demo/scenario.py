@@ -6,7 +6,8 @@ invoice webhooks busting portal cache keys, driven over the sandboxes' control A
 What it does, as people would: the portal places the five ``DEMO_ORDERS`` (one Salesforce
 transaction), an agent approves each (the eSIM order goes straight to ``Processed``; the physical
 SIM order is approved, billed, waits at ``sim_processed`` until the agent sets ``Processed`` a few
-seconds later, then takes a card from the SIM inventory and is registered: the 2026 SIM flow),
+seconds later, then takes a card from the SIM inventory and is registered: the 2026 SIM flow; the
+VPN order is a scheduled activation, 8 s after seeding, on the saga's durable timer),
 the customer without a pay method adds one in WHMCS once Salesforce shows ``PAYMENT_METHOD_MISSING``,
 and billing creates and pays two invoices. Portal cache keys are seeded in Redis first so their
 disappearance can be watched. Progress is polled every ``poll_interval_s`` from the Salesforce
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -124,7 +126,7 @@ class Scenario:
         """Seed every order in one portal transaction, seed the portal's keys, then approve."""
         orders = self.state.orders
         answer = await self.http.post(
-            f"{self.endpoints.salesforce}/_sandbox/seed", json={"orders": [o.spec for o in orders]}
+            f"{self.endpoints.salesforce}/_sandbox/seed", json={"orders": [self._seed_spec(o) for o in orders]}
         )
         if answer.status_code != 201:
             raise ScenarioError(f"the Salesforce sandbox refused the demo orders: {answer.text}")
@@ -135,6 +137,16 @@ class Scenario:
         await self._seed_keys()
         for progress in orders:
             await self._approve(progress)
+
+    def _seed_spec(self, progress: OrderProgress) -> dict[str, Any]:
+        """The order as the portal places it: a scheduled one gets its time now (``scheduled_in_s``)."""
+        spec = dict(progress.spec)
+        delay = spec.pop("scheduled_in_s", None)
+        if delay is not None:
+            at = datetime.now(UTC) + timedelta(seconds=float(delay))
+            spec.update(Activation_Type__c="Scheduled", Activation_Scheduled_At__c=at.isoformat(timespec="seconds"))
+            progress.scheduled_for = at
+        return spec
 
     async def _forget_stale_sagas(self, order_ids: list[str]) -> None:
         removed = await forget_stale_sagas(self.pool, order_ids)
@@ -270,6 +282,10 @@ class Scenario:
                 progress.parked_at = now
                 self.state.note(now, f"{progress.number} parked: {PARKED_CODE}")
                 await self._add_paymethod(progress)
+        elif progress.saga_state == "scheduled" and not progress.scheduled_seen:
+            progress.scheduled_seen = True
+            when = progress.scheduled_for.strftime("%H:%M:%S") if progress.scheduled_for else "its time"
+            self.state.note(now, f"{progress.number} scheduled: waits on a durable timer until {when} UTC")
         elif _physical_sim(progress) and progress.saga_step == "sim_processed" and progress.saga_state == "parked":
             if progress.processed_at is None:  # once: the agent's Processed is what resumes it
                 progress.processed_at = now

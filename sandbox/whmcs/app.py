@@ -5,7 +5,9 @@ fields carrying the same pair), dispatches on ``action`` (also the fault endpoin
 API errors with HTTP 200 and ``result=error``, and turns state changes into webhooks. Extra
 control routes (beyond ``SandboxBase``'s): ``POST /_sandbox/paymethods``,
 ``DELETE /_sandbox/paymethods/{id}``, ``POST /_sandbox/invoices``, ``POST /_sandbox/clients``,
-``POST /_sandbox/webhook``. Must not be imported by production code.
+``POST /_sandbox/webhook``. Pay-method changes are reported as production WHMCS reports them:
+``CCUpdate`` for a card, nothing for a bank account or a remote token. Must not be imported by
+production code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from sandbox.whmcs.webhooks import WebhookEmitter
 API_PATH = "/includes/api.php"
 #: the default of ``WhmcsSettings.webhook_secrets[0]``, so a bare ``python -m sandbox`` signs what the fleet verifies
 DEFAULT_WEBHOOK_SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA=="
+#: pay-method types WHMCS stores as a card (``CCUpdate`` fires for them); bank accounts and remote
+#: tokens fire nothing
+CARD_TYPES = frozenset({"creditcard", "remotecreditcard"})
 _ACTIONS = {name.lower(): fn for name, fn in ACTIONS.items()}  # WHMCS action names are case-insensitive
 
 
@@ -121,15 +126,23 @@ class WhmcsSandbox(SandboxBase):
             return web.json_response({"error": "unknown clientid"}, status=404)
         record = {k: v for k, v in body.items() if k != "clientid"}
         method = self.world.add_paymethod(client, record)
-        self._emit("PayMethodAdded", client_id=client.id, paymethod_id=method["id"], type=method["type"])
+        self._card_hook(client.id, method)
         return web.json_response(method, status=201)
+
+    def _card_hook(self, client_id: int, method: dict[str, Any]) -> None:
+        """What production WHMCS reports of a pay-method change: ``CCUpdate`` (the client's id, no
+        pay method id) when a card is stored or removed, and nothing at all for a bank account or a
+        remote token (the WHMCS hook index has no such hook point): the fleet's re-check timer
+        covers those."""
+        if str(method.get("type", "")).lower() in CARD_TYPES:
+            self._emit("CCUpdate", client_id=client_id)
 
     async def _remove_paymethod(self, request: web.Request) -> web.Response:
         wanted = int(request.match_info["id"])
         for client in self.world.clients.values():
             for method in [m for m in client.paymethods if m["id"] == wanted]:
                 client.paymethods.remove(method)
-                self._emit("PayMethodRemoved", client_id=client.id, paymethod_id=wanted, type=method["type"])
+                self._card_hook(client.id, method)
                 return web.json_response({"removed": wanted})
         return web.json_response({"error": "unknown pay method"}, status=404)
 

@@ -105,7 +105,7 @@ def test_show_prints_steps_errors_ids_and_the_timeline(cli: CliRunner, stack_env
 
     as_json = cli.invoke(main, ["orders", "show", oid, "--json"])
     doc = json.loads(as_json.stdout)
-    assert doc["order"]["state"] == "failed" and [s["step"] for s in doc["steps"]][:2] == ["validate", "resolve_client"]
+    assert doc["order"]["state"] == "failed" and [s["step"] for s in doc["steps"]][:2] == ["validate", "schedule"]
     assert [h["kind"] for h in doc["timeline"]] == ["requested", "failed"]
 
 

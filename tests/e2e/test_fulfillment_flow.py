@@ -53,7 +53,14 @@ from sandbox.whmcs import WhmcsSandbox
 from schemas.salesforce_api import OrderItemRecord, OrderRecord
 from tests.contracts.support import Served, serving
 from tests.support import eventually
-from workers.config import FreebitSettings, KafkaSettings, PostgresSettings, RuntimeSettings, Settings
+from workers.config import (
+    FreebitSettings,
+    FulfillmentSettings,
+    KafkaSettings,
+    PostgresSettings,
+    RuntimeSettings,
+    Settings,
+)
 from workers.dlq.reader import partitions_of
 from workers.fulfillment.route import bind_fulfillment
 from workers.fulfillment.run import StepHook
@@ -85,6 +92,8 @@ class WorkerConfig:
     writeback_topic: str = ""
     tiers_ms: tuple[int, ...] = (300, 1000)
     max_wait_s: int = 60
+    #: a parked order's pay-method re-checks (production: 10 min, 30 min, ...)
+    payment_recheck_s: tuple[float, ...] = (2.0,)
 
     def output_topics(self) -> dict[Topic, str]:
         """The test's own output topics: its commands must never reach the fleet's real groups."""
@@ -95,6 +104,7 @@ class WorkerConfig:
             kafka=KafkaSettings(bootstrap=self.bootstrap, session_timeout_ms=6_000),
             postgres=PostgresSettings(dsn=SecretStr(self.dsn)),
             freebit=FreebitSettings(base_url=f"{self.freebit_url}/emptool/api", confirm_max_wait_s=self.max_wait_s),
+            fulfillment=FulfillmentSettings(payment_recheck_s=list(self.payment_recheck_s), timer_interval_s=0.2),
             runtime=RuntimeSettings(
                 retry_tier_delays_ms=list(self.tiers_ms),
                 in_place_attempts=2,
@@ -110,7 +120,7 @@ class WorkerConfig:
     @classmethod
     def from_json(cls, text: str) -> WorkerConfig:
         raw = json.loads(text)
-        return cls(**{**raw, "tiers_ms": tuple(raw["tiers_ms"])})
+        return cls(**{**raw, "tiers_ms": tuple(raw["tiers_ms"]), "payment_recheck_s": tuple(raw["payment_recheck_s"])})
 
 
 async def run_worker(cfg: WorkerConfig, stop: asyncio.Event, *, hook: StepHook | None = None) -> None:
@@ -580,3 +590,46 @@ async def test_an_order_from_an_opportunity_is_linked_both_ways(world: World) ->
     [link] = await world.published(Topic.SF_WRITEBACK, opportunity["Id"])
     assert isinstance(link, UpdateSalesforceRecord) and link.sobject == "Opportunity"
     assert link.fields == {"WHMCS_Service_ID__c": str(whmcs_order.service_ids[0])}
+
+
+async def test_a_scheduled_activation_waits_on_a_durable_timer_then_runs(world: World) -> None:
+    """Activation_Type__c = Scheduled: the order waits in state scheduled (no WHMCS order, no retry
+    hops) until Activation_Scheduled_At__c, when the worker's timer loop resumes it."""
+    at = datetime.now(UTC) + timedelta(seconds=4)
+    scheduled = {
+        "Activation_Type__c": "Scheduled",
+        "Activation_Scheduled_At__c": at.isoformat(),
+        "VPN_Region__c": "Tokyo",
+    }
+    order_id, _ = world.place_order("suzuki", "VPN", ["VPN-TOKYO", "VPN-ACTIVATION"], **scheduled)
+    await world.request(order_id)
+    await world.reaches(order_id, "scheduled", timeout=10)
+    assert world.store is not None
+    timer = await world.store.timer(order_id)
+    assert timer is not None and timer.reason == "scheduled" and abs((timer.due_at - at).total_seconds()) < 0.01
+    assert world.whmcs_orders(order_id) == []
+    await world.reaches(order_id, "fulfilled", timeout=30)
+    assert datetime.now(UTC) >= at and len(world.whmcs_orders(order_id)) == 1
+    assert await world.store.timer(order_id) is None
+
+
+async def test_a_parked_order_resumes_on_its_recheck_when_a_bank_account_is_added_without_any_hook(
+    world: World,
+) -> None:
+    """Production WHMCS fires no hook for a bank account: the parked order's timer re-checks
+    GetPayMethods and the order goes on, with no PaymentMethodChanged at all."""
+    async with httpx.AsyncClient(base_url=world.cfg.whmcs_url) as control:
+        state = (await control.get("/_sandbox/state")).json()
+        client = next(c for c in state["clients"] if c["id"] == 1003)
+        for method in client.get("paymethods", []):  # an earlier test may have given sato a card
+            await control.delete(f"/_sandbox/paymethods/{method['id']}")
+        order_id, _ = world.place_order("sato", "Internet", ["INT-1G-SILVER", "INT-INSTALL-SINGLE"])
+        await world.request(order_id)
+        await world.reaches(order_id, "parked")
+        assert world.store is not None
+        timer = await world.store.timer(order_id)
+        assert timer is not None and timer.reason == "payment_recheck"
+        added = await control.post("/_sandbox/paymethods", json={"clientid": 1003, "type": "BankAccount"})
+        assert added.status_code == 201
+    await world.reaches(order_id, "fulfilled", timeout=30)
+    assert len(world.whmcs_orders(order_id)) == 1 and await world.store.timer(order_id) is None

@@ -4,7 +4,7 @@ Contract: with the local stack and a set of sandboxes on ports of its own, ``fle
 the five workers under its supervisor, runs the built-in scenario and exits 0. Its summary lists
 every demo order as fulfilled, the one without a pay method as parked → resumed → fulfilled, the
 physical SIM order as billed, then registered after the agent's Processed with a card the
-Salesforce sandbox shows assigned to it; the
+Salesforce sandbox shows assigned to it, the scheduled one as activated at its time; the
 Salesforce sandbox shows each order ``Activated`` with its WHMCS order id; the WHMCS sandbox holds
 exactly one order per demo order; and once the command has exited, no process it started is alive.
 
@@ -228,6 +228,9 @@ def test_make_run_fulfils_every_demo_order_and_leaves_no_process_behind(
         f"{sandboxes['salesforce']}/_sandbox/sim-inventory", params={"assigned_order": physical["sf_order_id"]}
     ).json()
     assert (card["Status__c"], card["SIM_Type__c"]) == ("Assigned", "Physical")
+    # the scheduled activation: waited on its durable timer, then activated
+    [scheduled] = [o for o in orders if "scheduled" in o["label"]]
+    assert scheduled["path"] == "scheduled → fulfilled at its time"
 
     sf_orders = {o["Id"]: o for o in httpx.get(f"{sandboxes['salesforce']}/_sandbox/state").json()["orders"]}
     whmcs = httpx.get(f"{sandboxes['whmcs']}/_sandbox/state").json()

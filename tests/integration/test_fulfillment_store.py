@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -232,3 +232,58 @@ async def test_a_delivery_holding_the_lock_reads_and_writes_on_its_one_connectio
         assert record is not None and [h.kind for h in await store.history(oid)] == ["step_done"]
     finally:
         await pool.close()
+
+
+async def test_due_timers_are_taken_once_per_lease_across_concurrent_takers(store: PgSagaStore) -> None:
+    """Three takers at once (three fulfillment instances): every due timer goes to exactly one of
+    them, leased ahead; a timer not yet due stays; after the lease it falls due again."""
+    now = datetime.now(UTC)
+    due = [order_id() for _ in range(6)]
+    later = order_id()
+    for oid in [*due, later]:
+        await store.save(SagaOrder(oid, state="parked"))
+    for oid in due:
+        await store.set_timer(oid, "payment_recheck", now - timedelta(seconds=5))
+    await store.set_timer(later, "scheduled", now + timedelta(hours=1))
+
+    takes = await asyncio.gather(*(store.take_due_timers(now, 60.0, 100) for _ in range(3)))
+    taken = [t.sf_order_id for take in takes for t in take if t.sf_order_id in {*due, later}]
+    assert sorted(taken) == sorted(due), "each due timer once, the later one not at all"
+    assert [t for take in takes for t in take if t.sf_order_id in due][0].fired == 1
+
+    again = await store.take_due_timers(now + timedelta(seconds=30), 60.0, 100)
+    assert not {t.sf_order_id for t in again} & set(due), "still leased"
+    after_lease = await store.take_due_timers(now + timedelta(seconds=61), 60.0, 100)
+    assert set(due) <= {t.sf_order_id for t in after_lease}, "a taker that died lost nothing"
+
+
+async def test_rearming_keeps_the_count_and_since_and_another_reason_starts_afresh(store: PgSagaStore) -> None:
+    oid, now = order_id(), datetime.now(UTC)
+    await store.save(SagaOrder(oid, state="parked"))
+    await store.set_timer(oid, "payment_recheck", now - timedelta(seconds=1))
+    first = await store.timer(oid)
+    await store.take_due_timers(now, 60.0, 100)
+    await store.set_timer(oid, "payment_recheck", now + timedelta(hours=1))
+    rearmed = await store.timer(oid)
+    assert first is not None and rearmed is not None
+    assert (rearmed.fired, rearmed.since, rearmed.due_at) == (1, first.since, now + timedelta(hours=1))
+    await store.set_timer(oid, "scheduled", now + timedelta(days=1))
+    other = await store.timer(oid)
+    assert other is not None and other.fired == 0 and other.reason == "scheduled"
+    await store.clear_timer(oid)
+    assert await store.timer(oid) is None
+
+
+async def test_stuck_orders_are_those_past_their_states_deadline(store: PgSagaStore) -> None:
+    now = datetime.now(UTC)
+    parked, waiting, fresh = order_id(), order_id(), order_id()
+    await store.save(SagaOrder(parked, state="parked"))
+    await store.set_timer(parked, "payment_recheck", now + timedelta(hours=1))
+    await store.save(SagaOrder(waiting, state="waiting", updated_at=now - timedelta(hours=2)))
+    await store.save(SagaOrder(fresh, state="waiting"))
+    deadlines = {"waiting": 3600.0, "parked": 3600.0}
+
+    stuck = {o.sf_order_id: since for o, since in await store.stuck_orders(now, deadlines)}
+    assert waiting in stuck and fresh not in stuck and parked not in stuck
+    later = {o.sf_order_id for o, _ in await store.stuck_orders(now + timedelta(hours=2), deadlines)}
+    assert parked in later, "parked since its wait began, however often it was re-checked"

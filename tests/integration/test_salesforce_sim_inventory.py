@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.salesforce import SIM_INVENTORY, HttpSalesforce, PasswordAuth, RecordUpdate, SalesforcePort
+from adapters.salesforce import SIM_INVENTORY, HttpSalesforce, PasswordAuth, RecordUpdate
 from sandbox.salesforce import SalesforceSandbox
+from tests.integration.test_salesforce_contract import SandboxUpstream
 from tests.unit.test_salesforce_sim_inventory import ORDER_ID, Inventory, SimInventoryContract, taken
 
 pytestmark = pytest.mark.integration
@@ -45,16 +46,8 @@ def salesforce(client: httpx.AsyncClient, sandbox: SalesforceSandbox) -> HttpSal
     return HttpSalesforce(client, auth, "60.0", CALL_OPTIONS_CLIENT)
 
 
-class SandboxInventory:
-    def __init__(self, port: SalesforcePort, client: httpx.AsyncClient, base_url: str) -> None:
-        self.port = port
-        self._client = client
-        self._base = base_url
-
-    async def control(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self._client.request(method, self._base + path, **kwargs)
-        assert response.status_code < 300, response.text
-        return response.json()
+class SandboxInventory(SandboxUpstream):
+    """The contract's ``Inventory`` over the sandbox's control routes (``control`` from the upstream contract)."""
 
     async def replace(self, cards: list[dict[str, Any]]) -> list[str]:
         added = await self.control("POST", "/_sandbox/sim-inventory", json={"clear": True, "cards": cards})

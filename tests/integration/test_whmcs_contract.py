@@ -182,14 +182,14 @@ async def test_a_receiver_answering_500_is_retried_with_the_same_id(
     receiver, url = receiver_url
     receiver.fail_first = 2
     async with serving(WhmcsSandbox(webhook_url=url, webhook_backoff_s=0.05)) as served:
-        await http.post(f"{served.base_url}/_sandbox/paymethods", json={"clientid": SATO, "type": "BankAccount"})
+        await http.post(f"{served.base_url}/_sandbox/paymethods", json={"clientid": SATO, "type": "CreditCard"})
         await asyncio.wait_for(receiver.arrived.wait(), 5)
         state: dict[str, Any] = (await http.get(f"{served.base_url}/_sandbox/state")).json()
     attempts = [(d["event"], d["attempt"], d["status"], d["delivered"]) for d in state["webhook_deliveries"]]
     assert attempts == [
-        ("PayMethodAdded", 1, 500, False),
-        ("PayMethodAdded", 2, 500, False),
-        ("PayMethodAdded", 3, 204, True),
+        ("CCUpdate", 1, 500, False),
+        ("CCUpdate", 2, 500, False),
+        ("CCUpdate", 3, 204, True),
     ]
     assert len({headers["webhook-id"] for headers, _ in receiver.received}) == 1
 

@@ -37,6 +37,7 @@ from events.fulfillment import (
 from events.salesforce import (
     OrderActivationRequested,
     OrderActivationRequestedV1,
+    OrderChanged,
     OrderSnapshot,
     SimActivationRequested,
     SimActivationRequestedV1,
@@ -47,6 +48,7 @@ from workers.config import FreebitSettings, Settings
 from workers.fulfillment.model import OrderState, Step, StepStatus
 from workers.fulfillment.policy import SNAPSHOT_MAX_AGE_S
 from workers.fulfillment.route import bind_fulfillment
+from workers.fulfillment.timers import TimerLoop
 from workers.ingress.cdc_translate import order_snapshot
 from workers.runtime.message import Message
 
@@ -785,7 +787,7 @@ def test_the_route_binder_takes_the_composition_roots_deps() -> None:
     activation requests (v2 and v1) to the saga and pay-method changes to the parked orders."""
     from types import SimpleNamespace
 
-    from workers.fulfillment.route import bind, fulfill_order, resume_parked_orders
+    from workers.fulfillment.route import bind, fulfill_order, reschedule, resume_parked_orders
     from workers.routes import ROUTES
 
     assert ROUTES["fulfillment"].bind is bind
@@ -795,10 +797,11 @@ def test_the_route_binder_takes_the_composition_roots_deps() -> None:
     requests: set[type[DomainEvent]] = {
         OrderActivationRequested, SimActivationRequested, OrderActivationRequestedV1, SimActivationRequestedV1
     }  # fmt: skip
-    assert set(table) == {*requests, PaymentMethodChanged}
+    assert set(table) == {*requests, PaymentMethodChanged, OrderChanged}
     assert {table[r].func for r in requests} == {fulfill_order}  # type: ignore[attr-defined]
     assert len({id(table[r]) for r in requests}) == 1, "one bound handler (and its collector) for every request"
     assert table[PaymentMethodChanged].func is resume_parked_orders  # type: ignore[attr-defined]
+    assert table[OrderChanged].func is reschedule  # type: ignore[attr-defined]
 
 
 # --- number portability (MNP) and the Opportunity link ----------------------------------------------
@@ -878,3 +881,94 @@ async def test_an_order_without_an_opportunity_skips_the_link(world: World) -> N
     await world.request(order_id)
     assert (await world.step(order_id, Step.WHMCS_LINKS)).status == StepStatus.SKIPPED
     assert [u for u in world.published(Topic.SF_WRITEBACK) if getattr(u, "sobject", "") == "Opportunity"] == []
+
+
+# --- durable timers: scheduled activations and pay-method re-checks -------------------------------------
+
+
+def timer_loop(world: World) -> TimerLoop:
+    companion = world.handlers[OrderActivationRequested].companion  # type: ignore[attr-defined]
+    loop = companion.__self__
+    assert isinstance(loop, TimerLoop)
+    return loop
+
+
+async def fire_timers(world: World, at: datetime) -> int:
+    """The timer loop's turn at ``at``, then the resume requests it sent, delivered."""
+    world.clock.now = at
+    fired = await timer_loop(world).fire_due()
+    await world.deliver_wakeups()
+    return len(fired)
+
+
+async def test_a_scheduled_activation_waits_on_a_durable_timer_and_runs_at_its_time(world: World) -> None:
+    at = world.clock.now + timedelta(days=2)
+    order_id = world.place_order("tanaka", "VPN", ["VPN-TOKYO"], Activation_Type__c="Scheduled",
+                                 Activation_Scheduled_At__c=at.isoformat())  # fmt: skip
+    await world.request(order_id)
+
+    assert await world.state(order_id) == OrderState.SCHEDULED
+    assert world.whmcs_orders(order_id) == [] and world.pending_wakeups() == []  # no chain of retry hops
+    timer = world.store.timers[order_id]
+    assert (timer.reason, timer.due_at) == ("scheduled", at)
+    assert world.sf_updates(order_id) == []  # a wait, not an error
+
+    assert await fire_timers(world, at - timedelta(seconds=1)) == 0  # not yet due
+    assert await fire_timers(world, at + timedelta(seconds=1)) == 1
+    assert await world.state(order_id) == OrderState.FULFILLED
+    assert len(world.whmcs_orders(order_id)) == 1 and order_id not in world.store.timers
+
+
+async def test_a_moved_date_moves_the_timer_and_an_immediate_order_goes_on_at_once(world: World) -> None:
+    at = world.clock.now + timedelta(days=2)
+    order_id = world.place_order("tanaka", "VPN", ["VPN-TOKYO"], Activation_Type__c="Scheduled",
+                                 Activation_Scheduled_At__c=at.isoformat())  # fmt: skip
+    await world.request(order_id)
+    later = at + timedelta(days=3)
+    world.salesforce.records["Order"][order_id]["Activation_Scheduled_At__c"] = later.isoformat()
+    await world.deliver(OrderChanged(sf_order_id=order_id, changed_fields=["Activation_Scheduled_At__c"]))
+    assert world.store.timers[order_id].due_at == later and await world.state(order_id) == OrderState.SCHEDULED
+    assert await fire_timers(world, at + timedelta(seconds=1)) == 0  # the old time passes: nothing happens
+
+    world.salesforce.records["Order"][order_id]["Activation_Type__c"] = "Immediate"
+    await world.deliver(OrderChanged(sf_order_id=order_id, changed_fields=["Activation_Type__c"]))
+    assert await world.state(order_id) == OrderState.FULFILLED and order_id not in world.store.timers
+
+
+async def test_other_order_changes_leave_a_scheduled_order_alone(world: World) -> None:
+    at = world.clock.now + timedelta(days=2)
+    order_id = world.place_order("tanaka", "VPN", ["VPN-TOKYO"], Activation_Type__c="Scheduled",
+                                 Activation_Scheduled_At__c=at.isoformat())  # fmt: skip
+    await world.request(order_id)
+    reads = len(world.salesforce.queries)
+    await world.deliver(OrderChanged(sf_order_id=order_id, changed_fields=["BillingCity"]))
+    assert await world.state(order_id) == OrderState.SCHEDULED and len(world.salesforce.queries) == reads
+
+
+async def test_a_parked_order_is_rechecked_on_a_back_off_until_a_pay_method_appears(world: World) -> None:
+    """No hook comes for a bank account or a remote token: the timer re-checks GetPayMethods after
+    10 min, 30 min, ...; a re-check that still finds none re-parks quietly (Salesforce told once)."""
+    order_id = world.place_order("sato", "Internet", ["INT-1G-SILVER", "INT-INSTALL-SINGLE"])
+    await world.request(order_id)
+    parked_at = world.clock.now
+    assert world.store.timers[order_id].due_at == parked_at + timedelta(seconds=600)
+
+    assert await fire_timers(world, parked_at + timedelta(seconds=601)) == 1
+    assert await world.state(order_id) == OrderState.PARKED
+    assert world.store.timers[order_id].due_at == world.clock.now + timedelta(seconds=1800)  # backed off
+    assert len(world.sf_updates(order_id)) == 1
+    started = [e for e in world.published(Topic.FULFILLMENT_OUTCOME) if isinstance(e, OrderActivationStarted)]
+    assert len(started) == 1, "a re-check is no new start for the portal"
+
+    world.whmcs.pay_methods[1003].append(PayMethod(77, "BankAccount", "Japan Post Bank"))  # no webhook for this
+    assert await fire_timers(world, world.clock.now + timedelta(seconds=1801)) == 1
+    assert await world.state(order_id) == OrderState.FULFILLED and order_id not in world.store.timers
+
+
+async def test_a_timer_of_an_order_that_moved_on_stops_firing(world: World) -> None:
+    order_id = world.place_order("tanaka", "VPN", ["VPN-TOKYO"])
+    await world.request(order_id)
+    await world.store.set_timer(order_id, "payment_recheck", world.clock.now)  # left behind somehow
+    assert await fire_timers(world, world.clock.now + timedelta(seconds=1)) == 1
+    assert await world.state(order_id) == OrderState.FULFILLED and order_id not in world.store.timers
+    assert len(world.whmcs_orders(order_id)) == 1

@@ -125,8 +125,7 @@ SANDBOX_EVENTS = {
     "ServiceEdit",
     "ClientEdit",
     "ClientClose",
-    "PayMethodAdded",
-    "PayMethodRemoved",
+    "CCUpdate",  # a card stored or removed; a bank account fires nothing, as in production
     "ClientAdd",
 }
 
@@ -145,7 +144,7 @@ async def _drive_sandbox(client: TestClient[web.Request, web.Application], sandb
     )
     await client.post("/_sandbox/clients", json={"clientid": client_id, "status": "Closed"})
     method = await (
-        await client.post("/_sandbox/paymethods", json={"clientid": client_id, "type": "BankAccount"})
+        await client.post("/_sandbox/paymethods", json={"clientid": client_id, "type": "CreditCard"})
     ).json()
     await client.delete(f"/_sandbox/paymethods/{method['id']}")
     await client.post("/_sandbox/seed", json={"clients": [{"id": 990_001, "firstname": "Test", "lastname": "Seed"}]})

@@ -27,7 +27,7 @@ from asyncpg import PostgresError
 
 from adapters.db import create_pool
 from adapters.kafka import AiokafkaProducer, KafkaSecurityError, durable_producer, start_client
-from adapters.saga_store import HistoryEntry, PgSagaStore, SagaOrder, SagaRecord, StepRecord
+from adapters.saga_store import HistoryEntry, PgSagaStore, SagaOrder, SagaRecord, StepRecord, Timer
 from events import failure as fh
 from events.topics import ConsumerGroup
 from workers.cli._context import Context, pass_ctx, run_async
@@ -223,27 +223,45 @@ def _short(text: str | None, limit: int = 120) -> str | None:
 @click.option("--state", type=click.Choice([s.value for s in OrderState]), help="only orders in this state")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
+@click.option(
+    "--stuck",
+    is_flag=True,
+    help="only orders longer in their state than FLEET_FULFILLMENT__STUCK_AFTER_S allows, longest first",
+)
 @pass_ctx
-def list_cmd(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
-    """Orders, most recently updated first."""
+def list_cmd(ctx: Context, state: str | None, limit: int, as_json: bool, stuck: bool) -> None:
+    """Orders, most recently updated first; with their timer (a scheduled activation's time, a parked
+    order's next pay-method re-check) when they hold one."""
 
-    async def load() -> list[SagaOrder]:
+    async def load() -> list[tuple[SagaOrder, Timer | None, datetime | None]]:
         async with _store(ctx) as store:
-            return await store.list_orders(state, limit)
+            if stuck:
+                deadlines = dict(ctx.settings.fulfillment.stuck_after_s)
+                if state is not None:
+                    deadlines = {k: v for k, v in deadlines.items() if k == state}
+                found = (await store.stuck_orders(datetime.now(UTC), deadlines))[:limit]
+                return [(order, await store.timer(order.sf_order_id), since) for order, since in found]
+            orders = await store.list_orders(state, limit)
+            timed = {OrderState.PARKED.value, OrderState.SCHEDULED.value}
+            return [(o, await store.timer(o.sf_order_id) if o.state in timed else None, None) for o in orders]
 
-    orders = run_async(load())
+    found = run_async(load())
     if as_json:
-        for order in orders:
-            click.echo(json.dumps(asdict(order), default=str))
+        for order, timer, since in found:
+            doc = {**asdict(order), "timer": asdict(timer) if timer else None, "stuck_since": since}
+            click.echo(json.dumps(doc, default=str))
         return
-    if not orders:
-        click.echo("no orders" + (f" in state {state}" if state else ""))
+    if not found:
+        what = "stuck orders" if stuck else "orders"
+        click.echo(f"no {what}" + (f" in state {state}" if state else ""))
         return
     rows = [
-        [o.sf_order_id, o.order_type or "?", o.state, o.current_step or "-", o.error_code or "-", _ts(o.updated_at)]
-        for o in orders
-    ]
-    click.echo("\n".join(_table(["order", "type", "state", "step", "error", "updated"], rows)))
+        [o.sf_order_id, o.order_type or "?", o.state, o.current_step or "-", o.error_code or "-", _ts(o.updated_at),
+         f"{t.reason} {_ts(t.due_at)}" if t else "-", *([_ts(since)] if stuck else [])]
+        for o, t, since in found
+    ]  # fmt: skip
+    header = ["order", "type", "state", "step", "error", "updated", "timer", *(["since"] if stuck else [])]
+    click.echo("\n".join(_table(header, rows)))
 
 
 # --- retry ---------------------------------------------------------------------------------------

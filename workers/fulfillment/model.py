@@ -7,12 +7,14 @@ do I/O or decide policy; ``policy.py`` says what each outcome means, ``saga.py``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 
 class Step(StrEnum):
     VALIDATE = "validate"  # re-read Order + OrderItems + Product2 mapping; build the plan
+    SCHEDULE = "schedule"  # Activation_Type__c = Scheduled: wait (a durable timer) for Activation_Scheduled_At__c
     RESOLVE_CLIENT = "resolve_client"  # id_mappings: SF Account → WHMCS client
     PAYMENT_GATE = "payment_gate"  # WHMCS GetPayMethods: none → park
     SIM_PROCESSED = "sim_processed"  # an agent's Status = Processed: the SIM steps may run (no I/O but a read)
@@ -27,13 +29,24 @@ class Step(StrEnum):
     SF_WRITEBACK = "sf_writeback"  # UpdateSalesforceRecord commands: Activated, WHMCS ids
 
 
+class TimerReason(StrEnum):
+    """Why an order holds a row of ``fulfillment_timers``."""
+
+    SCHEDULED = "scheduled"  # a scheduled activation's time
+    PAYMENT_RECHECK = "payment_recheck"  # the next GetPayMethods of an order parked for a missing pay method
+
+
+#: ``Trigger.reason`` of the resume request a fired timer sends (``timers.py``)
+TIMER_REASON = "timer"
+
+
 class OrderType(StrEnum):
     INTERNET = "Internet"
     SIM = "SIM"
     VPN = "VPN"
 
 
-_COMMON = (Step.VALIDATE, Step.RESOLVE_CLIENT, Step.PAYMENT_GATE)
+_COMMON = (Step.VALIDATE, Step.SCHEDULE, Step.RESOLVE_CLIENT, Step.PAYMENT_GATE)
 _BILLING = (Step.WHMCS_CREATE, Step.WHMCS_ACCEPT, Step.WHMCS_LINKS)
 
 #: the steps of each order type, in order. SIM, as the portal since March 2026 (domain-facts §2.3):
@@ -72,6 +85,7 @@ class OrderState(StrEnum):
     RECEIVED = "received"
     RUNNING = "running"
     WAITING = "waiting"  # an asynchronous Freebit job is being confirmed
+    SCHEDULED = "scheduled"  # a scheduled activation waits for its time (a durable timer)
     PARKED = "parked"  # waiting for the customer or a human; resumes by itself when possible
     FAILED = "failed"  # needs a human; a new activation request resumes it
     FULFILLED = "fulfilled"
@@ -151,6 +165,13 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class WaitUntil:
+    """The order waits until ``until`` (a scheduled activation): a durable timer, not a retry hop."""
+
+    until: datetime
+
+
+@dataclass(frozen=True)
 class Park:
     code: ErrorCode
     message: str
@@ -166,4 +187,4 @@ class Fail:
     compensated: tuple[Step, ...] = ()
 
 
-Outcome = Done | Skipped | Wait | Park | Fail
+Outcome = Done | Skipped | Wait | WaitUntil | Park | Fail

@@ -81,6 +81,8 @@ class OrderPlan(_Frozen):
     #: index of the order's main line (the first ``Service`` item): its WHMCS service is the one the
     #: Opportunity and the SIM fields point at
     service_line: int = 0
+    #: ``Activation_Type__c = Scheduled``: the order waits for ``Activation_Scheduled_At__c`` (step ``schedule``)
+    scheduled: bool = False
 
 
 def build_plan(order: OrderRecord, items: list[OrderItemRecord]) -> OrderPlan | Fail:
@@ -106,6 +108,7 @@ def build_plan(order: OrderRecord, items: list[OrderItemRecord]) -> OrderPlan | 
         if order.whmcs_order_id and order.whmcs_order_id.isdigit()
         else None,
         opportunity_id=(order.opportunity_id or "").strip() or None,
+        scheduled=(order.activation_type or "").strip().lower() == "scheduled",
         service_line=_service_line(lines),
     )
 
@@ -120,6 +123,8 @@ def records_from_snapshot(sf_order_id: str, snapshot: OrderSnapshot) -> tuple[Or
             "Type": snapshot.order_type,
             "Status": snapshot.status,
             "Activation_Status__c": snapshot.activation_status,
+            "Activation_Type__c": snapshot.activation_type,
+            "Activation_Scheduled_At__c": snapshot.activation_scheduled_at,
             "WHMCS_Order_ID__c": snapshot.whmcs_order_id,
             "SIM_Type__c": snapshot.sim_type,
             "EID__c": snapshot.eid,

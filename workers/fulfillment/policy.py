@@ -22,6 +22,7 @@ from workers.fulfillment.writeback import ACTIVATED
 #: to the runtime: retried, then dead-lettered, with the step's attempts and last error recorded.
 REJECTION_CODES: dict[Step, ErrorCode] = {
     Step.VALIDATE: ErrorCode.ORDER_INVALID,  # e.g. the Order id does not exist
+    Step.SCHEDULE: ErrorCode.ORDER_INVALID,
     Step.RESOLVE_CLIENT: ErrorCode.WHMCS_CLIENT_NOT_MAPPED,
     Step.PAYMENT_GATE: ErrorCode.WHMCS_CLIENT_NOT_MAPPED,  # the mapped client does not exist in WHMCS
     Step.SIM_PROCESSED: ErrorCode.ORDER_INVALID,  # the Order id no longer exists
@@ -53,6 +54,13 @@ SIM_GO_STATUS = "Processed"
 #: the order as approved; a backlog of a few minutes is normal under a burst, while a request older
 #: than this (a dead letter replayed hours later, a long retry) reads the order as it is now.
 SNAPSHOT_MAX_AGE_S = 300.0
+
+
+def payment_recheck_delay(rechecks: int, schedule: list[float]) -> float:
+    """Seconds until the next re-check of an order parked for a missing pay method, after
+    ``rechecks`` re-checks so far: ``schedule`` in order, its last value repeating."""
+    return float(schedule[min(rechecks, len(schedule) - 1)])
+
 
 #: Freebit polling: first look after 5 s, doubling, at most once a minute (PA03-02, one account per call)
 POLL_FIRST_S = 5.0

@@ -23,12 +23,13 @@ from events.salesforce import (
     ActivationRequest,
     OrderActivationRequested,
     OrderActivationRequestedV1,
+    OrderChanged,
     SimActivationRequested,
     SimActivationRequestedV1,
 )
 from events.topics import ConsumerGroup, Topic
 from workers import crashpoints
-from workers.fulfillment.model import OrderState, Step
+from workers.fulfillment.model import TIMER_REASON, OrderState, Step
 from workers.fulfillment.run import Clock, Publisher, StepFn, StepHook, Trigger, utcnow
 from workers.fulfillment.saga import Saga
 from workers.fulfillment.steps import (
@@ -36,6 +37,7 @@ from workers.fulfillment.steps import (
     add_voice_options,
     assign_sim_card,
     await_processed,
+    await_schedule,
     check_payment_method,
     confirm_sim,
     create_whmcs_order,
@@ -46,7 +48,8 @@ from workers.fulfillment.steps import (
     write_back_to_salesforce,
     write_sim_fields,
 )
-from workers.fulfillment.wakeup import WAKEUP_SOURCE, RetryTopicScheduler
+from workers.fulfillment.timers import Collectors, TimerLoop
+from workers.fulfillment.wakeup import TIMER_SOURCE, WAKEUP_SOURCE, RetryTopicScheduler
 
 if TYPE_CHECKING:
     import asyncpg
@@ -66,17 +69,23 @@ log = structlog.get_logger(__name__)
 
 #: ``ce_source`` of everything the saga publishes
 FULFILLMENT_SOURCE = "fleet/fulfillment"
+#: the states a fired timer may resume
+TIMED_STATES = frozenset({OrderState.PARKED, OrderState.SCHEDULED})
+#: Order fields whose change moves a scheduled activation
+SCHEDULE_FIELDS = frozenset({"Activation_Type__c", "Activation_Scheduled_At__c"})
 
 
 # --- message handlers ----------------------------------------------------------------------------
 async def fulfill_order(event: ActivationRequest, msg: Message, *, saga: Saga) -> None:
-    """Start, resume or poll the order's saga: as far as it can go now."""
+    """Start, resume or poll the order's saga: as far as it can go now. A fired timer's request runs
+    only an order still parked or scheduled (the order may have moved on since it was armed)."""
     envelope = msg.envelope
-    wakeup = envelope.source == WAKEUP_SOURCE
+    wakeup, timer = envelope.source == WAKEUP_SOURCE, envelope.source == TIMER_SOURCE
     snapshot = event.snapshot if isinstance(event, OrderActivationRequested | SimActivationRequested) else None
     trigger = Trigger(
         event.sf_order_id,
-        reason="wakeup" if wakeup else event.TYPE,
+        reason="wakeup" if wakeup else TIMER_REASON if timer else event.TYPE,
+        only_if=TIMED_STATES if timer else None,
         sf_account_id=event.sf_account_id,
         claim=inbox_claim(msg),
         cause=envelope,
@@ -86,6 +95,15 @@ async def fulfill_order(event: ActivationRequest, msg: Message, *, saga: Saga) -
     )
     result = await saga.handle(trigger)
     log.info("fulfillment_handled", sf_order_id=event.sf_order_id, state=result.state, step=result.step)
+
+
+async def reschedule(event: OrderChanged, msg: Message, *, saga: Saga) -> None:
+    """A scheduled order's type or date changed in Salesforce: its ``schedule`` step reads them again
+    (the timer moves, or the order goes on at once). Other order changes are the cache's business."""
+    if event.entity != "Order" or not SCHEDULE_FIELDS & set(event.changed_fields):
+        return
+    only_scheduled = frozenset({OrderState.SCHEDULED})
+    await saga.handle(Trigger(event.sf_order_id, reason=event.TYPE, cause=msg.envelope, only_if=only_scheduled))
 
 
 async def resume_parked_orders(event: PaymentMethodChanged, msg: Message, *, saga: Saga, store: SagaStore) -> None:
@@ -118,6 +136,7 @@ def build_saga(
     clock: Clock = utcnow,
     hook: StepHook | None = None,
     output_topics: Mapping[Topic, str] | None = None,
+    scheduler: RetryTopicScheduler | None = None,
 ) -> Saga:
     """The saga with every step bound to its ports; wake-ups go to ``group``'s retry tiers.
 
@@ -127,6 +146,7 @@ def build_saga(
     max_wait_s = float(settings.freebit.confirm_max_wait_s)
     steps: dict[Step, StepFn] = {
         Step.VALIDATE: partial(validate_order, salesforce=salesforce),
+        Step.SCHEDULE: partial(await_schedule, salesforce=salesforce),
         Step.RESOLVE_CLIENT: partial(resolve_whmcs_client, mappings=mappings),
         Step.PAYMENT_GATE: partial(check_payment_method, whmcs=whmcs),
         Step.SIM_PROCESSED: partial(await_processed, salesforce=salesforce),
@@ -140,13 +160,22 @@ def build_saga(
         Step.WHMCS_SIM_FIELDS: partial(write_sim_fields, whmcs=whmcs),
         Step.SF_WRITEBACK: partial(write_back_to_salesforce, publisher=publisher),
     }
-    scheduler = RetryTopicScheduler(
-        producer,
-        group,
-        settings.runtime.retry_tier_delays_ms,
-        clock_ms=lambda: int(clock().timestamp() * 1000),
+    scheduler = scheduler or wakeup_scheduler(producer, settings, group, clock)
+    return Saga(
+        store=store,
+        steps=steps,
+        publisher=publisher,
+        schedule=scheduler.schedule,
+        clock=clock,
+        hook=hook,
+        payment_recheck_s=settings.fulfillment.payment_recheck_s,
     )
-    return Saga(store=store, steps=steps, publisher=publisher, schedule=scheduler.schedule, clock=clock, hook=hook)
+
+
+def wakeup_scheduler(producer: ProducerPort, settings: Settings, group: str, clock: Clock) -> RetryTopicScheduler:
+    """Wake-ups and fired timers travel on ``group``'s retry tiers."""
+    delays = settings.runtime.retry_tier_delays_ms
+    return RetryTopicScheduler(producer, group, delays, clock_ms=lambda: int(clock().timestamp() * 1000))
 
 
 def bind_fulfillment(
@@ -174,6 +203,7 @@ def bind_fulfillment(
             raise ValueError("bind_fulfillment needs a pool unless both store and mappings are given")
         store = store or PgSagaStore(pool)
         mappings = mappings or PgIdMappings(pool)
+    scheduler = wakeup_scheduler(producer, settings, group, clock)
     saga = build_saga(
         salesforce=salesforce,
         whmcs=whmcs,
@@ -186,15 +216,21 @@ def bind_fulfillment(
         clock=clock,
         hook=hook,
         output_topics=output_topics,
+        scheduler=scheduler,
     )
     fulfil = partial(fulfill_order, saga=saga)
-    fulfil.collector = saga.ledger_checks  # type: ignore[attr-defined]  # served on the worker's /metrics
+    # the durable timers run beside the consume loop for the worker's life (``timers.py``); the
+    # runtime starts a handler's ``companion`` and serves its ``collector`` on the worker's /metrics
+    timers = TimerLoop(store, scheduler, settings.fulfillment, clock)
+    fulfil.companion = timers.run  # type: ignore[attr-defined]
+    fulfil.collector = Collectors(saga.ledger_checks, timers.stuck)  # type: ignore[attr-defined]
     return {
         OrderActivationRequested: fulfil,
         SimActivationRequested: fulfil,
         OrderActivationRequestedV1: fulfil,  # still on the topic, or replayed from a dead letter
         SimActivationRequestedV1: fulfil,
         PaymentMethodChanged: partial(resume_parked_orders, saga=saga, store=store),
+        OrderChanged: partial(reschedule, saga=saga),
     }
 
 

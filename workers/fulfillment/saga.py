@@ -25,8 +25,8 @@ and a Salesforce order the ledger did not fulfil gets ``LEDGER_MISMATCH`` (never
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -40,6 +40,7 @@ from events.topics import Topic
 from workers.fulfillment import writeback
 from workers.fulfillment.model import (
     REOPENED,
+    TIMER_REASON,
     Done,
     ErrorCode,
     Fail,
@@ -50,13 +51,16 @@ from workers.fulfillment.model import (
     Skipped,
     Step,
     StepStatus,
+    TimerReason,
     Wait,
+    WaitUntil,
 )
 from workers.fulfillment.policy import (
     QUIET_PARKING_CODES,
     LedgerCheck,
     check_ledger,
     mismatch_message,
+    payment_recheck_delay,
     rejection_code,
     reverts_status,
     same_record,
@@ -89,8 +93,10 @@ class Saga:
         clock: Clock = utcnow,
         hook: StepHook | None = None,
         lock_wait_s: float = 30.0,
+        payment_recheck_s: Sequence[float],
     ) -> None:
         self._store = store
+        self._payment_recheck_s = list(payment_recheck_s)
         self._steps = steps
         self._publisher = publisher
         self._schedule = schedule
@@ -113,6 +119,8 @@ class Saga:
                 return SagaResult(trigger.sf_order_id, "duplicate")
             run = await self._open(trigger)
             if run is None:
+                if trigger.reason == TIMER_REASON:  # the order moved on without clearing it: stop it firing
+                    await self._store.clear_timer(trigger.sf_order_id)
                 return SagaResult(trigger.sf_order_id, "ignored")
             if run.order.state == OrderState.FULFILLED:
                 return await self._revisit(run)
@@ -156,8 +164,8 @@ class Saga:
         when the order is already running or waiting. Published before the delivery's first save
         (like every outcome, rule 4): a crash before that save publishes it again on the redelivery,
         so it may arrive twice; a crash after it finds the order running and announces nothing."""
-        if run.trigger.wakeup or run.was[0] not in _NOT_RUNNING:
-            return
+        if run.trigger.wakeup or run.trigger.reason == TIMER_REASON or run.was[0] not in _NOT_RUNNING:
+            return  # a timer's re-check of a parked order is no new start for the portal
         ids, shown = _outcome_ids(run.order), run.trigger.snapshot  # a new order: validate has not run yet
         if shown is not None:
             ids["sf_account_id"] = ids["sf_account_id"] or shown.sf_account_id
@@ -224,6 +232,8 @@ class Saga:
                 await self._complete(run, step, outcome)
             elif isinstance(outcome, Wait):
                 return await self._wait(run, step, outcome)
+            elif isinstance(outcome, WaitUntil):
+                return await self._wait_until(run, step, outcome)
             elif isinstance(outcome, Park):
                 return await self._park(run, step, outcome)
             else:
@@ -268,6 +278,7 @@ class Saga:
         run.unsaved.append(step)  # committed with the next step's attempt or the delivery's end (rule 3)
 
     async def _wait(self, run: Run, step: Step, outcome: Wait) -> SagaResult:
+        await self._timers(run)
         rec = run.step(step)
         rec.status = StepStatus.WAITING
         rec.external_ids.update(outcome.ids)
@@ -279,9 +290,36 @@ class Saga:
         self._call_hook(step, "committed")
         return SagaResult(run.order.sf_order_id, OrderState.WAITING, step, retry_after=outcome.retry_after)
 
+    async def _wait_until(self, run: Run, step: Step, outcome: WaitUntil) -> SagaResult:
+        """A scheduled activation: the order waits on a durable timer (``fulfillment_timers``), which
+        the timer loop turns into a resume request when it falls due (``timers.py``)."""
+        rec = run.step(step)
+        rec.status = StepStatus.WAITING
+        run.order.state = OrderState.SCHEDULED
+        await self._store.set_timer(run.order.sf_order_id, TimerReason.SCHEDULED, outcome.until)
+        run.note("scheduled", step, until=outcome.until.isoformat())
+        await run.save(step, claim=run.trigger.claim)
+        log.info("order_scheduled", sf_order_id=run.order.sf_order_id, until=outcome.until.isoformat())
+        return SagaResult(run.order.sf_order_id, OrderState.SCHEDULED, step)
+
+    async def _timers(self, run: Run, code: ErrorCode | None = None) -> None:
+        """At a delivery's end: an order parked for a missing pay method is re-checked on a back-off
+        (production WHMCS sends no hook for a bank account or a remote token); an order that left a
+        timed wait (or was woken by a timer) has its timer cleared."""
+        sf_order_id = run.order.sf_order_id
+        if code == ErrorCode.PAYMENT_METHOD_MISSING:
+            timer = await self._store.timer(sf_order_id)
+            fired = timer.fired if timer is not None and timer.reason == TimerReason.PAYMENT_RECHECK else 0
+            delay = payment_recheck_delay(fired, self._payment_recheck_s)
+            due = self._clock() + timedelta(seconds=delay)
+            await self._store.set_timer(sf_order_id, TimerReason.PAYMENT_RECHECK, due)
+        elif run.was[0] in _TIMED or run.trigger.reason == TIMER_REASON:
+            await self._store.clear_timer(sf_order_id)
+
     # --- endings ---------------------------------------------------------------------------------
     async def _park(self, run: Run, step: Step, outcome: Park) -> SagaResult:
         self._stop(run, step, StepStatus.PARKED, OrderState.PARKED, outcome.code, outcome.message)
+        await self._timers(run, outcome.code)
         order, quiet = run.order, outcome.code in QUIET_PARKING_CODES
         again = run.was == (OrderState.PARKED, outcome.code)
         if not again and not quiet:  # parked again for the same reason: Salesforce is told once
@@ -298,6 +336,7 @@ class Saga:
 
     async def _fail(self, run: Run, step: Step, outcome: Fail) -> SagaResult:
         self._stop(run, step, StepStatus.FAILED, OrderState.FAILED, outcome.code, outcome.message)
+        await self._timers(run)
         for undone in outcome.compensated:
             run.step(undone).status = StepStatus.COMPENSATED
             run.note("compensated", undone, by=step)
@@ -312,6 +351,7 @@ class Saga:
         return await self._end(run, step, outcome.code, *outcome.compensated)
 
     async def _finish(self, run: Run) -> SagaResult:
+        await self._timers(run)
         order = run.order
         order.state, order.current_step, order.finished_at = OrderState.FULFILLED, None, self._clock()
         order.error_code = order.error_message = None
@@ -351,6 +391,8 @@ class Saga:
 
 #: an order in one of these states is not being worked on: a request that runs it starts work (``_announce``)
 _NOT_RUNNING = frozenset({OrderState.RECEIVED, OrderState.PARKED, OrderState.FAILED})
+#: states whose order may hold a timer (``_timers``)
+_TIMED = frozenset({OrderState.PARKED, OrderState.SCHEDULED})
 
 
 def _wanted(record: SagaRecord | None, trigger: Trigger) -> bool:

@@ -22,7 +22,7 @@ from adapters.saga_store import SimCard
 from events.errors import RejectedByUpstream, RetryableError
 from events.topics import Topic
 from workers.fulfillment import writeback
-from workers.fulfillment.model import Done, ErrorCode, Fail, Outcome, Park, Skipped, Step, Wait
+from workers.fulfillment.model import Done, ErrorCode, Fail, Outcome, Park, Skipped, Step, Wait, WaitUntil
 from workers.fulfillment.plan import PHYSICAL, SimSpec, build_plan, inventory_sim_type, records_from_snapshot
 from workers.fulfillment.policy import SIM_GO_STATUS, poll_delay, snapshot_usable
 from workers.fulfillment.run import Publisher, Run
@@ -64,6 +64,30 @@ async def validate_order(run: Run, *, salesforce: SalesforcePort) -> Outcome:
     run.order.order_type = plan.order_type
     run.order.sf_account_id = plan.sf_account_id or run.order.sf_account_id
     return Done({"order_type": plan.order_type.value, "lines": len(plan.lines)})
+
+
+async def await_schedule(run: Run, *, salesforce: SalesforcePort) -> Outcome:
+    # Reads at most. An order with Activation_Type__c = Scheduled waits for Activation_Scheduled_At__c
+    # on a durable timer (saga: Schedule → fulfillment_timers). Each time the step runs again (the
+    # timer fired, the date changed in Salesforce, a new request) it reads the order's current type
+    # and date, from the request's snapshot when it carries one, else from Salesforce: a moved date
+    # moves the timer, an order switched to Immediate goes on at once. An order planned Immediate
+    # is not read again.
+    snapshot = run.trigger.snapshot
+    if snapshot is not None and snapshot.sf_order_id == run.order.sf_order_id:
+        kind, at = snapshot.activation_type, snapshot.activation_scheduled_at
+    elif run.plan.scheduled:
+        order = await salesforce.get_order(run.order.sf_order_id)
+        kind, at = order.activation_type, order.activation_scheduled_at
+    else:
+        return Skipped("an Immediate activation")
+    if (kind or "").strip().lower() != "scheduled":
+        return Skipped(f"Activation_Type__c is {kind or 'empty'}")
+    if at is None:
+        return Fail(ErrorCode.ORDER_INVALID, "a Scheduled activation without Activation_Scheduled_At__c")
+    if at > run.clock():
+        return WaitUntil(at)
+    return Done({"scheduled_at": at.isoformat()})
 
 
 async def resolve_whmcs_client(run: Run, *, mappings: IdMappingsPort) -> Outcome:

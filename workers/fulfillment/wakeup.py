@@ -26,6 +26,9 @@ from workers.fulfillment.run import child_envelope
 
 #: ``ce_source`` of wake-ups the saga schedules for itself (stale ones are ignored: see ``saga._wanted``)
 WAKEUP_SOURCE = "fleet/fulfillment/wakeup"
+#: ``ce_source`` of the resume requests fired timers send (``timers.py``): they run only orders that
+#: are still parked or scheduled
+TIMER_SOURCE = "fleet/fulfillment/timer"
 #: ``ce_source`` of operator-requested resumes (``fleet orders retry``)
 RETRY_SOURCE = "fleet/cli/orders-retry"
 

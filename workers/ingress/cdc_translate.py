@@ -67,6 +67,8 @@ CUSTOMER_FACING_ORDER_FIELDS = frozenset(
         "EffectiveDate",
         "Type",
         "Activation_Type__c",
+        # the portal shows the activation date; the fulfillment saga moves a scheduled order's timer
+        "Activation_Scheduled_At__c",
         "Installation_Type__c",
         "Access_Mode__c",
         "Hikari_Denwa__c",
@@ -453,6 +455,8 @@ def order_snapshot(read: OrderWithItems, read_at: datetime) -> OrderSnapshot:
         order_type=order.type,
         status=order.status,
         activation_status=order.activation_status,
+        activation_type=order.activation_type,
+        activation_scheduled_at=order.activation_scheduled_at,
         whmcs_order_id=order.whmcs_order_id,
         sim_type=order.sim_type,
         eid=order.eid,

@@ -29,6 +29,7 @@ from workers.config import RuntimeSettings
 from workers.runtime import done_ahead, gc_policy
 from workers.runtime.breaker import CircuitBreaker
 from workers.runtime.commits import Commits
+from workers.runtime.companions import Companions
 from workers.runtime.consumer import ConsumerPort, ConsumerRebalanceListener, TopicPartition
 from workers.runtime.decode import Decoder
 from workers.runtime.dispatch import Dispatcher
@@ -155,10 +156,13 @@ class Worker:
                 max_in_flight=self.dispatcher.worker_limit,
             )
             purge = start_purge(self._pool, s) if self._pool is not None else None
+            companions = Companions(self.route.handlers.values(), self._crashed)
+            companions.start()
             try:
                 await self._poll.run(stop)
             finally:
                 self.vitals.stopping = True
+                await companions.stop()
                 if purge is not None:
                     purge.cancel()
                     await asyncio.gather(purge, return_exceptions=True)
