@@ -124,6 +124,35 @@ def test_list_filters_by_state(cli: CliRunner, stack_env: dict[str, str]) -> Non
     assert waiting in [json.loads(line)["sf_order_id"] for line in lines.splitlines()]
 
 
+def test_list_stuck_shows_orders_past_their_states_deadline_with_their_timer(
+    cli: CliRunner, stack_env: dict[str, str]
+) -> None:
+    waiting, scheduled = order_id(), order_id()
+    asyncio.run(seed(stack_env["DATABASE_URL"], waiting, "waiting"))
+    asyncio.run(seed(stack_env["DATABASE_URL"], scheduled, "waiting"))
+    asyncio.run(_schedule(stack_env["DATABASE_URL"], scheduled, datetime.now(UTC) + timedelta(hours=5)))
+    deadlines = json.dumps({"waiting": 0.0, "scheduled": 0.0})
+    out = cli.invoke(main, ["orders", "list", "--stuck", "--json", "--limit", "10000"],
+                     env={"FLEET_FULFILLMENT__STUCK_AFTER_S": deadlines}).stdout  # fmt: skip
+    stuck = {doc["sf_order_id"]: doc for doc in map(json.loads, out.splitlines())}
+    assert waiting in stuck and stuck[waiting]["stuck_since"] and scheduled not in stuck, "not due yet"
+    listed = cli.invoke(main, ["orders", "list", "--state", "scheduled", "--limit", "10000"]).stdout
+    assert scheduled in listed and "scheduled 20" in listed, "the due time is shown"
+
+
+async def _schedule(dsn: str, oid: str, at: datetime) -> None:
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        store = PgSagaStore(pool)
+        record = await store.get(oid)
+        assert record is not None
+        record.order.state = "scheduled"
+        await store.save(record.order)
+        await store.set_timer(oid, "scheduled", at)
+    finally:
+        await pool.close()
+
+
 def test_retry_sends_an_audited_activation_request_to_the_first_retry_tier(
     cli: CliRunner, stack_env: dict[str, str]
 ) -> None:

@@ -43,7 +43,7 @@ from events.base import DomainEvent, decode_event, to_envelope
 from events.billing import PaymentMethodChanged
 from events.envelope import Envelope, from_record
 from events.fulfillment import OrderActivationStarted, OrderFulfilled, UpdateSalesforceRecord
-from events.salesforce import OrderActivationRequested, OrderSnapshot, SimActivationRequested
+from events.salesforce import OrderActivationRequested, OrderChanged, OrderSnapshot, SimActivationRequested
 from events.topics import DAY_MS, Topic, TopicSpec, catalog, group_topics
 from sandbox import demo_data
 from sandbox.freebit import FreebitSandbox
@@ -611,6 +611,30 @@ async def test_a_scheduled_activation_waits_on_a_durable_timer_then_runs(world: 
     await world.reaches(order_id, "fulfilled", timeout=30)
     assert datetime.now(UTC) >= at and len(world.whmcs_orders(order_id)) == 1
     assert await world.store.timer(order_id) is None
+
+
+async def test_a_date_moved_in_salesforce_moves_the_scheduled_activation(world: World) -> None:
+    """Scheduled an hour ahead; staff move the date to a few seconds from now: the OrderChanged sf-cdc
+    publishes for ``Activation_Scheduled_At__c`` moves the timer, and the order activates then."""
+    far = datetime.now(UTC) + timedelta(hours=1)
+    scheduled = {"Activation_Type__c": "Scheduled", "Activation_Scheduled_At__c": far.isoformat()}
+    order_id, _ = world.place_order("tanaka", "VPN", ["VPN-TOKYO"], **scheduled)
+    await world.request(order_id)
+    await world.reaches(order_id, "scheduled", timeout=10)
+    soon = datetime.now(UTC) + timedelta(seconds=3)
+    with world.salesforce.org.transaction(AGENT) as tx:
+        tx.update("Order", order_id, {"Activation_Scheduled_At__c": soon.isoformat()})
+    await world.publish(OrderChanged(sf_order_id=order_id, changed_fields=["Activation_Scheduled_At__c"]))
+    assert world.store is not None
+    await eventually(lambda: _timer_due_before(world, order_id, far), 10, "the timer moved")
+    await world.reaches(order_id, "fulfilled", timeout=30)
+    assert datetime.now(UTC) >= soon and len(world.whmcs_orders(order_id)) == 1
+
+
+async def _timer_due_before(world: World, order_id: str, moment: datetime) -> bool:
+    assert world.store is not None
+    timer = await world.store.timer(order_id)
+    return timer is None or timer.due_at < moment
 
 
 async def test_a_parked_order_resumes_on_its_recheck_when_a_bank_account_is_added_without_any_hook(

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,25 @@ async def test_a_kill_while_a_create_is_unrecorded_adopts_it_instead_of_creating
     assert counts(world, order_id, record.order.sim_account) == (1, 1, 1, 1)
     assert record.steps[Step.WHMCS_CREATE].external_ids["adopted"] is True
     assert record.steps[Step.SIM_REGISTER].attempts == 2
+
+
+async def test_a_scheduled_activation_survives_kill_9_of_its_worker(world: World, worker: Process) -> None:
+    """The order waits on its Postgres timer, not in a process: killed (-9) while the order is scheduled,
+    a new worker started after the due time finds the timer and activates the order, once."""
+    at = datetime.now(UTC) + timedelta(seconds=4)
+    order_id, _ = world.place_order("tanaka", "VPN", ["VPN-TOKYO"], Activation_Type__c="Scheduled",
+                                    Activation_Scheduled_At__c=at.isoformat())  # fmt: skip
+    await world.request(order_id)
+    await worker.start(crash=None)
+    await world.reaches(order_id, "scheduled", timeout=60)
+    assert worker.proc is not None
+    worker.proc.kill()
+    assert await worker.exited(10) == -signal.SIGKILL
+    await asyncio.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()) + 1)  # due while no worker runs
+    assert (await world.record(order_id)) is not None and world.whmcs_orders(order_id) == []
+    await worker.start(crash=None)
+    await world.reaches(order_id, "fulfilled", timeout=90)
+    assert len(world.whmcs_orders(order_id)) == 1
 
 
 if __name__ == "__main__":

@@ -219,3 +219,9 @@ async def test_the_fake_store_keeps_sim_numbers_unique_and_claims_with_the_final
     assert await store.processed(claim)
     assert not await store.save(SagaOrder("801a", state="fulfilled"), claim=claim), "second claim is a duplicate"
     assert [o.sf_order_id for o in await store.list_orders("fulfilled")] == ["801a"]
+
+
+def test_a_sim_order_with_two_sims_is_refused_before_anything_is_billed() -> None:
+    order = _order(Type="SIM", SIM_Type__c="Physical SIM")
+    plan = build_plan(order, [_item(1, Item_Class__c="Service"), _item(2, Item_Class__c="Service")])
+    assert isinstance(plan, Fail) and plan.code == ErrorCode.ORDER_INVALID and "one SIM line" in plan.message

@@ -185,6 +185,11 @@ def _sim_spec(order: OrderRecord, lines: tuple[PlanLine, ...]) -> SimSpec | Fail
     if kind == "esim" and not (order.eid or "").strip():
         return Fail(ErrorCode.ORDER_INVALID, "eSIM order without EID__c")
     service = _service_line(lines)
+    sims = [line for line in lines if line.item_class == "Service"]
+    if len(sims) > 1:
+        # one card, one number, one Freebit account per order, as the portal's checkout creates them:
+        # a second SIM line would otherwise be billed and never registered
+        return Fail(ErrorCode.ORDER_INVALID, f"a SIM order carries one SIM line, this one {len(sims)}: split it")
     mnp = _mnp_spec(order)
     if isinstance(mnp, Fail):
         return mnp
