@@ -14,12 +14,14 @@ no command waits longer than the window plus the run in flight before it):
   published together by the saga) land within a few ms, so each order still costs one call, and an
   activation is not held back for orders that are not coming. (The one coalescer that lingers when
   quiet: what it waits for is the rest of one order, not more load.)
-* ``busy_linger_s`` (100 ms) while commands arrive at ``busy_rate`` or more (per second, over the
-  last second). At that rate the longer window gathers, on average, at least ``busy_rate *
-  busy_linger_s`` (two) more commands from other orders into the same call: calls per order fall
-  well below one exactly when there are orders to share a call with, and a lone order never pays
-  the longer wait. At a sustained 4 orders/s (12 commands/s) the window stays short: batching there
-  would cost every activation 100 ms to save a third of a call.
+* ``busy_linger_s`` (100 ms) while commands arrive at ``busy_rate`` (40) or more (per second, over
+  the last second). At that rate the longer window gathers, on average, at least ``busy_rate *
+  busy_linger_s`` (four) more commands, about one other order's (its Order, its lines, its
+  Opportunity and, for a SIM, its card): calls per order fall well below one exactly when there
+  are orders to share a call with, and a lone order never pays the longer wait. At a sustained
+  4 orders/s (~18 commands/s) the window stays short: batching there would cost every activation
+  100 ms to save a fraction of a call. (At 20, the threshold before orders wrote their Opportunity
+  and card, bench-e2e's paced orders at 4/s crossed it: p50 45 → 148 ms over the floor.)
 
 A run takes every batch waiting, however many records (no ``max_items``): the writer splits them
 into Collections calls of 200 and sends those concurrently, which one bound per run would serialise.
@@ -48,7 +50,7 @@ class BatchWindow:
         *,
         linger_s: float = 0.005,
         busy_linger_s: float = 0.1,
-        busy_rate: float = 20.0,
+        busy_rate: float = 40.0,
         max_records: int = COLLECTION_LIMIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
