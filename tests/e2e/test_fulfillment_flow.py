@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -244,7 +244,11 @@ class World:
     async def outcomes(self, order_id: str, *, at_least: int = 1) -> list[DomainEvent]:
         """How the order's deliveries ended (fulfilled, parked, failed), without the
         ``OrderActivationStarted`` notes, once ``at_least`` arrived."""
-        return await _outcomes_of(self, order_id, at_least)
+
+        def ending(event: DomainEvent) -> bool:
+            return not isinstance(event, OrderActivationStarted)
+
+        return await self.published(Topic.FULFILLMENT_OUTCOME, order_id, at_least=at_least, where=ending)
 
     def card(self, card_id: str) -> dict[str, Any]:
         """A SIM_Inventory__c record of the Salesforce sandbox."""
@@ -286,25 +290,25 @@ class World:
         assert isinstance(self.freebit, FreebitSandbox)
         return [a for a in self.freebit.accounts.values() if a.account == number]
 
-    async def published(self, topic: str, key: str, *, at_least: int = 1, settle_s: float = 0.3) -> list[DomainEvent]:
-        """The events on ``topic`` keyed ``key``, once ``at_least`` arrived and ``settle_s`` passed
-        without more (so an "exactly one" assertion would see a duplicate)."""
+    async def published(
+        self,
+        topic: str,
+        key: str,
+        *,
+        at_least: int = 1,
+        settle_s: float = 0.3,
+        where: Callable[[DomainEvent], bool] = lambda _event: True,
+    ) -> list[DomainEvent]:
+        """The events on ``topic`` keyed ``key`` that ``where`` keeps, once ``at_least`` arrived and
+        ``settle_s`` passed without more (so an "exactly one" assertion would see a duplicate)."""
         topic = self.cfg.output_topics().get(Topic(topic), topic) if topic in set(Topic) else topic
-        await eventually(lambda: _async(len(self.tap.on(topic, key)) >= at_least), 20, f"{topic} records of {key}")
+
+        def kept() -> list[DomainEvent]:
+            return [event for event in map(decode_event, self.tap.on(topic, key)) if where(event)]
+
+        await eventually(lambda: _async(len(kept()) >= at_least), 20, f"{topic} records of {key}")
         await asyncio.sleep(settle_s)
-        return [decode_event(e) for e in self.tap.on(topic, key)]
-
-
-async def _outcomes_of(world: World, order_id: str, at_least: int) -> list[DomainEvent]:
-    topic = world.cfg.outcome_topic
-
-    def endings() -> list[DomainEvent]:
-        events = (decode_event(e) for e in world.tap.on(topic, order_id))
-        return [e for e in events if not isinstance(e, OrderActivationStarted)]
-
-    await eventually(lambda: _async(len(endings()) >= at_least), 20, f"{at_least} outcome(s) of {order_id}")
-    await asyncio.sleep(0.3)  # so an "exactly one" assertion would see a duplicate
-    return endings()
+        return kept()
 
 
 class OutputTap:

@@ -139,15 +139,18 @@ async def assign_sim_card(run: Run, *, salesforce: SalesforcePort, store: SagaSt
     if "account" not in ids:
         if "account" in run.ids(Step.SIM_REGISTER):  # registered by a release before the inventory
             return Skipped("the SIM was registered before cards came from SIM_Inventory__c")
-        card: SimCard | None = None
+        sim_type, card = inventory_sim_type(sim), None
         if not (sim.mnp is not None and sim.kind == "esim"):
-            card = await _take_card(run, salesforce, store, inventory_sim_type(sim))
+            card = await _take_card(run, salesforce, store, sim_type)
             if card is None:
-                message = f"no Available {inventory_sim_type(sim)} card in SIM_Inventory__c; nothing was registered"
+                message = f"no Available {sim_type} card in SIM_Inventory__c; nothing was registered"
                 return Fail(ErrorCode.SIM_INVENTORY_EMPTY, message)
-        number = sim.mnp.phone_number if sim.mnp is not None else card.phone_number if card else ""
+        if sim.mnp is not None:
+            number, whose = sim.mnp.phone_number, f"the ported number {sim.mnp.phone_number}"
+        else:
+            assert card is not None, "only a ported eSIM takes no card"
+            number, whose = card.phone_number, f"card {card.name}'s number {card.phone_number}"
         if not await store.reserve_sim_account(run.order.sf_order_id, number):
-            whose = f"the ported number {number}" if sim.mnp is not None else f"card {card and card.name}'s number"
             return Fail(ErrorCode.SIM_INVENTORY_CONFLICT, f"{whose} is already held by another order")
         run.order.sim_account = number
         await run.remember(
@@ -156,7 +159,7 @@ async def assign_sim_card(run: Run, *, salesforce: SalesforcePort, store: SagaSt
             card=card.name if card else None,
             account=number,
             serial_number=(card.serial_number or "") if card else "",
-            sim_type=inventory_sim_type(sim),
+            sim_type=sim_type,
         )
         ids = run.ids(Step.SIM_ASSIGN)
     if ids.get("card_id"):
