@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create the venv and install the fleet with its dev tools (idempotent)
+# the Salesforce Pub/Sub API stubs, generated from the vendored .proto (never committed)
+PROTO_STUBS := schemas/salesforce_pubsub/pubsub_api_pb2_grpc.py
+$(PROTO_STUBS): schemas/salesforce_pubsub/pubsub_api.proto deploy/proto.sh $(STAMP)
+	@./deploy/proto.sh $(BIN)/python
+
+install: $(STAMP) $(PROTO_STUBS) ## Create the venv and install the fleet with its dev tools, generate the gRPC stubs (idempotent)
 
 fmt: install ## Format the code
 	$(BIN)/ruff format .

@@ -1,23 +1,52 @@
-"""CDC ingress benchmark: Salesforce change events from the sandbox to Kafka per second.
+"""CDC ingress benchmark: Salesforce change events from the sandbox to Kafka per second, per transport.
 
-    python -m bench.cdc_bench [--events 5000] [--live 1000] [--rate 200] [--out bench/results/cdc.json]
+    python -m bench.cdc_bench [--transport cometd|pubsub|both] [--rounds 3] [--events 5000] [--live 1000]
+                              [--rate 200] [--out bench/results/cdc.json]
 
 The subscriber runs exactly as ``fleet run sf-cdc`` builds it (``serve``: CometD over aiosfstream-ng,
-bulk Order re-reads (SOQL with the lines as a sub-query) through ``HttpSalesforce``, the idempotent
-``acks=all`` producer, Postgres checkpoints) against the Salesforce sandbox in this process and the
-local stack's Kafka and Postgres, on fresh topics and a fresh checkpoint key. Two measurements:
+or the Pub/Sub API over gRPC with ``cdc_transport="pubsub"``; bulk Order re-reads (SOQL with the
+lines as a sub-query) through ``HttpSalesforce``, the idempotent ``acks=all`` producer, Postgres
+checkpoints) against the Salesforce sandbox in this process (serving the Pub/Sub API on a free port
+for the gRPC runs) and the local stack's Kafka and Postgres, on fresh topics and a fresh checkpoint
+key. Two measurements per run:
 
 * backlog: ``n_events`` changes are committed in the sandbox while the subscriber is down, with
-  a checkpoint in front of them; from "subscribed" until every channel's *checkpoint* (written
-  only after Kafka acknowledged) reaches the last change. Durable changes per second.
+  a checkpoint in front of them (``replay_id`` for CometD, ``pubsub_replay_id``: the sandbox's
+  8-byte encoding, for the Pub/Sub API); from "subscribed" until every channel's checkpoint *row in
+  Postgres* (written only after Kafka acknowledged) reaches its last event (the OrderItem channel's
+  too, though its changes' last message is their Order's). Durable changes per second. The rows
+  are polled every 20 ms for both transports, the same observable for both: the gauge
+  ``sf_cdc_checkpoint_replay_id`` is CometD's only, and Pub/Sub ids are opaque to the subscriber;
+  the bench alone reads them as the sandbox's big-endian integers.
 * live: with the subscriber caught up, changes are committed at a fixed rate (open loop); latency
   is the Kafka record timestamp (set when the producer takes the event) minus the change's
-  ``commitTimestamp``, per change (its first domain event).
+  ``commitTimestamp``, per change (its first domain event, matched by the event's ``replay_id``:
+  the integer for CometD, the hex of the bytes for the Pub/Sub API).
+
+With ``--transport both`` the transports run in ``--rounds`` interleaved rounds (who goes first
+alternates; an unrecorded 1,000-change run per transport first, for a broker fresh from
+``stack up``), each with its own sandbox, topics and checkpoint key; the report gives per transport
+the median and range of each figure, and the ratio pubsub/cometd of backlog throughput (medians,
+and per round), whose target (issue 17) is at least 1.
 
 The mix: 70% customer-facing Order updates, 10% activations (a bulk SOQL re-read with the lines;
 concurrent activations share one query), 10% OrderItem quantity changes (a SOQL parent lookup the
 first time per line), 10% Product2 updates.
 The sandbox shares the process (and the GIL) with the subscriber: a conservative setting.
+
+Where the time goes (2026-12-07, 2 cores): both transports are bound by this process's CPU (75-88%
+of a core, Kafka and Postgres on the rest), and the throughputs follow the CPU per change:
+CometD 510-660 us, the Pub/Sub API 610-750 us (two rounds ~900; ``process_cpu_us_per_change``),
+so pubsub/cometd was 0.75-0.92 over five invocations. Sampled with py-spy, the shared pipeline
+(``sf_cdc``, translation, aiokafka, asyncpg, the SOQL re-reads) is 40-55% of the samples; the
+transport's own share is ~19% of the samples for Pub/Sub (decode + CometD shape 11%, the sandbox's
+Avro encoding 7%, gRPC 1%) against ~10% for CometD (aiocometd, aiohttp), plus more event-loop
+hops. Timed apart on the mix, per change: the sandbox's Avro encode 28 us (Salesforce pays that in
+production, not the subscriber), ``fastavro`` decode + ``to_cometd`` 36 us, a CometD message's
+JSON round trip 12 us. gRPC's own threads cost next to nothing; ``pubsub_num_requested`` 50 or
+100 made no difference (20 cost more CPU per change), so the flow-control window is not the limit.
+The rounds spread widely (pubsub/cometd 0.64-1.03 within one invocation): compare medians.
+
 Kafka is reached through the fleet's ``KafkaConnection`` from the settings (the stack's address,
 TLS and SASL from ``FLEET_KAFKA__*``: ``bench.kafka_connection``), by the subscriber and the bench.
 """
@@ -33,11 +62,11 @@ import platform
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
@@ -48,8 +77,12 @@ from bench.kafka_connection import bench_connection, connection_settings
 from events.topics import DOMAIN_TOPICS, Topic, TopicSpec
 from sandbox.salesforce import SalesforceSandbox
 from sandbox.salesforce.org import AGENT
+from sandbox.salesforce.pubsub import decode_replay_id, encode_replay_id
 from workers.config import PostgresSettings, RuntimeSettings, SalesforceSettings, Settings, load_settings
 from workers.ingress.sf_cdc import CdcMetrics, CdcOptions, CdcTopics, serve
+
+Transport = Literal["cometd", "pubsub"]
+TRANSPORTS: tuple[Transport, ...] = ("cometd", "pubsub")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "cdc.json"
@@ -61,10 +94,22 @@ CHANNELS = [
     "/event/Account_Eligibility_Update__e",
 ]
 ORDERS = 200
+MIX = "70% Order status, 10% activation (bulk SOQL re-read), 10% OrderItem (SOQL parent), 10% Product2"
+#: how often the checkpoint rows are read while waiting for "durable" (both transports alike)
+POLL_S = 0.02
+DURABLE_WHEN = (
+    "every channel's sf_cdc_checkpoints row (replay_id, or pubsub_replay_id read as the sandbox's "
+    f"8-byte big-endian integer) at or past its last change; rows polled every {POLL_S * 1000:g} ms"
+)
+#: changes of the unrecorded run per transport before the rounds
+WARM_UP = 1000
+#: issue 17: the Pub/Sub API's backlog throughput at least CometD's in the same run
+PUBSUB_TARGET = 1.0
 
 
 class Org:
-    """Commits changes straight into the sandbox org (no HTTP), returning their CometD messages."""
+    """Commits changes straight into the sandbox org (no HTTP), returning each one's last CometD
+    message; ``published`` keeps every message (an OrderItem change also publishes its Order's)."""
 
     def __init__(self, sandbox: SalesforceSandbox) -> None:
         self.sandbox = sandbox
@@ -74,6 +119,7 @@ class Org:
         self.items = [o["items"][0]["id"] for o in seeded]
         self.products = [p["Id"] for p in sandbox.store.rows("Product2")]
         self.i = 0
+        self.published: list[dict[str, Any]] = []
 
     def change(self) -> dict[str, Any]:
         """The next change of the mix; every visit of a record really changes it (odd/even visits)."""
@@ -93,12 +139,22 @@ class Org:
         with self.sandbox.org.transaction(AGENT) as tx:
             tx.update(sobject, record_id, fields)
             published = tx.commit()
+        self.published += published
         return published[-1]
 
 
-def _settings(url: str, stack: Settings) -> Settings:
+def _settings(sandbox: SalesforceSandbox, stack: Settings, transport: Transport) -> Settings:
+    url = sandbox.url
+    # the Pub/Sub endpoint only where the sandbox serves it (loopback: no TLS)
+    endpoint = {"pubsub_endpoint": sandbox.pubsub_url} if transport == "pubsub" and sandbox.pubsub_url else {}
     salesforce = SalesforceSettings(
-        instance_url=url, login_url=url, auth="refresh_token", refresh_token="sandbox-refresh-token", channels=CHANNELS
+        instance_url=url,
+        login_url=url,
+        auth="refresh_token",
+        refresh_token="sandbox-refresh-token",
+        channels=CHANNELS,
+        cdc_transport=transport,
+        **endpoint,
     )
     return Settings(
         kafka=connection_settings(stack.kafka),
@@ -120,15 +176,40 @@ async def _fresh_topics(connection: KafkaConnection) -> CdcTopics:
     return topics
 
 
-async def _checkpoint_at(dsn: str, subscriber: str, replay_id: int) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.executemany(
-            "INSERT INTO sf_cdc_checkpoints (subscriber, channel, replay_id, position_time) VALUES ($1, $2, $3, now())",
-            [(subscriber, channel, replay_id) for channel in CHANNELS],
-        )
-    finally:
-        await conn.close()
+#: a checkpoint in the column of the transport's kind (the other stays NULL, as the store writes it)
+_CHECKPOINT_AT = {
+    "cometd": "INSERT INTO sf_cdc_checkpoints (subscriber, channel, replay_id, position_time) "
+    "VALUES ($1, $2, $3, now())",
+    "pubsub": "INSERT INTO sf_cdc_checkpoints (subscriber, channel, pubsub_replay_id, position_time) "
+    "VALUES ($1, $2, $3, now())",
+}
+_POSITIONS = "SELECT channel, replay_id, pubsub_replay_id FROM sf_cdc_checkpoints WHERE subscriber = $1"
+
+
+async def _checkpoint_at(conn: asyncpg.Connection, subscriber: str, replay_id: int, transport: Transport) -> None:
+    position: int | bytes = encode_replay_id(replay_id) if transport == "pubsub" else replay_id
+    await conn.executemany(_CHECKPOINT_AT[transport], [(subscriber, channel, position) for channel in CHANNELS])
+
+
+async def _durable_positions(conn: asyncpg.Connection, subscriber: str) -> dict[str, int]:
+    """Each channel's checkpoint as the sandbox's integer replay id, whichever column holds it (the
+    bench knows the sandbox's encoding; the subscriber never computes with Pub/Sub ids)."""
+    positions = {}
+    for row in await conn.fetch(_POSITIONS, subscriber):
+        raw = row["pubsub_replay_id"]
+        positions[row["channel"]] = (decode_replay_id(bytes(raw)) if raw is not None else row["replay_id"]) or 0
+    return positions
+
+
+async def _until_durable(conn: asyncpg.Connection, subscriber: str, last: dict[str, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        positions = await _durable_positions(conn, subscriber)
+        if all(positions.get(channel, 0) >= replay for channel, replay in last.items()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for checkpoints {last}; at {positions}")
+        await asyncio.sleep(POLL_S)
 
 
 async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -139,22 +220,17 @@ async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.002)
 
 
-def _caught_up(metrics: CdcMetrics, last: dict[str, int]) -> Callable[[], bool]:
-    def check() -> bool:
-        registry = metrics.registry
-        return all(
-            (registry.get_sample_value("sf_cdc_checkpoint_replay_id", {"channel": c}) or 0) >= replay
-            for c, replay in last.items()
-        )
-
-    return check
-
-
 def _last_per_channel(messages: list[dict[str, Any]]) -> dict[str, int]:
     last: dict[str, int] = {}
     for m in messages:
         last[m["channel"]] = max(last.get(m["channel"], 0), m["data"]["event"]["replayId"])
     return last
+
+
+def _event_replay_id(replay_id: int, transport: Transport) -> int | str:
+    """A change's replay id as its domain events carry it: the integer (CometD), or the hex of
+    the Pub/Sub API's bytes (the sandbox's 8-byte encoding)."""
+    return encode_replay_id(replay_id).hex() if transport == "pubsub" else replay_id
 
 
 async def _live(org: Org, count: int, rate: float) -> list[dict[str, Any]]:
@@ -169,12 +245,12 @@ async def _live(org: Org, count: int, rate: float) -> list[dict[str, Any]]:
 
 
 async def _first_produced_ms(
-    connection: KafkaConnection, topics: list[tuple[str, int]], wanted: set[int]
-) -> dict[int, int]:
+    connection: KafkaConnection, topics: list[tuple[str, int]], wanted: set[int | str]
+) -> dict[int | str, int]:
     """Kafka timestamp of the first domain event derived from each wanted replay id."""
     consumer = AIOKafkaConsumer(**connection.options(), enable_auto_commit=False)
     await start_client(consumer, connection)
-    first: dict[int, int] = {}
+    first: dict[int | str, int] = {}
     try:
         partitions = [TopicPartition(t, p) for t, count in topics for p in range(count)]
         consumer.assign(partitions)
@@ -196,22 +272,30 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else float("nan")
 
 
-def _emitted(metrics: CdcMetrics) -> int:
+def _counted(metrics: CdcMetrics, name: str) -> int:
+    """The sum of a counter over its labels (``name`` without ``_total``)."""
     total = 0.0
     for family in metrics.registry.collect():
-        if family.name == "sf_cdc_events_emitted":
+        if family.name == name:
             total += sum(s.value for s in family.samples if s.name.endswith("_total"))
     return int(total)
 
 
-async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: float = 200.0) -> dict[str, Any]:
-    """Durable change events per second (backlog) and commit-to-produce latency (live)."""
+async def measure_cdc(
+    n_events: int, *, live_events: int = 1000, live_rate: float = 200.0, transport: Transport = "cometd"
+) -> dict[str, Any]:
+    """Durable change events per second (backlog) and commit-to-produce latency (live), one transport."""
     stack = load_settings()
     connection = bench_connection(stack)
     dsn = stack.postgres.dsn.get_secret_value()
     await migrate(dsn)
-    sandbox = SalesforceSandbox(cometd_timeout_ms=5_000, retention=n_events + live_events + 10 * ORDERS)
+    sandbox = SalesforceSandbox(
+        cometd_timeout_ms=5_000,
+        retention=n_events + live_events + 10 * ORDERS,
+        pubsub_port=0 if transport == "pubsub" else None,
+    )
     runner = await sandbox.start(port=0)
+    conn = await asyncpg.connect(dsn)
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     topics: CdcTopics | None = None
@@ -219,37 +303,34 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
         org = Org(sandbox)
         topics = await _fresh_topics(connection)
         subscriber = f"bench-{uuid.uuid4().hex[:8]}"
-        await _checkpoint_at(dsn, subscriber, sandbox.bus.last_replay_id)
-        backlog = [org.change() for _ in range(n_events)]
+        await _checkpoint_at(conn, subscriber, sandbox.bus.last_replay_id, transport)
+        for _ in range(n_events):
+            org.change()
+        # every channel written to, the OrderItem one too (its changes' last message is the Order's)
+        backlog, mark = _last_per_channel(org.published), len(org.published)
         metrics = CdcMetrics()
         options = CdcOptions(subscriber=subscriber, checkpoint_interval_s=0.01, watchdog_s=60)
-        task = asyncio.create_task(
-            serve(_settings(sandbox.url, stack), stop, topics=topics, options=options, metrics=metrics)
-        )
+        settings = _settings(sandbox, stack, transport)
+        task = asyncio.create_task(serve(settings, stop, topics=topics, options=options, metrics=metrics))
         await _until(lambda: metrics.registry.get_sample_value("sf_cdc_ready") == 1, 60, "subscribed")
-        t0 = time.perf_counter()
-        await _until(_caught_up(metrics, _last_per_channel(backlog)), 600, "the backlog")
-        elapsed = time.perf_counter() - t0
-        emitted_backlog = _emitted(metrics)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        await _until_durable(conn, subscriber, backlog, 600)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        emitted_backlog = _counted(metrics, "sf_cdc_events_emitted")
         live = await _live(org, live_events, live_rate)
-        await _until(_caught_up(metrics, _last_per_channel(live)), 120, "the live changes")
-        commit_ms = {
-            m["data"]["event"]["replayId"]: m["data"]["payload"]["ChangeEventHeader"]["commitTimestamp"] for m in live
-        }
-        read = [
-            (topics.order, DOMAIN_TOPICS[Topic.SF_ORDER].partitions),
-            (topics.catalog, DOMAIN_TOPICS[Topic.SF_CATALOG].partitions),
-        ]
-        produced = await _first_produced_ms(connection, read, set(commit_ms))
-        latencies = [float(produced[r] - commit_ms[r]) for r in commit_ms if r in produced]
-        rereads = metrics.registry.get_sample_value("sf_cdc_salesforce_rereads") or 0
+        await _until_durable(conn, subscriber, _last_per_channel(org.published[mark:]), 120)
+        latencies = await _live_latencies(connection, topics, live, transport)
         return {
+            "transport": transport,
             "backlog": {
                 "changes": n_events,
                 "domain_events": emitted_backlog,
                 "seconds": round(elapsed, 3),
                 "durable_changes_per_s": round(n_events / elapsed, 1),
                 "domain_events_per_s": round(emitted_backlog / elapsed, 1),
+                # this process: the subscriber and the sandbox (gRPC's threads included), not Kafka or Postgres
+                "process_cpu_pct_of_core": round(100 * cpu / elapsed),
+                "process_cpu_us_per_change": round(1e6 * cpu / n_events),
             },
             "live": {
                 "changes": live_events,
@@ -262,8 +343,10 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
                     "mean": round(statistics.fmean(latencies), 2) if latencies else float("nan"),
                 },
             },
-            "salesforce_rereads": int(rereads),
-            "mix": "70% Order status, 10% activation (bulk SOQL re-read), 10% OrderItem (SOQL parent), 10% Product2",
+            "salesforce_rereads": int(metrics.registry.get_sample_value("sf_cdc_salesforce_rereads") or 0),
+            # both 0 in a clean run: a fallback would resync instead of replaying, a reconnect re-replays
+            "replay_fallbacks": _counted(metrics, "sf_cdc_replay_fallbacks"),
+            "reconnects": _counted(metrics, "sf_cdc_reconnects"),
             "options": {"lanes": options.lanes, "max_in_flight": options.max_in_flight},
         }
     finally:
@@ -271,9 +354,113 @@ async def measure_cdc(n_events: int, *, live_events: int = 1000, live_rate: floa
         if task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 30)
+        await conn.close()
         await runner.cleanup()
         if topics is not None:  # the shared stack keeps no bench topics (a broker full of them slows down)
             await delete_topics(connection, list(topics.all()))
+
+
+async def _live_latencies(
+    connection: KafkaConnection, topics: CdcTopics, live: list[dict[str, Any]], transport: Transport
+) -> list[float]:
+    """Per live change: its first domain event's Kafka timestamp minus its ``commitTimestamp`` (ms)."""
+    commit_ms = {
+        _event_replay_id(m["data"]["event"]["replayId"], transport): m["data"]["payload"]["ChangeEventHeader"][
+            "commitTimestamp"
+        ]
+        for m in live
+    }
+    read = [
+        (topics.order, DOMAIN_TOPICS[Topic.SF_ORDER].partitions),
+        (topics.catalog, DOMAIN_TOPICS[Topic.SF_CATALOG].partitions),
+    ]
+    produced = await _first_produced_ms(connection, read, set(commit_ms))
+    return [float(produced[r] - commit_ms[r]) for r in commit_ms if r in produced]
+
+
+# --- several rounds, both transports --------------------------------------------------------------
+async def measure_transports(
+    n_events: int,
+    *,
+    live_events: int = 1000,
+    live_rate: float = 200.0,
+    transports: Sequence[Transport] = TRANSPORTS,
+    rounds: int = 3,
+    warm_up: bool = True,
+) -> dict[str, Any]:
+    """Each transport ``rounds`` times, interleaved (who goes first alternates), each run on its own
+    sandbox, topics and checkpoint key; medians and ranges per transport, and pubsub/cometd."""
+    runs: dict[Transport, list[dict[str, Any]]] = {t: [] for t in transports}
+    for transport in transports if warm_up else ():  # right after `stack up` the broker's JVM is cold
+        await measure_cdc(WARM_UP, live_events=WARM_UP // 5, live_rate=live_rate, transport=transport)
+    for n in range(1, rounds + 1):
+        for transport in transports if n % 2 else transports[::-1]:
+            run = await measure_cdc(n_events, live_events=live_events, live_rate=live_rate, transport=transport)
+            runs[transport].append({"round": n, **run})
+            print(json.dumps(_headline(runs[transport][-1])), flush=True)
+    report: dict[str, Any] = {
+        "settings": {
+            "changes": n_events,
+            "live_changes": live_events,
+            "live_rate_per_s": live_rate,
+            "rounds": rounds,
+            "order": "interleaved; who goes first alternates per round",
+            "warm_up": f"one unrecorded run of {WARM_UP} changes per transport first" if warm_up else None,
+        },
+        "mix": MIX,
+        "durable_when": DURABLE_WHEN,
+        "transports": {t: summarize(rs) for t, rs in runs.items()},
+    }
+    if set(TRANSPORTS) <= set(runs):
+        report["pubsub_over_cometd"] = compare(runs["cometd"], runs["pubsub"])
+    return report
+
+
+def _headline(run: dict[str, Any]) -> dict[str, Any]:
+    latency = run["live"]["commit_to_produce_ms"]
+    return {
+        "round": run["round"],
+        "transport": run["transport"],
+        "durable_changes_per_s": run["backlog"]["durable_changes_per_s"],
+        "p50_ms": latency["p50"],
+        "p99_ms": latency["p99"],
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and range of one figure over rounds."""
+    return {"median": round(statistics.median(values), 2), "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One transport over its rounds: the medians and ranges the README quotes, then every run."""
+    latency = [r["live"]["commit_to_produce_ms"] for r in runs]
+    return {
+        "rounds": len(runs),
+        "backlog_durable_changes_per_s": spread([r["backlog"]["durable_changes_per_s"] for r in runs]),
+        "backlog_domain_events_per_s": spread([r["backlog"]["domain_events_per_s"] for r in runs]),
+        "backlog_process_cpu_us_per_change": spread([r["backlog"]["process_cpu_us_per_change"] for r in runs]),
+        "live_commit_to_produce_ms": {q: spread([lat[q] for lat in latency]) for q in ("p50", "p99", "max")},
+        "salesforce_rereads": spread([r["salesforce_rereads"] for r in runs]),
+        "runs": runs,
+    }
+
+
+def compare(cometd: list[dict[str, Any]], pubsub: list[dict[str, Any]]) -> dict[str, Any]:
+    """Backlog throughput pubsub/cometd: of the medians (the headline), and round by round."""
+
+    def rate(run: dict[str, Any]) -> float:
+        return float(run["backlog"]["durable_changes_per_s"])
+
+    ratio = statistics.median(map(rate, pubsub)) / statistics.median(map(rate, cometd))
+    per_round = [round(rate(p) / rate(c), 3) for c, p in zip(cometd, pubsub, strict=True)]
+    return {
+        "backlog_throughput": round(ratio, 3),
+        "per_round": per_round,
+        "median_of_round_ratios": round(statistics.median(per_round), 3),
+        "target": f">= {PUBSUB_TARGET:g} (issue 17: Pub/Sub backlog throughput at least CometD's)",
+        "met": ratio >= PUBSUB_TARGET,
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -287,7 +474,8 @@ def machine_info() -> dict[str, Any]:
             ),
             "",
         )
-    versions = {n: metadata.version(n) for n in ("aiokafka", "aiosfstream-ng", "aiocometd-ng", "asyncpg", "httpx")}
+    names = ("aiokafka", "aiosfstream-ng", "aiocometd-ng", "grpcio", "protobuf", "fastavro", "asyncpg", "httpx")
+    versions = {n: metadata.version(n) for n in names}
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -301,6 +489,8 @@ def machine_info() -> dict[str, Any]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--transport", choices=(*TRANSPORTS, "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each transport once per round)")
     parser.add_argument("--events", type=int, default=5000, help="changes in the backlog run")
     parser.add_argument("--live", type=int, default=1000, help="changes in the live (latency) run")
     parser.add_argument("--rate", type=float, default=200.0, help="live commit rate per second")
@@ -310,19 +500,24 @@ def parse_args() -> argparse.Namespace:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     info = machine_info()
-    result = await measure_cdc(args.events, live_events=args.live, live_rate=args.rate)
+    transports = TRANSPORTS if args.transport == "both" else (args.transport,)
+    result = await measure_transports(
+        args.events, live_events=args.live, live_rate=args.rate, transports=transports, rounds=args.rounds
+    )
     return {
         "benchmark": "salesforce cdc ingress",
-        "command": "python -m bench.cdc_bench",
+        "command": f"python -m bench.cdc_bench --transport {args.transport} --rounds {args.rounds}",
         "at": datetime.now(UTC).isoformat(),
         "machine": info,
         **result,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 if __name__ == "__main__":
     arguments = parse_args()
     report = asyncio.run(main(arguments))
-    print(json.dumps(report, indent=2))
+    medians = {t: {k: v for k, v in summary.items() if k != "runs"} for t, summary in report["transports"].items()}
+    print(json.dumps({"transports": medians, "pubsub_over_cometd": report.get("pubsub_over_cometd")}, indent=2))
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -30,6 +30,10 @@ receiver's CPU per webhook at every rate (the max: the median of its rounds) and
 issue 15: at 500/s and 2,000/s at most twice the figure at max, i.e. the receiver's CPU follows the
 requests, not the clock (timers, lingers and lone round trips are what made low rates cost more).
 
+Then, unless ``--no-cdc``, the Salesforce CDC part (``bench.cdc_bench``): the same backlog and live
+rate over CometD and over the Pub/Sub API in ``--cdc-rounds`` interleaved rounds, under
+``salesforce_cdc`` with its own machine info, per-transport medians and the ratio pubsub/cometd.
+
 Kafka is reached through the fleet's ``KafkaConnection`` from the settings (the stack's address,
 TLS and SASL from ``FLEET_KAFKA__*``: ``bench.kafka_connection``), by the bench's own clients and by
 the receiver, which inherits the environment and builds it as ``serve`` does.
@@ -64,7 +68,7 @@ from standardwebhooks.webhooks import Webhook
 from adapters.kafka import KafkaConnection, delete_topics, ensure_topics, start_client
 from bench.kafka_connection import bench_connection
 from events.topics import DAY_MS, TopicSpec
-from workers.config import Settings, load_settings
+from workers.config import load_settings
 from workers.ingress.webhook_server import DEDUPE_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,16 +284,19 @@ async def topic_records(connection: KafkaConnection, topic: str) -> int:
         await consumer.stop()
 
 
-async def bench_salesforce_cdc(settings: Settings) -> dict[str, Any] | None:
-    """Change events from the Salesforce sandbox to Kafka per second (``bench.cdc_bench``).
+async def bench_salesforce_cdc(rounds: int) -> dict[str, Any]:
+    """Change events from the Salesforce sandbox to Kafka per second (``bench.cdc_bench``), per transport.
 
     A 5,000-change backlog through the real subscriber (checkpointed after the Kafka acks) and a
-    live stream at a fixed rate for commit-to-produce latency; the same stack as the webhook runs.
+    live stream at 200/s for commit-to-produce latency, over CometD and over the Pub/Sub API in
+    ``rounds`` interleaved rounds; the same stack as the webhook runs (the stack settings are
+    loaded by ``bench.cdc_bench`` itself). The ratio pubsub/cometd is in ``pubsub_over_cometd``.
     """
-    from bench.cdc_bench import measure_cdc
+    from bench import cdc_bench
 
-    del settings  # measure_cdc loads the stack settings itself
-    return await measure_cdc(5_000)
+    info = cdc_bench.machine_info()
+    result = await cdc_bench.measure_transports(5_000, rounds=rounds)
+    return {"command": f"python -m bench.cdc_bench --transport both --rounds {rounds}", "machine": info, **result}
 
 
 def machine_info() -> dict[str, Any]:
@@ -337,7 +344,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:  # the shared stack keeps no bench data
         await delete_topics(connection, [topic, dlq])
         await _forget_marks(settings.redis.url.get_secret_value())
-    cdc = None if args.no_cdc else await bench_salesforce_cdc(settings)
+    cdc = None if args.no_cdc else await bench_salesforce_cdc(args.cdc_rounds)
     return _report(args, info, runs, on_topic, cdc)
 
 
@@ -502,6 +509,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate-rounds", type=int, default=3, help="interleaved bare/verified rounds per offered rate")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-cdc", action="store_true", help="webhook runs only (the CDC part is bench.cdc_bench)")
+    parser.add_argument("--cdc-rounds", type=int, default=3, help="interleaved CometD/Pub/Sub rounds of the CDC part")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "TOPIC", "DLQ"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -25,7 +25,8 @@ REGISTRY: dict[str, type[DomainEvent]] = {}
 class DomainEvent(BaseModel):
     """A fact (past tense) or a command (imperative) that travels on a topic."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # bytes anywhere in an event (a Salesforce Pub/Sub replay id inside a change's ``raw``) travel as hex
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="hex")
 
     TYPE: ClassVar[str]
 

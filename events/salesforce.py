@@ -15,9 +15,9 @@ event id across the bump and inbox deduplication holds over an upgrade.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from events.base import DomainEvent
 
@@ -67,6 +67,15 @@ class OrderSnapshot(BaseModel):
     lines: list[OrderLineSnapshot] = []
 
 
+def _replay_text(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes | bytearray) else value
+
+
+#: where the change sat in Salesforce's stream: a CometD replay id (an integer), or a Pub/Sub replay
+#: id (opaque bytes) as hex; for tracing a change back, never for computing with
+ReplayId = Annotated[int | str | None, BeforeValidator(_replay_text)]
+
+
 class _OrderRequest(DomainEvent):
     """Fields every activation request carries (no ``TYPE``: not an event type of its own)."""
 
@@ -74,7 +83,7 @@ class _OrderRequest(DomainEvent):
     sf_order_id: str
     sf_account_id: str | None = None
     status: str | None = None
-    replay_id: int | None = None
+    replay_id: ReplayId = None
     change: dict[str, Any] | None = None
 
     def key(self) -> str:
@@ -131,7 +140,7 @@ class OrderChanged(DomainEvent):
     sf_account_id: str | None = None
     changed_fields: list[str] = []
     change_type: str = "UPDATE"
-    replay_id: int | None = None
+    replay_id: ReplayId = None
     change: dict[str, Any] | None = None
 
     def key(self) -> str:
@@ -147,7 +156,7 @@ class CatalogChanged(DomainEvent):
     product2_id: str | None = None
     changed_fields: list[str] = []
     change_type: str = "UPDATE"
-    replay_id: int | None = None
+    replay_id: ReplayId = None
     change: dict[str, Any] | None = None
 
     def key(self) -> str:
@@ -161,7 +170,7 @@ class AccountEligibilityChanged(DomainEvent):
     sf_account_id: str
     eligibility: str | None = None
     verification_status: str | None = None
-    replay_id: int | None = None
+    replay_id: ReplayId = None
     change: dict[str, Any] | None = None
 
     def key(self) -> str:

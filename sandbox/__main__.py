@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--salesforce-port", type=int, default=18081)
     parser.add_argument("--whmcs-port", type=int, default=18082)
     parser.add_argument("--freebit-port", type=int, default=18083)
+    parser.add_argument(
+        "--salesforce-pubsub-port", type=int, default=18084, help="the Salesforce Pub/Sub API (gRPC); 0 = a free port"
+    )
     parser.add_argument("--webhook-url", default=None, help="where the WHMCS sandbox POSTs signed webhooks")
     parser.add_argument("--freebit-activation-delay", type=float, default=2.0, help="seconds pending → active")
     parser.add_argument("--freebit-auth-ttl", type=float, default=600.0, help="authKey lifetime in seconds")
@@ -38,7 +41,12 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    ports = {"salesforce": args.salesforce_port, "whmcs": args.whmcs_port, "freebit": args.freebit_port}
+    ports = {
+        "salesforce": args.salesforce_port,
+        "whmcs": args.whmcs_port,
+        "freebit": args.freebit_port,
+        "salesforce_pubsub": args.salesforce_pubsub_port,
+    }
     await run_sandboxes(
         args.host,
         ports,

@@ -5,6 +5,9 @@ A CometD delivery is ``{"channel": "/data/OrderChangeEvent", "data": {"schema", 
 fields that changed (creates carry the record's fields). A field absent from the payload was not
 modified: it is not null. Gap events (``GAP_*``) carry the header only, and an overflow event
 (``GAP_OVERFLOW``) names the entity but no records: both mean "re-read from the API".
+The Pub/Sub API (gRPC) source hands over the same shape, decoded from Avro, except that its
+``replayId`` is opaque bytes, not an integer: ``EventInfo.replay_id`` keeps either kind as it came
+(an int stays an int, bytes stay bytes; a string never becomes bytes).
 
 Tolerance: every model accepts extra vendor fields (``extra="allow"`` on payloads so the changed
 fields are kept, ``"ignore"`` on headers and envelopes), because Salesforce adds header fields
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter
 
 CREATE, UPDATE, DELETE, UNDELETE = "CREATE", "UPDATE", "DELETE", "UNDELETE"
 GAP_CREATE, GAP_UPDATE, GAP_DELETE, GAP_UNDELETE = "GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE"
@@ -137,11 +140,17 @@ AnyChangeEvent = Annotated[
 ]
 
 
-class EventInfo(_Vendor):
-    """``data.event``: the replay id (opaque, increasing; never compute with it) and, on newer
-    API versions, the event's UUID and creation date."""
+#: a replay id as delivered: CometD's integer, or the Pub/Sub API's opaque bytes. Strict bytes, so
+#: only real bytes are bytes (a string replay id stays what it was: an int if numeric, else an error)
+ReplayIdValue = int | Annotated[bytes, Strict()]
 
-    replay_id: int = Field(alias="replayId")
+
+class EventInfo(_Vendor):
+    """``data.event``: the replay id (opaque; CometD's increase, the Pub/Sub API's are bytes that
+    must not even be compared; never compute with either) and, on newer API versions, the event's
+    UUID and creation date."""
+
+    replay_id: ReplayIdValue = Field(alias="replayId")
     event_uuid: str | None = Field(None, alias="EventUuid")
     created_date: str | None = Field(None, alias="createdDate")
 
@@ -159,7 +168,7 @@ class ChangeEventMessage(_Vendor):
     data: ChangeEventData
 
     @property
-    def replay_id(self) -> int:
+    def replay_id(self) -> int | bytes:
         return self.data.event.replay_id
 
     @property

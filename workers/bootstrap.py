@@ -7,7 +7,7 @@ The one place a worker process's clients are built from Settings: the consumers 
 ``bootstrap``; the two ingress processes, whose lifecycles differ (the webhook receiver answers 503
 while its producer retries a Kafka that is away at boot; the CDC subscriber's Salesforce client also
 authenticates its CometD session), build theirs with the same named builders (``kafka_producer``,
-``open_producer``, ``open_pool``, ``redis_client``, ``open_salesforce``). A test checks that no other
+``open_producer``, ``open_pool``, ``redis_client``, ``open_salesforce``, ``change_source``). A test checks that no other
 module of ``workers/`` builds a client. (The runtime's consumer and failure producer are the
 runtime's own, ``workers.runtime.serve``; the ops commands open short-lived connections of their own.)
 
@@ -21,7 +21,7 @@ loudly if a handler reaches for them). Must not hold business rules or bind hand
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,8 +47,11 @@ from adapters.salesforce import (
     SalesforcePort,
     TokenSource,
 )
+from adapters.salesforce_stream import FleetAuthenticator
 from adapters.whmcs import HttpWhmcs, WhmcsPort
 from workers.config import ConfigError, HttpSettings, SalesforceSettings, Settings
+from workers.ingress.cdc_source import ChangeSource, CometdSource
+from workers.ingress.pubsub_source import PubSubSource
 from workers.needs import Need
 
 log = structlog.get_logger(__name__)
@@ -208,6 +211,43 @@ def redis_client(settings: Settings, *, socket_timeout: float | None, connect_ti
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
     )
+
+
+def change_source(settings: Settings, tokens: TokenSource, *, connection_timeout_s: float = 10.0) -> ChangeSource:
+    """The CDC subscriber's source on ``FLEET_SALESFORCE__CDC_TRANSPORT``: CometD (the Streaming API)
+    or the Pub/Sub API, both authenticated by ``tokens`` (the REST client's). It connects at its
+    first ``open``, not here."""
+    sf = settings.salesforce
+    if sf.cdc_transport == "pubsub":
+        return PubSubSource(
+            tokens,
+            sf.channels,
+            endpoint=sf.pubsub_endpoint,
+            tls=sf.pubsub_tls,
+            fallback=sf.replay_fallback,
+            num_requested=sf.pubsub_num_requested,
+            keepalive_s=sf.pubsub_keepalive_s,
+            call_timeout_s=connection_timeout_s,
+        )
+    return CometdSource(
+        FleetAuthenticator(tokens),
+        sf.channels,
+        fallback=sf.replay_fallback,
+        api_version=sf.api_version,
+        connection_timeout=connection_timeout_s,
+        reauthenticate=_forcing_refresh(tokens),
+    )
+
+
+def _forcing_refresh(tokens: TokenSource) -> Callable[[], Awaitable[None]]:
+    """Replace the current token before a CometD reopen: a session the watchdog tore down may have
+    been revoked silently, and reusing its token would fail the handshake again."""
+
+    async def reauthenticate() -> None:
+        current = await tokens.token()
+        await tokens.refresh(current.access_token)
+
+    return reauthenticate
 
 
 async def open_salesforce(stack: contextlib.AsyncExitStack, settings: Settings) -> tuple[HttpSalesforce, TokenSource]:

@@ -136,8 +136,9 @@ class SalesforceSettings(_Section):
     #: sf-writer: at most this many Salesforce calls in flight per process (Salesforce allows 25
     #: concurrent long-running calls per org, shared with every other integration)
     max_concurrent_calls: int = Field(4, ge=1, le=25)
-    #: CDC subscriber: silence longer than this (> Salesforce's 110 s long poll) is a stall → reconnect
-    cdc_watchdog_s: float = Field(180.0, gt=0)
+    #: CDC subscriber: silence longer than this is a stall → reconnect; None = 180 s for CometD (>
+    #: Salesforce's 110 s long poll), 330 s for Pub/Sub (> the ~270 s between keepalive responses)
+    cdc_watchdog_s: float | None = Field(None, gt=0)
     cdc_checkpoint_interval_s: float = Field(0.25, gt=0)
     cdc_lanes: int = Field(8, ge=1)
     #: the CDC checkpoint's key (one row per subscriber and channel) and the leader lease's name: give
@@ -150,6 +151,17 @@ class SalesforceSettings(_Section):
     cdc_lease_check_interval_s: float = Field(1.0, gt=0)
     cdc_lease_check_timeout_s: float = Field(1.0, gt=0)
     cdc_lease_takeover_grace_s: float = Field(3.0, gt=0)
+    #: where change events come from: the Streaming API (CometD, ``/cometd/<api_version>``) or the
+    #: Pub/Sub API (gRPC at ``pubsub_endpoint``); the same events reach Kafka either way
+    cdc_transport: Literal["cometd", "pubsub"] = "cometd"
+    #: the Pub/Sub API's host:port (Salesforce: ``api.pubsub.salesforce.com:7443``)
+    pubsub_endpoint: str = "localhost:18084"
+    #: TLS to ``pubsub_endpoint``; None = TLS unless the host is loopback (the sandbox)
+    pubsub_tls: bool | None = None
+    #: events asked for per FetchRequest (the API's maximum is 100); topped up as they are consumed
+    pubsub_num_requested: int = Field(100, ge=1, le=100)
+    #: gRPC keepalive pings on the stream's connection (Salesforce's own examples use ~60 s)
+    pubsub_keepalive_s: float = Field(60.0, gt=0)
     http: HttpSettings = HttpSettings()
 
 
@@ -286,6 +298,8 @@ class SandboxSettings(_Section):
     salesforce_port: int = Field(18081, ge=1, le=65535)
     whmcs_port: int = Field(18082, ge=1, le=65535)
     freebit_port: int = Field(18083, ge=1, le=65535)
+    #: the Salesforce sandbox's Pub/Sub API (gRPC), beside its HTTP port
+    salesforce_pubsub_port: int = Field(18084, ge=1, le=65535)
     #: where the WHMCS sandbox POSTs its signed webhooks (signed with ``whmcs.webhook_secrets[0]``)
     whmcs_webhook_url: str | None = None
 
@@ -481,6 +495,7 @@ SANDBOX_DEFAULT_FIELDS: tuple[tuple[str, str], ...] = (
     ("salesforce", "client_id"),
     ("salesforce", "client_secret"),
     ("salesforce", "username"),
+    ("salesforce", "pubsub_endpoint"),
     ("whmcs", "api_url"),
     ("whmcs", "identifier"),
     ("whmcs", "secret"),

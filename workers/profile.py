@@ -160,6 +160,22 @@ def _salesforce(settings: Settings) -> list[Finding]:
         found += _required(
             settings, ("salesforce", "client_secret"), ("salesforce", "username"), ("salesforce", "password")
         )
+    if sf.cdc_transport == "pubsub":
+        found += _pubsub_endpoint(settings)
+    return found
+
+
+def _pubsub_endpoint(settings: Settings) -> list[Finding]:
+    """The Pub/Sub API's host:port (no scheme): required, TLS, not a loopback sandbox."""
+    sf, variable = settings.salesforce, _var("salesforce", "pubsub_endpoint")
+    if not sf.pubsub_endpoint:
+        return [(variable, "missing (the CDC transport is pubsub; Salesforce: api.pubsub.salesforce.com:7443)")]
+    host = sf.pubsub_endpoint.rsplit(":", 1)[0].strip("[]")
+    found = []
+    if sf.pubsub_tls is False:
+        found.append((_var("salesforce", "pubsub_tls"), "false (the token would travel in clear)"))
+    if _is_loopback(host):
+        found.append((variable, f"{sf.pubsub_endpoint} points at loopback (a sandbox?), not Salesforce"))
     return found
 
 

@@ -39,6 +39,9 @@ PRODUCTION_AUDIENCE = "https://login.salesforce.com"
 class AccessToken(NamedTuple):
     access_token: str
     instance_url: str
+    #: the org's id (``00D…``), from the identity URL the grant answers with (``…/id/<org>/<user>``);
+    #: the Pub/Sub API wants it as ``tenantid``. None when the answer carried no identity URL.
+    org_id: str | None = None
 
 
 class TokenSource(Protocol):
@@ -104,7 +107,13 @@ class _OAuthTokenSource(ABC):
                 code="MALFORMED_RESPONSE",
                 status=response.status_code,
             ) from exc
-        return AccessToken(body.access_token, body.instance_url.rstrip("/"))
+        return AccessToken(body.access_token, body.instance_url.rstrip("/"), _org_of(body.id))
+
+
+def _org_of(identity: str | None) -> str | None:
+    """``https://login.salesforce.com/id/00D…/005…`` → ``00D…`` (None when not of that shape)."""
+    parts = (identity or "").rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "id" and parts[-2] else None
 
 
 def _refusal(response: httpx.Response, operation: str) -> AuthenticationFailed:

@@ -1,7 +1,8 @@
 """`fleet sandbox`: start, inspect and stop the vendor sandboxes (``python -m sandbox``) in the background.
 
 ``up`` starts one detached process (its own session; pid file, log and ready file in the state
-directory), waits until every served port answers ``GET /_sandbox/state`` and is idempotent.
+directory), waits until every served HTTP port answers ``GET /_sandbox/state`` (and the Salesforce
+Pub/Sub API's gRPC port accepts connections) and is idempotent.
 ``down`` stops only the pid it recorded, after checking ``/proc/<pid>/cmdline`` is still ours.
 Ports, host and the webhook target come from ``Settings.sandbox``; the signing secret is
 ``Settings.whmcs.webhook_secrets[0]``, handed over in the environment, never on the command line.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from typing import NoReturn
 import click
 import httpx
 
-from sandbox.runner import command_line
+from sandbox.runner import PUBSUB, command_line
 from workers.cli import Context, pass_ctx
 from workers.config import Settings
 
@@ -113,8 +115,7 @@ def _spawn(settings: Settings, files: Files) -> subprocess.Popen[bytes]:
     files.dir.mkdir(parents=True, exist_ok=True)
     files.ready.unlink(missing_ok=True)
     s = settings.sandbox
-    ports = {"salesforce": s.salesforce_port, "whmcs": s.whmcs_port, "freebit": s.freebit_port}
-    command = command_line(s.host, ports, webhook_url=s.whmcs_webhook_url, ready_file=files.ready)
+    command = command_line(s.host, _configured(settings), webhook_url=s.whmcs_webhook_url, ready_file=files.ready)
     env = os.environ | {SECRET_ENV: settings.whmcs.webhook_secrets[0].get_secret_value()}
     with files.log.open("ab") as log:
         # a new session: Ctrl-C in the terminal that ran `up` must not reach the sandboxes
@@ -174,8 +175,13 @@ def _served(settings: Settings, files: Files) -> dict[str, int]:
     try:
         return {k: int(v) for k, v in json.loads(files.ready.read_text()).items()}
     except (OSError, ValueError):
-        s = settings.sandbox
-        return {"salesforce": s.salesforce_port, "whmcs": s.whmcs_port, "freebit": s.freebit_port}
+        return _configured(settings)
+
+
+def _configured(settings: Settings) -> dict[str, int]:
+    s = settings.sandbox
+    return {"salesforce": s.salesforce_port, "whmcs": s.whmcs_port, "freebit": s.freebit_port,
+            PUBSUB: s.salesforce_pubsub_port}  # fmt: skip
 
 
 def _answers(host: str, port: int) -> bool:
@@ -185,8 +191,21 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+def _accepts(host: str, port: int) -> bool:
+    """The gRPC port takes a TCP connection (enough to know the server is there)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _up(host: str, name: str, port: int) -> bool:
+    return _accepts(host, port) if name == PUBSUB else _answers(host, port)
+
+
 def _all_answer(settings: Settings, files: Files) -> bool:
-    return all(_answers(settings.sandbox.host, port) for port in _served(settings, files).values())
+    return all(_up(settings.sandbox.host, name, port) for name, port in _served(settings, files).items())
 
 
 def _echo_status(settings: Settings, files: Files) -> bool:
@@ -199,6 +218,13 @@ def _echo_status(settings: Settings, files: Files) -> bool:
         all_up &= up
         url = f"http://{host}:{served[name]}{PATHS[name]}"
         click.echo(f"{name:<11} port {served[name]:<6} {url:<45} {'up' if up else 'DOWN'}")
+    if PUBSUB not in served:
+        click.echo(f"{'sf pubsub':<11} not served (port taken? see the sandbox log)")
+    else:  # gRPC: a target, not a URL
+        up = _accepts(host, served[PUBSUB])
+        all_up &= up
+        target = f"{host}:{served[PUBSUB]} (Pub/Sub API, gRPC)"
+        click.echo(f"{'sf pubsub':<11} port {served[PUBSUB]:<6} {target:<45} {'up' if up else 'DOWN'}")
     return all_up
 
 

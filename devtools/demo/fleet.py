@@ -204,7 +204,8 @@ class Fleet:
 
     def _sandbox_spec(self, secret: str) -> ChildSpec:
         s = self.settings.sandbox
-        ports = {"salesforce": s.salesforce_port, "whmcs": s.whmcs_port, "freebit": s.freebit_port}
+        ports = {"salesforce": s.salesforce_port, "whmcs": s.whmcs_port, "freebit": s.freebit_port,
+                 "salesforce_pubsub": s.salesforce_pubsub_port}  # fmt: skip
         argv = command_line(s.host, ports, webhook_url=self.endpoints.webhook)
         if self.options.freebit_activation_delay_s is not None:
             argv += ["--freebit-activation-delay", str(self.options.freebit_activation_delay_s)]

@@ -4,7 +4,8 @@ What a test or ``make run`` needs to play the parts Salesforce users and the pla
 seed orders as the portal would, approve an order as an agent (the record-triggered Flow runs in
 the same transaction), edit records in the "UI", expire every token, spend the API budget, make
 chosen records fail in DML, bend the event stream (gap, overflow, merged, duplicate,
-out-of-order, platform events, dropped CometD clients) and arrange the SIM inventory
+out-of-order, platform events, dropped CometD clients), bend the Pub/Sub API's gRPC streams
+(``/_sandbox/pubsub``: streams, faults, schema evolution) and arrange the SIM inventory
 (``/_sandbox/sim-inventory``: list, add, clear). Every record change goes through an org
 transaction, so it emits its change event like any other write (``SIM_Inventory__c`` has no CDC
 channel, so its writes emit none; clearing the inventory removes its records outright).
@@ -23,6 +24,8 @@ from sandbox.salesforce.cometd import BayeuxServer
 from sandbox.salesforce.events import PLATFORM_CHANNEL, channel_for
 from sandbox.salesforce.oauth import TokenIssuer
 from sandbox.salesforce.org import AGENT, Actor, Org, RecordMissing, api_actor
+from sandbox.salesforce.pubsub import FAULTS, PubSubServer, unavailable
+from sandbox.salesforce.pubsub_avro import KINDS
 from sandbox.salesforce.rest import ApiLimits, RecordFaults
 from sandbox.salesforce.store import FIELDS, FieldProblem, Store
 
@@ -30,6 +33,8 @@ from sandbox.salesforce.store import FIELDS, FieldProblem, Store
 PORTAL_CLIENT = "customer-portal"
 SIM_INVENTORY = "SIM_Inventory__c"
 _SEED_KEYS = frozenset({"customer", "lines", "client", "opportunity"})
+#: ``POST /_sandbox/pubsub/faults`` kinds: the server's own plus the two that live elsewhere
+PUBSUB_FAULTS = (*FAULTS, "auth_expiry", "duplicate")
 
 
 def _bad(message: str) -> web.Response:
@@ -38,13 +43,14 @@ def _bad(message: str) -> web.Response:
 
 class ControlApi:
     def __init__(self, org: Org, tokens: TokenIssuer, limits: ApiLimits, faults: RecordFaults,
-                 cometd: BayeuxServer, api_version: str) -> None:  # fmt: skip
+                 cometd: BayeuxServer, api_version: str, *, pubsub: PubSubServer | None = None) -> None:  # fmt: skip
         self.org = org
         self.tokens = tokens
         self.limits = limits
         self.faults = faults
         self.cometd = cometd
         self.api_version = api_version
+        self.pubsub = pubsub
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -66,6 +72,11 @@ class ControlApi:
         r.add_get("/_sandbox/sim-inventory", self.list_sim_cards)
         r.add_post("/_sandbox/sim-inventory", self.add_sim_cards)
         r.add_delete("/_sandbox/sim-inventory", self.clear_sim_cards)
+        if self.pubsub is not None:
+            r.add_get("/_sandbox/pubsub", self.pubsub_summary)
+            r.add_post("/_sandbox/pubsub/faults", self.pubsub_fault)
+            r.add_delete("/_sandbox/pubsub/faults", self.clear_pubsub_faults)
+            r.add_post("/_sandbox/pubsub/schemas", self.evolve_schema)
 
     @property
     def store(self) -> Store:
@@ -283,13 +294,69 @@ class ControlApi:
         mode = str(body.get("mode", "unknown-client"))
         if mode not in ("unknown-client", "abort"):
             return _bad("mode must be unknown-client or abort")
-        return web.json_response({"dropped": self.cometd.drop(mode)})
+        dropped = self.cometd.drop(mode)
+        # gRPC streams lose their connection too: UNAVAILABLE, as after a network blip
+        pubsub = self.pubsub.end_streams(unavailable()) if self.pubsub is not None else 0
+        return web.json_response({"dropped": dropped, "pubsub_dropped": pubsub})
+
+    # --- the Pub/Sub API's streams --------------------------------------------------------------
+    async def pubsub_summary(self, _request: web.Request) -> web.Response:
+        assert self.pubsub is not None  # noqa: S101 (the route exists only with a server)
+        return web.json_response(self.pubsub.summary())
+
+    async def pubsub_fault(self, request: web.Request) -> web.Response:
+        """``{"kind": reset | internal | auth_expiry | invalid_replay | allocation_exhausted | half_open |
+        duplicate, "channel"?}``: ``reset``/``internal``/``auth_expiry`` end the open streams now,
+        ``duplicate`` re-delivers the channel's last event, the others stay until ``DELETE``."""
+        assert self.pubsub is not None  # noqa: S101
+        body = await _body(request)
+        kind = str(body.get("kind", ""))
+        if kind not in PUBSUB_FAULTS:
+            return _bad(f"kind must be one of {', '.join(PUBSUB_FAULTS)}")
+        if kind == "auth_expiry":
+            affected = self._expire_all()[1]
+        elif kind == "duplicate":
+            message = self.org.bus.duplicate_last(str(body.get("channel", "/data/OrderChangeEvent")))
+            if message is None:
+                return _bad("the channel has no event yet")
+            affected = sum(s.topic == message["channel"] for s in self.pubsub.streams.values())
+        else:
+            affected = self.pubsub.inject(kind)
+        return web.json_response({"kind": kind, "streams": affected, "faults": sorted(self.pubsub.faults)}, status=201)
+
+    async def clear_pubsub_faults(self, _request: web.Request) -> web.Response:
+        assert self.pubsub is not None  # noqa: S101
+        return web.json_response({"cleared": self.pubsub.clear_faults()})
+
+    async def evolve_schema(self, request: web.Request) -> web.Response:
+        """``{"topic": "/data/OrderChangeEvent", "field": "Promo_Code__c", "type": "string"}``: the topic's
+        schema gets one more field (new schema id); events published before keep the old one."""
+        assert self.pubsub is not None  # noqa: S101
+        body = await _body(request)
+        topic, name, kind = str(body.get("topic", "")), str(body.get("field", "")), str(body.get("type", "string"))
+        old = self.pubsub.schemas.current(topic)
+        if old is None:
+            return web.json_response({"error": f"unknown topic {topic!r}"}, status=404)
+        if kind not in KINDS:
+            return _bad(f"type must be one of {', '.join(KINDS)}")
+        try:
+            new = self.pubsub.add_field(topic, name, kind)
+        except ValueError as exc:
+            return _bad(str(exc))
+        answer = {"topic": topic, "schema_id": new.schema_id, "previous_schema_id": old.schema_id,
+                  "fields": list(new.fields)}  # fmt: skip
+        return web.json_response(answer, status=201)
 
     # --- auth and limits ----------------------------------------------------------------------
     async def expire_tokens(self, _request: web.Request) -> web.Response:
+        expired, streams = self._expire_all()
+        return web.json_response({"expired": expired, "pubsub_streams_ended": streams})
+
+    def _expire_all(self) -> tuple[int, int]:
+        """Every token dies: pending long polls re-check theirs, gRPC streams end with the auth error."""
         expired = self.tokens.expire_all()
         self.cometd.wake_all()
-        return web.json_response({"expired": expired})
+        return expired, self.pubsub.expire_auth() if self.pubsub is not None else 0
 
     async def api_usage(self, request: web.Request) -> web.Response:
         body = await _body(request)

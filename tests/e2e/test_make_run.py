@@ -10,7 +10,8 @@ exactly one order per demo order; and once the command has exited, no process it
 
 The sandboxes are started by the test (not by the demo), so their state can be read after the demo
 has exited; the demo then uses them as they are ("already running") and leaves them running.
-Ports are free ones picked per run, so a developer's own `make run` does not get in the way.
+Ports are free ones picked per run, so a developer's own `make run` does not get in the way. It runs
+once per CDC transport: CometD, and the Pub/Sub API (``FLEET_SALESFORCE__CDC_TRANSPORT=pubsub``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Ports:
     freebit: int
     webhook: int
     health_base: int
+    salesforce_pubsub: int
 
     def env(self) -> dict[str, str]:
         sf = f"http://localhost:{self.salesforce}"  # localhost: the CometD cookie jar ignores IP hosts
@@ -65,6 +67,8 @@ class Ports:
             "FLEET_SANDBOX__SALESFORCE_PORT": str(self.salesforce),
             "FLEET_SANDBOX__WHMCS_PORT": str(self.whmcs),
             "FLEET_SANDBOX__FREEBIT_PORT": str(self.freebit),
+            "FLEET_SANDBOX__SALESFORCE_PUBSUB_PORT": str(self.salesforce_pubsub),
+            "FLEET_SALESFORCE__PUBSUB_ENDPOINT": f"127.0.0.1:{self.salesforce_pubsub}",
             "FLEET_SALESFORCE__INSTANCE_URL": sf,
             "FLEET_SALESFORCE__LOGIN_URL": sf,
             "FLEET_WHMCS__API_URL": f"http://127.0.0.1:{self.whmcs}/includes/api.php",
@@ -75,11 +79,11 @@ class Ports:
 
 @pytest.fixture
 def ports() -> Ports:
-    salesforce, whmcs, freebit, webhook = _free_ports(4)
+    salesforce, whmcs, freebit, webhook, pubsub = _free_ports(5)
     # five consecutive health ports: take a free one and hope its neighbours are free too is fragile,
     # so probe a block
     base = next(p for p in range(29101, 29901, 10) if all(_port_free(p + i) for i in range(5)))
-    return Ports(salesforce, whmcs, freebit, webhook, base)
+    return Ports(salesforce, whmcs, freebit, webhook, base, pubsub)
 
 
 def _port_free(port: int) -> bool:
@@ -105,6 +109,8 @@ def sandboxes(ports: Ports, tmp_path: Path) -> Iterator[dict[str, str]]:
         str(ports.whmcs),
         "--freebit-port",
         str(ports.freebit),
+        "--salesforce-pubsub-port",
+        str(ports.salesforce_pubsub),
         "--freebit-activation-delay",
         "1",
         "--ready-file",
@@ -202,14 +208,17 @@ def _whmcs_orders_of(state: dict[str, Any], sf_order_id: str) -> list[dict[str, 
     return [o for o in state["orders"] if marker in str(o.get("notes", "")).split()]
 
 
+@pytest.mark.parametrize("transport", ["cometd", "pubsub"])
 def test_make_run_fulfils_every_demo_order_and_leaves_no_process_behind(
     stack_env: dict[str, str],  # noqa: F811
     ports: Ports,
     sandboxes: dict[str, str],
     tmp_path: Path,
+    transport: str,
 ) -> None:
     summary_file = tmp_path / "summary.json"
-    env = {**os.environ, **_stack_endpoints(stack_env), **ports.env()}
+    # `FLEET_SALESFORCE__CDC_TRANSPORT=pubsub make run`: the same scenario over the Pub/Sub API
+    env = {**os.environ, **_stack_endpoints(stack_env), **ports.env(), "FLEET_SALESFORCE__CDC_TRANSPORT": transport}
     code, output, children = _run_demo(env, ports, summary_file)
 
     assert code == 0, output

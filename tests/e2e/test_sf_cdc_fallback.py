@@ -9,6 +9,7 @@ reset (no replay id, consistent until the resync) and new changes flow and check
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -22,17 +23,29 @@ RESYNC = "fleet.salesforce.resync-requested.v1"
 
 
 async def store_checkpoint(w: World, replay_id: int, position_time: datetime) -> None:
+    """A row whose position is the sandbox's ``replay_id``, in the column of ``w``'s transport."""
+    column = "pubsub_replay_id" if w.pubsub else "replay_id"
     conn = await asyncpg.connect(w.dsn)
     try:
         await conn.execute(
-            "INSERT INTO sf_cdc_checkpoints (subscriber, channel, replay_id, position_time) VALUES ($1, $2, $3, $4)",
+            f"INSERT INTO sf_cdc_checkpoints (subscriber, channel, {column}, position_time) VALUES ($1, $2, $3, $4)",
             w.subscriber_name,
             ORDER_CH,
-            replay_id,
+            w.position(replay_id),
             position_time,
         )
     finally:
         await conn.close()
+
+
+async def reset_row(w: World, reason: str = "REPLAY_ID_REJECTED") -> asyncpg.Record:
+    """The row once the fallback's catch-up wrote its reset (its events are on Kafka just before)."""
+    for _ in range(200):
+        row = await checkpoint_row(w)
+        if row["reset_reason"] == reason:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the checkpoint row never said {reason}: {dict(row)}")
 
 
 async def checkpoint_row(w: World) -> asyncpg.Record:
@@ -55,7 +68,9 @@ async def test_a_replay_id_never_issued_falls_back_alarms_and_resyncs_the_window
 
     await world.start()
     tap, topics = world.tap, world.topics
-    assert world.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1
+    # CometD refuses the replay id at subscribe, before "ready"; Pub/Sub on the stream, just after
+    await eventually(lambda: world.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1, what="fallback")
+    await tap.wait(lambda: [r for r in tap.on(topics.resync, RESYNC) if r.value["entity"] == "Order"], what="resync")
     (request,) = [r for r in tap.on(topics.resync, RESYNC) if r.value["entity"] == "Order"]
     assert request.value["reason"] == "REPLAY_ID_REJECTED"
     assert datetime.fromisoformat(request.value["since"]) == since
@@ -64,8 +79,9 @@ async def test_a_replay_id_never_issued_falls_back_alarms_and_resyncs_the_window
     assert activation.value["replay_id"] is None and activation.value["change"]["resync"]["reason"] == (
         "REPLAY_ID_REJECTED"
     )
-    row = await checkpoint_row(world)
-    assert row["replay_id"] is None and row["reset_reason"] == "REPLAY_ID_REJECTED" and row["position_time"] > since
+    row = await reset_row(world)
+    assert row["replay_id"] is None and row["pubsub_replay_id"] is None
+    assert row["reset_reason"] == "REPLAY_ID_REJECTED" and row["position_time"] > since
 
     await world.edit("Order", order["id"], Status="Draft")  # the stream goes on from "latest"
     await eventually(lambda: any(r.value["change_type"] == "UPDATE" for r in tap.on(topics.order, CHANGED)))
@@ -94,10 +110,45 @@ async def test_a_checkpoint_older_than_retention_is_caught_up_by_soql(world: Wor
 
     await world.start()
     tap, topics = world.tap, world.topics
-    assert world.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1
+    await eventually(lambda: world.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1, what="fallback")
     await tap.wait(lambda: any(r.key == orders[1] for r in tap.on(topics.order, ACTIVATION)), what="resync")
     resynced = {r.key for r in tap.on(topics.order, CHANGED) if r.value["change_type"] == "RESYNC"}
     assert set(orders) <= resynced
-    row = await checkpoint_row(world)
-    assert row["replay_id"] is None and row["reset_reason"] == "REPLAY_ID_REJECTED"
+    row = await reset_row(world)
+    assert row["replay_id"] is None and row["pubsub_replay_id"] is None and row["reset_reason"] == "REPLAY_ID_REJECTED"
     assert checkpoint < world.sandbox.bus.last_replay_id
+
+
+async def test_switching_the_transport_resyncs_from_the_other_transports_checkpoint(world: World) -> None:  # noqa: F811
+    """Run on the other transport first; its checkpoint means nothing to this one, so the switch
+    is a fallback: alarm, resync of what changed meanwhile, then this transport's own positions."""
+    mine = world.settings
+    other = "cometd" if world.pubsub else "pubsub"
+    switched = mine.salesforce.model_copy(update=_as(world, other).transport_settings)
+    world.settings = mine.model_copy(update={"salesforce": switched})
+    await world.start()
+    oid = (await world.seed_order())["id"]
+    await world.tap.wait(lambda: any(r.key == oid for r in world.tap.on(world.topics.order, CHANGED)), what="create")
+    await checkpoint_written(_as(world, other))
+    await world.stop()
+    first = await checkpoint_row(world)
+    assert first[_column(other)] is not None and first[world.column] is None
+
+    await world.approve(oid)  # while nobody listens
+    world.settings = mine
+    await world.start()
+    await eventually(lambda: world.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1, what="fallback")
+    await world.tap.wait(lambda: any(r.key == oid for r in world.tap.on(world.topics.order, ACTIVATION)), what="resync")
+    await world.edit("Order", oid, BillingCity="Osaka")  # the stream goes on, on this transport
+    assert await checkpoint_written(world) is not None
+    row = await checkpoint_row(world)
+    assert row[world.column] is not None and row[_column(other)] is None
+
+
+def _column(transport: str) -> str:
+    return "pubsub_replay_id" if transport == "pubsub" else "replay_id"
+
+
+def _as(w: World, transport: str) -> World:
+    """``w`` read as the other transport (its ``checkpoint()`` decodes that transport's column)."""
+    return replace(w, transport=transport)

@@ -1,10 +1,11 @@
 """Scenario: a write in the Salesforce sandbox reaches Kafka as the right domain event.
 
 Contract: with the subscriber (``workers.ingress.sf_cdc.serve``) running against the in-process
-Salesforce sandbox (CometD long polling, real OAuth), the real Kafka broker and Postgres of the
-local stack, every translation rule turns its sandbox write into exactly the domain event the
-fleet expects, keyed by the Salesforce record id, with the raw change attached; internal-only
-changes emit nothing. The fixtures and helpers here are shared by the other sf-cdc e2e files.
+Salesforce sandbox (real OAuth), the real Kafka broker and Postgres of the local stack, every
+translation rule turns its sandbox write into exactly the domain event the fleet expects, keyed by
+the Salesforce record id, with the raw change attached; internal-only changes emit nothing. The
+fixtures and helpers here are shared by the other sf-cdc e2e files, and the ``world`` fixture runs
+every test of them on both transports: CometD long polling and the Pub/Sub API (gRPC, Avro).
 """
 
 from __future__ import annotations
@@ -115,7 +116,38 @@ class World:
     subscriber_name: str
     options: CdcOptions
     dsn: str
+    transport: str = "cometd"
     runs: list[tuple[asyncio.Task[None], asyncio.Event, CdcMetrics]] = field(default_factory=list)
+
+    @property
+    def pubsub(self) -> bool:
+        return self.transport == "pubsub"
+
+    @property
+    def column(self) -> str:
+        """The ``sf_cdc_checkpoints`` column this transport's positions live in."""
+        return "pubsub_replay_id" if self.pubsub else "replay_id"
+
+    @property
+    def transport_settings(self) -> dict[str, Any]:
+        """The SalesforceSettings fields that choose this world's transport."""
+        if not self.pubsub:
+            return {"cdc_transport": "cometd"}
+        return {"cdc_transport": "pubsub", "pubsub_endpoint": self.sandbox.pubsub_url}
+
+    def position(self, sandbox_replay_id: int) -> int | bytes:
+        """The sandbox's replay id as this transport's position (Pub/Sub: its 8-byte encoding)."""
+        return sandbox_replay_id.to_bytes(8, "big") if self.pubsub else sandbox_replay_id
+
+    def replay_key(self, sandbox_replay_id: int) -> int | str:
+        """What a domain event's ``replay_id`` says for that change (Pub/Sub: the bytes as hex)."""
+        position = self.position(sandbox_replay_id)
+        return position.hex() if isinstance(position, bytes) else position
+
+    @staticmethod
+    def number(position: int | bytes | None) -> int | None:
+        """A stored position as the sandbox's integer (to compare with the bus's replay ids)."""
+        return int.from_bytes(position, "big") if isinstance(position, bytes) else position
 
     @property
     def url(self) -> str:
@@ -174,18 +206,22 @@ class World:
         return response.json()
 
     async def checkpoint(self, channel: str = ORDER_CH) -> int | None:
+        """The channel's stored position (either transport's column) as the sandbox's integer."""
         import asyncpg
 
         conn = await asyncpg.connect(self.dsn)
         try:
             value = await conn.fetchval(
-                "SELECT replay_id FROM sf_cdc_checkpoints WHERE subscriber = $1 AND channel = $2",
+                "SELECT COALESCE(replay_id::text, encode(pubsub_replay_id, 'hex')) FROM sf_cdc_checkpoints"
+                " WHERE subscriber = $1 AND channel = $2",
                 self.subscriber_name,
                 channel,
             )
         finally:
             await conn.close()
-        return int(value) if value is not None else None
+        if value is None:
+            return None
+        return int(value, 16) if self.pubsub else int(value)
 
 
 async def wait_for_leaders(bootstrap: str, topics: list[str]) -> None:
@@ -206,6 +242,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+TRANSPORTS = ["cometd", "pubsub"]
+
+
 def settings_for(url: str, env: dict[str, str], **salesforce: Any) -> Settings:
     sf = {
         "instance_url": url,
@@ -223,11 +262,13 @@ def settings_for(url: str, env: dict[str, str], **salesforce: Any) -> Settings:
     )
 
 
-@pytest.fixture
-async def world(stack_env: dict[str, str]) -> AsyncIterator[World]:  # noqa: F811
+@pytest.fixture(params=TRANSPORTS)
+async def world(request: pytest.FixtureRequest, stack_env: dict[str, str]) -> AsyncIterator[World]:  # noqa: F811
     await migrate(stack_env["DATABASE_URL"])
-    sandbox = SalesforceSandbox(cometd_timeout_ms=1000)
+    # Pub/Sub: an empty keepalive response every second, so the 5 s watchdog sees an idle stream alive
+    sandbox = SalesforceSandbox(cometd_timeout_ms=1000, pubsub_port=0, pubsub_keepalive_s=1.0)
     runner = await sandbox.start(port=0)
+    transport = str(request.param)
     suffix = uuid.uuid4().hex[:8]
     topics = CdcTopics(*(f"test.sfcdc.{suffix}.{name}" for name in ("order", "catalog", "account", "resync", "dlq")))
     await ensure_topics(stack_env["KAFKA_BOOTSTRAP"], [TopicSpec(t, 1, DAY_MS) for t in topics.all()])
@@ -246,9 +287,9 @@ async def world(stack_env: dict[str, str]) -> AsyncIterator[World]:  # noqa: F81
         shutdown_grace_s=10.0,
     )
     http = httpx.AsyncClient(base_url=sandbox.url, timeout=10)
-    w = World(
-        sandbox, http, settings_for(sandbox.url, stack_env), topics, tap, name, options, stack_env["DATABASE_URL"]
-    )
+    dsn = stack_env["DATABASE_URL"]
+    w = World(sandbox, http, settings_for(sandbox.url, stack_env), topics, tap, name, options, dsn, transport)
+    w.settings = settings_for(sandbox.url, stack_env, **w.transport_settings)
     try:
         yield w
     finally:
@@ -280,7 +321,7 @@ async def test_an_approved_order_becomes_an_activation_request(world: World) -> 
     assert activation.key == oid and activation.value["sf_order_id"] == oid
     assert activation.value["status"] == "Approved" and activation.value["sf_account_id"] == order["AccountId"]
     assert activation.value["change"]["payload"]["Activation_Status__c"] == "Activating"
-    assert activation.value["replay_id"] > 0 and activation.headers["ce_source"] == f"/salesforce{ORDER_CH}"
+    assert activation.value["replay_id"] and activation.headers["ce_source"] == f"/salesforce{ORDER_CH}"
     # the order and its lines as sf-cdc read them (one SOQL query with an OrderItems sub-query), for the saga
     snapshot = activation.value["snapshot"]
     assert (snapshot["sf_order_id"], snapshot["order_type"], snapshot["status"]) == (oid, "Internet", "Approved")

@@ -404,3 +404,46 @@ async def test_a_terminated_lease_session_ends_the_old_subscription_before_the_n
         f"\nlease session terminated: a noticed and disconnected after {a_end_at - terminated:.2f} s,"
         f" b subscribed after {b_begin_at - terminated:.2f} s (gap {b_begin_at - a_end_at:.2f} s)"
     )
+
+
+async def test_a_pubsub_leader_killed_mid_stream_is_replaced_and_every_change_reaches_kafka(world: World) -> None:
+    """The same kill -9 over the Pub/Sub API: the standby resumes from the bytes checkpoint the
+    leader wrote (``pubsub_replay_id``), nothing committed is missing from Kafka, and a change
+    produced twice carries its one CloudEvent id."""
+    port = await world.sandbox.start_pubsub()
+    pubsub = {
+        "FLEET_SALESFORCE__CDC_TRANSPORT": "pubsub",
+        "FLEET_SALESFORCE__PUBSUB_ENDPOINT": f"127.0.0.1:{port}",
+        "FLEET_SALESFORCE__CDC_CHECKPOINT_INTERVAL_S": "1.0",  # lag the stream: the takeover replays some
+    }
+    a = await world.start("a", **pubsub)
+    await wait_probe(a, 200, "subscribed")
+    b = await world.start("b", **pubsub)
+    await wait_probe(b, 503, "standby")
+    assert len(world.sandbox.pubsub.streams) == 1  # only the leader subscribes
+    world.since = world.sandbox.bus.last_replay_id
+    orders = [await world.seed_order() for _ in range(3)]
+    killed: list[float] = []
+
+    def kill_a_third_of_the_way(i: int) -> None:
+        if i == 20:
+            os.kill(a.pid, signal.SIGKILL)
+            killed.append(time.time())
+
+    writer = asyncio.create_task(world.write(orders, 60, 0.1, kill_a_third_of_the_way))
+    await eventually(lambda: bool(killed), 20, "the kill")
+    ready_at = await wait_probe(b, 200, "subscribed", timeout=TAKEOVER_LIMIT_S + 5)
+    await writer
+    assert await a.process.wait() == -signal.SIGKILL
+    assert ready_at - killed[0] < TAKEOVER_LIMIT_S
+    found = await everything_on_kafka(world)
+    conn = await asyncpg.connect(world.dsn)
+    try:
+        stored = await conn.fetchrow(
+            "SELECT replay_id, pubsub_replay_id FROM sf_cdc_checkpoints WHERE channel = $1", ORDER_CH
+        )
+    finally:
+        await conn.close()
+    assert stored is not None and stored["replay_id"] is None and isinstance(stored["pubsub_replay_id"], bytes)
+    repeats = sum(len(ids) - 1 for ids in found.values())
+    print(f"\npubsub kill -9 -> standby ready {ready_at - killed[0]:.2f} s; {len(found)} changes, {repeats} twice")

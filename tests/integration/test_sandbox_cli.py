@@ -48,7 +48,7 @@ class Sandboxes:
 
 @pytest.fixture
 def sandboxes(tmp_path: Path) -> Iterator[Sandboxes]:
-    ports = {"salesforce": free_port(), "whmcs": free_port(), "freebit": free_port()}
+    ports = {"salesforce": free_port(), "whmcs": free_port(), "freebit": free_port(), "salesforce_pubsub": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     env |= {f"FLEET_SANDBOX__{name.upper()}_PORT": str(port) for name, port in ports.items()}
     instance = Sandboxes(tmp_path / "sandbox-state", env, ports)

@@ -1,6 +1,7 @@
-"""Property: whatever a channel delivers, parse() + translate() never crash. The only outcomes are
-typed domain events (which encode as CloudEvents records) or a permanent error the subscriber
-dead-letters (``InvalidPayload`` from parsing, ``UnresolvableChange`` from the rules)."""
+"""Property: whatever a channel delivers, over either transport (an int or a bytes replay id), parse() +
+translate() never crash. The only outcomes are typed domain events (which encode as CloudEvents
+records) or a permanent error the subscriber dead-letters (``InvalidPayload`` from parsing,
+``UnresolvableChange`` from the rules)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ def deliveries(draw: st.DrawFn) -> Any:
         payload: Any = {"Account_Id__c": mostly(draw, draw(st.sampled_from([sf_id("001", 1), ""]))), **fields}
     else:
         payload = {"ChangeEventHeader": mostly(draw, draw(headers())), **fields}
-    event = {"replayId": mostly(draw, draw(st.integers(1, 10**6))), "EventUuid": draw(st.none() | st.uuids().map(str))}
+    # CometD's integer replay ids, or the Pub/Sub API's opaque bytes
+    replay_id = draw(st.integers(1, 10**6) | st.binary(min_size=1, max_size=12))
+    event = {"replayId": mostly(draw, replay_id), "EventUuid": draw(st.none() | st.uuids().map(str))}
     return {"channel": channel, "data": {"schema": "s", "payload": mostly(draw, payload), "event": mostly(draw, event)}}
 
 

@@ -1,6 +1,7 @@
 """The subscriber's delivery semantics with a fake source, producer, org and checkpoint store:
 checkpoint only after Kafka acknowledged, duplicates once, bad deliveries to the DLQ, fallback with
-alarm and resync, watchdog reconnects, graceful drain, health endpoints."""
+alarm and resync, watchdog reconnects, graceful drain, health endpoints. And both transports: the
+Pub/Sub API's bytes positions end to end, a switch of transport, a rejection reported mid-session."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
-from adapters.cdc_checkpoints import Checkpoint, MemoryCheckpointStore
+from adapters.cdc_checkpoints import Checkpoint, MemoryCheckpointStore, ReplayId
 from adapters.kafka import Delivered, FakeProducer
 from adapters.salesforce import FakeSalesforce, OrderWithItems
 from events import failure as fh
 from events.envelope import Envelope, header_map
-from events.errors import AuthenticationFailed, UpstreamUnavailable
+from events.errors import AuthenticationFailed, RejectedByUpstream, UpstreamUnavailable
 from tests.unit.test_cdc_translate import (
     CHANNELS,
     ITEM_ID,
@@ -27,9 +29,10 @@ from tests.unit.test_cdc_translate import (
     change_message,
     eligibility_message,
     fake_org,
+    over_pubsub,
     sf_id,
 )
-from workers.ingress.cdc_source import FakeSource, SourceError
+from workers.ingress.cdc_source import CometdSource, FakeSource, SourceError, SourceRefused
 from workers.ingress.cdc_translate import Rules, Translator
 from workers.ingress.sf_cdc import CdcOptions, CdcTopics, Subscriber
 from workers.runtime.health import HealthServer
@@ -91,7 +94,7 @@ class Rig:
     def ids(self, topic: str) -> list[str]:
         return [header_map(h)["ce_id"] for _, _, h in self.producer.on(topic)]
 
-    def checkpoint(self, channel: str = ORDER_CH) -> int | None:
+    def checkpoint(self, channel: str = ORDER_CH) -> ReplayId | None:
         row = self.store.rows.get(channel)
         return row.replay_id if row else None
 
@@ -113,8 +116,9 @@ def build(
     org: FakeSalesforce | None = None,
     store: MemoryCheckpointStore | None = None,
     options: CdcOptions = FAST,
+    kind: type[int] | type[bytes] = int,
 ) -> Rig:
-    source = FakeSource(ALL_CHANNELS)
+    source = FakeSource(ALL_CHANNELS, position_kind=kind)
     producer = producer or FakeProducer()
     org = org or fake_org()
     store = store or MemoryCheckpointStore()
@@ -153,7 +157,7 @@ class running:
         await asyncio.wait_for(self.rig.task, 5)
 
 
-def update(replay_id: int, **fields: Any) -> dict[str, Any]:
+def update(replay_id: ReplayId, **fields: Any) -> dict[str, Any]:
     return change_message("Order", fields=fields or {"Status": "Draft"}, replay_id=replay_id)
 
 
@@ -310,6 +314,23 @@ async def test_a_failing_open_is_retried_with_backoff() -> None:
         assert r.metric("sf_cdc_reconnects_total", reason="SourceError") == 1
 
 
+async def test_a_refusal_no_retry_fixes_raises_the_alarm_and_waits_its_long_retry_out() -> None:
+    """Pub/Sub's daily allocation spent (or a permission, an unknown topic): no quick reconnects."""
+    r = build()
+    r.source.fail_next_open = SourceRefused("limit", code="subscription.limit.exceeded", retry_after_s=0.5)
+    r.task = asyncio.create_task(r.subscriber.run(r.stop))
+    try:
+        await eventually(lambda: r.metric("sf_cdc_source_refused_total", code="subscription.limit.exceeded") == 1)
+        await asyncio.sleep(0.3)  # the fast reconnect back-off would have reopened by now
+        assert r.source.opens == [] and not r.subscriber.ready
+        assert r.metric("sf_cdc_reconnects_total", reason="SourceRefused") == 0
+        await eventually(lambda: r.subscriber.ready)  # tried again once the wait was over
+        assert len(r.source.opens) == 1
+    finally:
+        r.stop.set()
+        await asyncio.wait_for(r.task, 5)
+
+
 async def test_a_checkpoint_write_that_fails_is_retried_on_the_next_tick(rig: Rig) -> None:
     rig.store.fail_next_with = OSError("database away")
     rig.source.push(update(101))
@@ -376,3 +397,142 @@ async def test_refused_credentials_are_waited_out_not_dead_lettered(rig: Rig) ->
     rig.source.push(update(131, Activation_Status__c="Activating"))
     await eventually(lambda: rig.checkpoint() == 131)
     assert rig.producer.on(TOPICS.dlq) == [] and len(rig.on(TOPICS.order)) == 1
+
+
+# --- both transports ------------------------------------------------------------------------------
+def rid(n: int) -> bytes:
+    """An opaque Pub/Sub API replay id (its bytes mean nothing to us; these happen to count)."""
+    return n.to_bytes(8, "big")
+
+
+def refused() -> RejectedByUpstream:
+    return RejectedByUpstream("GET /query answered 400", upstream="salesforce", code="MALFORMED_QUERY")
+
+
+def test_each_source_says_which_kind_of_replay_id_it_resumes_from() -> None:
+    cometd = CometdSource(object(), [ORDER_CH])  # type: ignore[arg-type]  # never opened here
+    assert cometd.accepts(5) and not cometd.accepts(b"\x05") and not cometd.accepts(True)
+    assert FakeSource([ORDER_CH]).accepts(5) and not FakeSource([ORDER_CH]).accepts(b"\x05")
+    pubsub = FakeSource([ORDER_CH], position_kind=bytes)
+    assert pubsub.accepts(b"\x05") and not pubsub.accepts(5)
+
+
+async def test_a_source_refuses_to_open_from_a_position_of_the_other_kind() -> None:
+    """Subscribing that channel from the preset instead would lose its window without an alarm."""
+    with pytest.raises(TypeError):
+        await FakeSource([ORDER_CH], position_kind=bytes).open({ORDER_CH: 5})
+    with pytest.raises(TypeError):
+        await CometdSource(object(), [ORDER_CH]).open({ORDER_CH: b"\x05"})  # type: ignore[arg-type]
+
+
+async def test_pubsub_positions_flow_as_bytes_from_the_source_to_the_checkpoint_and_back() -> None:
+    store = MemoryCheckpointStore()
+    r = build(store=store, kind=bytes)
+    async with running(r):
+        r.source.push(update(rid(11), Status="Approved", Activation_Status__c="Activating"))
+        r.source.push(update(rid(12)))  # a duplicate window key in hex: a distinct change, not a repeat
+        r.source.push(over_pubsub(eligibility_message(Eligibility_Status__c="Eligible"), rid(13)))
+        await eventually(lambda: r.checkpoint() == rid(12) and r.checkpoint(ALL_CHANNELS[-1]) == rid(13))
+        await eventually(lambda: len(r.on(TOPICS.account)) == 1)
+        events = r.on(TOPICS.order) + r.on(TOPICS.account)
+        assert {e["replay_id"] for e in events} == {rid(11).hex(), rid(12).hex(), rid(13).hex()}
+        assert all(e["change"]["event"]["replayIdHex"] == e["replay_id"] for e in events)
+        # the gauge holds numbers: an opaque position is left out rather than faked
+        gauge = r.subscriber.metrics.registry.get_sample_value("sf_cdc_checkpoint_replay_id", {"channel": ORDER_CH})
+        assert gauge is None
+    assert type(store.rows[ORDER_CH].replay_id) is bytes
+    again = build(store=store, kind=bytes)
+    async with running(again):
+        assert again.source.opens[0][ORDER_CH] == rid(12)
+        assert again.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 0
+        # only the channels that never delivered catch up (routinely); the Order channel resumes
+        assert {e["entity"] for e in again.on(TOPICS.resync)} == {"OrderItem", "Product2", "PricebookEntry"}
+
+
+@pytest.mark.parametrize(("stored", "kind", "new"), [(500, bytes, rid(1)), (rid(500), int, 1)])
+async def test_a_position_the_other_transport_wrote_falls_back_raises_the_alarm_and_resyncs(
+    stored: ReplayId, kind: type[int] | type[bytes], new: ReplayId
+) -> None:
+    """The transport was switched: the stored id is never handed to the source; the channel is
+    recovered as a rejected replay id is, and the switch is named in the log."""
+    since = datetime.now(UTC) - timedelta(hours=2)
+    store = MemoryCheckpointStore({ORDER_CH: Checkpoint(ORDER_CH, stored, since)})
+    r = build(store=store, kind=kind)
+    with capture_logs() as logs:
+        async with running(r):
+            assert r.source.opens == [{}]
+            assert r.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1
+            (request,) = r.on(TOPICS.resync)
+            assert request["reason"] == "REPLAY_ID_REJECTED" and datetime.fromisoformat(request["since"]) == since
+            row = store.rows[ORDER_CH]
+            assert row.replay_id is None and row.reset_reason == "REPLAY_ID_REJECTED"
+            assert row.position_time is not None and row.position_time > since
+            r.source.push(update(new))
+            await eventually(lambda: r.checkpoint() == new)
+    (switched,) = [e for e in logs if e["event"] == "sf_cdc_transport_switched"]
+    assert switched["channel"] == ORDER_CH and switched["log_level"] == "warning"
+    shown = stored.hex() if isinstance(stored, bytes) else stored
+    assert switched["stored_replay_id"] == shown
+    (fallback,) = [e for e in logs if e["event"] == "sf_cdc_replay_fallback"]
+    assert fallback["rejected_replay_id"] == shown and "TRANSPORT_SWITCHED" in fallback["error"]
+
+
+async def test_a_replay_id_rejected_on_the_stream_raises_the_alarm_and_resyncs_while_the_session_goes_on() -> None:
+    """gRPC reports ``...replayid.corrupted`` after the open: the same recovery as at the open
+    (alarm, resync from the row's time, row reset), and no reconnect."""
+    since = datetime.now(UTC) - timedelta(hours=2)
+    store = MemoryCheckpointStore({ORDER_CH: Checkpoint(ORDER_CH, rid(500), since)})
+    r = build(store=store, kind=bytes)
+    async with running(r):
+        assert r.source.opens == [{ORDER_CH: rid(500)}] and r.on(TOPICS.resync) == []
+        r.source.push_subscribed(ORDER_CH, rid(500))
+        await eventually(lambda: store.rows[ORDER_CH].reset_reason == "REPLAY_ID_REJECTED")
+        assert r.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1
+        (request,) = r.on(TOPICS.resync)
+        assert request["reason"] == "REPLAY_ID_REJECTED" and datetime.fromisoformat(request["since"]) == since
+        assert {e["sf_order_id"] for e in r.on(TOPICS.order)} == {ORDER_ID, sf_id("801", 2)}
+        row = store.rows[ORDER_CH]
+        assert row.replay_id is None and row.position_time is not None and row.position_time > since
+        r.source.push(update(rid(1)))  # the stream goes on from the preset
+        await eventually(lambda: r.checkpoint() == rid(1))
+        assert len(r.source.opens) == 1 and r.source.closes == 0 and r.subscriber.ready
+        assert r.metric("sf_cdc_reconnects_total", reason="SourceError") == 0
+
+
+async def test_a_late_rejection_waits_for_the_changes_before_it_and_keeps_a_failed_window_durably() -> None:
+    """Changes received before the rejection become durable first; a resync that fails then leaves
+    the row pending at the window's start (no replay id: the rejected one is useless), and the
+    retry recovers it."""
+    since = datetime.now(UTC) - timedelta(hours=2)
+    store = MemoryCheckpointStore({ORDER_CH: Checkpoint(ORDER_CH, rid(500), since)})
+    r = build(store=store, options=replace(FAST, catch_up_retry_initial_s=0.3), kind=bytes)
+    async with running(r):
+        r.source.push(update(rid(501)))
+        r.source.push_subscribed(ORDER_CH, rid(500))
+        r.org.fail_next_with(refused())
+        await eventually(lambda: r.metric("sf_cdc_catch_up_failures_total", channel=ORDER_CH) == 1)
+        assert len(r.on(TOPICS.order)) == 1  # the change before it was produced first
+        row = store.rows[ORDER_CH]
+        assert row.replay_id is None and row.reset_reason == "CATCH_UP_PENDING:REPLAY_ID_REJECTED"
+        window_start = row.position_time
+        assert window_start is not None
+        r.source.push(update(rid(2)))
+        await eventually(lambda: r.checkpoint() == rid(2))
+        assert store.rows[ORDER_CH].position_time == window_start  # a stream position keeps the window
+        await eventually(lambda: store.rows[ORDER_CH].reset_reason == "REPLAY_ID_REJECTED")
+        assert r.metric("sf_cdc_catch_up_pending", channel=ORDER_CH) == 0
+        assert r.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1 and len(r.source.opens) == 1
+
+
+async def test_an_unparseable_pubsub_delivery_is_dead_lettered_with_a_hex_replay_id_and_a_json_body() -> None:
+    r = build(kind=bytes)
+    async with running(r):
+        bad = {"channel": ORDER_CH, "data": {"payload": {"no": "header"}, "event": {"replayId": b"\x00\x01\xfe"}}}
+        r.source.push(bad)
+        r.source.push(update(rid(52)))
+        await eventually(lambda: r.checkpoint() == rid(52))
+        ((key, value, headers),) = r.producer.on(TOPICS.dlq)
+    h = header_map(headers)
+    assert key == ORDER_CH.encode() and h[fh.SOURCE_REPLAY_ID] == "0001fe" and h[fh.ERROR_STAGE] == "decode"
+    body = {"channel": ORDER_CH, "data": {"payload": {"no": "header"}, "event": {"replayIdHex": "0001fe"}}}
+    assert json.loads(value or b"") == body

@@ -5,14 +5,18 @@ like Salesforce's (and the sandbox's) and are reused by the other sf-cdc unit te
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from adapters.salesforce import FakeSalesforce
+from events.base import to_envelope
+from events.envelope import to_record
 from events.errors import InvalidPayload, RejectedByUpstream
 from events.salesforce import (
     AccountEligibilityChanged,
@@ -22,6 +26,7 @@ from events.salesforce import (
     ResyncRequested,
     SimActivationRequested,
 )
+from schemas.salesforce_cdc import EventInfo
 from workers.ingress.cdc_translate import (
     INTERNAL_ORDER_FIELDS,
     MAX_SNAPSHOT_LINES,
@@ -29,6 +34,7 @@ from workers.ingress.cdc_translate import (
     Rules,
     Translator,
     UnresolvableChange,
+    json_safe,
     parse,
 )
 
@@ -63,7 +69,7 @@ def change_message(
     *,
     changed: list[str] | None = None,
     origin: str = "",
-    replay_id: int | None = None,
+    replay_id: int | bytes | None = None,
     event_uuid: str | None = "auto",
     transaction_key: str | None = None,
     commit_ms: int = COMMIT_MS,
@@ -104,6 +110,13 @@ def eligibility_message(account_id: str = ACCOUNT_ID, **fields: Any) -> dict[str
             "event": {"replayId": next(_replay), "EventUuid": str(uuid.uuid4())},
         },
     }
+
+
+def over_pubsub(message: dict[str, Any], replay_id: bytes) -> dict[str, Any]:
+    """``message`` as the Pub/Sub API source hands it over: the same shape, an opaque bytes replay id."""
+    again = copy.deepcopy(message)
+    again["data"]["event"]["replayId"] = replay_id
+    return again
 
 
 def fake_org() -> FakeSalesforce:
@@ -462,3 +475,53 @@ async def test_a_platform_event_window_cannot_be_resynced() -> None:
 def test_malformed_deliveries_are_invalid_payloads(message: Any, fragment: str) -> None:
     with pytest.raises(InvalidPayload, match=fragment):
         parse(message)
+
+
+# --- both transports: CometD (int replay ids) and the Pub/Sub API (opaque bytes) -----------------
+PUBSUB_REPLAY = b"\x00\x00\x00\x00\x00\x01\xe2\x40"
+
+
+def test_a_replay_id_keeps_its_kind_through_the_schema() -> None:
+    """An int stays an int, bytes stay bytes (even bytes of digits), a string never becomes bytes."""
+    kept = [EventInfo.model_validate({"replayId": value}).replay_id for value in (7, b"12", PUBSUB_REPLAY)]
+    assert kept == [7, b"12", PUBSUB_REPLAY] and [type(v) for v in kept] == [int, bytes, bytes]
+    assert EventInfo.model_validate({"replayId": "12"}).replay_id == 12  # as before: a numeric string is a number
+    with pytest.raises(ValidationError):
+        EventInfo.model_validate({"replayId": "not a replay id"})
+
+
+async def test_a_pubsub_delivery_translates_as_the_cometd_one_does() -> None:
+    """Same change, either transport: the same events with the same ids; the bytes replay id shows in
+    hex in the dedupe key, the events' ``replay_id`` and their audit copy (``replayIdHex``)."""
+    cometd = change_message("Order", fields={"Status": "Approved", "Activation_Status__c": "Activating"})
+    pubsub = over_pubsub(cometd, PUBSUB_REPLAY)
+    org = fake_org()
+    via_cometd = await translator(org).translate(parse(cometd))
+    via_pubsub = await translator(org).translate(parse(pubsub))
+    assert via_pubsub.emissions and [e.event_id for e in via_pubsub.emissions] == [
+        e.event_id for e in via_cometd.emissions
+    ]
+    change = parse(pubsub)
+    assert change.replay_id == PUBSUB_REPLAY and change.event_replay_id == "000000000001e240"
+    assert change.dedupe_keys()[0] == f"replay:{CHANNELS['Order']}:000000000001e240"
+    for cometd_emission, emission in zip(via_cometd.emissions, via_pubsub.emissions, strict=True):
+        event = emission.event
+        assert event.replay_id == event.change["event"]["replayIdHex"] == "000000000001e240"
+        assert "replayId" not in event.change["event"]
+        assert to_record(to_envelope(event, source="/test", id=emission.event_id))[1]
+        same = {"replay_id", "change"}
+        assert event.model_dump(exclude=same) == cometd_emission.event.model_dump(exclude=same)
+
+
+async def test_a_pubsub_platform_event_translates_as_the_cometd_one_does() -> None:
+    cometd = eligibility_message(Eligibility_Status__c="Eligible")
+    (event,) = await emitted(over_pubsub(cometd, PUBSUB_REPLAY))
+    assert isinstance(event, AccountEligibilityChanged) and event.eligibility == "Eligible"
+    assert event.change is not None and event.replay_id == event.change["event"]["replayIdHex"] == PUBSUB_REPLAY.hex()
+
+
+def test_json_safe_spells_bytes_in_hex_under_a_clear_key_and_keeps_the_rest() -> None:
+    message = {"event": {"replayId": b"\x01\xff", "EventUuid": "u"}, "list": [b"\x02", 3], "n": 1}
+    assert json_safe(message) == {"event": {"replayIdHex": "01ff", "EventUuid": "u"}, "list": ["02", 3], "n": 1}
+    cometd = change_message("Order")
+    assert json_safe(cometd) == cometd

@@ -265,3 +265,22 @@ def test_webhook_secrets_accept_a_list_in_one_variable(monkeypatch: pytest.Monke
     ]
     monkeypatch.setenv("FLEET_WHMCS__WEBHOOK_SECRETS", '["whsec_bmV3"]')
     assert len(load_settings(env_file=None).whmcs.webhook_secrets) == 1
+
+
+def test_the_pubsub_transport_needs_a_real_tls_endpoint(
+    production: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_SALESFORCE__CDC_TRANSPORT", "pubsub")
+    (found,) = lines("sf-cdc")
+    assert found.startswith("FLEET_SALESFORCE__PUBSUB_ENDPOINT: missing")
+    monkeypatch.setenv("FLEET_SALESFORCE__PUBSUB_ENDPOINT", "127.0.0.1:7443")
+    monkeypatch.setenv("FLEET_SALESFORCE__PUBSUB_TLS", "false")
+    found_lines = lines("sf-cdc")
+    assert any(line.startswith("FLEET_SALESFORCE__PUBSUB_TLS: false") for line in found_lines)
+    assert any("points at loopback" in line for line in found_lines)
+    monkeypatch.setenv("FLEET_SALESFORCE__PUBSUB_ENDPOINT", "api.pubsub.salesforce.com:7443")
+    monkeypatch.delenv("FLEET_SALESFORCE__PUBSUB_TLS")
+    assert lines("sf-cdc") == []
+    monkeypatch.setenv("FLEET_SALESFORCE__CDC_TRANSPORT", "cometd")
+    monkeypatch.delenv("FLEET_SALESFORCE__PUBSUB_ENDPOINT")
+    assert lines("sf-cdc") == []  # CometD needs no Pub/Sub endpoint

@@ -62,7 +62,7 @@ async def test_the_jwt_bearer_grant_posts_an_rs256_assertion_with_the_documented
 
     token = await auth.token()
 
-    assert token == AccessToken("00D!tok", "https://fleet.my.salesforce.com")
+    assert token == AccessToken("00D!tok", "https://fleet.my.salesforce.com", "00D")  # org id from the identity URL
     (form,) = forms
     assert form["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
     claims = jwt.decode(form["assertion"][0], key.public_key(), algorithms=["RS256"], options={"verify_exp": False},

@@ -1,10 +1,12 @@
 """Where Salesforce change events come from: the ``ChangeSource`` port, CometD and a fake.
 
 The port hides the transport so a Pub/Sub API (gRPC) source can replace CometD without touching
-translation or checkpoints: open from per-channel replay ids (reporting any id the platform
-rejected and the preset used instead), hand out deliveries one at a time, say when the stream
-last showed a sign of life (the subscriber's watchdog reads it), close. Sources never store
-positions durably: the subscriber checkpoints only what Kafka acknowledged.
+translation or checkpoints: say which kind of replay id it resumes from (``accepts``: CometD's are
+integers, the Pub/Sub API's opaque bytes), open from per-channel replay ids (reporting any id the
+platform rejected and the preset used instead), hand out deliveries one at a time (and a rejection
+the platform reports only after the open, as gRPC does), say when the stream last showed a sign of
+life (the subscriber's watchdog reads it), close. Sources never store positions durably: the
+subscriber checkpoints only what Kafka acknowledged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from aiosfstream_ng.client import Client, ReplayMarkerStoragePolicy
 from aiosfstream_ng.exceptions import AiosfstreamException, ServerError
 from aiosfstream_ng.replay import ReplayMarker, ReplayMarkerStorage, ReplayOption
 
+from adapters.cdc_checkpoints import ReplayId
 from adapters.salesforce_stream import FleetStreamingClient
 from events.errors import UpstreamUnavailable
 
@@ -39,35 +42,61 @@ class SourceError(UpstreamUnavailable):
     """The stream failed (transport, server or authentication); the subscriber reconnects."""
 
 
+class SourceRefused(SourceError):
+    """The platform refused in a way no quick retry fixes (a spent allocation, a missing permission,
+    an unknown topic): the subscriber alarms and waits ``retry_after_s`` before the next try."""
+
+    def __init__(self, message: str, *, code: str, retry_after_s: float) -> None:
+        super().__init__(message, upstream="salesforce")
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One message as received; ``replay_id`` when it could be read (even if the rest is bad)."""
+    """One message as received; ``replay_id`` when it could be read (even if the rest is bad).
+
+    ``message`` has CometD's shape whatever the transport (``schemas.salesforce_cdc``); a Pub/Sub
+    API source puts its bytes replay id at ``data.event.replayId`` as it is."""
 
     channel: str
     message: Any
-    replay_id: int | None
+    replay_id: ReplayId | None
 
 
 @dataclass(frozen=True)
 class Subscribed:
     """How a channel was subscribed: ``requested`` replay id (None = the fallback preset), and
-    whether the platform rejected it so the preset was used instead (``fallback``)."""
+    whether the platform rejected it so the preset was used instead (``fallback``, with the
+    platform's ``error``). ``open`` returns one per channel; ``receive`` returns one when the
+    platform reports the outcome only later (gRPC)."""
 
     channel: str
-    requested: int | None
+    requested: ReplayId | None
     fallback: bool = False
     error: str | None = None
 
 
 class ChangeSource(Protocol):
-    async def open(self, positions: Mapping[str, int]) -> list[Subscribed]:
-        """Authenticate, connect and subscribe every channel, each from its replay id in
-        ``positions`` (absent: the fallback preset). A rejected replay id is retried with the
-        preset and reported with ``fallback=True``. Raises ``SourceError``."""
+    def accepts(self, replay_id: ReplayId) -> bool:
+        """Whether this source can resume from ``replay_id``: a transport has one kind of position
+        (CometD: int, Pub/Sub API: bytes). A stored id of the other kind was written by the other
+        transport; the subscriber never passes it to ``open``. Pure: no I/O."""
         ...
 
-    async def receive(self) -> Delivery:
-        """The next delivery, in the platform's order per channel. Raises ``SourceError``."""
+    async def open(self, positions: Mapping[str, ReplayId]) -> list[Subscribed]:
+        """Authenticate, connect and subscribe every channel, each from its replay id in
+        ``positions`` (absent: the fallback preset; present: a kind ``accepts`` took). A replay id
+        rejected in the answer to the subscription is retried with the preset and reported with
+        ``fallback=True``. Raises ``SourceError``."""
+        ...
+
+    async def receive(self) -> Delivery | Subscribed:
+        """The next delivery, in the platform's order per channel; or a late outcome of a
+        subscription: a ``Subscribed`` with ``fallback=True`` when the platform rejected a channel's
+        replay id only after ``open`` returned (gRPC reports ``...replayid.corrupted`` on the
+        stream) and the channel now continues from the preset. The session goes on either way.
+        Raises ``SourceError``."""
         ...
 
     async def close(self) -> None:
@@ -80,13 +109,27 @@ class ChangeSource(Protocol):
         ...
 
 
-def replay_id_of(message: Any) -> int | None:
-    """``data.event.replayId`` when present and an integer, whatever else the message holds."""
+def replay_id_of(message: Any) -> ReplayId | None:
+    """``data.event.replayId`` when present and a replay id (an integer, or the Pub/Sub API's
+    bytes), whatever else the message holds."""
     try:
         value = message["data"]["event"]["replayId"]
     except (KeyError, TypeError, IndexError):
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if isinstance(value, bytes) or _is_int(value) else None
+
+
+def _is_int(replay_id: ReplayId) -> bool:
+    return isinstance(replay_id, int) and not isinstance(replay_id, bool)
+
+
+def only_accepted(source: ChangeSource, positions: Mapping[str, ReplayId]) -> dict[str, ReplayId]:
+    """``positions`` as they are, or ``TypeError`` for one the source does not accept: subscribing
+    that channel from the preset instead would lose its window without an alarm."""
+    refused = sorted(channel for channel, replay_id in positions.items() if not source.accepts(replay_id))
+    if refused:
+        raise TypeError(f"replay ids of another transport's kind for {refused}: the caller must not pass them")
+    return dict(positions)
 
 
 class _Positions(ReplayMarkerStorage):
@@ -121,7 +164,8 @@ ClientFactory = Callable[..., Client]
 
 
 class CometdSource:
-    """``ChangeSource`` over the Streaming API (CometD) with aiosfstream-ng.
+    """``ChangeSource`` over the Streaming API (CometD) with aiosfstream-ng: integer replay ids,
+    rejections answered at subscribe (``receive`` never returns a ``Subscribed``).
 
     ``reauthenticate`` runs before every open after the first (watchdog or error teardown), so a
     silently revoked session is replaced rather than reused.
@@ -159,11 +203,16 @@ class CometdSource:
     def _alive(self) -> None:
         self._last_alive = time.monotonic()
 
-    async def open(self, positions: Mapping[str, int]) -> list[Subscribed]:
+    def accepts(self, replay_id: ReplayId) -> bool:
+        return _is_int(replay_id)
+
+    async def open(self, positions: Mapping[str, ReplayId]) -> list[Subscribed]:
+        accepted = only_accepted(self, positions)
         if self._opened_before and self._reauthenticate is not None:
             await self._reauthenticate()
         self._opened_before = True
-        self._storage = _Positions(positions, self._preset, self._alive)
+        ints = {channel: replay_id for channel, replay_id in accepted.items() if isinstance(replay_id, int)}
+        self._storage = _Positions(ints, self._preset, self._alive)
         self._client = self._client_factory(
             self._authenticator,
             api_version=self._api_version,
@@ -205,7 +254,7 @@ class CometdSource:
         self._alive()
         channel = str(message.get("channel", "")) if isinstance(message, dict) else ""
         replay_id = replay_id_of(message)
-        if replay_id is not None and channel:
+        if isinstance(replay_id, int) and channel:
             self._storage.positions[channel] = replay_id
         return Delivery(channel, message, replay_id)
 
@@ -223,23 +272,30 @@ class CometdSource:
 class FakeSource:
     """A scripted ``ChangeSource`` for unit tests.
 
-    ``push`` queues a delivery (or an exception to raise from ``receive``); ``reject`` makes the
-    named channels' replay ids invalid at the next open; ``opens`` records the positions of every
-    open; ``stall()`` freezes ``last_alive`` so the watchdog fires.
+    ``push`` queues a delivery (or an exception to raise from ``receive``); ``push_subscribed``
+    queues a late subscription outcome (a replay id rejected after the open, as gRPC reports it);
+    ``reject`` makes the named channels' replay ids invalid at the next open; ``opens`` records the
+    positions of every open; ``stall()`` freezes ``last_alive`` so the watchdog fires.
+    ``position_kind`` is the kind of replay id it resumes from: ``int`` (CometD, the default) or
+    ``bytes`` (the Pub/Sub API).
     """
 
     channels: Sequence[str]
-    opens: list[dict[str, int]] = field(default_factory=list)
+    position_kind: type[int] | type[bytes] = int
+    opens: list[dict[str, ReplayId]] = field(default_factory=list)
     rejected: set[str] = field(default_factory=set)
     fail_next_open: Exception | None = None
     closes: int = 0
     stalled: bool = False
-    _queue: asyncio.Queue[Delivery | Exception] = field(default_factory=asyncio.Queue)
+    _queue: asyncio.Queue[Delivery | Subscribed | Exception] = field(default_factory=asyncio.Queue)
     _last_alive: float = field(default_factory=time.monotonic)
 
     @property
     def last_alive(self) -> float:
         return self._last_alive
+
+    def accepts(self, replay_id: ReplayId) -> bool:
+        return isinstance(replay_id, bytes) if self.position_kind is bytes else _is_int(replay_id)
 
     def push(self, message: dict[str, Any]) -> None:
         self._queue.put_nowait(Delivery(str(message.get("channel", "")), message, replay_id_of(message)))
@@ -247,17 +303,26 @@ class FakeSource:
     def push_error(self, exc: Exception) -> None:
         self._queue.put_nowait(exc)
 
+    def push_subscribed(
+        self,
+        channel: str,
+        requested: ReplayId | None,
+        error: str = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted",
+    ) -> None:
+        """Queue a late fallback: ``channel``'s replay id ``requested`` was rejected after the open."""
+        self._queue.put_nowait(Subscribed(channel, requested, fallback=True, error=error))
+
     def reject(self, *channels: str) -> None:
         self.rejected.update(channels)
 
     def stall(self) -> None:
         self.stalled = True
 
-    async def open(self, positions: Mapping[str, int]) -> list[Subscribed]:
+    async def open(self, positions: Mapping[str, ReplayId]) -> list[Subscribed]:
         if self.fail_next_open is not None:
             exc, self.fail_next_open = self.fail_next_open, None
             raise exc
-        self.opens.append(dict(positions))
+        self.opens.append(only_accepted(self, positions))
         self.stalled = False
         self._last_alive = time.monotonic()
         outcomes = []
@@ -268,7 +333,7 @@ class FakeSource:
         self.rejected.clear()
         return outcomes
 
-    async def receive(self) -> Delivery:
+    async def receive(self) -> Delivery | Subscribed:
         item = await self._queue.get()
         if isinstance(item, Exception):
             raise item

@@ -9,7 +9,9 @@ its lines, in bulk with the reads of other lanes (``order_reads``), and the requ
 read as its ``snapshot`` (vendor fields translated to ours here, ``events/`` stays free of them),
 so the saga need not read again. Overflow events and wildcard record ids become a
 ``ResyncRequested`` that ``Translator.resync`` serves with a SOQL window on ``LastModifiedDate``.
-No Kafka, checkpoints or connections here.
+Both transports translate alike: a Pub/Sub API delivery differs only by its bytes replay id, which
+dedupe keys, the events' ``replay_id`` and their audit copy show in hex (the copy as ``replayIdHex``,
+``json_safe``). No Kafka, checkpoints or connections here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 import structlog
 from pydantic import ValidationError
 
+from adapters.cdc_checkpoints import ReplayId, replay_id_text
 from adapters.salesforce.port import OrderWithItems
 from events.base import DomainEvent
 from events.errors import InvalidPayload, PermanentError
@@ -142,7 +145,7 @@ class Change:
     """One parsed delivery: a change event (``header`` set) or a platform event (``header`` None)."""
 
     channel: str
-    replay_id: int
+    replay_id: ReplayId
     event_uuid: str | None
     entity: str
     header: ChangeEventHeader | None
@@ -164,12 +167,18 @@ class Change:
         h = self.header
         if h is not None and h.transaction_key and h.sequence_number is not None:
             return f"tx:{h.transaction_key}:{h.sequence_number}:{h.entity_name}"
-        return f"replay:{self.channel}:{self.replay_id}"
+        return f"replay:{self.channel}:{replay_id_text(self.replay_id)}"
 
     def dedupe_keys(self) -> tuple[str, ...]:
         """Seeing any of these again means the same change was delivered twice."""
-        by_replay = f"replay:{self.channel}:{self.replay_id}"
+        by_replay = f"replay:{self.channel}:{replay_id_text(self.replay_id)}"
         return (by_replay,) if self.basis == by_replay else (by_replay, self.basis)
+
+    @property
+    def event_replay_id(self) -> int | str:
+        """The replay id the domain events carry (``replay_id: int | str | None``): CometD's int as
+        it is, the Pub/Sub API's bytes in hex (as in their ``change``: ``event.replayIdHex``)."""
+        return replay_id_text(self.replay_id) if isinstance(self.replay_id, bytes) else self.replay_id
 
     def changed_fields(self) -> frozenset[str]:
         """Top-level names of the changed fields (``BillingAddress.City`` -> ``BillingAddress``);
@@ -212,6 +221,20 @@ def event_id(basis: str, record_id: str, event_type: str) -> str:
 
 
 # --- parsing ------------------------------------------------------------------------------------
+def json_safe(value: Any) -> Any:
+    """``value`` with every bytes value made JSON text: in an object, ``key: b"..."`` becomes
+    ``keyHex: "<lowercase hex>"`` (so a Pub/Sub API ``event.replayId`` reads ``event.replayIdHex``:
+    a clear key, never a string that could pass for the number), in an array the hex alone.
+    Everything else is kept (a copy): a CometD delivery, which holds no bytes, comes back equal."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {f"{k}Hex" if isinstance(v, bytes) else k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def parse(message: Any) -> Change:
     """A CometD delivery as a ``Change``; ``InvalidPayload`` names what is wrong."""
     if not isinstance(message, dict):
@@ -242,7 +265,7 @@ def _parse_change(channel: str, message: dict[str, Any]) -> Change:
         entity=header.entity_name,
         header=header,
         values=parsed.data.payload.changed_values(),
-        raw=dict(message["data"]),
+        raw=json_safe(message["data"]),
         occurred_at=_from_epoch_ms(header.commit_timestamp),
     )
 
@@ -267,7 +290,7 @@ def _parse_platform_event(channel: str, message: dict[str, Any]) -> Change:
         entity=name,
         header=None,
         values=dict(payload) if isinstance(payload, dict) else {},
-        raw=dict(data),
+        raw=json_safe(data),
         occurred_at=_parse_iso(info.created_date),
     )
 
@@ -352,7 +375,7 @@ class _Source:
     """Where the emitted events come from: id basis, replay id, audit copy, change type."""
 
     basis: str
-    replay_id: int | None
+    replay_id: int | str | None
     change: dict[str, Any]
     change_type: str
 
@@ -424,12 +447,12 @@ def _catalog_changed(
 
 def _eligibility(change: Change) -> Translation:
     account_id = text(change.values.get("Account_Id__c")) or ""
-    src = _Source(change.basis, change.replay_id, change.raw, change.change_type)
+    src = _Source(change.basis, change.event_replay_id, change.raw, change.change_type)
     event = AccountEligibilityChanged(
         sf_account_id=account_id,
         eligibility=text(change.values.get("Eligibility_Status__c")),
         verification_status=text(change.values.get("Verification_Status__c")),
-        replay_id=change.replay_id,
+        replay_id=change.event_replay_id,
         change=change.raw,
     )
     return Translation(emissions=(src.emit(event, account_id),))
@@ -546,7 +569,7 @@ class Translator:
         return Translation(emissions=tuple(emissions), note=None if emissions else "own_write")
 
     async def _translate_record(self, change: Change, record_id: str, *, triggers: bool = True) -> list[Emission]:
-        src = _Source(change.basis, change.replay_id, change.raw, change.change_type)
+        src = _Source(change.basis, change.event_replay_id, change.raw, change.change_type)
         if change.entity == ORDER:
             return await self._order(change, record_id, src, triggers=triggers)
         if change.entity == ORDER_ITEM:

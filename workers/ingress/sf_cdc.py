@@ -1,11 +1,12 @@
 """The Salesforce CDC subscriber (``fleet run sf-cdc``): source -> translate -> produce -> checkpoint.
 
-Reads change events from a ``ChangeSource`` (CometD today), turns each into domain events with
-``cdc_translate`` (re-reading Salesforce where a guard needs a field), produces them with the
-durable producer, and writes the channel's replay id to Postgres only once Kafka acknowledged
-everything up to it. Changes are worked on in lanes keyed by record id: a slow re-read does not
-hold the whole stream, and one record's events stay in order. A watchdog tears a silent stream
-down; a rejected checkpoint falls back, raises the alarm and resyncs the missing window. A
+Reads change events from a ``ChangeSource`` (CometD, or the Pub/Sub API whose replay ids are
+opaque bytes), turns each into domain events with ``cdc_translate`` (re-reading Salesforce where a
+guard needs a field), produces them with the durable producer, and writes the channel's replay id
+to Postgres only once Kafka acknowledged everything up to it. Changes are worked on in lanes keyed
+by record id: a slow re-read does not hold the whole stream, and one record's events stay in order.
+A watchdog tears a silent stream down; a rejected checkpoint (at the open, or later on the stream)
+or one the other transport wrote falls back, raises the alarm and resyncs the missing window. A
 catch-up that fails is not forgotten: its window stays in the checkpoint row and is retried with
 back-off while the stream goes on (and after a restart) until it succeeds.
 Serves /livez, /readyz and /metrics. Rules live in ``cdc_translate``; this module only moves data.
@@ -32,11 +33,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from adapters.cdc_checkpoints import Checkpoint, CheckpointStore, pending
+from adapters.cdc_checkpoints import Checkpoint, CheckpointStore, ReplayId, pending, replay_id_text
 from adapters.kafka import ProducerPort
 from adapters.leader_lease import LeaderLease, PgAdvisoryLease
 from adapters.salesforce import TokenSource
-from adapters.salesforce_stream import FleetAuthenticator
 from events import failure as fh
 from events.base import DomainEvent, to_envelope
 from events.errors import AuthenticationFailed, InvalidPayload, PermanentError, RetryableError
@@ -53,7 +53,7 @@ from workers.ingress.cdc_leader import (
     lease_name,
     sleep_unless,
 )
-from workers.ingress.cdc_source import ChangeSource, CometdSource, Delivery, Subscribed
+from workers.ingress.cdc_source import ChangeSource, Delivery, SourceRefused, Subscribed
 from workers.ingress.cdc_translate import (
     RESYNC_FIELDS,
     RETENTION,
@@ -62,6 +62,7 @@ from workers.ingress.cdc_translate import (
     RecordReader,
     Rules,
     Translator,
+    json_safe,
     parse,
 )
 from workers.ingress.watermark import RecentIds, Watermark
@@ -144,7 +145,9 @@ class CdcOptions:
     def from_settings(cls, settings: Settings, **overrides: Any) -> CdcOptions:
         runtime, sf = settings.runtime, settings.salesforce
         base = {
-            "watchdog_s": sf.cdc_watchdog_s,
+            # the silence that means "stalled" must outlast the transport's own quiet: CometD holds
+            # a connect 110 s, an idle Pub/Sub stream sends its keepalive within ~270 s
+            "watchdog_s": sf.cdc_watchdog_s or (330.0 if sf.cdc_transport == "pubsub" else 180.0),
             "checkpoint_interval_s": sf.cdc_checkpoint_interval_s,
             "lanes": sf.cdc_lanes,
             "subscriber": sf.cdc_subscriber,
@@ -202,7 +205,18 @@ class CdcMetrics:
             registry=r,
         )
         self.reconnects = Counter("sf_cdc_reconnects_total", "Stream teardowns and reopens", ["reason"], registry=r)
-        self.checkpoint = Gauge("sf_cdc_checkpoint_replay_id", "Last replay id written", ["channel"], registry=r)
+        self.refused = Counter(
+            "sf_cdc_source_refused_total",
+            "ALARM: the platform refused the subscription for a reason no quick retry fixes (Pub/Sub error code)",
+            ["code"],
+            registry=r,
+        )
+        self.checkpoint = Gauge(
+            "sf_cdc_checkpoint_replay_id",
+            "Last replay id written (CometD; never set from the Pub/Sub API's opaque bytes)",
+            ["channel"],
+            registry=r,
+        )
         self.last_event = Gauge(
             "sf_cdc_last_event_timestamp_seconds", "When the channel last delivered", ["channel"], registry=r
         )
@@ -248,7 +262,7 @@ class CatchUp:
     reason: str
     alarm: bool  # the window exists because changes were lost (not a quiet channel's routine)
     basis: str  # of the resync requests' ids (and so of every resynced event's id)
-    replay_id: int | None  # where the stream resumed (None after a fallback)
+    replay_id: ReplayId | None  # where the stream resumed (None after a fallback)
     durable: bool = False
     failures: int = 0
     due: float = 0.0  # time.monotonic() of the next attempt
@@ -341,6 +355,11 @@ class Subscriber:
                 self._was_ready = False
                 try:
                     await self._session(stop)
+                except SourceRefused as exc:  # no quick retry helps: alarm, and try again much later
+                    failures += 1
+                    self.metrics.refused.labels(code=exc.code).inc()
+                    log.error("sf_cdc_source_refused", code=exc.code, error=str(exc), retry_in_s=exc.retry_after_s)
+                    await sleep_unless(stop, exc.retry_after_s)
                 except Exception as exc:  # every stream failure means: tear down, back off, reopen
                     failures = 1 if self._was_ready else failures + 1
                     self.metrics.reconnects.labels(reason=type(exc).__name__).inc()
@@ -354,9 +373,9 @@ class Subscriber:
 
     async def _session(self, stop: asyncio.Event) -> None:
         checkpoints = await self._store.load(self._options.subscriber)
-        positions = {c: cp.replay_id for c, cp in checkpoints.items() if cp.replay_id is not None}
+        positions, switched = self._positions(checkpoints)
         opened_at = self._clock()
-        outcomes = await self._source.open({c: positions[c] for c in self._channels if c in positions})
+        outcomes = [switched.get(o.channel, o) for o in await self._source.open(positions)]
         cancelled = False
         try:
             # a session starts with an empty pipeline (the last one drained), so fresh watermarks
@@ -364,7 +383,7 @@ class Subscriber:
             self._watermarks = {channel: Watermark() for channel in self._channels}
             await self._recover(outcomes, checkpoints, opened_at)
             self.ready = self._was_ready = True
-            log.info("sf_cdc_subscribed", channels=[(o.channel, o.requested, o.fallback) for o in outcomes])
+            log.info("sf_cdc_subscribed", channels=[(o.channel, _shown(o.requested), o.fallback) for o in outcomes])
             await self._pump(stop)
         except asyncio.CancelledError:
             cancelled = True
@@ -376,16 +395,56 @@ class Subscriber:
                 await self._drain(stop)  # next start replays from the last periodic one
                 await self._flush()
 
+    def _positions(self, checkpoints: dict[str, Checkpoint]) -> tuple[dict[str, ReplayId], dict[str, Subscribed]]:
+        """Each channel's stored replay id, when the source accepts its kind; and, as fallback
+        outcomes, the channels whose stored id is of the other transport's kind (CometD's ints, the
+        Pub/Sub API's bytes: the transport was switched). Such an id means nothing to this source,
+        so the channel subscribes from the preset and is recovered as a rejected id is (alarm,
+        resync from the row's time), never silently resumed at the preset."""
+        positions: dict[str, ReplayId] = {}
+        switched: dict[str, Subscribed] = {}
+        for channel in self._channels:
+            replay_id = checkpoints[channel].replay_id if channel in checkpoints else None
+            if replay_id is None:
+                continue
+            if self._source.accepts(replay_id):
+                positions[channel] = replay_id
+                continue
+            kind = "bytes (Pub/Sub API)" if isinstance(replay_id, bytes) else "int (CometD)"
+            log.warning("sf_cdc_transport_switched", channel=channel, stored_replay_id=_shown(replay_id), kind=kind)
+            error = f"TRANSPORT_SWITCHED: the stored replay id is {kind}, which this source cannot resume from"
+            switched[channel] = Subscribed(channel, replay_id, fallback=True, error=error)
+        return positions, switched
+
     # --- receiving ------------------------------------------------------------------------------
     async def _pump(self, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())
         try:
-            while (delivery := await self._next(stopping)) is not None:
-                await self._dispatch(delivery)
+            while (item := await self._next(stopping)) is not None:
+                if isinstance(item, Subscribed):
+                    await self._late_outcome(item)
+                else:
+                    await self._dispatch(item)
         finally:
             stopping.cancel()
 
-    async def _next(self, stopping: asyncio.Future[Any]) -> Delivery | None:
+    async def _late_outcome(self, outcome: Subscribed) -> None:
+        """A subscription outcome the source reported after the open (gRPC rejects a replay id on
+        the stream, ``...replayid.corrupted``). A fallback is recovered as one at the open is, and
+        the session goes on: first every change received before it becomes durable (or
+        dead-lettered), so the resync overtakes no streamed event and the channel's positions can
+        start afresh (ids from the preset may restart lower) without a checkpoint past unfinished
+        work; then the alarm and the resync, from the row's time as this session left it (a pending
+        catch-up's row keeps its window's start, so that window is covered too)."""
+        if not outcome.fallback:
+            log.info("sf_cdc_subscription_confirmed", channel=outcome.channel, requested=_shown(outcome.requested))
+            return
+        await self._idle.wait()
+        self._watermarks[outcome.channel] = Watermark()
+        checkpoints = await self._store.load(self._options.subscriber)
+        await self._fall_back(outcome, checkpoints.get(outcome.channel), late=True)
+
+    async def _next(self, stopping: asyncio.Future[Any]) -> Delivery | Subscribed | None:
         # receive() is never cancelled while the session goes on: a message dequeued at the moment
         # of a cancel would vanish, and later changes could then carry the checkpoint past it
         receive = asyncio.ensure_future(self._source.receive())
@@ -462,11 +521,11 @@ class Subscriber:
                 await self._run(work)
             except Exception as exc:  # a bug: the change stays un-done, so it is never checkpointed
                 # past and a restart replays it; the lane itself must keep serving
-                log.critical("sf_cdc_lane_failed", error=repr(exc), replay_id=work.delivery.replay_id)
+                log.critical("sf_cdc_lane_failed", error=repr(exc), replay_id=_shown(work.delivery.replay_id))
 
     async def _run(self, work: _Work) -> None:
         try:
-            context = {"channel": work.delivery.channel, "replay_id": work.delivery.replay_id}
+            context = {"channel": work.delivery.channel, "replay_id": _shown(work.delivery.replay_id)}
             with structlog.contextvars.bound_contextvars(**context):
                 if work.change is None:
                     assert work.error is not None
@@ -526,10 +585,11 @@ class Subscriber:
         code = getattr(exc, "code", None) or type(exc).__name__
         headers = _dead_letter_headers(delivery, exc, stage, code)
         key = delivery.channel.encode()
-        value = _json_bytes(delivery.message)
+        # JSON cannot hold bytes: a Pub/Sub API replay id travels as ``event.replayIdHex`` (``json_safe``)
+        value = _json_bytes(json_safe(delivery.message))
         await self._retrying(lambda: self._producer.publish_raw(self._topics.dlq, key, value, headers), "dead_letter")
         self.metrics.dead_letters.labels(channel=delivery.channel, code=code).inc()
-        log.error("sf_cdc_dead_lettered", code=code, error=str(exc), stage=stage, replay_id=delivery.replay_id)
+        log.error("sf_cdc_dead_lettered", code=code, error=str(exc), stage=stage, replay_id=_shown(delivery.replay_id))
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry with capped back-off: forever for ``RetryableError`` (Kafka or Salesforce away:
@@ -564,12 +624,7 @@ class Subscriber:
             channel, checkpoint = outcome.channel, checkpoints.get(outcome.channel)
             since = checkpoint.position_time if checkpoint else None
             if outcome.fallback:
-                self.metrics.fallbacks.labels(channel=channel).inc()
-                log.error(
-                    "sf_cdc_replay_fallback", channel=channel, rejected_replay_id=outcome.requested, error=outcome.error
-                )
-                basis = self._basis(channel, checkpoint)
-                await self._catch_up(CatchUp(channel, since, REPLAY_ID_REJECTED, True, basis, None))
+                await self._fall_back(outcome, checkpoint)
             elif checkpoint is None:
                 # the very first subscription: record when it started, so a crash before the
                 # first replay id is written resumes with a catch-up rather than at "latest"
@@ -587,10 +642,24 @@ class Subscriber:
             async with self._flush_lock:
                 await self._store.save(self._options.subscriber, first_seen)
 
+    async def _fall_back(self, outcome: Subscribed, checkpoint: Checkpoint | None, *, late: bool = False) -> None:
+        """The channel's stored replay id is of no use (rejected at the open, or later on the stream:
+        ``late``; or written by the other transport) and the stream goes on from the preset: raise
+        the alarm and resync the window from the row's time (the retention when it has none)."""
+        channel, rejected = outcome.channel, _shown(outcome.requested)
+        self.metrics.fallbacks.labels(channel=channel).inc()
+        log.error(
+            "sf_cdc_replay_fallback", channel=channel, rejected_replay_id=rejected, error=outcome.error, late=late
+        )
+        since = checkpoint.position_time if checkpoint else None
+        await self._catch_up(CatchUp(channel, since, REPLAY_ID_REJECTED, True, self._basis(channel, checkpoint), None))
+
     def _basis(self, channel: str, checkpoint: Checkpoint | None) -> str:
         since = checkpoint.position_time if checkpoint else None
         replay = checkpoint.replay_id if checkpoint else None
-        return f"catchup:{self._options.subscriber}:{channel}:{replay}:{since.isoformat() if since else '-'}"
+        # "None" as before bytes existed: a catch-up repeated after an upgrade keeps its event ids
+        shown = "None" if replay is None else replay_id_text(replay)
+        return f"catchup:{self._options.subscriber}:{channel}:{shown}:{since.isoformat() if since else '-'}"
 
     def _retry_basis(self, channel: str, since: datetime | None) -> str:
         # derived from what the row keeps, so a retry after a restart emits the same ids
@@ -652,7 +721,7 @@ class Subscriber:
                 catch_up.basis = self._retry_basis(catch_up.channel, catch_up.since)
             self._catch_ups[catch_up.channel] = catch_up
 
-    def _position(self, catch_up: CatchUp) -> int | None:
+    def _position(self, catch_up: CatchUp) -> ReplayId | None:
         """The channel's stream position: what this session made durable, else where it resumed."""
         watermark = self._watermarks.get(catch_up.channel)
         position = watermark.position if watermark is not None else None
@@ -696,7 +765,9 @@ class Subscriber:
                 log.warning("sf_cdc_checkpoint_failed", error=repr(exc))
                 return
             for checkpoint in ready:
-                self.metrics.checkpoint.labels(channel=checkpoint.channel).set(checkpoint.replay_id or 0)
+                # a number only for CometD's ids: the Pub/Sub API's bytes are opaque (left as they are)
+                if not isinstance(checkpoint.replay_id, bytes):
+                    self.metrics.checkpoint.labels(channel=checkpoint.channel).set(checkpoint.replay_id or 0)
 
     async def _drain(self, stop: asyncio.Event) -> None:
         """Wait until every received change is durable. Without ``stop``, as long as it takes (a
@@ -741,6 +812,11 @@ def entities_of(channel: str) -> list[str]:
     return [name.removesuffix("ChangeEvent")]
 
 
+def _shown(replay_id: ReplayId | None) -> int | str | None:
+    """A replay id for a log line: an int as it is, bytes in hex (``replay_id_text``)."""
+    return replay_id.hex() if isinstance(replay_id, bytes) else replay_id
+
+
 def _json_bytes(message: Any) -> bytes:
     try:
         return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str).encode()
@@ -750,7 +826,8 @@ def _json_bytes(message: Any) -> bytes:
 
 def _dead_letter_headers(delivery: Delivery, exc: BaseException, stage: str, code: str) -> list[tuple[str, bytes]]:
     """The value's content type, the provenance every dead letter carries (``events.failure.provenance``;
-    the channel as source topic, no partition, offset or group) and the delivery's replay id."""
+    the channel as source topic, no partition, offset or group) and the delivery's replay id
+    (``replay_id_text``: decimal for CometD, lowercase hex for the Pub/Sub API's bytes)."""
     stamp = fh.iso_utc(time.time())
     headers = [
         ("content-type", b"application/json"),
@@ -768,19 +845,11 @@ def _dead_letter_headers(delivery: Delivery, exc: BaseException, stage: str, cod
         ),
     ]
     if delivery.replay_id is not None:
-        headers.append((fh.SOURCE_REPLAY_ID, str(delivery.replay_id).encode()))
+        headers.append((fh.SOURCE_REPLAY_ID, replay_id_text(delivery.replay_id).encode()))
     return headers
 
 
 # --- composition --------------------------------------------------------------------------------
-def _forcing_refresh(tokens: TokenSource) -> Callable[[], Awaitable[None]]:
-    async def reauthenticate() -> None:
-        current = await tokens.token()
-        await tokens.refresh(current.access_token)
-
-    return reauthenticate
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
@@ -812,14 +881,7 @@ async def serve(
             salesforce = salesforce or client
         if source is None:
             assert tokens is not None
-            source = CometdSource(
-                FleetAuthenticator(tokens),
-                sf.channels,
-                fallback=sf.replay_fallback,
-                api_version=sf.api_version,
-                connection_timeout=options.connection_timeout_s,
-                reauthenticate=_forcing_refresh(tokens),
-            )
+            source = bootstrap.change_source(settings, tokens, connection_timeout_s=options.connection_timeout_s)
         if producer is None:
             # a refused credential stops the process here (one line)
             producer = await bootstrap.open_producer(stack, settings, "sf-cdc")
