@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -138,6 +138,7 @@ class PubSubServer(pb_grpc.PubSubServicer):  # type: ignore[misc]
         self.port: int | None = None
         self._server: aio.Server | None = None
         self._ids = itertools.count(1)
+        self._stored: OrderedDict[int, Any] = OrderedDict()  # replay id -> ConsumerEvent, encoded at publish
         bus.listen(self._deliver)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -388,6 +389,10 @@ class PubSubServer(pb_grpc.PubSubServicer):  # type: ignore[misc]
                                 pending_num_requested=stream.pending)  # fmt: skip
 
     def _consumer_event(self, message: dict[str, Any]) -> Any:
+        stored = self._stored.get(int(message["data"]["event"]["replayId"]))
+        return stored if stored is not None else self._encode(message)
+
+    def _encode(self, message: dict[str, Any]) -> Any:
         try:
             schema_id, payload = self.schemas.encode(message)
         except EncodingError as exc:
@@ -396,7 +401,23 @@ class PubSubServer(pb_grpc.PubSubServicer):  # type: ignore[misc]
         event = pb.ProducerEvent(id=str(message["data"]["event"]["EventUuid"]), schema_id=schema_id, payload=payload)
         return pb.ConsumerEvent(event=event, replay_id=encode_replay_id(int(message["data"]["event"]["replayId"])))
 
+    def _store(self, message: dict[str, Any]) -> None:
+        """Encode an event once, as it is published, and keep it (Salesforce's bus stores events
+        serialized; a delivery or a replay sends the stored bytes, in the schema of its time).
+        Kept for as many events as the bus retains; older ones are encoded again if replayed."""
+        replay_id = int(message["data"]["event"]["replayId"])
+        if replay_id in self._stored:
+            return  # a duplicate delivery of a stored event
+        try:
+            self._stored[replay_id] = self._encode(message)
+        except PubSubError:
+            return  # the delivery path reports it to the subscriber
+        while len(self._stored) > self.bus.retention * len(self.bus.channels):
+            self._stored.popitem(last=False)
+
     def _deliver(self, channel: str, message: dict[str, Any]) -> None:
+        if self._server is not None:  # nobody can subscribe before the server serves: no cost to CometD
+            self._store(message)
         for stream in self.streams.values():
             if stream.topic == channel:
                 stream.backlog.append(message)

@@ -5,9 +5,11 @@ the same). What this module owns, and the delivery semantics behind each rule:
 
 * **Flow control.** A stream asks for at most ``num_requested`` (≤ 100) events; what the server
   still owes plus what was received but not yet taken by ``receive()`` never exceeds it, so memory
-  is bounded by the subscriber's pace. Events are asked for again as the subscriber takes them
-  (in batches of half the window), so a stream with a consuming subscriber never reaches "nothing
-  requested", which Salesforce closes after ~70 s.
+  is bounded by the subscriber's pace. Events are asked for again as the subscriber takes them, a
+  quarter of the window at a time (with half, a backlog waited on the request round trip: 62-73 %
+  of a core busy; with a tenth, 81-83 % but more writes per event; ``bench/cdc_bench.py``), so a
+  stream with a consuming subscriber never reaches "nothing requested", which Salesforce closes
+  after ~70 s.
 * **Positions.** Replay ids are opaque bytes: stored, compared for nothing, handed back as they
   came. A stream opens from its channel's checkpoint (``CUSTOM``: events after it) or the fallback
   preset. Within a session, a stream that must be reopened (token refresh) resumes after the last
@@ -105,7 +107,7 @@ class PubSubSource:
         self._channels = list(channels)
         self._preset = _PRESETS[fallback]
         self._window = num_requested
-        self._top_up = max(1, num_requested // 2)
+        self._top_up = max(1, num_requested // 4)  # the request size (module docstring: flow control)
         self._call_timeout_s = call_timeout_s
         self._channel_factory = channel_factory or (lambda: open_channel(endpoint, tls=tls, keepalive_s=keepalive_s))
         self._channel: aio.Channel | None = None
