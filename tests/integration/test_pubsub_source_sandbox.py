@@ -157,7 +157,12 @@ async def test_flow_control_holds_at_most_num_requested_unconsumed(org: Org) -> 
         oid = await org.seed_order()
         for i in range(20):
             await org.edit(oid, Description=f"edit {i}")
-        await asyncio.sleep(0.3)  # nothing consumed yet: the server may send only the first 4
+        for _ in range(200):  # nothing consumed yet: the server may send only the first 4
+            (stream,) = (await org.control("GET", "pubsub"))["streams"]
+            if stream["delivered"] >= 4:
+                break
+            await asyncio.sleep(0.025)
+        await asyncio.sleep(0.2)  # and nothing more follows while nobody takes them
         (stream,) = (await org.control("GET", "pubsub"))["streams"]
         assert stream["delivered"] == 4 and stream["pending_num_requested"] == 0
         deliveries = await receive(source, 21)  # taking them asks for more, two at a time
@@ -213,7 +218,10 @@ async def test_keepalives_count_as_life_and_a_half_open_stream_does_not(org: Org
     try:
         await source.open({})
         before = source.last_alive
-        await asyncio.sleep(0.8)  # empty FetchResponses every 300 ms
+        for _ in range(100):  # empty FetchResponses every 300 ms
+            if source.last_alive > before:
+                break
+            await asyncio.sleep(0.05)
         assert source.last_alive > before
         await org.control("POST", "pubsub/faults", {"kind": "half_open"})
         await asyncio.sleep(0.4)

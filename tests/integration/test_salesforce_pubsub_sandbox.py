@@ -176,6 +176,15 @@ def error_code(error: aio.AioRpcError) -> str | None:
 
 
 # --- the org, through its control API -------------------------------------------------------------
+async def streams_registered(http: httpx.AsyncClient, count: int) -> None:
+    """Wait until the server has registered ``count`` streams (an observable, not a fixed sleep)."""
+    for _ in range(200):
+        if len((await http.get("/_sandbox/pubsub")).json()["streams"]) >= count:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{count} streams never registered")
+
+
 async def last_replay_id(http: httpx.AsyncClient) -> int:
     return int((await http.get("/_sandbox/state")).json()["last_replay_id"])
 
@@ -343,7 +352,7 @@ async def test_latest_delivers_only_what_is_published_after_the_subscription(
     await seed_order(http)
     before = await last_replay_id(http)
     subscription = subscribe(preset=pb.LATEST, num_requested=5)
-    await asyncio.sleep(0.2)
+    await streams_registered(http, 1)  # LATEST starts where the server registers it
     order_id = await seed_order(http, customer="suzuki")
 
     (event,) = await subscription.events(1)
@@ -598,7 +607,7 @@ async def test_out_of_order_and_duplicate_deliveries_reach_grpc_subscribers(
     http: httpx.AsyncClient, subscribe: Any
 ) -> None:
     subscription = subscribe(num_requested=10)
-    await asyncio.sleep(0.2)
+    await streams_registered(http, 1)  # LATEST starts where the server registers it
     await http.post("/_sandbox/events/out-of-order", json={"channel": ORDERS, "count": 2})
     await seed_order(http)
     await seed_order(http, customer="suzuki")
@@ -654,7 +663,7 @@ async def test_stream_ending_faults_end_every_open_stream(
     http: httpx.AsyncClient, subscribe: Any, kind: str, status: grpc.StatusCode, code: str
 ) -> None:
     first, second = subscribe(num_requested=1), subscribe(topic=PLATFORM, num_requested=1)
-    await asyncio.sleep(0.2)
+    await streams_registered(http, 2)  # LATEST starts where the server registers it
     before = (await http.get("/_sandbox/pubsub")).json()["streams"]
 
     answer = await http.post("/_sandbox/pubsub/faults", json={"kind": kind})
@@ -668,7 +677,7 @@ async def test_expiring_tokens_ends_streams_and_the_old_token_fails(
     http: httpx.AsyncClient, stub: Any, metadata: Any, subscribe: Any
 ) -> None:
     subscription = subscribe(num_requested=1)
-    await asyncio.sleep(0.2)
+    await streams_registered(http, 1)  # LATEST starts where the server registers it
     expired = (await http.post("/_sandbox/expire-tokens")).json()
 
     error = await subscription.error()
@@ -709,7 +718,7 @@ async def test_a_half_open_stream_goes_silent_without_closing(http: httpx.AsyncC
     await subscription.next(timeout=2)  # a keepalive: the stream is alive
     await http.post("/_sandbox/pubsub/faults", json={"kind": "half_open"})
     await seed_order(http)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
     while not subscription.responses.empty():  # a keepalive that was already on its way
         subscription.responses.get_nowait()
 
@@ -722,7 +731,7 @@ async def test_a_half_open_stream_goes_silent_without_closing(http: httpx.AsyncC
 
 async def test_drop_connections_ends_grpc_streams_too(http: httpx.AsyncClient, subscribe: Any) -> None:
     subscription = subscribe(num_requested=1)
-    await asyncio.sleep(0.2)
+    await streams_registered(http, 1)  # LATEST starts where the server registers it
     dropped = (await http.post("/_sandbox/drop-connections", json={})).json()
 
     error = await subscription.error()

@@ -317,7 +317,7 @@ async def test_a_failing_open_is_retried_with_backoff() -> None:
 async def test_a_refusal_no_retry_fixes_raises_the_alarm_and_waits_its_long_retry_out() -> None:
     """Pub/Sub's daily allocation spent (or a permission, an unknown topic): no quick reconnects."""
     r = build()
-    r.source.fail_next_open = SourceRefused("limit", code="subscription.limit.exceeded", retry_after_s=0.5)
+    r.source.fail_next_open = SourceRefused("limit", code="subscription.limit.exceeded", retry_after_s=1.5)
     r.task = asyncio.create_task(r.subscriber.run(r.stop))
     try:
         await eventually(lambda: r.metric("sf_cdc_source_refused_total", code="subscription.limit.exceeded") == 1)
