@@ -194,6 +194,34 @@ async def test_an_expired_token_is_refreshed_and_the_stream_resumes_where_it_was
         await source.close()
 
 
+async def test_a_stream_reopened_with_events_still_queued_asks_only_for_the_room_left(org: Org) -> None:
+    source = org.source(num_requested=4)
+    try:
+        await source.open({})
+        await org.streams_open()
+        oid = await org.seed_order()
+        await org.edit(oid, Description="queued")
+        for _ in range(200):  # two events arrived, none taken
+            (stream,) = (await org.control("GET", "pubsub"))["streams"]
+            if stream["delivered"] >= 2:
+                break
+            await asyncio.sleep(0.025)
+        await org.control("POST", "expire-tokens", {})
+        for _ in range(200):  # the source refreshes its token and opens a new call
+            streams = (await org.control("GET", "pubsub"))["streams"]
+            if streams and streams[0]["delivered"] == 0:
+                break
+            await asyncio.sleep(0.025)
+        (reopened,) = streams
+        assert reopened["pending_num_requested"] == 2  # 4 minus the two still queued
+        for i in range(6):
+            await org.edit(oid, Description=f"after {i}")
+        ids = [d.replay_id for d in await receive(source, 8)]
+        assert len(set(ids)) == 8  # the queued two, then the six: nothing lost, nothing twice
+    finally:
+        await source.close()
+
+
 async def test_a_new_schema_mid_stream_is_fetched_and_decoded(org: Org) -> None:
     source = org.source()
     try:

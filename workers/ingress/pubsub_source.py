@@ -164,10 +164,7 @@ class PubSubSource:
                 self._start(stream, requested)
                 outcomes.append(Subscribed(topic, requested))
             return outcomes
-        except SourceError:
-            await self.close()
-            raise
-        except AuthenticationFailed:
+        except (SourceError, AuthenticationFailed):
             await self.close()
             raise
         except Exception as exc:  # gRPC, decoding and timeout errors alike: close what opened
@@ -187,8 +184,10 @@ class PubSubSource:
     def _start(self, stream: _Stream, after: bytes | None) -> None:
         """Open ``stream``'s call: CUSTOM after ``after``, else the fallback preset."""
         stream.call = self._stub.Subscribe(metadata=self._metadata())
-        stream.owed, stream.buffered = self._window, 0
-        first = pb.FetchRequest(topic_name=stream.topic, num_requested=self._window)
+        # a reopened stream's earlier events may still wait in the queue: they stay counted, so
+        # the new call asks only for what the window has room for (at least one: the API's minimum)
+        stream.owed = max(1, self._window - stream.buffered)
+        first = pb.FetchRequest(topic_name=stream.topic, num_requested=stream.owed)
         if after is None:
             first.replay_preset = self._preset
         else:
