@@ -112,8 +112,12 @@ async def test_a_checkpoint_older_than_retention_is_caught_up_by_soql(world: Wor
     tap, topics = world.tap, world.topics
     await eventually(lambda: world.metric("sf_cdc_replay_fallbacks_total", channel=ORDER_CH) == 1, what="fallback")
     await tap.wait(lambda: any(r.key == orders[1] for r in tap.on(topics.order, ACTIVATION)), what="resync")
-    resynced = {r.key for r in tap.on(topics.order, CHANGED) if r.value["change_type"] == "RESYNC"}
-    assert set(orders) <= resynced
+
+    def resynced() -> set[str]:
+        return {r.key for r in tap.on(topics.order, CHANGED) if r.value["change_type"] == "RESYNC"}
+
+    # the orders' events are keyed by order id: on different partitions, they reach the tap in any order
+    await tap.wait(lambda: set(orders) <= resynced(), what=f"both orders resynced (seen: {resynced()})")
     row = await reset_row(world)
     assert row["replay_id"] is None and row["pubsub_replay_id"] is None and row["reset_reason"] == "REPLAY_ID_REJECTED"
     assert checkpoint < world.sandbox.bus.last_replay_id
