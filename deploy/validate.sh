@@ -8,6 +8,10 @@
 #                exposure <= $SYSTEMD_MAX_EXPOSURE for every worker instance; no "value # comment" lines
 #   Dockerfile   deploy/checks.py dockerfile (dockerfile-parse): pinned base, numeric non-root USER,
 #                exec-form ENTRYPOINT/CMD, no build tools in the final stage
+#   observability promtool (Debian's prometheus package, deploy/bootstrap.sh): the alert rules, every
+#                dashboard query (as a recording rule) and the example scrape config parse; then
+#                deploy/observability/check.py: dashboard structure, rule labels/annotations, runbook
+#                anchors in docs/, every metric named is in the catalog (metrics.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +22,8 @@ WORKERS=(fulfillment sf-writer cache-invalidator sf-cdc whmcs-webhooks)
 work=$(mktemp -d /tmp/fleet-validate.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failed=0
-for tool in kubectl systemd-analyze "$BIN/check-jsonschema" "$BIN/kubernetes-validate"; do
-  command -v "$tool" >/dev/null || { echo "check-deploy: $tool is missing (make install; kubectl and systemd come with the machine)" >&2; exit 1; }
+for tool in kubectl systemd-analyze promtool "$BIN/check-jsonschema" "$BIN/kubernetes-validate"; do
+  command -v "$tool" >/dev/null || { echo "check-deploy: $tool is missing (make install; kubectl and systemd come with the machine, promtool with deploy/bootstrap.sh)" >&2; exit 1; }
 done
 ok() { printf '  ok   %s\n' "$*"; }
 bad() { printf '  FAIL %s\n' "$*" >&2; failed=1; }
@@ -92,6 +96,30 @@ if "$BIN/python" deploy/checks.py dockerfile deploy/docker/Dockerfile; then
   ok "deploy/docker/Dockerfile: pinned base, numeric non-root USER, exec form, no build tools in the final stage"
 else
   bad "deploy/docker/Dockerfile"
+fi
+
+echo "observability"
+obs=deploy/observability
+if promtool check rules "$obs/alerts.rules.yml" >"$work/rules.log" 2>&1; then
+  ok "$obs/alerts.rules.yml: $(grep -o '[0-9]* rules found' "$work/rules.log")"
+else
+  bad "$obs/alerts.rules.yml"; cat "$work/rules.log" >&2
+fi
+if "$BIN/python" "$obs/check.py" panel-rules "$work/panels.rules.yml" &&
+    promtool check rules "$work/panels.rules.yml" >"$work/panels.log" 2>&1; then
+  ok "$obs/dashboards: $(grep -o '[0-9]* rules found' "$work/panels.log" | cut -d' ' -f1) panel queries parse"
+else
+  bad "$obs/dashboards: panel queries"; cat "$work/panels.log" >&2
+fi
+if promtool check config "$obs/prometheus.yml" >"$work/config.log" 2>&1; then
+  ok "$obs/prometheus.yml"
+else
+  bad "$obs/prometheus.yml"; cat "$work/config.log" >&2
+fi
+if "$BIN/python" "$obs/check.py" all; then
+  ok "$obs: dashboards, rule labels and runbook anchors, every metric named is in metrics.txt"
+else
+  bad "$obs/check.py"
 fi
 
 if [ "$failed" -ne 0 ]; then

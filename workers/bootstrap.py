@@ -21,6 +21,7 @@ loudly if a handler reaches for them). Must not hold business rules or bind hand
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, cast
@@ -39,6 +40,7 @@ from adapters.db import create_pool
 from adapters.freebit import FreebitPort, HttpFreebit
 from adapters.http import build_client
 from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer, start_client
+from adapters.leader_lease import PgAdvisoryLease
 from adapters.salesforce import (
     HttpSalesforce,
     JwtBearerAuth,
@@ -69,6 +71,10 @@ class Deps:
     whmcs: WhmcsPort
     freebit: FreebitPort
     salesforce_tokens: TokenSource | None = None
+
+    def lease(self, name: str) -> PgAdvisoryLease:
+        """A Postgres leader lease named ``name`` for this process (its connection opens on ``try_acquire``)."""
+        return leader_lease(self.settings, name, socket.gethostname())
 
 
 class Unconfigured:
@@ -199,6 +205,11 @@ async def open_pool(
     )
     stack.push_async_callback(pool.close)
     return pool
+
+
+def leader_lease(settings: Settings, name: str, holder: str) -> PgAdvisoryLease:
+    """A Postgres leader lease named ``name`` (its own connection, opened by ``try_acquire``)."""
+    return PgAdvisoryLease(settings.postgres.dsn.get_secret_value(), name, application_name=f"{name} {holder}")
 
 
 def redis_client(settings: Settings, *, socket_timeout: float | None, connect_timeout: float) -> aioredis.Redis:

@@ -276,6 +276,9 @@ class RuntimeSettings(_Section):
     revoke_grace_s: float | None = Field(None, gt=0)
     liveness_timeout_s: float = Field(60.0, gt=0)  # /livez fails when the loop or a handler is stuck longer
     purge_interval_s: float = Field(3_600.0, gt=0)  # inbox purge period (with a pool)
+    # how often the group's dead-letter depth and oldest age are read from Kafka (three ListOffsets
+    # requests, by the one instance that owns the group's first partition; workers.runtime.dead_letters)
+    dead_letter_check_interval_s: float = Field(30.0, gt=0)
     purge_batch: int = Field(1_000, ge=1)
     purge_max_batches: int = Field(100, ge=1)
     yield_every: int = Field(64, ge=1)  # records a partition task handles before letting other tasks run

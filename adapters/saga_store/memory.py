@@ -139,6 +139,14 @@ class MemorySagaStore:
         parked = [r.order for r in self.orders.values() if r.order.state == "parked"]
         return [o.sf_order_id for o in parked if o.whmcs_client_id == whmcs_client_id]
 
+    async def count_orders(self) -> dict[tuple[str, str | None], int]:
+        counts: dict[tuple[str, str | None], int] = {}
+        for record in self.orders.values():
+            order = record.order
+            key = (str(order.state), order.error_code if order.state == "parked" else None)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:
         found = [copy.deepcopy(r.order) for r in self.orders.values() if state in (None, r.order.state)]
         return list(reversed(found))[:limit]

@@ -325,6 +325,15 @@ class PgSagaStore:
                 )
         return [str(r["sf_order_id"]) for r in rows]
 
+    async def count_orders(self) -> dict[tuple[str, str | None], int]:
+        with _db("order counts"):
+            async with self._conn() as conn:
+                rows = await conn.fetch(
+                    "SELECT state, CASE WHEN state = 'parked' THEN error_code END AS code, count(*) AS n"
+                    " FROM fulfillment_orders GROUP BY 1, 2"
+                )
+        return {(str(r["state"]), r["code"]): int(r["n"]) for r in rows}
+
     async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:
         async with self._conn() as conn:
             rows = await conn.fetch(

@@ -172,6 +172,11 @@ class SagaStore(Protocol):
         its due time."""
         ...
 
+    async def count_orders(self) -> dict[tuple[str, str | None], int]:
+        """How many orders are in each state, one count per (state, error code) for parked orders and
+        per (state, None) for the others: one aggregate query (the metrics' orders by state)."""
+        ...
+
     async def list_orders(self, state: str | None = None, limit: int = 50) -> list[SagaOrder]:
         """Orders, most recently updated first, optionally in one state."""
         ...

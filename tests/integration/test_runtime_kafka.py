@@ -319,6 +319,28 @@ async def test_permanent_error_reaches_the_dead_letter_with_every_provenance_hea
     assert await _committed_is(env, names, {3: meta.offset + 1})
 
 
+async def test_the_worker_shows_its_groups_dead_letters_read_from_kafka(env: dict[str, Any]) -> None:
+    """``fleet_dead_letters{group}`` and ``fleet_dead_letter_oldest_age_seconds{group}`` on the worker's
+    /metrics: read from the DLQ topic's offsets on the real broker after two records were dead-lettered."""
+    names = Names("dlqgauge")
+    await topics_for(env, names)
+
+    async def handle(event: OrderChanged, msg: Message) -> None:
+        raise MappingMissing("no WHMCS product", code="PRODUCT_UNMAPPED")
+
+    route = Route("t", names.group, (names.topic,), {OrderChanged: handle})
+    settings = RuntimeSettings(backoff_initial_s=0.05, backoff_max_s=0.5, dead_letter_check_interval_s=0.2)
+    labels = {"group": names.group}
+    async with running(env, route, settings=settings) as worker:
+        await eventually(lambda: worker.registry.get_sample_value("fleet_dead_letters", labels) == 0, what="empty")
+        await produce(env, names.topic, [names.order(0)], partition=1)
+        await produce(env, names.topic, [names.order(1)], partition=2)
+        await read_topic(env, dlq_topic(names.group), 2)
+        await eventually(lambda: worker.registry.get_sample_value("fleet_dead_letters", labels) == 2, what="depth 2")
+        age = worker.registry.get_sample_value("fleet_dead_letter_oldest_age_seconds", labels)
+        assert age is not None and 0 <= age < 60
+
+
 @pytest.mark.parametrize(
     ("keys", "limit", "pause_s"),
     [

@@ -15,6 +15,8 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.cache import FakeCache
 from adapters.mappings import FakeIdMappings
@@ -392,3 +394,23 @@ def test_the_composition_root_binding_covers_every_busting_event_type() -> None:
     assert set(table) == {InvoiceChanged, ServiceChanged, PaymentMethodChanged, ClientChanged, WhmcsOrderChanged,
                           OrderChanged, OrderFulfilled, OrderFulfillmentFailed, OrderParked, OrderActivationStarted,
                           CatalogChanged, AccountEligibilityChanged}  # fmt: skip
+
+
+async def test_metrics_count_the_keys_each_event_type_busted(world: World) -> None:
+    """``fleet_cache_keys_busted_total{event_type}``: keys UNLINK deleted; ``fleet_cache_invalidations_total``:
+    the events that busted, as the worker's /metrics page shows them."""
+    await world.deliver(InvoiceChanged(whmcs_client_id=T_CLIENT, invoice_id=5001, hook="InvoicePaid"))  # 2 keys
+    await world.deliver(InvoiceChanged(whmcs_client_id=T_CLIENT, invoice_id=5001, hook="InvoicePaid"))  # gone: 0
+    await world.deliver(PaymentMethodChanged(whmcs_client_id=T_CLIENT, paymethod_id=11))  # 1 key
+
+    registry = CollectorRegistry()
+    registry.register(world.handlers[InvoiceChanged].collector)  # type: ignore[attr-defined]
+    shown = {
+        (s.name, s.labels["event_type"]): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    assert shown[("fleet_cache_keys_busted_total", InvoiceChanged.TYPE)] == 2
+    assert shown[("fleet_cache_invalidations_total", InvoiceChanged.TYPE)] == 2
+    assert shown[("fleet_cache_keys_busted_total", PaymentMethodChanged.TYPE)] == 1
+    assert shown[("fleet_cache_invalidations_total", PaymentMethodChanged.TYPE)] == 1

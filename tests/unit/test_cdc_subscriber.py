@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -536,3 +537,24 @@ async def test_an_unparseable_pubsub_delivery_is_dead_lettered_with_a_hex_replay
     assert key == ORDER_CH.encode() and h[fh.SOURCE_REPLAY_ID] == "0001fe" and h[fh.ERROR_STAGE] == "decode"
     body = {"channel": ORDER_CH, "data": {"payload": {"no": "header"}, "event": {"replayIdHex": "0001fe"}}}
     assert json.loads(value or b"") == body
+
+
+async def test_the_stream_lag_histogram_times_commit_to_kafka_acknowledgement(rig: Rig) -> None:
+    """``sf_cdc_stream_lag_seconds{channel}``: from the change's commitTimestamp to Kafka acknowledging
+    its events; a change that emits nothing is not timed."""
+    commit_ms = int((time.time() - 90) * 1000)  # committed in Salesforce a minute and a half ago
+    rig.source.push(
+        change_message(
+            "Order",
+            fields={"Status": "Approved", "Activation_Status__c": "Activating"},
+            replay_id=131,
+            commit_ms=commit_ms,
+        )  # fmt: skip
+    )
+    rig.source.push(change_message("Order", fields={"Description": "internal"}, replay_id=132))  # emits nothing
+    await eventually(lambda: rig.checkpoint() == 132)
+    lag = "sf_cdc_stream_lag_seconds"
+    assert rig.metric(f"{lag}_count", channel=ORDER_CH) == 1
+    assert rig.metric(f"{lag}_bucket", channel=ORDER_CH, le="60.0") == 0
+    assert rig.metric(f"{lag}_bucket", channel=ORDER_CH, le="300.0") == 1
+    assert 90 <= rig.metric(f"{lag}_sum", channel=ORDER_CH) < 300

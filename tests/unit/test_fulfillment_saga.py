@@ -787,12 +787,13 @@ def test_the_route_binder_takes_the_composition_roots_deps() -> None:
     activation requests (v2 and v1) to the saga and pay-method changes to the parked orders."""
     from types import SimpleNamespace
 
+    from adapters.leader_lease import FakeLease
     from workers.fulfillment.route import bind, fulfill_order, reschedule, resume_parked_orders
     from workers.routes import ROUTES
 
     assert ROUTES["fulfillment"].bind is bind
     deps = SimpleNamespace(settings=Settings(), producer=FakeProducer(), pool=object(), salesforce=FakeSalesforce(),
-                           whmcs=FakeWhmcs(), freebit=FakeFreebit())  # fmt: skip
+                           whmcs=FakeWhmcs(), freebit=FakeFreebit(), lease=FakeLease)  # fmt: skip
     table = bind(deps)  # type: ignore[arg-type]
     requests: set[type[DomainEvent]] = {
         OrderActivationRequested, SimActivationRequested, OrderActivationRequestedV1, SimActivationRequestedV1

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from adapters.freebit import FakeFreebit
 from adapters.kafka import FakeProducer
+from adapters.leader_lease import FakeLease
 from adapters.salesforce import FakeSalesforce
 from adapters.whmcs import FakeWhmcs
 from devtools.demo.fleet import unavailable_workers
@@ -43,7 +44,8 @@ def test_run_list_prints_groups_topics_and_failure_topics() -> None:
 
 def _fake_deps() -> SimpleNamespace:
     return SimpleNamespace(settings=Settings(), producer=FakeProducer(), pool=object(), redis=object(),
-                           salesforce=FakeSalesforce(), whmcs=FakeWhmcs(), freebit=FakeFreebit())  # fmt: skip
+                           salesforce=FakeSalesforce(), whmcs=FakeWhmcs(), freebit=FakeFreebit(),
+                           lease=FakeLease)  # fmt: skip
 
 
 def _unversioned(event_type: str) -> str:

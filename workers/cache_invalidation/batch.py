@@ -22,7 +22,7 @@ SET of the wrong type) fails that record alone, never its neighbours.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -31,6 +31,7 @@ from adapters.mappings import IdMappingsPort
 from events.errors import FleetError, InvalidPayload
 from workers import cache_keys as ck
 from workers.cache_invalidation.directory import Directory
+from workers.cache_invalidation.metrics import BustedKeys
 from workers.cache_invalidation.plan import PLANNERS, Bust
 from workers.cache_invalidation.status import order_status
 from workers.runtime.batch import Outcome
@@ -43,6 +44,7 @@ log = structlog.get_logger(__name__)
 class CacheDeps:
     cache: CachePort
     mappings: IdMappingsPort
+    busted: BustedKeys = field(default_factory=BustedKeys)
 
 
 async def invalidate_batch(msgs: Sequence[Message], *, deps: CacheDeps) -> list[Outcome]:
@@ -57,7 +59,7 @@ async def invalidate_batch(msgs: Sequence[Message], *, deps: CacheDeps) -> list[
         results = await deps.cache.invalidate([item for _, item in items]) if items else []
     except FleetError as exc:  # Postgres or Redis unavailable: nothing of the batch is done
         return [exc if outcome is None else outcome for outcome in outcomes]
-    _settle(msgs, items, results, outcomes)
+    _settle(msgs, items, results, outcomes, deps.busted)
     return outcomes
 
 
@@ -66,6 +68,7 @@ def _settle(
     items: Sequence[tuple[int, Invalidation]],
     results: Sequence[int | FleetError],
     outcomes: list[Outcome],
+    busted_keys: BustedKeys,
 ) -> None:
     """Each pipelined item's result becomes its record's outcome (a refused command fails it alone)."""
     busted = deleted = statuses = 0
@@ -77,6 +80,7 @@ def _settle(
         if item.notice is None:  # an order-status notice alone: nothing was stale
             continue
         busted, deleted = busted + 1, deleted + result
+        busted_keys.add(msgs[i].event_type, result)
         notice = item.notice
         log.debug("cache_event_invalidated", event_id=notice.event_id, offset=msgs[i].offset, keys=len(notice.keys),
                   deleted=result, reason=notice.reason)  # fmt: skip

@@ -31,7 +31,9 @@ def bind_cache_invalidator(
 ) -> dict[type[DomainEvent], Handler]:
     """The cache-invalidator's dispatch table, for ``Route(handlers=...)``: every type of ``PLANNERS``
     → one shared ``BatchHandler`` (one object, so a batch is not cut where the event type changes)."""
-    handler = BatchHandler(partial(invalidate_batch, deps=CacheDeps(cache, mappings)), max_batch=max_batch)
+    deps = CacheDeps(cache, mappings)
+    handler = BatchHandler(partial(invalidate_batch, deps=deps), max_batch=max_batch)
+    handler.collector = deps.busted  # type: ignore[attr-defined]  # the worker serves it on /metrics
     return dict.fromkeys(PLANNERS, handler)
 
 

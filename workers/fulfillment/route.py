@@ -29,6 +29,7 @@ from events.salesforce import (
 )
 from events.topics import ConsumerGroup, Topic
 from workers import crashpoints
+from workers.fulfillment.metrics import Collectors
 from workers.fulfillment.model import TIMER_REASON, OrderState, Step
 from workers.fulfillment.run import Clock, Publisher, StepFn, StepHook, Trigger, utcnow
 from workers.fulfillment.saga import Saga
@@ -48,7 +49,7 @@ from workers.fulfillment.steps import (
     write_back_to_salesforce,
     write_sim_fields,
 )
-from workers.fulfillment.timers import Collectors, TimerLoop
+from workers.fulfillment.timers import SWEEPER_LEASE, TimerLoop
 from workers.fulfillment.wakeup import TIMER_SOURCE, WAKEUP_SOURCE, RetryTopicScheduler
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
     from adapters.freebit.port import FreebitPort
     from adapters.kafka import ProducerPort
+    from adapters.leader_lease import LeaderLease
     from adapters.salesforce.port import SalesforcePort
     from adapters.whmcs.port import WhmcsPort
     from workers.bootstrap import Deps
@@ -192,12 +194,14 @@ def bind_fulfillment(
     clock: Clock = utcnow,
     hook: StepHook | None = None,
     output_topics: Mapping[Topic, str] | None = None,
+    sweeper_lease: LeaderLease | None = None,
 ) -> dict[type[DomainEvent], Handler]:
     """The fulfillment route's dispatch table, for ``Route(group=ConsumerGroup.FULFILLMENT, handlers=...)``.
 
     ``store`` and ``mappings`` default to their PostgreSQL implementations over ``pool``; ``group``
     must be the route's (wake-ups travel on its retry tiers). ``hook`` is test-only (the kill -9
-    test's crash point); production passes nothing."""
+    test's crash point); production passes nothing. ``sweeper_lease``: the Postgres lease whose holder
+    alone sweeps and exports the order gauges (None: this instance always does)."""
     if store is None or mappings is None:
         if pool is None:
             raise ValueError("bind_fulfillment needs a pool unless both store and mappings are given")
@@ -221,9 +225,9 @@ def bind_fulfillment(
     fulfil = partial(fulfill_order, saga=saga)
     # the durable timers run beside the consume loop for the worker's life (``timers.py``); the
     # runtime starts a handler's ``companion`` and serves its ``collector`` on the worker's /metrics
-    timers = TimerLoop(store, scheduler, settings.fulfillment, clock)
+    timers = TimerLoop(store, scheduler, settings.fulfillment, clock, sweeper_lease)
     fulfil.companion = timers.run  # type: ignore[attr-defined]
-    fulfil.collector = Collectors(saga.ledger_checks, timers.stuck)  # type: ignore[attr-defined]
+    fulfil.collector = Collectors(saga.ledger_checks, saga.step_duration, timers.gauges)  # type: ignore[attr-defined]
     return {
         OrderActivationRequested: fulfil,
         SimActivationRequested: fulfil,
@@ -243,5 +247,6 @@ def bind(deps: Deps) -> dict[type[DomainEvent], Handler]:
         producer=deps.producer,
         settings=deps.settings,
         pool=deps.pool,
+        sweeper_lease=deps.lease(SWEEPER_LEASE),
         hook=crashpoints.saga_hook(),  # None unless a chaos run armed fulfillment.* crash points
     )

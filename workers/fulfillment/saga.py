@@ -25,6 +25,7 @@ and a Salesforce order the ledger did not fulfil gets ``LEDGER_MISMATCH`` (never
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from events.base import DomainEvent
 from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
 from events.topics import Topic
 from workers.fulfillment import writeback
+from workers.fulfillment.metrics import STEP_VENDOR, step_duration
 from workers.fulfillment.model import (
     REOPENED,
     TIMER_REASON,
@@ -111,6 +113,8 @@ class Saga:
             ["verdict"],
             registry=None,
         )
+        #: each step attempt's latency by step and vendor (``metrics``); served like ``ledger_checks``
+        self.step_duration = step_duration()
 
     async def handle(self, trigger: Trigger) -> SagaResult:
         """Advance one order as far as it can go now. Safe to call any number of times."""
@@ -246,16 +250,24 @@ class Saga:
         rec.started_at = rec.started_at or now
         run.order.current_step, run.order.state = step, OrderState.RUNNING
         await self._save(run, step)  # with the previous step's result (rule 3)
+        started = time.perf_counter()
         try:
             outcome = await self._steps[step](run)
         except Exception as exc:
+            self._observe(step, started)
             code = rejection_code(step, exc)
             if code is None:
                 await self._errored(run, step, exc)
                 raise
             outcome = Fail(code, str(exc))
+        else:
+            self._observe(step, started)
         self._call_hook(step, "called")
         return outcome
+
+    def _observe(self, step: Step, started: float) -> None:
+        took = time.perf_counter() - started
+        self.step_duration.labels(step=step.value, vendor=STEP_VENDOR.get(step, "none")).observe(took)
 
     async def _errored(self, run: Run, step: Step, exc: Exception) -> None:
         """A retryable (or unclassified) error: record it on the step and let the runtime retry."""

@@ -6,7 +6,10 @@ the group's first retry tier (due at once), and the stuck-order gauge. Runs besi
 in every fulfillment worker (a handler ``companion``, started and stopped by the runtime). Several
 instances share the rows: a take is one statement that skips rows another instance holds and leases
 each taken row ahead (``SagaStore.take_due_timers``), so a row fires once per lease, and a worker
-that dies between the take and the produce loses nothing: the row falls due again. Must not run a
+that dies between the take and the produce loses nothing: the row falls due again. The sweep (orders
+by state, parked, stuck: ``metrics.OrderGauges``) runs only in the instance holding the sweeper's
+Postgres lease (``sweeper_lease``), so one instance exports those counts and a sum over instances is
+right; another takes the lease over when its holder's connection dies. Must not run a
 saga step: the resume request is handled like any other, by whichever instance owns the order's
 partition, under the order's lock; the saga re-arms or clears the row.
 
@@ -18,16 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
 
 import structlog
-from prometheus_client import Gauge
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
+from adapters.leader_lease import LeaderLease
 from adapters.saga_store import SagaOrder, SagaStore, Timer
 from events.salesforce import OrderActivationRequested
 from workers.config import FulfillmentSettings
+from workers.fulfillment.metrics import OrderGauges
 from workers.fulfillment.run import Clock, child_envelope, utcnow
 from workers.fulfillment.wakeup import TIMER_SOURCE, RetryTopicScheduler
 
@@ -35,6 +36,8 @@ log = structlog.get_logger(__name__)
 
 #: at most this many stuck orders are logged per sweep (the gauge counts them all)
 STUCK_LOGGED = 20
+#: the Postgres lease whose holder sweeps (one per fulfillment group)
+SWEEPER_LEASE = "fulfillment-sweeper"
 
 
 class TimerLoop:
@@ -43,35 +46,39 @@ class TimerLoop:
     the next one: the rows are durable, nothing is lost by waiting."""
 
     def __init__(
-        self, store: SagaStore, scheduler: RetryTopicScheduler, settings: FulfillmentSettings, clock: Clock = utcnow
+        self,
+        store: SagaStore,
+        scheduler: RetryTopicScheduler,
+        settings: FulfillmentSettings,
+        clock: Clock = utcnow,
+        lease: LeaderLease | None = None,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
         self._settings = settings
         self._clock = clock
-        #: orders stuck per state at the last sweep; unregistered: the worker serves it (``collector``)
-        self.stuck = Gauge(
-            "fleet_fulfillment_orders_stuck",
-            "Orders longer in a state than FLEET_FULFILLMENT__STUCK_AFTER_S allows, at the last sweep",
-            ["state"],
-            registry=None,
-        )
-        for state in settings.stuck_after_s:
-            self.stuck.labels(state=state).set(0)
+        #: None: this instance always sweeps (a single worker, the unit tests)
+        self._lease = lease
+        #: orders by state, parked, stuck at the last sweep; unregistered: the worker serves it (``collector``)
+        self.gauges = OrderGauges()
 
     async def run(self, stop: asyncio.Event) -> None:
         s, next_sweep = self._settings, 0.0
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            try:
-                await self.fire_due()
-                if loop.time() >= next_sweep:
-                    next_sweep = loop.time() + s.stuck_check_interval_s
-                    await self.sweep()
-            except Exception as exc:  # Postgres or Kafka away: the rows wait; look again next turn
-                log.warning("fulfillment_timers_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), s.timer_interval_s)
+        try:
+            while not stop.is_set():
+                try:
+                    await self.fire_due()
+                    if loop.time() >= next_sweep:
+                        next_sweep = loop.time() + s.stuck_check_interval_s
+                        await self.sweep()
+                except Exception as exc:  # Postgres or Kafka away: the rows wait; look again next turn
+                    log.warning("fulfillment_timers_failed", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), s.timer_interval_s)
+        finally:
+            if self._lease is not None:
+                await self._lease.release(clean=True)  # another instance sweeps from its next turn
 
     async def fire_due(self) -> list[Timer]:
         """Take the due timers (leased ahead) and send each order a resume request, acknowledged."""
@@ -88,13 +95,16 @@ class TimerLoop:
         await self._scheduler.send(envelope, 1, now=True)
 
     async def sweep(self) -> list[tuple[SagaOrder, object]]:
-        """Count (and log a few of) the orders stuck beyond their state's deadline."""
+        """In the lease holder only: count the orders by state and the parked ones by code, and count
+        (and log a few of) the orders stuck beyond their state's deadline. Elsewhere: export nothing."""
+        if not await self._leading():
+            self.gauges.clear()
+            return []
         stuck = await self._store.stuck_orders(self._clock(), dict(self._settings.stuck_after_s))
         counts = dict.fromkeys(self._settings.stuck_after_s, 0)
         for order, _since in stuck:
             counts[order.state] = counts.get(order.state, 0) + 1
-        for state, count in counts.items():
-            self.stuck.labels(state=state).set(count)
+        self.gauges.set(await self._store.count_orders(), counts)
         for order, since in stuck[:STUCK_LOGGED]:
             log.warning(
                 "fulfillment_order_stuck",
@@ -106,13 +116,14 @@ class TimerLoop:
             )
         return list(stuck)
 
-
-class Collectors(Collector):
-    """Several unregistered collectors served as one (a handler carries one ``collector``)."""
-
-    def __init__(self, *collectors: Collector) -> None:
-        self._collectors = collectors
-
-    def collect(self) -> Iterable[Metric]:
-        for collector in self._collectors:
-            yield from collector.collect()
+    async def _leading(self) -> bool:
+        lease = self._lease
+        if lease is None:
+            return True
+        if lease.held and await lease.check():  # check never raises; False drops the lease
+            return True
+        try:
+            return await lease.try_acquire()
+        except Exception as exc:  # Postgres away: nobody can count now; this instance exports nothing
+            log.warning("fulfillment_sweeper_lease_failed", error=repr(exc))
+            return False

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -169,6 +169,10 @@ class StreamStalled(RetryableError):
 
 
 # --- metrics ------------------------------------------------------------------------------------
+#: commit → produce ack (seconds): live changes arrive in about a second, a replay after an outage in hours
+STREAM_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0)
+
+
 class CdcMetrics:
     """The subscriber's Prometheus metrics in their own registry (served on /metrics)."""
 
@@ -219,6 +223,13 @@ class CdcMetrics:
         )
         self.last_event = Gauge(
             "sf_cdc_last_event_timestamp_seconds", "When the channel last delivered", ["channel"], registry=r
+        )
+        self.stream_lag = Histogram(
+            "sf_cdc_stream_lag_seconds",
+            "A change's Salesforce commitTimestamp to Kafka acknowledging its events (replays after a gap count too)",
+            ["channel"],
+            buckets=STREAM_LAG_BUCKETS,
+            registry=r,
         )
         self.live = _LiveValues()
         r.register(self.live)
@@ -546,6 +557,9 @@ class Subscriber:
             await self._dead_letter(delivery, exc, Stage.HANDLE)
             return
         await self._publish_all(change.channel, translation.emissions)
+        if translation.emissions and change.header is not None:  # every event of the change acknowledged
+            lag = time.time() - change.header.commit_timestamp / 1000
+            self.metrics.stream_lag.labels(channel=change.channel).observe(max(lag, 0.0))
         for request in translation.resyncs:
             try:
                 await self._resync(change.channel, request)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import asyncpg
 import structlog
@@ -31,6 +32,7 @@ from workers.runtime.breaker import CircuitBreaker
 from workers.runtime.commits import Commits
 from workers.runtime.companions import Companions
 from workers.runtime.consumer import ConsumerPort, ConsumerRebalanceListener, TopicPartition
+from workers.runtime.dead_letters import DeadLetterGauges, OffsetsReader
 from workers.runtime.decode import Decoder
 from workers.runtime.dispatch import Dispatcher
 from workers.runtime.inbox import start_purge
@@ -43,6 +45,9 @@ from workers.runtime.route import Route
 from workers.runtime.vitals import Vitals
 
 log = structlog.get_logger(__name__)
+
+#: what the dead-letter gauges need of the consumer (aiokafka's has them; the unit tests' fake not)
+_LIST_OFFSETS = ("beginning_offsets", "end_offsets", "offsets_for_times")
 
 
 class Worker:
@@ -103,6 +108,20 @@ class Worker:
             partition_count=counts,
             produce_backoff_s=(max(settings.backoff_initial_s, 0.05), max(settings.backoff_max_s, 1.0)),
         )
+        # the group's dead letters as Kafka keeps them, read by the owner of the first partition only
+        self.dead_letters: DeadLetterGauges | None = None
+        if route.dead_letter and all(hasattr(consumer, m) for m in _LIST_OFFSETS):
+            first = TopicPartition(route.topics[0], 0)
+            self.dead_letters = DeadLetterGauges(
+                route.group,
+                route.dlq,
+                cast(OffsetsReader, consumer),
+                counts,
+                lambda: first in consumer.assignment(),
+                settings.dead_letter_check_interval_s,
+                clock,
+            )
+            self.metrics.registry.register(self.dead_letters)
         self.dispatcher = Dispatcher(
             Decoder(route),
             self.failures,
@@ -156,7 +175,7 @@ class Worker:
                 max_in_flight=self.dispatcher.worker_limit,
             )
             purge = start_purge(self._pool, s) if self._pool is not None else None
-            companions = Companions(self.route.handlers.values(), self._crashed)
+            companions = Companions([*self.route.handlers.values(), self.dead_letters], self._crashed)
             companions.start()
             try:
                 await self._poll.run(stop)
