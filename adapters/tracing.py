@@ -312,7 +312,16 @@ class TracingProducer:
             "messaging.kafka.message.key": _text(key),
             "messaging.message.id": _text(dict(headers).get(H_ID)),
         }
-        with _on().start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=_clean(attrs)):
+        from opentelemetry import trace
+
+        parent = None
+        if not trace.get_current_span().get_span_context().is_valid:
+            # a copy produced outside any span (the runtime's retry and dead-letter path runs after
+            # the handler's span ended) continues the trace of the record it copies
+            parent = _extract(next((v for n, v in headers if n == HOP), None))
+        with _on().start_as_current_span(
+            f"{topic} publish", context=parent, kind=SpanKind.PRODUCER, attributes=_clean(attrs)
+        ):
             yield stamp(headers, current_traceparent())
 
 
@@ -325,7 +334,7 @@ def instrument_http(client: httpx.AsyncClient, upstream: str) -> None:
     from opentelemetry import trace
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    def tag(span: Span, _request: Any) -> None:
+    async def tag(span: Span, _request: Any) -> None:  # an AsyncClient calls async hooks only
         span.set_attribute("peer.service", upstream)
 
     HTTPXClientInstrumentor.instrument_client(client, tracer_provider=trace.get_tracer_provider(), request_hook=tag)
