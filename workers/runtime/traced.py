@@ -63,7 +63,7 @@ _IDS = (
 def _wrap(handler: Handler, group: str) -> Handler:
     if isinstance(handler, BatchHandler):
         return _TracedBatch(handler, group)
-    name = f"handle {getattr(handler, '__qualname__', None) or type(handler).__name__}"
+    name = f"handle {_name(handler)}"
 
     async def traced_handler(event: Any, msg: Message) -> None:
         with (
@@ -81,6 +81,12 @@ def _wrap(handler: Handler, group: str) -> Handler:
             await handler(event, msg)
 
     return traced_handler
+
+
+def _name(handler: Any) -> str:
+    """The handler's function name (through ``functools.partial``, as ``bind`` functions build them)."""
+    fn = getattr(handler, "func", handler)
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
 
 
 class _TracedBatch(BatchHandler):
