@@ -32,6 +32,7 @@ links it when it belongs to another trace (a replayed dead letter, whose hop the
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -353,7 +354,10 @@ def aiohttp_middleware(paths: Collection[str]) -> Callable[..., Any]:
     instrumentor = AioHttpServerInstrumentor()
     provider = trace.get_tracer_provider()
     if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(tracer_provider=provider)
+        with warnings.catch_warnings():
+            # its replacement subclasses web.Application, which aiohttp 3.14 deprecates; it is put back below
+            warnings.simplefilter("ignore", DeprecationWarning)
+            instrumentor.instrument(tracer_provider=provider)
         instrumentor.uninstrument()  # web.Application as it was; the globals stay set
     traced: Callable[[web.Request, Any], Awaitable[web.StreamResponse]] = create_aiohttp_middleware(
         tracer_provider=provider

@@ -312,3 +312,50 @@ async def test_a_vendor_call_is_a_client_span_and_carries_traceparent(spans: InM
     assert call.attributes is not None and call.attributes["peer.service"] == "whmcs"
     assert parent_id(call) == ctx(one(spans, "step")).span_id
     assert seen[0].headers["traceparent"].encode() == traceparent_of(call)
+
+
+def test_only_the_seam_imports_opentelemetry() -> None:
+    """events/, schemas/, adapters/, workers/: ``adapters/tracing.py`` alone (devtools' collector and the
+    benchmark are tools the product never imports)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for package in ("events", "schemas", "adapters", "workers"):
+        for path in (root / package).rglob("*.py"):
+            if path == root / "adapters" / "tracing.py" or "salesforce_pubsub" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "opentelemetry"]
+    assert found == []
+
+
+async def test_the_webhook_request_is_a_server_span_and_probes_are_not_traced(spans: InMemorySpanExporter) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def hook(request: web.Request) -> web.Response:
+        with tracing.span("inside"):
+            return web.Response(status=202)
+
+    async def live(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[tracing.aiohttp_middleware(["/whmcs/webhooks"])])
+    app.router.add_post("/whmcs/webhooks", hook)
+    app.router.add_get("/livez", live)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.post("/whmcs/webhooks", data=b"{}")).status == 202
+        assert (await client.get("/livez")).status == 200
+
+    [server] = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    assert server.attributes is not None and server.attributes.get("http.route", "/whmcs/webhooks") == "/whmcs/webhooks"
+    assert parent_id(one(spans, "inside")) == ctx(server).span_id
