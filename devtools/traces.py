@@ -156,6 +156,15 @@ def traces_of_order(spans: Iterable[dict[str, Any]], order_id: str) -> list[list
     return sorted(found, key=lambda members: min(s["start_ns"] for s in members))
 
 
+#: the instrumentation scopes of the database and cache client spans (``show --no-db``)
+DB_SCOPES = ("opentelemetry.instrumentation.asyncpg", "opentelemetry.instrumentation.redis")
+
+
+def without_db(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trace without its Postgres and Redis client spans (leaves: nothing hangs below them)."""
+    return [s for s in members if not s["scope"].startswith(DB_SCOPES)]
+
+
 def render(members: list[dict[str, Any]]) -> str:
     """One trace as an indented tree: start offset and duration in ms, service, kind, name, attributes."""
     by_id = {s["span_id"]: s for s in members}

@@ -47,12 +47,17 @@ def collect(host: str, port: int, path: Path) -> None:
 @group.command()
 @click.option("--order", "order_id", required=True, help="the Salesforce Order Id (span attribute fleet.order.id)")
 @click.option("--file", "path", default=DEFAULT_FILE, show_default=True, type=click.Path(path_type=Path, exists=True))
-@click.option("--first", is_flag=True, help="only the order's first trace (its activation)")
-def show(order_id: str, path: Path, first: bool) -> None:
+@click.option("--saga", is_flag=True, help="only the traces in which the saga ran a step (the activation)")
+@click.option("--no-db", is_flag=True, help="leave out the Postgres and Redis client spans")
+def show(order_id: str, path: Path, saga: bool, no_db: bool) -> None:
     """Print the traces of one order as trees."""
     found = traces.traces_of_order(traces.load(path), order_id)
+    if saga:
+        found = [t for t in found if any(s["name"].startswith("saga step ") for s in t)]
     if not found:
-        raise click.ClickException(f"no span tagged fleet.order.id={order_id} in {path}")
-    for members in found[:1] if first else found:
+        raise click.ClickException(f"no trace with a span tagged fleet.order.id={order_id} in {path}")
+    for members in found:
+        if no_db:
+            members = traces.without_db(members)
         click.echo(traces.render(members))
         click.echo()
