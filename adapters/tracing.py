@@ -243,13 +243,18 @@ def _contexts(headers: Mapping[str, bytes | None]) -> tuple[Context | None, list
 def _extract(raw: bytes | str | None) -> Context | None:
     if not raw:
         return None
+    from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    global _propagator
+    if _propagator is None:
+        _propagator = TraceContextTextMapPropagator()
     value = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-    ctx = TraceContextTextMapPropagator().extract({HOP: value})
-    from opentelemetry import trace
-
+    ctx = _propagator.extract({HOP: value})
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+_propagator: Any = None  # the W3C trace-context propagator, built on first use
 
 
 # --- Kafka produce --------------------------------------------------------------------------------
