@@ -256,9 +256,8 @@ class Saga:
         try:
             with tracing.span(f"saga step {step}", _step_tags(run, step, rec.attempts)):
                 outcome = await self._steps[step](run)
-                if isinstance(outcome, Done) and outcome.ids:
-                    tracing.set_attributes({f"fleet.step.{k}": _scalar(v) for k, v in outcome.ids.items()})
-                tracing.set_attributes({"fleet.step.outcome": type(outcome).__name__})
+                if tracing.enabled():
+                    tracing.set_attributes(_outcome_tags(outcome))
         except Exception as exc:
             code = rejection_code(step, exc)
             if code is None:
@@ -419,6 +418,14 @@ def _step_tags(run: Run, step: Step, attempt: int) -> dict[str, Any] | None:
         "fleet.whmcs.client_id": order.whmcs_client_id,
         "fleet.whmcs.order_id": order.whmcs_order_id,
     }
+
+
+def _outcome_tags(outcome: Outcome) -> dict[str, Any]:
+    """A step span's outcome attributes: its kind, and the ids a finished step created."""
+    tags: dict[str, Any] = {"fleet.step.outcome": type(outcome).__name__}
+    if isinstance(outcome, Done):
+        tags.update({f"fleet.step.{k}": _scalar(v) for k, v in outcome.ids.items()})
+    return tags
 
 
 def _scalar(value: Any) -> Any:
