@@ -5,8 +5,9 @@ in this test's process), ``fleet demo up`` runs its scenario as usual, and the s
 processes export show the Internet order's activation as one trace: the CDC delivery (its root,
 tagged with the Order Id) → the produce to ``sf.order.v1`` → the fulfillment's consume of it → the
 saga's steps (tagged ``fleet.order.id``) → their WHMCS calls → the produce of the write-back → the
-sf-writer's batch and its Salesforce PATCH → the cache invalidation. A WHMCS webhook's request span
-is the root of a trace in which its record is produced and consumed.
+sf-writer's batch → the cache invalidation; the sf-writer's Salesforce PATCHes hang under its batches
+(a coalesced call under the batch that started it: not always this order's, docs/tracing.md). A
+WHMCS webhook's request span is the root of a trace in which its record is produced and consumed.
 """
 
 from __future__ import annotations
@@ -115,18 +116,23 @@ def test_one_demo_orders_spans_from_the_salesforce_change_to_the_write_back_shar
         assert request in _ancestors(step, by_id)
     whmcs_calls = [s for s in trace if s["kind"] == "client" and s["attributes"].get("peer.service") == "whmcs"]
     assert whmcs_calls and all(_ancestors(c, by_id)[0]["name"].startswith("saga step ") for c in whmcs_calls)
-    # the write-back: produced in the sf_writeback step, written by the sf-writer with a Salesforce PATCH
+    # the write-back: produced in the sf_writeback step, taken by the sf-writer's batch in this trace
     batches = find("fleet-sf-writer", "fleet.sf-writer batch")
-    assert any(b["attributes"].get("fleet.order.id") == order_id for b in batches)
+    writeback = [b for b in batches if b["attributes"].get("fleet.order.id") == order_id]
+    assert writeback and all(by_id[b["parent_id"]]["name"] == "sf.writeback.v1 publish" for b in writeback)
+    # ... and written with a Salesforce PATCH under an sf-writer batch. Which batch: the writer's window
+    # coalesces concurrent batches into one call, whose span is the child of the batch that started it,
+    # possibly another order's (docs/tracing.md, known limit); so the PATCH is looked for in every trace.
+    everywhere = {s["span_id"]: s for s in spans}
     patches = [
         s
-        for s in trace
+        for s in spans
         if s["service"] == "fleet-sf-writer"
         and s["kind"] == "client"
-        and s["attributes"].get("peer.service") == "salesforce"
         and (s["attributes"].get("http.method") or s["attributes"].get("http.request.method")) == "PATCH"
     ]
-    assert patches and all(any(a in batches for a in _ancestors(p, by_id)) for p in patches)
+    assert patches
+    assert all(everywhere[p["parent_id"]]["name"] == "fleet.sf-writer batch" for p in patches)
     # the cache invalidation of the order's outcome
     assert find("fleet-cache-invalidator", "fleet.cache-invalidator batch")
 
