@@ -25,6 +25,14 @@ topic in a fresh group each; records/s of both and their ratio (target ``key_con
 The serial run reads fewer records (``--key-records-serial``: 4 partitions x 1 / 20 ms is at most
 200/s) than the one at 32 (``--key-records``), so its run stays short: rates are compared, not times.
 
+Tracing (``tracing``): after those, ``--tracing-rounds`` more (interleaved) run b three ways: ``absent``
+(the same child from the tree of the commit before the tracing seam arrived, exported with ``git
+archive``: no seam at all), ``off`` (this tree, no ``OTEL_*`` variable: how the fleet runs by default)
+and ``on`` (this tree, tracing on: a span per record and one per handler, through the SDK's
+``BatchSpanProcessor`` into an exporter that drops them, so the cost of spans without a network).
+Reported: each round's off/absent and on/off rate ratios with their median, min and max, and b/a with
+tracing off and absent (the medians of these rows over the median of a). Target: off within 3 % of absent.
+
 Each child reports its start (before the consumer is built), first record, the record at which the
 timed window opens (``--warm-up``, 10,000 by default: see ``Clock``) and the last (N-th) record.
 ``rate`` = records in the window / its length: steady state, without the group join and the first
@@ -68,6 +76,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "runtime.json"
 PARTITIONS = 4
 VARIANTS = ("raw", "runtime", "faust")
+#: the tracing row's settings, in the order each round runs them
+TRACING_SETTINGS = ("absent", "off", "on")
 #: b/a is issue 15's 0.75 (was 0.7 before the runtime split; the split was to win the speed back)
 TARGETS = {"b_over_a": 0.75, "b_over_c": 1.5, "key_concurrency_speedup": 20.0}
 #: the key-concurrency row: its handler's await, and the two settings it compares (the runtime's default
@@ -237,7 +247,7 @@ async def run_raw(connection: KafkaConnection, topic: str, n: int, warm_up: int)
 
 
 async def run_runtime(
-    settings: Any, topic: str, n: int, group: str, warm_up: int, sleep_s: float = 0.0
+    settings: Any, topic: str, n: int, group: str, warm_up: int, sleep_s: float = 0.0, tracing_on: bool = False
 ) -> dict[str, Any]:
     """``group``'s retry tiers were created by the parent well before, as in production (a topic created
     right before subscribing can miss the first metadata and cost a rebalance inside the timed window).
@@ -259,6 +269,8 @@ async def run_runtime(
         if clock.saw():
             stop.set()
 
+    if tracing_on:
+        _trace_to_nowhere()
     route = Route("bench", group, (topic,), handlers={OrderChanged: sleeper if sleep_s > 0 else noop})
     await serve(route, settings, stop)
     stopped = time.perf_counter()
@@ -271,6 +283,25 @@ async def run_runtime(
         config="workers.runtime.serve, default RuntimeSettings loop knobs, no Postgres pool (no inbox), "
         f"dead letters on, max_in_flight_per_partition={in_flight}",
     )
+
+
+def _trace_to_nowhere() -> None:
+    """Tracing on in this child, as ``configure`` sets it up (a ``BatchSpanProcessor``), with an exporter
+    that drops every span: the cost of making, ending and queueing spans, without the network's."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from adapters import tracing
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    trace.set_tracer_provider(provider)
+    tracing.use(provider)
 
 
 def _bench_settings(settings: Any, bootstrap: str, max_in_flight: int | None = None) -> Any:
@@ -371,7 +402,13 @@ def faust_credentials(connection: KafkaConnection) -> Any:
 
 
 def run_child(
-    variant: str, connection: KafkaConnection, topic: str, n: int, timeout_s: float, extra: list[str]
+    variant: str,
+    connection: KafkaConnection,
+    topic: str,
+    n: int,
+    timeout_s: float,
+    extra: list[str],
+    root: Path = ROOT,
 ) -> dict[str, Any]:
     """One variant in a fresh interpreter; it writes its JSON result to a file (faust owns the terminal).
     The child sees none of the ``FLEET_*`` settings but the connection's security ones: it rebuilds
@@ -384,8 +421,11 @@ def run_child(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     env.update(connection_env())
     env["FLEET_LOG__LEVEL"] = "WARNING"
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}  # tracing on only where asked (--tracing)
+    if root != ROOT:  # another tree's code (the tracing row's ``absent``), first on the path
+        env["PYTHONPATH"] = str(root)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s)
         text = out.read_text()
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f}s"}
@@ -448,7 +488,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     data = asyncio.run(fill_topic(connection, topic, args.records, args.size))
     groups = [f"bench-runtime-{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
     key_groups = [f"bench-runtime-keys-{uuid.uuid4().hex[:8]}" for _ in range(args.key_rounds * len(KEY_SETTINGS))]
-    created = asyncio.run(_create_group_topics(connection, groups + key_groups))
+    trace_groups = [f"bench-runtime-trace-{uuid.uuid4().hex[:8]}" for _ in range(args.tracing_rounds * 3)]
+    created = asyncio.run(_create_group_topics(connection, groups + key_groups + trace_groups))
+    trace_runs: dict[str, list[dict[str, Any]]] = {setting: [] for setting in TRACING_SETTINGS}
+    absent = tree_without_tracing() if args.tracing_rounds else None
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     key_plan = key_records(args)
     key_runs: dict[str, list[dict[str, Any]]] = {setting: [] for setting in KEY_SETTINGS}
@@ -467,7 +510,19 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 key_runs[setting].append(run_child("runtime", connection, topic, n, args.timeout, child))
                 label = f"sleep {setting}"
                 print(f"  [{round_ + 1}/{args.key_rounds}] {label:22} {_describe(key_runs[setting][-1])}", flush=True)
+        # Then the tracing row: the seam absent, tracing off, tracing on; interleaved the same way.
+        for round_ in range(args.tracing_rounds if absent is not None else 0):
+            for setting in TRACING_SETTINGS:
+                child = ["--warm-up", str(args.warm_up), "--group", trace_groups.pop()]
+                if setting == "on":
+                    child += ["--tracing", "on"]
+                root = absent if setting == "absent" and absent is not None else ROOT
+                result = run_child("runtime", connection, topic, args.records, args.timeout, child, root)
+                trace_runs[setting].append(result)
+                print(f"  [{round_ + 1}/{args.tracing_rounds}] tracing {setting:14} {_describe(result)}", flush=True)
     finally:
+        if absent is not None:
+            shutil.rmtree(absent, ignore_errors=True)
         if not args.keep:
             from adapters.kafka import delete_topics
 
@@ -489,7 +544,72 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.key_rounds:
         report["key_concurrency"] = key_concurrency(key_runs, key_plan)
+    if any(trace_runs.values()):
+        report["tracing"] = tracing_row(trace_runs, results.get("raw", {}).get("median_rate"))
     return report
+
+
+def tree_without_tracing() -> Path | None:
+    """This repository's tree as of the commit before ``adapters/tracing.py`` was added (``git archive``
+    into a temporary directory, with the generated gRPC stubs, which are never committed), or None
+    when git cannot say (then the row has no ``absent`` column)."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        added = git("log", "--diff-filter=A", "--format=%H", "-1", "--", "adapters/tracing.py")
+        if not added:
+            return None
+        base = git("rev-parse", f"{added}^")
+        out = Path(tempfile.mkdtemp(prefix="bench-no-tracing-"))
+        archive = subprocess.run(["git", "archive", base], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"  tracing row: no tree without the seam ({exc}); absent column skipped", flush=True)
+        return None
+    stubs = ROOT / "schemas" / "salesforce_pubsub"
+    for stub in stubs.glob("*_pb2*.py"):
+        shutil.copy(stub, out / "schemas" / "salesforce_pubsub" / stub.name)
+    (out / "BASE_COMMIT").write_text(base + "\n")
+    return out
+
+
+def tracing_row(runs: dict[str, list[dict[str, Any]]], raw_median: float | None) -> dict[str, Any]:
+    """The tracing row: per round off/absent and on/off (runs of one round ran back to back), their
+    medians and spread, each setting's rates, and b/a with the seam absent and with tracing off."""
+
+    def per_round_ratio(num: str, den: str) -> list[float]:
+        pairs = zip(runs.get(num, []), runs.get(den, []), strict=False)
+        return [round(n["rate"] / d["rate"], 3) for n, d in pairs if "rate" in n and "rate" in d]
+
+    def spread(values: list[float]) -> dict[str, Any]:
+        if not values:
+            return {"per_round": [], "median": None, "min": None, "max": None}
+        return {
+            "per_round": values,
+            "median": round(statistics.median(values), 3),
+            "min": min(values),
+            "max": max(values),
+        }
+
+    results = {setting: summarize_runs(r) for setting, r in runs.items() if r}
+    medians = {setting: r.get("median_rate") for setting, r in results.items()}
+    b_over_a = {setting: round(m / raw_median, 3) if m and raw_median else None for setting, m in medians.items()}
+    return {
+        "settings": {
+            "absent": "the runtime variant from the tree before adapters/tracing.py existed (git archive)",
+            "off": "this tree, no OTEL_* variable (the default)",
+            "on": "this tree, tracing on: record + handler spans, BatchSpanProcessor, exporter that drops",
+        },
+        "median_rates": medians,
+        "cpu_us_per_record": {s: r.get("cpu_us_per_record") for s, r in results.items()},
+        "b_over_a_of_medians": b_over_a,
+        "off_over_absent": spread(per_round_ratio("off", "absent")),
+        "on_over_off": spread(per_round_ratio("on", "off")),
+        "target": "off_over_absent median within 0.97..1.03",
+        "results": results,
+    }
 
 
 def key_records(args: argparse.Namespace) -> dict[str, int]:
@@ -617,7 +737,8 @@ def run_variant(args: argparse.Namespace) -> None:
         result = asyncio.run(run_raw(connection, args.topic, args.records, warm_up(args)))
     elif args.variant == "runtime":
         sleep_s = args.sleep_ms / 1000
-        result = asyncio.run(run_runtime(settings, args.topic, args.records, args.group, warm_up(args), sleep_s))
+        on = args.tracing == "on"
+        result = asyncio.run(run_runtime(settings, args.topic, args.records, args.group, warm_up(args), sleep_s, on))
     else:
         mpr = args.faust_max_poll_records or None
         result = run_faust(connection, args.topic, args.records, mpr, warm_up(args))
@@ -661,6 +782,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--bootstrap",
         help="default: the local stack's (FLEET_KAFKA__BOOTSTRAP / .fleet/stack.env); TLS/SASL: FLEET_KAFKA__*",
     )
+    p.add_argument(
+        "--tracing-rounds",
+        type=int,
+        default=5,
+        help="tracing rounds (the runtime with the seam absent, tracing off, tracing on); 0 skips the row",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--keep", action="store_true", help="keep the benchmark topic")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child mode
@@ -669,6 +796,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--group", help=argparse.SUPPRESS)
     p.add_argument("--sleep-ms", type=float, default=0.0, help=argparse.SUPPRESS)  # runtime: the handler's await
     p.add_argument("--max-in-flight", type=int, help=argparse.SUPPRESS)  # runtime: None = the default setting
+    p.add_argument("--tracing", choices=("off", "on"), default="off", help=argparse.SUPPRESS)  # runtime
     return p.parse_args(argv)
 
 
@@ -693,6 +821,14 @@ def main(argv: list[str] | None = None) -> None:
             f"key concurrency (sleep {KEY_SLEEP_S * 1000:g} ms, {PARTITIONS} partitions, medians): "
             f"max_in_flight 1 {slow.get('median_rate')}/s, {in_flight} {fast.get('median_rate')}/s: "
             f"{keys['ratio_of_medians']}x (target >= {keys['target']:g}); rounds {keys['ratios_per_round']}"
+        )
+    if "tracing" in report:
+        row = report["tracing"]
+        off, on = row["off_over_absent"], row["on_over_off"]
+        print(
+            f"tracing (medians {row['median_rates']}): off/absent {off['median']} "
+            f"(min {off['min']}, max {off['max']}; target 0.97..1.03), on/off {on['median']} "
+            f"(min {on['min']}, max {on['max']}); b/a {row['b_over_a_of_medians']}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

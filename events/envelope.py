@@ -33,6 +33,9 @@ H_CORRELATION = "ce_correlationid"
 H_CAUSATION = "ce_causationid"
 H_TRACEPARENT = "ce_traceparent"
 H_CONTENT_TYPE = "content-type"
+#: W3C trace context of the Kafka hop (the span that produced this copy; replaced at every produce),
+#: beside the CloudEvents ``ce_traceparent`` (where the event was created; set once): docs/tracing.md
+H_HOP_TRACEPARENT = "traceparent"
 
 REQUIRED_HEADERS = (H_SPECVERSION, H_ID, H_SOURCE, H_TYPE)
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from adapters import tracing
 from adapters.db import create_pool
 from adapters.freebit import FreebitPort, HttpFreebit
 from adapters.http import build_client
@@ -89,8 +90,28 @@ class Unconfigured:
         )
 
 
-def _client(http: HttpSettings, **kwargs: Any) -> httpx.AsyncClient:
-    return build_client(http.connect_timeout_s, http.read_timeout_s, http.max_connections, **kwargs)
+def _client(http: HttpSettings, upstream: str, **kwargs: Any) -> httpx.AsyncClient:
+    client = build_client(http.connect_timeout_s, http.read_timeout_s, http.max_connections, **kwargs)
+    if tracing.enabled():  # a span per vendor call (opentelemetry-instrumentation-httpx)
+        tracing.instrument_http(client, upstream)
+    return client
+
+
+def start_tracing(settings: Settings, service: str) -> Callable[[], None] | None:
+    """Turn tracing on for this process when the ``OTEL_*`` variables say so (``TracingSettings``);
+    returns the shutdown that flushes the queued spans, or None when tracing stays off. Called once
+    per process, before anything below builds a client (``fleet run``, the demo's workers)."""
+    exporting = settings.tracing.exporting(service)
+    if exporting is None or tracing.enabled():
+        return None
+    shutdown = tracing.configure(exporting)
+    log.info("tracing_on", service=exporting.service_name, exporter=exporting.exporter, endpoint=exporting.endpoint)
+    return shutdown
+
+
+def traced(producer: ProducerPort) -> ProducerPort:
+    """``producer`` with a span per record and ``traceparent`` headers when tracing is on; as is when off."""
+    return tracing.TracingProducer(producer) if tracing.enabled() else producer
 
 
 def salesforce_private_key(sf: SalesforceSettings, env: str) -> str:
@@ -162,7 +183,7 @@ async def bootstrap(
             whmcs = cast(WhmcsPort, Unconfigured("whmcs", Need.WHMCS_API))
         if whmcs is None:
             wh = settings.whmcs
-            client = await stack.enter_async_context(_client(wh.http))
+            client = await stack.enter_async_context(_client(wh.http, "whmcs"))
             whmcs = HttpWhmcs(
                 client, wh.api_url, wh.identifier, wh.secret.get_secret_value(), wh.access_key.get_secret_value()
             )
@@ -170,7 +191,7 @@ async def bootstrap(
             freebit = cast(FreebitPort, Unconfigured("freebit", Need.FREEBIT))
         if freebit is None:
             fb = settings.freebit
-            client = await stack.enter_async_context(_client(fb.http))
+            client = await stack.enter_async_context(_client(fb.http, "freebit"))
             freebit = HttpFreebit(client, fb.base_url, fb.oem_id, fb.oem_key.get_secret_value())
         yield Deps(settings, producer, pool, redis, salesforce, whmcs, freebit, tokens)
 
@@ -182,15 +203,13 @@ def kafka_producer(settings: Settings, role: str | None = None, **options: Any) 
     return durable_producer(settings.kafka.connection(), client_id, **options)
 
 
-async def open_producer(
-    stack: contextlib.AsyncExitStack, settings: Settings, role: str | None = None
-) -> AiokafkaProducer:
+async def open_producer(stack: contextlib.AsyncExitStack, settings: Settings, role: str | None = None) -> ProducerPort:
     """A started producer, stopped when ``stack`` closes. A credential or certificate Kafka refuses
     raises ``KafkaSecurityError`` here (one line from the CLI), before anything else connects."""
     raw = kafka_producer(settings, role)
     stack.push_async_callback(raw.stop)  # also after a failed start: it closes what start opened
     await start_client(raw, settings.kafka.connection())
-    return AiokafkaProducer(raw)
+    return traced(AiokafkaProducer(raw))
 
 
 async def open_pool(
@@ -265,6 +284,6 @@ async def open_salesforce(stack: contextlib.AsyncExitStack, settings: Settings) 
     """The Salesforce REST client and its token source (the CDC subscriber's CometD session
     authenticates with the same tokens); the HTTP client closes with ``stack``."""
     sf = settings.salesforce
-    client = await stack.enter_async_context(_client(sf.http))
+    client = await stack.enter_async_context(_client(sf.http, "salesforce"))
     tokens = salesforce_token_source(sf, settings.env, client)
     return HttpSalesforce(client, tokens, sf.api_version, sf.call_options_client), tokens

@@ -296,6 +296,100 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+#: the standard OpenTelemetry variables the fleet reads (``TracingSettings``), field → variable
+OTEL_VARS = {
+    "sdk_disabled": "OTEL_SDK_DISABLED",
+    "traces_exporter": "OTEL_TRACES_EXPORTER",
+    "exporter_otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "exporter_otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "exporter_otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "exporter_otlp_headers": "OTEL_EXPORTER_OTLP_HEADERS",
+    "service_name": "OTEL_SERVICE_NAME",
+    "resource_attributes": "OTEL_RESOURCE_ATTRIBUTES",
+    "traces_sampler": "OTEL_TRACES_SAMPLER",
+    "traces_sampler_arg": "OTEL_TRACES_SAMPLER_ARG",
+}
+
+
+class TracingSettings(_Section):
+    """Tracing (docs/tracing.md), off by default. Read from the standard ``OTEL_*`` variables, not
+    ``FLEET_*`` ones: every OpenTelemetry-aware platform (an operator, a collector's sidecar injector)
+    sets those names. The exception to "only this module reads the environment": the SDK itself also
+    reads its own tuning variables (``OTEL_BSP_*`` batch sizes, ``OTEL_EXPORTER_OTLP_TIMEOUT``,
+    ``_CERTIFICATE``, ``_COMPRESSION``, ``OTEL_ATTRIBUTE_*`` limits) when tracing is on; the ones
+    that decide whether and where spans go are read here and handed to it as values.
+
+    On when ``OTEL_TRACES_EXPORTER`` names ``otlp`` or ``console``, or when it is unset and an OTLP
+    endpoint is set; off when unset without an endpoint, ``none``, or ``OTEL_SDK_DISABLED=true``.
+    (The specification's default exporter is ``otlp``: the fleet's is none, so an unconfigured
+    process sends nothing anywhere.)"""
+
+    sdk_disabled: bool = False
+    traces_exporter: str = ""
+    exporter_otlp_endpoint: str = ""
+    exporter_otlp_traces_endpoint: str = ""
+    exporter_otlp_protocol: Literal["", "http/protobuf"] = ""
+    exporter_otlp_headers: SecretStr = SecretStr("")
+    service_name: str = ""
+    resource_attributes: str = ""
+    traces_sampler: Literal["", "always_on", "parentbased_always_on", "traceidratio", "parentbased_traceidratio"] = ""
+    traces_sampler_arg: float = Field(1.0, ge=0.0, le=1.0)
+
+    @property
+    def exporter(self) -> str | None:
+        """``otlp``, ``console`` or None (off)."""
+        if self.sdk_disabled:
+            return None
+        names = [n.strip() for n in self.traces_exporter.split(",") if n.strip()]
+        if not names:
+            return "otlp" if (self.exporter_otlp_endpoint or self.exporter_otlp_traces_endpoint) else None
+        for name in names:
+            if name not in ("otlp", "console", "none"):
+                raise ConfigError(f"invalid setting OTEL_TRACES_EXPORTER: {name!r} (otlp, console or none)")
+        return "otlp" if "otlp" in names else "console" if "console" in names else None
+
+    def exporting(self, service: str) -> Any:
+        """What ``adapters.tracing.configure`` builds from (an ``Exporting``), or None when off.
+        ``service``: this process's ``service.name`` unless ``OTEL_SERVICE_NAME`` is set."""
+        exporter = self.exporter
+        if exporter is None:
+            return None
+        from adapters.tracing import Exporting
+
+        endpoint = self.exporter_otlp_traces_endpoint or None
+        if endpoint is None and self.exporter_otlp_endpoint:
+            endpoint = self.exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        ratio = self.traces_sampler_arg if self.traces_sampler.endswith("traceidratio") else 1.0
+        return Exporting(
+            service_name=self.service_name or service,
+            exporter=exporter,
+            endpoint=endpoint,
+            headers=_pairs(self.exporter_otlp_headers.get_secret_value(), "OTEL_EXPORTER_OTLP_HEADERS"),
+            sampler_ratio=ratio,
+            resource=_pairs(self.resource_attributes, "OTEL_RESOURCE_ATTRIBUTES"),
+        )
+
+
+def _pairs(text: str, var: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (W3C baggage form, values URL-encoded) as a dict."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"invalid setting {var}: {item.strip()!r} is not name=value")
+        out[name.strip()] = unquote(value.strip())
+    return out
+
+
+def otel_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``OTEL_*`` variables ``TracingSettings`` reads, by field (blank = unset)."""
+    return {field: environ[var] for field, var in OTEL_VARS.items() if environ.get(var, "").strip()}
+
+
 class SandboxSettings(_Section):
     host: str = "127.0.0.1"
     salesforce_port: int = Field(18081, ge=1, le=65535)
@@ -375,6 +469,8 @@ class Settings(BaseSettings):
     fulfillment: FulfillmentSettings = FulfillmentSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
+    #: from the ``OTEL_*`` variables (``load_settings``), never ``FLEET_TRACING__*``
+    tracing: TracingSettings = TracingSettings()
     sandbox: SandboxSettings = SandboxSettings()
     stack: StackSettings = StackSettings()
     testing: TestingSettings = TestingSettings()
@@ -549,7 +645,7 @@ def load_settings(
     ``env`` overrides ``FLEET_ENV`` (``fleet config check --env production``). In staging and
     production the stack's env file is not read and the sandbox defaults are dropped."""
     dirs = secrets_dirs()
-    init: dict[str, Any] = {"_secrets_dir": dirs or None}
+    init: dict[str, Any] = {"_secrets_dir": dirs or None, "tracing": otel_settings(os.environ)}
     if env is not None:
         init["env"] = env
     try:
@@ -599,6 +695,8 @@ def env_example() -> str:
         for name, info in model.model_fields.items():
             var = f"{prefix}{name.upper()}"
             annotation = info.annotation
+            if annotation is TracingSettings:
+                continue  # the OTEL_* variables, listed at the end
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 lines.append(f"# --- {var} ---")
                 walk(annotation, var + NESTED)
@@ -624,17 +722,26 @@ def env_example() -> str:
             lines.append(f"{var}={shown}{doc}")
 
     walk(Settings, ENV_PREFIX)
+    lines += [
+        "# --- tracing: the standard OpenTelemetry variables (docs/tracing.md); all unset = off ---",
+        "# OTEL_TRACES_EXPORTER=otlp|console|none; unset: otlp when an endpoint is set, else off",
+        "# OTEL_EXPORTER_OTLP_ENDPOINT: base URL (/v1/traces appended), e.g. http://127.0.0.1:4318",
+        "# the SDK also reads its own tuning variables (OTEL_BSP_*, OTEL_EXPORTER_OTLP_TIMEOUT, ...)",
+    ]
+    lines += [f"{var}=" for var in OTEL_VARS.values()]
     return "\n".join(lines) + "\n"
 
 
 def known_env_vars() -> set[str]:
     """Every variable name the fleet reads (``deploy/`` manifests may set only these)."""
-    names = {SECRETS_DIR_VAR}
+    names = {SECRETS_DIR_VAR, *OTEL_VARS.values()}
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, info in model.model_fields.items():
             var = f"{prefix}{name.upper()}"
             annotation = info.annotation
+            if annotation is TracingSettings:
+                continue
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, var + NESTED)
             else:

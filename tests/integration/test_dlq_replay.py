@@ -268,3 +268,19 @@ async def test_reading_never_creates_a_consumer_group(stack_env: dict[str, str])
         await admin.close()
     assert not any(name.startswith(group) for name in names)
     assert not any(name.startswith("fleet-dlq") for name in names)
+
+
+async def test_a_replay_drops_the_dead_letters_hop_and_keeps_where_the_event_was_created(
+    stack_env: dict[str, str],
+) -> None:
+    """Tracing (docs/tracing.md): the replayed copy carries no Kafka ``traceparent`` (the failed
+    consumer's hop, hours old), so the consumer starts a new trace; its ``ce_traceparent`` is the
+    original's byte for byte, which that trace's first span links (tests/unit/test_tracing.py)."""
+    created = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    hop = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    group, _ = await setup_group(stack_env, "trace", [Letter(event_id="e-t", traceparent=created, hop=hop)])
+    await run(stack_env, group)
+
+    [copy] = await records_on(stack_env, retry_topic(group, 1))
+    assert copy.header("ce_traceparent") == created
+    assert all(name != "traceparent" for name, _ in copy.headers)

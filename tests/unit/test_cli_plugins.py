@@ -30,6 +30,7 @@ def test_the_installed_metadata_declares_the_development_groups() -> None:
         "stack": "devtools.cli.stack:group",
         "demo": "devtools.cli.demo:group",
         "sandbox": "devtools.cli.sandbox:group",
+        "traces": "devtools.cli.traces:group",
     }, "pyproject.toml changed? run `make install` so the entry points are current"
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and result.stderr == ""

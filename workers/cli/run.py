@@ -9,14 +9,16 @@ dependencies come from ``workers.bootstrap``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
 import structlog
 
 from workers import crashpoints, profile
 from workers.cli._context import Context, pass_ctx, run_async
-from workers.config import RuntimeSettings
+from workers.config import RuntimeSettings, Settings
 from workers.routes import INGRESS, ROUTES, IngressSpec, RouteSpec
 from workers.runtime.route import Route
 
@@ -111,8 +113,9 @@ async def _serve(ctx: Context, spec: RouteSpec) -> None:
     settings = ctx.settings
     stop = asyncio.Event()
     stop_on_signals(stop)  # SIGTERM / SIGINT: stop fetching, drain, commit, leave the group
-    async with bootstrap(settings, needs=spec.needs) as deps:
-        await serve(spec.route(deps), settings, stop, pool=deps.pool)
+    with _tracing(settings, spec.name):
+        async with bootstrap(settings, needs=spec.needs) as deps:
+            await serve(spec.route(deps), settings, stop, pool=deps.pool)
 
 
 def _ingress_command(spec: IngressSpec) -> click.Command:
@@ -131,7 +134,22 @@ async def _serve_ingress(ctx: Context, spec: IngressSpec) -> None:
     settings = ctx.settings
     stop = asyncio.Event()
     stop_on_signals(stop)  # SIGTERM / SIGINT: stop accepting, finish in-flight work, checkpoint
-    await spec.entry(settings, stop)
+    with _tracing(settings, spec.name):
+        await spec.entry(settings, stop)
+
+
+@contextlib.contextmanager
+def _tracing(settings: Settings, worker: str) -> Iterator[None]:
+    """Tracing on for this worker process when the ``OTEL_*`` variables say so (service
+    ``fleet-<worker>``), before any client is built; the queued spans are flushed at exit."""
+    from workers.bootstrap import start_tracing
+
+    shutdown = start_tracing(settings, f"fleet-{worker}")
+    try:
+        yield
+    finally:
+        if shutdown is not None:
+            shutdown()
 
 
 for _spec in ROUTES.values():

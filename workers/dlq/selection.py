@@ -14,6 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from events import failure as fh
+from events.envelope import H_HOP_TRACEPARENT
 from events.topics import parked_topic, retry_topic
 from workers.dlq.filters import Filter
 from workers.dlq.models import DeadLetter, Header
@@ -148,4 +149,7 @@ def action_records(action: Action, *, job_id: str, now_ms: int) -> list[Record]:
     if action.records:
         job = (fh.REPLAY_JOB, job_id.encode())
         return [(key, value, [*headers, job]) for key, value, headers in action.records]
-    return [(action.dl.key, action.dl.value, action_headers(action, job_id=job_id, now_ms=now_ms))]
+    # a replay is a new hop: the dead letter's ``traceparent`` (the failed consumer's span) goes; its
+    # ``ce_traceparent`` stays, so the replayed record's span links the original trace (docs/tracing.md)
+    headers = [(n, v) for n, v in action_headers(action, job_id=job_id, now_ms=now_ms) if n != H_HOP_TRACEPARENT]
+    return [(action.dl.key, action.dl.value, headers)]

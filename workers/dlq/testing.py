@@ -14,7 +14,7 @@ from typing import Any
 
 from adapters.kafka import KafkaTarget, durable_producer, start_client
 from events import failure as fh
-from events.envelope import Envelope, to_record
+from events.envelope import H_HOP_TRACEPARENT, Envelope, to_record
 from events.errors import UpstreamTimeout
 from events.topics import Topic, dlq_topic
 from workers.runtime.failure import FailedRecord, FailureInfo, dead_letter_headers, target_partition
@@ -38,6 +38,8 @@ class Letter:
     replay_count: int = 0
     attempts: int = 3
     dead_lettered_ms: int | None = None  # the DLQ record's timestamp (None: now)
+    traceparent: str | None = None  # the event's ``ce_traceparent`` (where it was created)
+    hop: str | None = None  # the failed record's Kafka ``traceparent`` (the span that produced it)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,17 @@ class Produced:
 def build(letter: Letter, group: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """(key, value, headers) of the dead letter a worker of ``group`` would write for ``letter``."""
     data = letter.data if letter.data is not None else {"sf_order_id": letter.key, "status": "Processed"}
-    env = Envelope(id=letter.event_id, source="/fleet/test", type=letter.event_type, key=letter.key, data=data)
+    env = Envelope(
+        id=letter.event_id,
+        source="/fleet/test",
+        type=letter.event_type,
+        key=letter.key,
+        data=data,
+        traceparent=letter.traceparent,
+    )
     key, value, original = to_record(env)
+    if letter.hop is not None:
+        original.append((H_HOP_TRACEPARENT, letter.hop.encode()))
     record = FailedRecord(
         letter.source_topic,
         letter.source_partition,

@@ -34,6 +34,7 @@ import structlog
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from adapters import tracing
 from adapters.saga_store import InboxClaim, SagaOrder, SagaRecord, SagaStore
 from events.base import DomainEvent
 from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
@@ -118,6 +119,12 @@ class Saga:
 
     async def handle(self, trigger: Trigger) -> SagaResult:
         """Advance one order as far as it can go now. Safe to call any number of times."""
+        with tracing.span("saga", {tracing.ORDER_ID: trigger.sf_order_id, "fleet.saga.reason": trigger.reason}):
+            result = await self._handle(trigger)
+            tracing.set_attributes({"fleet.saga.state": str(result.state), "fleet.saga.step": result.step})
+            return result
+
+    async def _handle(self, trigger: Trigger) -> SagaResult:
         async with self._store.locked(trigger.sf_order_id, self._lock_wait_s):
             if trigger.claim is not None and await self._store.processed(trigger.claim):
                 return SagaResult(trigger.sf_order_id, "duplicate")
@@ -252,7 +259,10 @@ class Saga:
         await self._save(run, step)  # with the previous step's result (rule 3)
         started = time.perf_counter()
         try:
-            outcome = await self._steps[step](run)
+            with tracing.span(f"saga step {step}", _step_tags(run, step, rec.attempts)):
+                outcome = await self._steps[step](run)
+                if tracing.enabled():
+                    tracing.set_attributes(_outcome_tags(outcome))
         except Exception as exc:
             self._observe(step, started)
             code = rejection_code(step, exc)
@@ -405,6 +415,38 @@ class Saga:
 _NOT_RUNNING = frozenset({OrderState.RECEIVED, OrderState.PARKED, OrderState.FAILED})
 #: states whose order may hold a timer (``_timers``)
 _TIMED = frozenset({OrderState.PARKED, OrderState.SCHEDULED})
+
+
+def _step_tags(run: Run, step: Step, attempt: int) -> dict[str, Any] | None:
+    """A step span's attributes: the Order Id (the console's trace search), the step, the attempt and
+    the WHMCS ids known so far; None (nothing computed) when tracing is off."""
+    if not tracing.enabled():
+        return None
+    order = run.order
+    return {
+        tracing.ORDER_ID: order.sf_order_id,
+        "fleet.saga.step": str(step),
+        "fleet.step.attempt": attempt,
+        "fleet.whmcs.client_id": order.whmcs_client_id,
+        "fleet.whmcs.order_id": order.whmcs_order_id,
+    }
+
+
+def _outcome_tags(outcome: Outcome) -> dict[str, Any]:
+    """A step span's outcome attributes: its kind, and the ids a finished step created."""
+    tags: dict[str, Any] = {"fleet.step.outcome": type(outcome).__name__}
+    if isinstance(outcome, Done):
+        tags.update({f"fleet.step.{k}": _scalar(v) for k, v in outcome.ids.items()})
+    return tags
+
+
+def _scalar(value: Any) -> Any:
+    """A span attribute value: str/bool/int/float, or a list of one of them; anything else as text."""
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str | bool | int | float) for v in value):
+        return list(value)
+    return str(value)
 
 
 def _wanted(record: SagaRecord | None, trigger: Trigger) -> bool:

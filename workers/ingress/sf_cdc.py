@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from adapters import tracing
 from adapters.cdc_checkpoints import Checkpoint, CheckpointStore, ReplayId, pending, replay_id_text
 from adapters.kafka import ProducerPort
 from adapters.leader_lease import LeaderLease, PgAdvisoryLease
@@ -537,7 +538,7 @@ class Subscriber:
     async def _run(self, work: _Work) -> None:
         try:
             context = {"channel": work.delivery.channel, "replay_id": _shown(work.delivery.replay_id)}
-            with structlog.contextvars.bound_contextvars(**context):
+            with structlog.contextvars.bound_contextvars(**context), tracing.span("sf-cdc delivery", _span_tags(work)):
                 if work.change is None:
                     assert work.error is not None
                     await self._dead_letter(work.delivery, work.error, Stage.DECODE)
@@ -551,6 +552,8 @@ class Subscriber:
 
     # --- handling -------------------------------------------------------------------------------
     async def _handle(self, change: Change, delivery: Delivery) -> None:
+        if tracing.enabled() and change.entity == "Order" and change.header is not None:
+            tracing.set_attributes({tracing.ORDER_ID: ",".join(change.header.record_ids) or None})
         try:
             translation = await self._retrying(lambda: self._translator.translate(change), "translate")
         except Exception as exc:  # permanent, or a bug that kept failing: park it, keep streaming
@@ -861,6 +864,20 @@ def _dead_letter_headers(delivery: Delivery, exc: BaseException, stage: str, cod
     if delivery.replay_id is not None:
         headers.append((fh.SOURCE_REPLAY_ID, replay_id_text(delivery.replay_id).encode()))
     return headers
+
+
+def _span_tags(work: _Work) -> dict[str, object] | None:
+    """The CDC delivery span's attributes (None when tracing is off: nothing is computed)."""
+    if not tracing.enabled():
+        return None
+    change = work.change
+    return {
+        "fleet.cdc.channel": work.delivery.channel,
+        "fleet.cdc.replay_id": _shown(work.delivery.replay_id),
+        "fleet.cdc.entity": change.entity if change is not None else None,
+        "fleet.cdc.change_type": change.change_type if change is not None else None,
+        "fleet.cdc.event_uuid": change.event_uuid if change is not None else None,
+    }
 
 
 # --- composition --------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ from prometheus_client.utils import floatToGoString
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from adapters import tracing
 from adapters.coalescer import ByRate
 from adapters.kafka import BatchingProducer, KafkaSecurityError, ProducerPort, start_client
 from adapters.webhook_dedupe import Claim, DedupeStore, RedisDedupeStore
@@ -496,7 +497,10 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
 
 
 def build_app(receiver: WebhookReceiver) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=receiver.max_body_bytes)
+    middlewares: list[Any] = [json_errors]
+    if tracing.enabled():  # a SERVER span per request, the parent of its produce (docs/tracing.md)
+        middlewares.insert(0, tracing.aiohttp_middleware([PATH]))
+    app = web.Application(middlewares=middlewares, client_max_size=receiver.max_body_bytes)
     app.router.add_post(PATH, receiver.handle)
     app.router.add_get("/metrics", _metrics_handler(receiver.metrics))
     app.router.add_get("/livez", _live)
@@ -656,7 +660,7 @@ async def _own_producer(settings: Settings, receiver: WebhookReceiver, finished:
         # Concurrent webhooks share batches (one per partition at a time), each request still
         # answered only after the broker acknowledged the batch holding its own record.
         producer = BatchingProducer(raw, timeout_s=PRODUCE_TIMEOUT_S, linger_s=PRODUCE_LINGER_S)
-        receiver.producer = producer
+        receiver.producer = bootstrap.traced(producer)
         log.info("kafka_producer_started", kafka=connection.describe())
         try:
             await finished.wait()

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from adapters import tracing
 from events import failure as fh
 from events.base import REGISTRY, event_types
 from events.envelope import H_CORRELATION, H_ID, H_TYPE, binary_type, check_binary_headers
@@ -25,6 +26,7 @@ from workers.runtime.batch import BatchHandler
 from workers.runtime.consumer import ConsumerRecord
 from workers.runtime.message import Message, header_int
 from workers.runtime.route import Handler, Route
+from workers.runtime.traced import traced
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +54,8 @@ class Decoder:
         event_types()  # import every vocabulary module so unknown-type detection sees them all
         self.group = route.group
         self.table = route.handled_types
+        if tracing.enabled():  # decided once per worker: off, the loop runs the route's own handlers
+            self.table = traced(self.table, route.group)
         # The hot path calls each model's core validator directly: exactly what model_validate_json
         # delegates to (same errors, same result), minus a Python wrapper that costs ~0.35 µs/record.
         # Keyed by the raw ``ce_type`` bytes: the loop looks the header value up without decoding it.

@@ -15,7 +15,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from adapters.kafka import AiokafkaProducer, durable_producer, start_client
+from adapters import tracing
+from adapters.kafka import AiokafkaProducer, ProducerPort, durable_producer, start_client
 from workers.config import Settings
 from workers.runtime.consumer import build_consumer, consumer_options, partition_counter, revoke_grace_s
 from workers.runtime.health import HealthServer
@@ -57,10 +58,14 @@ async def serve(
         # First of the worker's clients to connect: a credential or certificate Kafka refuses ends the
         # process here with one line (``KafkaSecurityError``), before the consumer joins the group.
         await start_client(raw_producer, connection)
+        # retry and dead-letter copies: with tracing on, their hop traceparent is the failing record's span
+        failures: ProducerPort = AiokafkaProducer(raw_producer)
+        if tracing.enabled():
+            failures = tracing.TracingProducer(failures)
         worker = Worker(
             route,
             consumer,
-            AiokafkaProducer(raw_producer),
+            failures,
             runtime,
             pool=pool,
             partitions_for=partition_counter(raw_producer),
