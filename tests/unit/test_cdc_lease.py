@@ -327,7 +327,7 @@ async def test_a_write_fenced_by_a_newer_term_makes_the_leader_step_down(
         # a newer term began elsewhere (a frozen leader resuming after its successor took over)
         server.terms[LEASE] = Term(7, "b", released=False)
         a.source.push(update(61))
-        await eventually(lambda: a.source.closes == 1, timeout=2)
+        await eventually(lambda: a.source.closes == 1, timeout=10)
         assert store.rows[ORDER_CH].replay_id is None  # 61's write was refused (the row is the first start's)
         assert a.metric("sf_cdc_lease_lost_total", reason="fenced") == 1
 
