@@ -267,7 +267,7 @@ def _kafka_dsn(request: web.Request) -> tuple[Any, str]:
 
 def _group(request: web.Request) -> str:
     group = request.match_info["group"]
-    if group not in every_name() and not group.startswith("t-"):  # t-*: the tests' throwaway groups
+    if group not in every_name():
         raise web.HTTPNotFound(text=f"no such consumer group: {group} (known: {', '.join(every_name())})")
     return group
 
