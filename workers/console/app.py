@@ -40,7 +40,7 @@ from workers.config import Settings
 from workers.console import fleet
 from workers.console.jobs import ReplayJobs
 from workers.console.security import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, OPERATOR_KEY, Guard
-from workers.dlq import audit, browse, purge, render, writeback
+from workers.dlq import audit, browse, purge, render, unpark, writeback
 from workers.dlq.filters import Filter, FilterError, parse_coordinates, parse_when
 from workers.dlq.models import DeadLetter
 from workers.dlq.names import dead_letter_topic, every_name
@@ -108,6 +108,7 @@ def build_app(settings: Settings) -> web.Application:
         web.get("/dlq/{group}", dlq_group_page),
         web.get("/dlq/{group}/record/{partition:\\d+}/{offset:\\d+}", record_page),
         web.get("/dlq/{group}/parked", parked_page),
+        web.post("/dlq/{group}/unpark", unpark_start),
         web.post("/dlq/{group}/replay/preview", replay_preview),
         web.post("/dlq/{group}/replay", replay_start),
         web.get("/dlq/{group}/jobs/{number:\\d+}", job_page),
@@ -339,9 +340,9 @@ async def record_page(request: web.Request) -> web.Response:
 
 
 async def parked_page(request: web.Request) -> web.Response:
-    """Records the replay loop guard parked (``<group>.parked``, consumed by nobody)."""
+    """Records the replay loop guard parked (``<group>.parked``, consumed by nobody), with un-park."""
     group = _group(request)
-    kafka, _ = _kafka_dsn(request)
+    kafka, dsn = _kafka_dsn(request)
 
     async def read() -> list[DeadLetter]:
         try:
@@ -351,7 +352,26 @@ async def parked_page(request: web.Request) -> web.Response:
             return []
 
     parked = await attempt(request, read())
-    return _page("parked.html", request, {"group": group, "parked": list(reversed(parked or []))})
+    origins = await attempt(request, unpark.parked_origins(dsn, group)) or {}
+    context = {"group": group, "parked": list(reversed(parked or [])), "origins": origins}
+    return _page("parked.html", request, context)
+
+
+async def unpark_start(request: web.Request) -> web.Response:
+    """``fleet dlq unpark``: replay the parked copy's dead letter once more, as a console job."""
+    group = _group(request)
+    values = await request.post()
+    try:
+        at = parse_coordinates(str(values.get("parked", "")))
+    except FilterError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    _, dsn = _kafka_dsn(request)
+    origins = await unpark.parked_origins(dsn, group)
+    if at not in origins:
+        raise web.HTTPConflict(text=f"{group}.parked {at[0]}:{at[1]} is not parked (or was un-parked already)")
+    rate = request.app[SETTINGS_KEY].console.default_rate
+    job = request.app[JOBS_KEY].start(unpark.unpark_options(group, origins[at], request[OPERATOR_KEY], rate=rate))
+    raise web.HTTPSeeOther(f"/dlq/{quote(group)}/jobs/{job.number}")
 
 
 def _filter_from(values: Any) -> tuple[Filter, dict[str, str], str | None]:
