@@ -1,7 +1,8 @@
 """Scenario: an operator finds a dead letter in the console, previews its replay, replays it, and
 sees the order recover, in a real browser (Debian's chromium) against the real stack.
 
-Contract: an order the saga fulfilled whose Salesforce write-back the sf-writer dead-lettered shows
+Contract: the fleet page lists every worker's group with its lag, without an outage banner; an
+order the saga fulfilled whose Salesforce write-back the sf-writer dead-lettered shows
 "write-back dead-lettered" on its page, with a link to its dead letters; the dry run lists the
 record as "would replay" and sends nothing; the replay (the CLI's own ``workers.dlq.replay``) shows
 its progress until completed and puts the copy on ``fleet.sf-writer.retry.1``; the order's page
@@ -68,6 +69,10 @@ async def test_find_dry_run_replay_and_see_the_order_recover(stack_env: dict[str
         chromium() as browser,
     ):
         page = await browser.new_page()
+        await page.goto(f"{console.url}/fleet")
+        await expect(page.locator("#groups")).to_contain_text("fleet.sf-writer")
+        await expect(page.locator(".banner")).to_have_count(0)
+
         await page.goto(f"{console.url}/orders?q={oid}")
         await page.get_by_role("link", name=oid).click()
         await expect(page.locator("#order-state")).to_contain_text("write-back dead-lettered")

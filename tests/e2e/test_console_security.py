@@ -74,16 +74,14 @@ async def test_unauthenticated_is_refused_and_a_forged_cross_site_post_is_refuse
     dsn = stack_env["DATABASE_URL"]
     extra = {"FLEET_ENV": "staging", "FLEET_CONSOLE__TOKEN": TOKEN}
     async with running_console(stack_env, tmp_path / "console.log", **extra) as console, chromium() as browser:
-        # headless chromium aborts a navigation answered with a basic-auth challenge it cannot answer
-        # (ERR_INVALID_AUTH_CREDENTIALS), so the page's own fetch shows what the console answered
-        anonymous = await browser.new_page()
-        await anonymous.goto(f"{console.url}/livez")
-        status, text = await anonymous.evaluate(
-            "async (url) => { const r = await fetch(url); return [r.status, await r.text()]; }",
-            f"{console.url}/dlq/{GROUP}",
-        )
-        assert status == 401 and "authentication required" in text
+        # A browser context without credentials. Its own HTTP client asks: a headless page would abort
+        # the navigation on the basic-auth challenge (ERR_INVALID_AUTH_CREDENTIALS) and show nothing.
+        anonymous = await browser.new_context()
+        answer = await anonymous.request.get(f"{console.url}/dlq/{GROUP}")
+        text = await answer.text()
+        assert answer.status == 401 and "authentication required" in text
         assert letter.letter.event_id not in text
+        await anonymous.close()
 
         operator = f"oncall-{free_port()}"
         context = await browser.new_context(http_credentials={"username": operator, "password": TOKEN})

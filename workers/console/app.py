@@ -203,11 +203,13 @@ async def _note_outage(request: web.Request, exc: BaseException) -> None:
     banners = request.setdefault(BANNERS_KEY, [])  # type: ignore[call-overload]
     settings = request.app[SETTINGS_KEY]
     down = await unreachable(settings)
+    state = "is down or unreachable"
     if not down:  # both answer: name the failure as it came
         down = ["PostgreSQL"] if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) else ["Kafka"]
+        state = "answers, but the request failed"
     for what in down:
         if all(b["what"] != what for b in banners):
-            banners.append({"what": what, "error": _reason(exc), "still": STILL_WORKS[what]})
+            banners.append({"what": what, "state": state, "error": _reason(exc), "still": STILL_WORKS[what]})
 
 
 async def unreachable(settings: Settings) -> list[str]:

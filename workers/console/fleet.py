@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.kafka import KafkaTarget, admin_client, as_connection, start_client
@@ -79,31 +80,47 @@ def health_targets(entries: list[str]) -> dict[str, list[str]]:
 
 
 async def read_groups(kafka: KafkaTarget, tiers: int) -> list[GroupView]:
-    """Every routed worker's group: state, members, lag of each partition it consumes (retry tiers too)."""
+    """Every routed worker's group: state, members, lag of each partition it consumes (retry tiers too).
+
+    Members come from DescribeGroups; when only that request fails, the lag is still shown and the
+    state says why the members are missing."""
     views = [GroupView(name, spec.group.value) for name, spec in ROUTES.items()]
     topics_of = {v.group: [str(t) for t in ROUTES[v.worker].topics] for v in views}
     for v in views:
         topics_of[v.group] += [retry_topic(v.group, n) for n in range(1, tiers + 1)]
+    every_topic = sorted({t for ts in topics_of.values() for t in ts})
     async with admin_client(kafka, CLIENT_ID) as admin:
-        described = await admin.describe_consumer_groups([v.group for v in views])
-        groups = {g[1]: g for response in described for g in response.groups}
-        every_topic = sorted({t for ts in topics_of.values() for t in ts})
         layout = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(every_topic)}
-        committed = {v.group: await admin.list_consumer_group_offsets(v.group) for v in views}
+        try:
+            described = await admin.describe_consumer_groups([v.group for v in views])
+            groups: dict[str, Any] | None = {g[1]: g for response in described for g in response.groups}
+        except KafkaError as exc:
+            groups, why = None, f"members unknown (DescribeGroups: {type(exc).__name__})"
     tps = [TopicPartition(t, p) for t in every_topic for p in range(layout.get(t, 0))]
     ends = await _end_offsets(kafka, tps)
     for v in views:
-        described_group = groups.get(v.group)
-        if described_group is not None:
-            v.state = described_group[2] or "?"
-            v.members = [Member(m[0], m[1], m[2]) for m in described_group[5]]
-        offsets = committed[v.group]
-        for topic in topics_of[v.group]:
-            for p in range(layout.get(topic, 0)):
-                tp = TopicPartition(topic, p)
-                meta = offsets.get(tp)
-                v.partitions.append(PartitionLag(topic, p, meta.offset if meta is not None else None, ends.get(tp, 0)))
+        if groups is None:
+            v.state = why
+        elif (found := groups.get(v.group)) is not None:
+            v.state = found[2] or "?"
+            v.members = [Member(m[0], m[1], m[2]) for m in found[5]]
+        mine = [tp for tp in tps if tp.topic in topics_of[v.group]]
+        committed = await _committed(kafka, v.group, mine)
+        v.partitions = [PartitionLag(tp.topic, tp.partition, committed.get(tp), ends.get(tp, 0)) for tp in mine]
     return views
+
+
+async def _committed(kafka: KafkaTarget, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+    """The group's committed offsets (OffsetFetch through a consumer that never subscribes, so it
+    never joins the group nor triggers a rebalance)."""
+    consumer = AIOKafkaConsumer(
+        **as_connection(kafka).options(), client_id=CLIENT_ID, group_id=group, enable_auto_commit=False
+    )
+    try:
+        await start_client(consumer, kafka)
+        return {tp: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()
 
 
 async def _end_offsets(kafka: KafkaTarget, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
