@@ -80,7 +80,7 @@ async def test_unauthenticated_is_refused_and_a_forged_cross_site_post_is_refuse
         answer = await anonymous.request.get(f"{console.url}/dlq/{GROUP}")
         text = await answer.text()
         assert answer.status == 401 and "authentication required" in text
-        assert letter.letter.event_id not in text
+        assert letter.letter.key not in text
         await anonymous.close()
 
         operator = f"oncall-{free_port()}"
@@ -89,7 +89,7 @@ async def test_unauthenticated_is_refused_and_a_forged_cross_site_post_is_refuse
         response = await page.goto(f"{console.url}/dlq/{GROUP}")
         assert response is not None and response.status == 200
         assert await page.locator("#operator").inner_text() == operator
-        assert letter.letter.event_id in await page.locator("#records").inner_text()
+        assert letter.letter.key in await page.locator("#records").inner_text()
 
         sites = attacker_site(console.url)
         evil = await anext(sites)
