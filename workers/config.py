@@ -390,6 +390,45 @@ def otel_settings(environ: Mapping[str, str]) -> dict[str, str]:
     return {field: environ[var] for field, var in OTEL_VARS.items() if environ.get(var, "").strip()}
 
 
+#: the trace link of an order on the console: Jaeger's search by the span attribute the tracing sets
+DEFAULT_TRACE_URL = 'http://localhost:16686/search?service=fleet&tags={"fleet.order.id":"{order_id}"}'
+
+
+class ConsoleSettings(_Section):
+    """``fleet console``, the ops web app (docs/console.md). Outside ``FLEET_ENV=local`` every request
+    must authenticate: a bearer token or HTTP basic auth (any user name, the token as password), or a
+    user header set by an SSO proxy connecting from one of ``trusted_proxies``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(18500, ge=0, le=65535)  # 0 = pick a free port (tests)
+    #: the bearer token / basic-auth password; required outside FLEET_ENV=local (at least 24 characters)
+    token: SecretStr = SecretStr("")
+    #: signs the per-session CSRF tokens; unset = a random key per process (sessions end on restart)
+    session_secret: SecretStr = SecretStr("")
+    #: header an SSO proxy (oauth2-proxy: X-Auth-Request-User / X-Forwarded-User) puts the user name in
+    proxy_user_header: str = ""
+    #: addresses the SSO proxy connects from, comma separated; the header is believed from these only
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    #: the public origin (scheme://host[:port]) when behind a proxy that rewrites Host; unset = the request's
+    public_origin: str = ""
+    #: an order's trace link; ``{order_id}`` is replaced by the Salesforce Order Id (URL-encoded)
+    trace_url: str = DEFAULT_TRACE_URL
+    #: worker health pages as name=http://host:port, comma separated (``/readyz`` and ``/metrics`` are read)
+    health_urls: Annotated[list[str], NoDecode] = []
+    #: the replay rate the console's form proposes (records per second)
+    default_rate: float = Field(20.0, gt=0)
+
+    @field_validator("trusted_proxies", "health_urls", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """A JSON list, or values separated by commas."""
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class SandboxSettings(_Section):
     host: str = "127.0.0.1"
     salesforce_port: int = Field(18081, ge=1, le=65535)
@@ -471,6 +510,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     #: from the ``OTEL_*`` variables (``load_settings``), never ``FLEET_TRACING__*``
     tracing: TracingSettings = TracingSettings()
+    console: ConsoleSettings = ConsoleSettings()
     sandbox: SandboxSettings = SandboxSettings()
     stack: StackSettings = StackSettings()
     testing: TestingSettings = TestingSettings()

@@ -75,6 +75,32 @@ def problems(settings: Settings, workers: Iterable[str] | None = None) -> list[P
     return sorted(Problem(v, r, tuple(sorted(needed_by.get(v, ())))) for v, r in reasons.items())
 
 
+#: the shortest console token accepted outside FLEET_ENV=local
+MIN_CONSOLE_TOKEN_CHARS = 24
+#: tokens that documentation and examples show; refused as a console secret
+KNOWN_CONSOLE_TOKENS = frozenset({"changeme", "change-me", "secret", "token", "admin", "password"})
+
+
+def console_problems(settings: Settings) -> list[Problem]:
+    """What stops ``fleet console`` from starting: the Kafka contradictions every process checks, and
+    outside ``FLEET_ENV=local`` a missing, known or short token (the console's only secret when no
+    SSO proxy is set) or a user header without the proxies it is trusted from."""
+    found = list(_consistency(settings))
+    if settings.env != "local":
+        console = settings.console
+        token = console.token.get_secret_value()
+        variable = _var("console", "token")
+        if not token and not console.proxy_user_header:
+            found.append((variable, "missing (outside FLEET_ENV=local the console requires authentication)"))
+        elif token and (token.lower() in KNOWN_CONSOLE_TOKENS or len(token) < MIN_CONSOLE_TOKEN_CHARS):
+            found.append(
+                (variable, f"a default or short token; use at least {MIN_CONSOLE_TOKEN_CHARS} random characters")
+            )
+        if console.proxy_user_header and not console.trusted_proxies:
+            found.append((_var("console", "trusted_proxies"), "missing: the user header would be believed from anyone"))
+    return sorted(Problem(v, r) for v, r in dict(found).items())
+
+
 def warnings(settings: Settings, workers: Iterable[str] | None = None) -> list[str]:
     """What is allowed but worth a line at start-up (and in ``fleet config check``)."""
     chosen = list(worker_needs()) if workers is None else list(workers)

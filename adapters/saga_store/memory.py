@@ -151,6 +151,16 @@ class MemorySagaStore:
         found = [copy.deepcopy(r.order) for r in self.orders.values() if state in (None, r.order.state)]
         return list(reversed(found))[:limit]
 
+    async def search_orders(self, text: str, limit: int = 50) -> list[SagaOrder]:
+        wanted = text.strip()
+        found = [
+            copy.deepcopy(r.order)
+            for r in self.orders.values()
+            if wanted in (r.order.sf_order_id, r.order.sf_account_id, str(r.order.whmcs_client_id),
+                          str(r.order.whmcs_order_id))
+        ]  # fmt: skip
+        return list(reversed(found))[:limit]
+
     async def history(self, sf_order_id: str) -> list[HistoryEntry]:
         return list(self.timeline.get(sf_order_id, []))
 

@@ -344,6 +344,16 @@ class PgSagaStore:
             )
         return [_order(r) for r in rows]
 
+    async def search_orders(self, text: str, limit: int = 50) -> list[SagaOrder]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ORDER_COLUMNS} FROM fulfillment_orders WHERE sf_order_id = $1 OR sf_account_id = $1"
+                " OR whmcs_client_id::text = $1 OR whmcs_order_id::text = $1 ORDER BY updated_at DESC LIMIT $2",
+                text.strip(),
+                limit,
+            )
+        return [_order(r) for r in rows]
+
     async def history(self, sf_order_id: str) -> list[HistoryEntry]:
         async with self._conn() as conn:
             rows = await conn.fetch(

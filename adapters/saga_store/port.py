@@ -181,6 +181,11 @@ class SagaStore(Protocol):
         """Orders, most recently updated first, optionally in one state."""
         ...
 
+    async def search_orders(self, text: str, limit: int = 50) -> list[SagaOrder]:
+        """Orders whose Salesforce order id, account id, WHMCS client id or WHMCS order id is ``text``
+        (exactly), most recently updated first."""
+        ...
+
     async def history(self, sf_order_id: str) -> list[HistoryEntry]:
         """The order's timeline, oldest first."""
         ...

@@ -145,7 +145,8 @@ async def _up(settings: Settings, fleet_options: FleetOptions, options: DemoOpti
         if options.scenario:
             code = _exit_code(await _run_scenario(settings, options, stop, fleet.status))
         if not options.exit_after_scenario and not stop.is_set():
-            for line in hints(fleet.endpoints, str(fleet_options.log_dir)):
+            console_url = fleet.console_url if fleet_options.console else None
+            for line in hints(fleet.endpoints, str(fleet_options.log_dir), console_url):
                 click.echo(line)
             await stop.wait()
         return code

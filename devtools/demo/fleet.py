@@ -35,6 +35,7 @@ from workers.routes import INGRESS, ROUTES
 WORKERS = ("fulfillment", "sf-writer", "cache-invalidator", "sf-cdc", "whmcs-webhooks")
 HEALTH_PORT_BASE = 19101
 SANDBOX_CHILD = "sandboxes"
+CONSOLE_CHILD = "console"
 SECRET_ENV = "SANDBOX_WHMCS_WEBHOOK_SECRET"  # how `python -m sandbox` takes the signing secret
 Echo = Callable[[str], None]
 
@@ -65,6 +66,8 @@ class FleetOptions:
     #: what the supervisor asks each worker (default ``/readyz``); a standby sf-cdc is never ready,
     #: only live, so a fleet with several sf-cdc instances asks them ``/livez``
     health_paths: Mapping[str, str] = field(default_factory=dict)
+    #: also run ``fleet console`` (FLEET_CONSOLE__PORT), told where every worker's health page is
+    console: bool = True
 
     def children(self) -> list[Instance]:
         """Every worker process, in start order: a worker's instances one after the other."""
@@ -164,7 +167,34 @@ class Fleet:
         echo(f"workers: starting {', '.join(runnable) or 'none'} (logs in {self.options.log_dir}/)")
         for name, reason in missing.items():
             echo(f"workers: {name} not available: {reason}")
-        return await self.supervisor.wait_ready([i.child for i in children], self.options.ready_timeout_s)
+        names = [i.child for i in children]
+        if self.options.console:
+            await self.supervisor.start(self._console_spec(children, env))
+            names.append(CONSOLE_CHILD)
+            echo(f"console: {self.console_url} (the ops console: fleet, dead letters, orders, audit log)")
+        return await self.supervisor.wait_ready(names, self.options.ready_timeout_s)
+
+    @property
+    def console_url(self) -> str:
+        c = self.settings.console
+        return f"http://{c.host}:{c.port}/"
+
+    def _console_spec(self, children: list[Instance], env: Mapping[str, str]) -> ChildSpec:
+        """``fleet console`` beside the workers, reading their health pages (the receiver's is its own port)."""
+        host = self.settings.runtime.health_host
+        pages = []
+        for instance in children:
+            if instance.worker == "whmcs-webhooks":
+                w = self.settings.whmcs
+                pages.append(
+                    f"{instance.child}=http://{w.webhook_listen_host}:{receiver_port(self.settings, instance.index)}"
+                )
+            else:
+                pages.append(f"{instance.child}=http://{host}:{instance.health_port}")
+        fleet = Path(sys.executable).with_name("fleet")
+        argv = (str(fleet), "console") if fleet.exists() else (sys.executable, "-m", "workers", "console")
+        child_env = {**env, "FLEET_CONSOLE__HEALTH_URLS": ",".join(pages)}
+        return ChildSpec(CONSOLE_CHILD, argv, env=child_env, health_url=f"{self.console_url}livez")
 
     async def _stack_up(self, echo: Echo) -> None:
         try:

@@ -216,10 +216,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def hints(endpoints: Endpoints, log_dir: str) -> list[str]:
+def hints(endpoints: Endpoints, log_dir: str, console_url: str | None = None) -> list[str]:
     return [
         "",
         "The fleet keeps running. Poke it:",
+        *([f"  ops console         {console_url}"] if console_url else []),
         f"  Salesforce sandbox  {endpoints.salesforce}/_sandbox/state",
         f"  WHMCS sandbox       {endpoints.whmcs}/_sandbox/state",
         f"  Freebit sandbox     {endpoints.freebit}/_sandbox/state",

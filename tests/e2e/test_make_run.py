@@ -16,6 +16,7 @@ once per CDC transport: CometD, and the Pub/Sub API (``FLEET_SALESFORCE__CDC_TRA
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -30,9 +31,12 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from sandbox.demo_data import DEMO_ORDERS
 from tests.stack_fixtures import stack_env  # noqa: F401
+from workers.config import load_settings
+from workers.console.app import build_app
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +64,7 @@ class Ports:
     webhook: int
     health_base: int
     salesforce_pubsub: int
+    console: int
 
     def env(self) -> dict[str, str]:
         sf = f"http://localhost:{self.salesforce}"  # localhost: the CometD cookie jar ignores IP hosts
@@ -74,16 +79,17 @@ class Ports:
             "FLEET_WHMCS__API_URL": f"http://127.0.0.1:{self.whmcs}/includes/api.php",
             "FLEET_FREEBIT__BASE_URL": f"http://127.0.0.1:{self.freebit}/emptool/api",
             "FLEET_WHMCS__WEBHOOK_LISTEN_PORT": str(self.webhook),
+            "FLEET_CONSOLE__PORT": str(self.console),
         }
 
 
 @pytest.fixture
 def ports() -> Ports:
-    salesforce, whmcs, freebit, webhook, pubsub = _free_ports(5)
+    salesforce, whmcs, freebit, webhook, pubsub, console = _free_ports(6)
     # five consecutive health ports: take a free one and hope its neighbours are free too is fragile,
     # so probe a block
     base = next(p for p in range(29101, 29901, 10) if all(_port_free(p + i) for i in range(5)))
-    return Ports(salesforce, whmcs, freebit, webhook, base, pubsub)
+    return Ports(salesforce, whmcs, freebit, webhook, base, pubsub, console)
 
 
 def _port_free(port: int) -> bool:
@@ -203,6 +209,21 @@ def _run_demo(env: dict[str, str], ports: Ports, summary: Path) -> tuple[int, st
     return proc.returncode, output, family.stop()
 
 
+async def _console_orders_page(env: dict[str, str]) -> str:
+    """The console's orders page, as the demo's console shows it, on the demo's settings."""
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("FLEET_")})
+    try:
+        settings = load_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    async with TestClient(TestServer(build_app(settings))) as client:
+        response = await client.get("/orders")
+        assert response.status == 200
+        return await response.text()
+
+
 def _whmcs_orders_of(state: dict[str, Any], sf_order_id: str) -> list[dict[str, Any]]:
     marker = f"sfOrderId={sf_order_id}"
     return [o for o in state["orders"] if marker in str(o.get("notes", "")).split()]
@@ -223,6 +244,7 @@ def test_make_run_fulfils_every_demo_order_and_leaves_no_process_behind(
 
     assert code == 0, output
     assert "result: PASS" in output
+    assert f"console: http://127.0.0.1:{ports.console}/" in output, "make run prints the console's URL"
     summary = json.loads(summary_file.read_text())
     orders = summary["orders"]
     assert len(orders) == len(DEMO_ORDERS)
@@ -249,6 +271,10 @@ def test_make_run_fulfils_every_demo_order_and_leaves_no_process_behind(
         assert record["WHMCS_Order_ID__c"] == order["whmcs_order_id"]
         [whmcs_order] = _whmcs_orders_of(whmcs, order["sf_order_id"])
         assert str(whmcs_order["id"]) == record["WHMCS_Order_ID__c"]
+
+    shown = asyncio.run(_console_orders_page(env))
+    for order in orders:
+        assert order["sf_order_id"] in shown, "the console lists the demo's orders"
 
     assert len(children) >= 5, f"expected the five workers among the demo's children, saw {children}"
     deadline = time.monotonic() + 5

@@ -34,6 +34,7 @@ ALLOWED = {
     "workers/dlq/testing.py": "a test helper that seeds dead letters",
     "workers/cli/orders.py": "an ops command's short-lived pool and producer",
     "workers/cli/db.py": "an ops command's short-lived pool",
+    "workers/console/app.py": "the ops console's short-lived pool and producer per page or write, as the CLI's",
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``fleet`` command line: subcommands grouped by job (topics, db, events, run, dlq, orders, config).
+"""The ``fleet`` command line: subcommands grouped by job (topics, db, events, run, dlq, orders, config, console).
 
 Each group lives in its own module; this one builds the Settings once (lazily, so ``--help``
 works with a broken environment) and turns configuration errors into one line naming the variable.
@@ -102,9 +102,9 @@ def main(ctx: click.Context) -> None:
 
 def _register() -> None:
     """The product's groups; the rest arrive through ``fleet.commands`` (see ``FleetGroup``)."""
-    from workers.cli import config, db, dlq, events, orders, run, topics
+    from workers.cli import config, console, db, dlq, events, orders, run, topics
 
-    for module in (topics, db, events, run, dlq, orders, config):
+    for module in (topics, db, events, run, dlq, orders, config, console):
         main.add_command(module.group)
 
 

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from adapters.db import migrate
 from workers.cli._context import Context, config_errors, pass_ctx
-from workers.dlq import audit, browse, purge, render
+from workers.dlq import audit, browse, purge, render, unpark
 from workers.dlq.filters import Filter, FilterError, parse_coordinates, parse_when
 from workers.dlq.names import INGRESS, every_name
 from workers.dlq.reader import ReadStalled, TopicMissing
@@ -85,6 +85,7 @@ def group() -> None:
       fleet dlq show -g G -p 0 -o 12          one record: provenance, error, payload, headers
       fleet dlq replay -g G --since 2h --dry-run   preview, then run without --dry-run
       fleet dlq purge -g G --error-class X    hide records you will never replay
+      fleet dlq unpark -g G --parked 0:3      replay a parked record once more (past the loop guard)
       fleet dlq audit                         who replayed or purged what, when
     """
 
@@ -342,6 +343,35 @@ def replay_cmd(
             f"{report.counts[REFUSED]} dead letter(s) still refused (see above), nothing sent for them;"
             " fix the cause and run the same command again"
         )
+
+
+# --- unpark ----------------------------------------------------------------------------------
+
+
+@group.command("unpark")
+@click.option("--group", "-g", required=True, help="the consumer group whose parked record to send back")
+@click.option("--parked", "parked_at", required=True, help="PARTITION:OFFSET of the copy on <group>.parked")
+@click.option("--dry-run", is_flag=True, help="print what would be replayed; send nothing")
+@click.option("--operator", default=audit.default_operator, show_default="OS user", help="name in the audit")
+@pass_ctx
+def unpark_cmd(ctx: Context, /, group: str, parked_at: str, dry_run: bool, operator: str) -> None:
+    """Replay the dead letter a parked copy came from once more, past the loop guard (audited as a replay)."""
+    try:
+        at = parse_coordinates(parked_at)
+    except FilterError as exc:
+        raise click.BadParameter(str(exc)) from None
+    s = ctx.settings
+    dsn = s.postgres.dsn.get_secret_value()
+    origins = _run(unpark.parked_origins(dsn, group))
+    if at not in origins:
+        raise click.ClickException(f"{group}.parked {parked_at} is not a parked record (or it was un-parked already)")
+    opts = unpark.unpark_options(group, origins[at], operator, dry_run=dry_run)
+    listener = _Listener(_console(), dry_run)
+    try:
+        report = _run(replay(s.kafka.connection(), dsn, opts, listener))
+    finally:
+        listener.close()
+    click.echo(render.summary_line("replay", group, report.job_id, dry_run, report.counts))
 
 
 # --- purge -----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ Exit codes: 0 done, 1 unknown order or refused, 2 bad usage.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -32,10 +31,11 @@ from events import failure as fh
 from events.topics import ConsumerGroup
 from workers.cli._context import Context, pass_ctx, run_async
 from workers.dlq import writeback
+from workers.dlq.audit import default_operator
 from workers.dlq.reader import ReadStalled, TopicMissing
 from workers.dlq.render import record_status
 from workers.fulfillment.model import OrderState, seq_of, steps_for
-from workers.fulfillment.wakeup import RetryTopicScheduler, resume_request
+from workers.fulfillment.retry import RetryRefused, RetryRequest, request_retry
 
 log = structlog.get_logger(__name__)
 
@@ -279,27 +279,19 @@ def retry(ctx: Context, sf_order_id: str, reason: str, force: bool, group: str) 
 
     async def go() -> str:
         async with _store(ctx) as store:
-            record = await store.get(sf_order_id)
-            if record is None and not force:
-                raise click.ClickException(f"order {sf_order_id} is unknown to the saga (use --force to start it)")
-            if record is not None and record.order.state == OrderState.FULFILLED:
-                raise click.ClickException(f"order {sf_order_id} is already fulfilled: nothing to resume")
-            envelope = resume_request(sf_order_id, record.order.sf_account_id if record else None)
             connection = settings.kafka.connection()
             aioproducer = durable_producer(connection, f"{settings.kafka.client_id}-orders-retry")
             await start_client(aioproducer, connection)
             try:
-                scheduler = RetryTopicScheduler(
-                    AiokafkaProducer(aioproducer), group, settings.runtime.retry_tier_delays_ms,
+                return await request_retry(
+                    store, AiokafkaProducer(aioproducer), RetryRequest(sf_order_id, default_operator(), reason, force),
+                    group=group, tier_delays_ms=settings.runtime.retry_tier_delays_ms,
                     clock_ms=lambda: int(datetime.now(UTC).timestamp() * 1000),
                 )  # fmt: skip
-                await scheduler.send(envelope, 1, now=True)
+            except RetryRefused as exc:
+                raise click.ClickException(str(exc)) from None
             finally:
                 await aioproducer.stop()
-            audit = {"by": getpass.getuser(), "event_id": envelope.id, "reason": reason, "group": group}
-            await store.append_history(sf_order_id, HistoryEntry("retry_requested", None, audit))
-            log.info("order_retry_requested", sf_order_id=sf_order_id, **audit)
-            return envelope.id
 
     event_id = run_async(go())
     click.echo(f"activation request {event_id} sent for {sf_order_id}; `fleet orders show {sf_order_id}` to follow")
