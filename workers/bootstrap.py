@@ -7,7 +7,8 @@ The one place a worker process's clients are built from Settings: the consumers 
 ``bootstrap``; the two ingress processes, whose lifecycles differ (the webhook receiver answers 503
 while its producer retries a Kafka that is away at boot; the CDC subscriber's Salesforce client also
 authenticates its CometD session), build theirs with the same named builders (``kafka_producer``,
-``open_producer``, ``open_pool``, ``redis_client``, ``open_salesforce``, ``change_source``). A test checks that no other
+``open_producer``, ``open_pool``, ``redis_client``, ``open_salesforce``, ``change_source``,
+``open_offsets_reader``). A test checks that no other
 module of ``workers/`` builds a client. (The runtime's consumer and failure producer are the
 runtime's own, ``workers.runtime.serve``; the ops commands open short-lived connections of their own.)
 
@@ -30,7 +31,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio.retry import Retry
@@ -224,6 +225,25 @@ async def open_pool(
     )
     stack.push_async_callback(pool.close)
     return pool
+
+
+async def open_offsets_reader(stack: contextlib.AsyncExitStack, settings: Settings, role: str) -> AIOKafkaConsumer:
+    """A started consumer of no group that is assigned nothing, stopped when ``stack`` closes: it only
+    answers ListOffsets (``beginning_offsets``, ``end_offsets``, ``offsets_for_times``) for the
+    dead-letter gauges of a process that consumes nothing (sf-cdc's ``ingress.dlq.v1``); it never
+    fetches, commits or joins a group."""
+    kafka = settings.kafka
+    consumer = AIOKafkaConsumer(
+        **kafka.connection().options(),
+        client_id=f"{kafka.client_id}-{role}",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # the end offset a consumer of the topic would see
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    stack.push_async_callback(consumer.stop)  # also after a failed start: it closes what start opened
+    await start_client(consumer, kafka.connection())
+    return consumer
 
 
 def leader_lease(settings: Settings, name: str, holder: str) -> PgAdvisoryLease:

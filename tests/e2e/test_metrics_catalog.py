@@ -7,7 +7,7 @@ and every metric an alert rule or a dashboard panel names is among them; so a re
 metric fails here, and `make check` (deploy/observability/check.py) fails on a rule or panel naming a
 metric the catalog lacks. After the scenario the business metrics show its work: the fulfilled orders
 by state (from the one sweeper), step latency per vendor, portal keys busted, the CDC lag observed,
-and each consumer group's dead-letter depth read from Kafka.
+and each consumer group's dead-letter depth read from Kafka, and the ingress one's (sf-cdc's leader).
 
 ``WRITE_METRICS_CATALOG=1`` rewrites metrics.txt from the scrape instead of comparing.
 """
@@ -97,8 +97,10 @@ def test_the_running_fleet_exports_the_catalog_and_every_metric_the_dashboards_a
         def worked(shown: dict[str, str]) -> bool:
             consumers = ("fulfillment", "sf-writer", "cache-invalidator")
             fulfilled = _value(shown, "fulfillment", "fleet_fulfillment_orders", state="fulfilled") or 0
-            return fulfilled >= len(DEMO_ORDERS) and all(
-                _value(shown, w, "fleet_dead_letters") is not None for w in consumers
+            return (
+                fulfilled >= len(DEMO_ORDERS)
+                and all(_value(shown, w, "fleet_dead_letters") is not None for w in consumers)
+                and _value(shown, "sf-cdc", "fleet_dead_letters", group="ingress") is not None
             )
 
         deadline = time.monotonic() + 30
@@ -118,6 +120,8 @@ def test_the_running_fleet_exports_the_catalog_and_every_metric_the_dashboards_a
     for worker in ("fulfillment", "sf-writer", "cache-invalidator"):
         depth = _value(shown, worker, "fleet_dead_letters")
         assert depth is not None and depth >= 0, f"{worker}: no dead-letter depth read from Kafka"
+    ingress = _value(shown, "sf-cdc", "fleet_dead_letters", group="ingress")  # the CDC leader's
+    assert ingress is not None and ingress >= 0, "sf-cdc: no depth of ingress.dlq.v1 read from Kafka"
 
     # the catalog is the scrape
     by_worker = {worker: check.series_names(text) for worker, text in shown.items()}

@@ -81,3 +81,18 @@ async def test_an_instance_without_the_first_partition_exports_no_sample() -> No
     collector = gauges(offsets, owner=False)
     await collector.refresh()
     assert page(collector) == {} and offsets.calls == []
+
+
+async def test_an_instance_that_stops_reporting_exports_no_sample_before_its_next_read() -> None:
+    """A rebalance (or a lost CDC lease) ends the export at the next scrape, not after the next read."""
+    owner = [True]
+    offsets = Offsets({0: (0, 3, int(NOW * 1000))})
+
+    async def count(topic: str) -> int | None:
+        return 1
+
+    collector = DeadLetterGauges("fleet.test", DLQ, offsets, count, lambda: owner[0], 30.0, clock=lambda: NOW)
+    await collector.refresh()
+    assert page(collector)["fleet_dead_letters"] == 3.0
+    owner[0] = False
+    assert page(collector) == {}

@@ -11,7 +11,10 @@ catch-up that fails is not forgotten: its window stays in the checkpoint row and
 back-off while the stream goes on (and after a restart) until it succeeds.
 Serves /livez, /readyz and /metrics. Rules live in ``cdc_translate``; this module only moves data.
 Several instances may run: only the holder of the lease subscribes (``cdc_leader``), each term with
-a fresh ``Subscriber`` whose checkpoint writes are fenced by the term.
+a fresh ``Subscriber`` whose checkpoint writes are fenced by the term. The holder also exports the
+dead-letter gauges of ``ingress.dlq.v1`` (``fleet_dead_letters{group="ingress"}``, the name
+``fleet dlq -g ingress`` uses), with the runtime's collector (``workers.runtime.dead_letters``): one
+instance by construction, whichever ingress wrote the records.
 """
 
 from __future__ import annotations
@@ -46,10 +49,13 @@ from events.salesforce import AccountEligibilityChanged, CatalogChanged, ResyncR
 from events.topics import Topic
 from workers import bootstrap
 from workers.config import Settings
+from workers.dlq.names import INGRESS
+from workers.dlq.reader import TopicMissing, partitions_of
 from workers.ingress.cdc_leader import (
     FencedCheckpointStore,
     Leadership,
     LeaseTiming,
+    State,
     default_instance_id,
     lease_name,
     sleep_unless,
@@ -67,6 +73,7 @@ from workers.ingress.cdc_translate import (
     parse,
 )
 from workers.ingress.watermark import RecentIds, Watermark
+from workers.runtime.dead_letters import DeadLetterGauges
 from workers.runtime.health import HealthServer
 
 log = structlog.get_logger()
@@ -948,6 +955,15 @@ async def serve(
         leadership = Leadership(
             lease, start_term, registry=metrics.registry, instance_id=instance_id, timing=options.lease_timing
         )
+        dead_letters = DeadLetterGauges(
+            INGRESS,
+            (topics or CdcTopics()).dlq,
+            await bootstrap.open_offsets_reader(stack, settings, "sf-cdc-offsets"),
+            _partition_counter(settings),
+            lambda: leadership.state is State.LEADER,
+            settings.runtime.dead_letter_check_interval_s,
+        )
+        metrics.registry.register(dead_letters)
         health = await stack.enter_async_context(HealthServer(leadership, options.health_host, options.health_port))
         log.info(
             "sf_cdc_started",
@@ -957,4 +973,25 @@ async def serve(
             lease=lease.name,
             instance_id=instance_id,
         )
-        await leadership.run(stop)
+        gauges = asyncio.create_task(dead_letters.companion(stop), name="ingress-dead-letter-gauges")
+        try:
+            await leadership.run(stop)
+        finally:
+            gauges.cancel()
+            await asyncio.gather(gauges, return_exceptions=True)
+
+
+def _partition_counter(settings: Settings) -> Callable[[str], Awaitable[int | None]]:
+    """The dead-letter topic's partition count from the admin API (``fleet dlq``'s own lookup: an
+    assign-less consumer knows no topic's metadata), asked until it answers, then kept."""
+    known: dict[str, int] = {}
+
+    async def count(topic: str) -> int | None:
+        if topic not in known:
+            try:
+                known[topic] = len(await partitions_of(settings.kafka.connection(), topic))
+            except TopicMissing:
+                return None  # not created yet: no sample, asked again next turn
+        return known[topic]
+
+    return count

@@ -8,7 +8,12 @@ Owns a companion of the worker (started and stopped with the other companions) t
 first retained record per partition (``offsets_for_times(0)``: the first record at or after the
 epoch) — three ListOffsets requests, never a fetch nor a consumer group. Only the instance that
 owns partition 0 of the route's first topic reads and exports them; the others export no sample, so
-a ``sum`` over instances is right and a rebalance moves the job with the partition.
+a ``sum`` over instances is right and a rebalance moves the job with the partition (an instance
+that lost it stops exporting at once: ``reporting`` is asked again at each scrape).
+
+The same collector serves ``ingress.dlq.v1`` under ``group="ingress"`` (the name ``fleet dlq -g``
+gives it, ``workers.dlq.names``): sf-cdc builds one whose ``reporting`` is "this instance holds the
+CDC lease" (``workers.ingress.sf_cdc.serve``), so that topic too is exported by one instance.
 
 What "retained" means: a dead letter stays in the topic after ``fleet dlq replay`` or ``purge`` (those
 are marks in Postgres) until the topic's retention deletes it; so the depth counts what Kafka holds
@@ -101,7 +106,7 @@ class DeadLetterGauges(Collector):
             "Age of the oldest record retained in the group's dead-letter topic",
             labels=["group"],
         )
-        if self.value is not None:
+        if self.value is not None and self._reporting():
             depth.add_metric([self.group], self.value[0])
             if self.value[1] is not None:
                 age.add_metric([self.group], max(0.0, self._clock() - self.value[1]))
