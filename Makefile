@@ -72,8 +72,8 @@ test-integration: up ## Integration tests (real Kafka/Redis/Postgres, sandboxes 
 test-e2e: up ## End-to-end tests (worker processes and the CLI)
 	$(PYTEST) tests/e2e -q
 
-test: check up ## Everything: check, then unit, integration and e2e tests
-	$(PYTEST) tests -q
+test: check up ## Everything: check, then unit, integration and e2e tests (the 25 slowest listed: CI's budget is ~15 min)
+	$(PYTEST) tests -q --durations=25
 
 run: up ## Run the fleet on the embedded local stack with the sandboxes, then the demo scenario (Ctrl-C stops)
 	$(FLEET) demo up

@@ -38,18 +38,24 @@ Until 2026-12-07 the sandbox shared the subscriber's process (and GIL): its serv
 JSON, the Pub/Sub API's gRPC and Avro) were counted as the subscriber's and the two competed for one
 event loop; the figures below are from the sandbox in its own process.
 
-Where the time goes (2026-12-07, 2 cores): both transports are bound by this process's CPU (75-88%
-of a core, Kafka and Postgres on the rest), and the throughputs follow the CPU per change:
-CometD 510-660 us, the Pub/Sub API 610-750 us (two rounds ~900; ``process_cpu_us_per_change``),
-so pubsub/cometd was 0.75-0.92 over five invocations. Sampled with py-spy, the shared pipeline
-(``sf_cdc``, translation, aiokafka, asyncpg, the SOQL re-reads) is 40-55% of the samples; the
-transport's own share is ~19% of the samples for Pub/Sub (decode + CometD shape 11%, the sandbox's
-Avro encoding 7%, gRPC 1%) against ~10% for CometD (aiocometd, aiohttp), plus more event-loop
-hops. Timed apart on the mix, per change: the sandbox's Avro encode 28 us (Salesforce pays that in
-production, not the subscriber), ``fastavro`` decode + ``to_cometd`` 36 us, a CometD message's
-JSON round trip 12 us. gRPC's own threads cost next to nothing; ``pubsub_num_requested`` 50 or
-100 made no difference (20 cost more CPU per change), so the flow-control window is not the limit.
-The rounds spread widely (pubsub/cometd 0.64-1.03 within one invocation): compare medians.
+Where the time goes, sandbox in process (2026-12-07, 2 cores): both transports were bound by the
+one process's CPU (75-88% of a core), CometD 510-660 us per change, the Pub/Sub API 610-750 us, so
+pubsub/cometd was 0.75-0.92 over five invocations; py-spy put the transport's own share at ~19% of
+the samples for Pub/Sub (decode + CometD shape 11%, the sandbox's Avro encoding 7%, gRPC 1%)
+against ~10% for CometD (aiocometd, aiohttp). Timed apart, per change: ``fastavro`` decode +
+``to_cometd`` 36 us, a CometD message's JSON round trip 12 us.
+
+Sandbox in its own process (2026-12-08, 2 cores, a machine ~2x slower than the day before: raw
+aiokafka in ``bench_runtime`` 80k/s against 173k/s): the subscriber's CPU per change is the same for
+both (CometD 838-991 us, Pub/Sub 820-1,144), but CometD's subscriber is 99% busy and the Pub/Sub one
+83-97%: it waits on the flow-control round trip through a sandbox that spends twice CometD's CPU per
+change (69-92 us against 32-39: gRPC's C-core threads, on the core Kafka and Postgres share), and
+takes ~13% more SOQL re-reads (events arrive in 25-event responses, not whole long-poll batches, so
+fewer activations share one re-read). pubsub/cometd 0.94 (rounds 0.72-1.02). Tried: the top-up
+written from its own task instead of inside ``receive()`` (kept: a write no longer holds the next
+event); top-ups of one event (the sandbox's CPU per change x5, throughput -30%) and of half a window
+(no difference beyond the spread). ``pubsub_num_requested`` 50 or 100 made no difference.
+The rounds spread widely: compare medians.
 
 Kafka is reached through the fleet's ``KafkaConnection`` from the settings (the stack's address,
 TLS and SASL from ``FLEET_KAFKA__*``: ``bench.kafka_connection``), by the subscriber and the bench.

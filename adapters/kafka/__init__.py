@@ -3,6 +3,7 @@
     connection  ``KafkaConnection`` (bootstrap, TLS, SASL): the one source of every client's options
     producer    ``ProducerPort``, its aiokafka implementations and ``FakeProducer``
     topics      create the catalog, report drift, fix what is safe
+    groups      describe consumer groups (DescribeGroups, with an aiokafka pairing fixed)
 
 Consuming and offsets are not here: they belong to ``workers.runtime`` alone.
 """

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.kafka import KafkaTarget, admin_client, as_connection, start_client
+from adapters.kafka.groups import describe_groups
 from events.topics import retry_topic
 from workers.routes import ROUTES
 
@@ -92,8 +93,7 @@ async def read_groups(kafka: KafkaTarget, tiers: int) -> list[GroupView]:
     async with admin_client(kafka, CLIENT_ID) as admin:
         layout = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(every_topic)}
         try:
-            described = await admin.describe_consumer_groups([v.group for v in views])
-            groups: dict[str, Any] | None = {g[1]: g for response in described for g in response.groups}
+            groups: dict[str, Any] | None = await describe_groups(admin, [v.group for v in views])
         except KafkaError as exc:
             groups, why = None, f"members unknown (DescribeGroups: {type(exc).__name__})"
     tps = [TopicPartition(t, p) for t in every_topic for p in range(layout.get(t, 0))]
