@@ -14,7 +14,6 @@ and each consumer group's dead-letter depth read from Kafka, and the ingress one
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import time
@@ -29,6 +28,7 @@ from devtools.demo.fleet import WORKERS
 from sandbox.demo_data import DEMO_ORDERS
 from tests.e2e.test_make_run import FLEET, ROOT, Ports, _stack_endpoints, ports, sandboxes  # noqa: F401
 from tests.stack_fixtures import stack_env  # noqa: F401
+from tests.support import load_script
 
 pytestmark = pytest.mark.e2e
 
@@ -37,12 +37,7 @@ WRITE_ENV = "WRITE_METRICS_CATALOG"
 
 
 def _check_module() -> ModuleType:
-    """deploy/observability/check.py is a script (deploy/ holds no importable product code): load it by path."""
-    spec = importlib.util.spec_from_file_location("observability_check", ROOT / "deploy/observability/check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "deploy/observability/check.py", "observability_check")
 
 
 def _scrape(port: int) -> str:

@@ -9,7 +9,6 @@ function of plain data, and each has a negative case that shows it can fail.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 import shlex
 import shutil
@@ -24,6 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from events.topics import DOMAIN_TOPICS, GROUP_SOURCES, ConsumerGroup, group_topics
+from tests.support import load_script
 from workers.cli import main as fleet_main
 from workers.config import known_env_vars
 from workers.routes import INGRESS, ROUTES
@@ -39,11 +39,7 @@ Doc = dict[str, Any]
 
 def load_checks() -> ModuleType:
     """deploy/checks.py is a script (deploy/ holds no importable product code): load it by path."""
-    spec = importlib.util.spec_from_file_location("deploy_checks", DEPLOY / "checks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEPLOY / "checks.py", "deploy_checks")
 
 
 checks = load_checks()

@@ -10,23 +10,20 @@ tests/e2e/test_metrics_catalog.py).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from tests.support import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("observability_check", ROOT / "deploy/observability/check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "deploy/observability/check.py", "observability_check")
 
 
 def test_the_shipped_rules_dashboards_and_catalog_pass(check: ModuleType) -> None:
