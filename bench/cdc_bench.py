@@ -433,7 +433,7 @@ async def measure_cdc(
                     "mean": round(statistics.fmean(latencies), 2) if latencies else float("nan"),
                 },
             },
-            "salesforce_rereads": int(metrics.registry.get_sample_value("sf_cdc_salesforce_rereads") or 0),
+            "salesforce_rereads": int(metrics.registry.get_sample_value("sf_cdc_salesforce_rereads_total") or 0),
             # both 0 in a clean run: a fallback would resync instead of replaying, a reconnect re-replays
             "replay_fallbacks": _counted(metrics, "sf_cdc_replay_fallbacks"),
             "reconnects": _counted(metrics, "sf_cdc_reconnects"),

@@ -343,8 +343,9 @@ class PubSubServer(pb_grpc.PubSubServicer):  # type: ignore[misc]
                 if self._idle_deadline(stream) <= now:
                     return None
             stream.wake.clear()
-            try:
-                await asyncio.wait_for(stream.wake.wait(), self._wait_s(stream, now, token_left))
+            try:  # asyncio.timeout, not wait_for: no task per wait (a backlog waits once per response)
+                async with asyncio.timeout(self._wait_s(stream, now, token_left)):
+                    await stream.wake.wait()
             except TimeoutError:
                 pass
 

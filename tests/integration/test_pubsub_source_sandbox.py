@@ -279,3 +279,32 @@ async def test_a_transient_error_ends_the_session_and_an_exhausted_allocation_is
         assert refused.value.code == "subscription.limit.exceeded" and refused.value.retry_after_s >= 3600
     finally:
         await source.close()
+
+
+async def test_ready_hands_out_what_arrived_in_order_and_leaves_an_error_for_receive(org: Org) -> None:
+    source = org.source(num_requested=4)
+    try:
+        await source.open({})
+        await org.streams_open()
+        oid = await org.seed_order()
+        for i in range(10):
+            await org.edit(oid, Description=f"edit {i}")
+        got: list[Delivery] = []
+        while len(got) < 11:  # the order's creation, then its 10 edits
+            got += await receive(source, 1)  # waits for one event
+            for item in source.ready(100):  # then takes what its response brought, without waiting
+                assert isinstance(item, Delivery), item
+                got.append(item)
+        assert len({d.replay_id for d in got}) == 11  # nothing twice; and the window kept refilling
+        edits = [parse(d.message).values.get("Description") for d in got[1:]]
+        assert edits == [f"edit {i}" for i in range(10)]  # the platform's order
+        (stream,) = (await org.control("GET", "pubsub"))["streams"]
+        assert stream["delivered"] == 11 and stream["pending_num_requested"] <= 4
+
+        await org.control("POST", "pubsub/faults", {"kind": "reset"})
+        with pytest.raises(SourceError, match="service.unavailable"):
+            for _ in range(100):  # ready() never swallows the stream's end: receive() raises it
+                assert source.ready(100) == []
+                await asyncio.wait_for(source.receive(), 5)
+    finally:
+        await source.close()

@@ -558,3 +558,45 @@ async def test_the_stream_lag_histogram_times_commit_to_kafka_acknowledgement(ri
     assert rig.metric(f"{lag}_bucket", channel=ORDER_CH, le="60.0") == 0
     assert rig.metric(f"{lag}_bucket", channel=ORDER_CH, le="300.0") == 1
     assert 90 <= rig.metric(f"{lag}_sum", channel=ORDER_CH) < 300
+
+
+class CountingOrg(FakeSalesforce):
+    """Records the ids of every bulk re-read (one list per SOQL query Salesforce would see)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[list[str]] = []
+
+    async def get_orders_with_items(self, order_ids: Sequence[str]) -> list[OrderWithItems]:
+        self.reads.append(list(order_ids))
+        return await super().get_orders_with_items(order_ids)
+
+
+async def test_what_the_source_already_holds_is_taken_at_once_so_its_activations_share_one_reread() -> None:
+    org = CountingOrg()
+    orders = [sf_id("801", 40 + i) for i in range(6)]
+    for order in orders:
+        org.add_record("Order", {"Id": order, "Status": "Approved", "Activation_Status__c": None})
+    r = build(org=org)
+    async with running(r):
+        # one arrival (a gRPC response): every change is in the source before the pump looks
+        for i, order in enumerate(orders):
+            r.source.push(
+                change_message(
+                    "Order", record_ids=[order], fields={"Activation_Status__c": "Activating"}, replay_id=60 + i
+                )
+            )
+        await eventually(lambda: r.checkpoint() == 65)
+        assert sorted(e["sf_order_id"] for e in r.on(TOPICS.order)) == sorted(orders)
+        assert sorted(id_ for query in org.reads for id_ in query) == sorted(orders)
+        assert len(org.reads) == 1, org.reads
+
+
+async def test_an_error_behind_what_the_source_holds_still_ends_the_session_after_it() -> None:
+    r = build()
+    async with running(r):
+        for replay_id in range(70, 75):
+            r.source.push(update(replay_id))
+        r.source.push_error(SourceError("connection reset"))
+        await eventually(lambda: r.checkpoint() == 74 and len(r.source.opens) == 2)
+        assert r.metric("sf_cdc_reconnects_total", reason="SourceError") == 1

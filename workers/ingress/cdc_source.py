@@ -99,6 +99,13 @@ class ChangeSource(Protocol):
         Raises ``SourceError``."""
         ...
 
+    def ready(self, limit: int) -> list[Delivery | Subscribed]:
+        """At most ``limit`` items that ``receive`` would return next without waiting, in the same
+        order; ``[]`` when none is at hand, or when the transport cannot tell (CometD: its library
+        hands out one message per call). Stops before an error: the next ``receive`` raises it.
+        Lets the subscriber take a whole arrival (a gRPC ``FetchResponse``) in one event-loop turn."""
+        ...
+
     async def close(self) -> None:
         """Disconnect; never raises. ``open`` may be called again afterwards."""
         ...
@@ -258,6 +265,9 @@ class CometdSource:
             self._storage.positions[channel] = replay_id
         return Delivery(channel, message, replay_id)
 
+    def ready(self, limit: int) -> list[Delivery | Subscribed]:
+        return []  # aiosfstream hands out one message per ``receive``; its queue is private
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is None:
@@ -289,6 +299,7 @@ class FakeSource:
     stalled: bool = False
     _queue: asyncio.Queue[Delivery | Subscribed | Exception] = field(default_factory=asyncio.Queue)
     _last_alive: float = field(default_factory=time.monotonic)
+    _held: Exception | None = None  # an error ``ready`` reached: ``receive`` raises it next
 
     @property
     def last_alive(self) -> float:
@@ -334,12 +345,28 @@ class FakeSource:
         return outcomes
 
     async def receive(self) -> Delivery | Subscribed:
-        item = await self._queue.get()
+        item: Delivery | Subscribed | BaseException
+        if self._held is not None:
+            item, self._held = self._held, None
+        else:
+            item = await self._queue.get()
         if isinstance(item, Exception):
             raise item
         if not self.stalled:
             self._last_alive = time.monotonic()
         return item
+
+    def ready(self, limit: int) -> list[Delivery | Subscribed]:
+        items: list[Delivery | Subscribed] = []
+        while len(items) < limit and self._held is None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, Exception):
+                self._held = item  # the next receive() raises it
+            else:
+                items.append(item)
+        if items and not self.stalled:
+            self._last_alive = time.monotonic()
+        return items
 
     async def close(self) -> None:
         self.closes += 1

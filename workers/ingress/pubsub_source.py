@@ -117,6 +117,7 @@ class PubSubSource:
         self._schemas: SchemaCache | None = None
         self._streams: dict[str, _Stream] = {}
         self._queue: asyncio.Queue[Delivery | Subscribed | BaseException] = asyncio.Queue()
+        self._held: BaseException | None = None  # an error ``ready`` reached: ``receive`` raises it next
         self._last_alive = time.monotonic()
         self._refresh_next_open = False
 
@@ -142,7 +143,7 @@ class PubSubSource:
             stub_class: Any = pb_grpc.PubSubStub  # generated, unannotated
             self._stub = stub_class(self._channel)
             self._schemas = SchemaCache(self._get_schema)
-            self._queue = asyncio.Queue()
+            self._queue, self._held = asyncio.Queue(), None
             for topic in self._channels:
                 # GetTopic first: a missing permission or topic, or a refused token, fails here,
                 # before any stream, and the topic's current schema is cached for its first event
@@ -218,15 +219,36 @@ class PubSubSource:
     async def receive(self) -> Delivery | Subscribed:
         if self._channel is None:
             raise SourceError("the Pub/Sub stream is not open", upstream="salesforce")
-        item = await self._queue.get()
+        item: Delivery | Subscribed | BaseException
+        if self._held is not None:
+            item, self._held = self._held, None
+        else:
+            item = await self._queue.get()
         if isinstance(item, BaseException):
             raise item
+        self._taken(item)
+        return item
+
+    def ready(self, limit: int) -> list[Delivery | Subscribed]:
+        """What the readers already decoded, up to ``limit``: a whole ``FetchResponse`` reaches the
+        subscriber in one event-loop turn instead of one ``receive`` (a task and a wait) per event,
+        and its activations ask for their re-reads in that same turn, so they share one query."""
+        items: list[Delivery | Subscribed] = []
+        while len(items) < limit and self._held is None and self._channel is not None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, BaseException):
+                self._held = item  # the next receive() raises it, as it would have
+            else:
+                self._taken(item)
+                items.append(item)
+        return items
+
+    def _taken(self, item: Delivery | Subscribed) -> None:
         if isinstance(item, Delivery):
             stream = self._streams.get(item.channel)
             if stream is not None:
                 stream.buffered -= 1
                 self._request_more(stream)
-        return item
 
     def _request_more(self, stream: _Stream) -> None:
         """Ask for the window's free room when it reaches a top-up. The request is written by a

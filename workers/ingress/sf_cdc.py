@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from adapters import tracing
@@ -83,6 +83,8 @@ T = TypeVar("T")
 QUIET_CATCH_UP = "RESUMED_WITHOUT_REPLAY_ID"
 #: resync reason when the stored replay id was refused (never issued, or past the retention)
 REPLAY_ID_REJECTED = "REPLAY_ID_REJECTED"
+#: items the pump takes from the source in one turn after a ``receive`` (a Pub/Sub window's worth)
+READY_AT_ONCE = 100
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,8 @@ class _LiveValues(Collector):
         rereads = self._earlier_rereads + (s.rereads if s else 0)
         yield GaugeMetricFamily("sf_cdc_in_flight", "Changes received, not yet durable", value=in_flight)
         yield GaugeMetricFamily("sf_cdc_ready", "1 while subscribed and consuming", value=float(ready))
-        yield GaugeMetricFamily("sf_cdc_salesforce_rereads", "Re-reads and resync queries made", value=rereads)
+        # a count that never drops (earlier terms included): a counter, so rate() works across restarts
+        yield CounterMetricFamily("sf_cdc_salesforce_rereads", "Re-reads and resync queries made", value=rereads)
 
 
 # --- the subscriber -----------------------------------------------------------------------------
@@ -440,12 +443,23 @@ class Subscriber:
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while (item := await self._next(stopping)) is not None:
-                if isinstance(item, Subscribed):
-                    await self._late_outcome(item)
-                else:
-                    await self._dispatch(item)
+                await self._take(item)
+                # then what the source already holds (a gRPC response's other events), in this
+                # event-loop turn: no task and wait per event, and the activations among them ask
+                # for their re-reads together. Stopping ends it between items: the rest were never
+                # begun, so no checkpoint passes them, and the next session receives them again.
+                for item in self._source.ready(READY_AT_ONCE):
+                    if stopping.done():
+                        break
+                    await self._take(item)
         finally:
             stopping.cancel()
+
+    async def _take(self, item: Delivery | Subscribed) -> None:
+        if isinstance(item, Subscribed):
+            await self._late_outcome(item)
+        else:
+            await self._dispatch(item)
 
     async def _late_outcome(self, outcome: Subscribed) -> None:
         """A subscription outcome the source reported after the open (gRPC rejects a replay id on
