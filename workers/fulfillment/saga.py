@@ -36,8 +36,13 @@ from pydantic import ValidationError
 
 from adapters import tracing
 from adapters.saga_store import InboxClaim, SagaOrder, SagaRecord, SagaStore
-from events.base import DomainEvent
-from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
+from events.fulfillment import (
+    OrderActivationStarted,
+    OrderFulfilled,
+    OrderFulfillmentFailed,
+    OrderParked,
+    UpdateSalesforceRecord,
+)
 from events.topics import Topic
 from workers.fulfillment import writeback
 from workers.fulfillment.metrics import STEP_VENDOR, step_duration
@@ -218,7 +223,9 @@ class Saga:
         order, code, shown = run.order, ErrorCode.LEDGER_MISMATCH, run.trigger.snapshot
         assert shown is not None, "only a snapshot can disagree with the ledger"
         message = mismatch_message(order.whmcs_order_id, order.whmcs_client_id, check)
-        await self._send_update(run, writeback.errored(order.sf_order_id, code, message, revert_status=False))
+        await self._publisher.write_back(
+            run, [writeback.errored(order.sf_order_id, code, message, revert_status=False)]
+        )
         ids = _outcome_ids(order)
         if shown.sf_account_id and not same_record(shown.sf_account_id, order.sf_account_id or ""):
             ids.update(sf_account_id=shown.sf_account_id, whmcs_client_id=None)  # the account the portal shows
@@ -285,6 +292,7 @@ class Saga:
         rec.last_error_code = getattr(exc, "code", None) or type(exc).__name__
         rec.last_error_message = str(exc)[:1000]
         run.note("step_error", step, error=rec.last_error_code, message=rec.last_error_message)
+        await self._publisher.write_back(run, [])  # what the order owes Salesforce goes before the retry
         await run.save(step)
         log.warning("fulfillment_step_error", sf_order_id=run.order.sf_order_id, step=step, error=str(exc))
 
@@ -307,6 +315,7 @@ class Saga:
         run.order.state = OrderState.WAITING
         # only the newest wake-up counts (_wanted), so duplicate deliveries never grow parallel chains
         rec.external_ids["wakeup_id"] = await self._schedule(run.order, outcome.retry_after, run.trigger.cause)
+        await self._publisher.write_back(run, [])  # e.g. a SIM's card: not left for after the wait
         run.note("step_waiting", step, retry_after_s=outcome.retry_after)
         await run.save(step, claim=run.trigger.claim)
         self._call_hook(step, "committed")
@@ -319,6 +328,7 @@ class Saga:
         rec.status = StepStatus.WAITING
         run.order.state = OrderState.SCHEDULED
         await self._store.set_timer(run.order.sf_order_id, TimerReason.SCHEDULED, outcome.until)
+        await self._publisher.write_back(run, [])
         run.note("scheduled", step, until=outcome.until.isoformat())
         await run.save(step, claim=run.trigger.claim)
         log.info("order_scheduled", sf_order_id=run.order.sf_order_id, until=outcome.until.isoformat())
@@ -344,9 +354,10 @@ class Saga:
         await self._timers(run, outcome.code)
         order, quiet = run.order, outcome.code in QUIET_PARKING_CODES
         again = run.was == (OrderState.PARKED, outcome.code)
+        updates: list[UpdateSalesforceRecord] = []
         if not again and not quiet:  # parked again for the same reason: Salesforce is told once
-            update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False)
-            await self._send_update(run, update)
+            updates.append(writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False))
+        await self._publisher.write_back(run, updates)  # with what the order owes Salesforce (its card)
         # parked again: this delivery resumed the order and announced Activating (``_announce``), so the
         # portal hears where it stopped again; a quiet park (a wait, no notice) stays said once
         if not (again and quiet):
@@ -365,7 +376,7 @@ class Saga:
         order = run.order
         revert = reverts_status(order.order_type)
         update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=revert)
-        await self._send_update(run, update)
+        await self._publisher.write_back(run, [update])  # with what the order owes Salesforce (its card)
         failed = OrderFulfillmentFailed(
             **_outcome_ids(order), error_code=outcome.code, error_message=outcome.message, step=step
         )
@@ -394,9 +405,6 @@ class Saga:
         await run.save(step, *also, claim=run.trigger.claim)
         log.info(f"order_{run.order.state}", sf_order_id=run.order.sf_order_id, step=step, code=code)
         return SagaResult(run.order.sf_order_id, run.order.state, step, code)
-
-    async def _send_update(self, run: Run, update: DomainEvent) -> None:
-        await self._publisher.send(Topic.SF_WRITEBACK, update, run.trigger.cause)
 
     async def _save(self, run: Run, *steps: Step, claim: InboxClaim | None = None) -> None:
         """``run.save`` (which also writes the steps completed since the last save), then the test
