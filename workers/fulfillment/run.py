@@ -7,6 +7,7 @@ Owns the working copy a step reads and changes and the one way it is saved (``Ru
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,6 +119,8 @@ class Run:
         #: step records changed in memory (reopened on resume) that it writes too
         self.unsaved: list[Step] = []
         self.pending: list[Step] = []
+        #: a new order's ``OrderActivationStarted`` while Kafka has not acknowledged it (``announce``)
+        self._announcing: asyncio.Future[None] | None = None
 
     @property
     def order(self) -> SagaOrder:
@@ -164,13 +167,37 @@ class Run:
         self.ids(Step.SIM_ASSIGN)[CARD_SENT] = True
         self.pending.append(Step.SIM_ASSIGN)
 
-    async def save(self, *steps: Step, claim: InboxClaim | None = None) -> bool:
+    def announce(self, sending: Awaitable[None]) -> None:
+        """Publish a new order's ``OrderActivationStarted`` while the delivery goes on (``save``
+        says what may be stored before Kafka acknowledges it)."""
+        self._announcing = asyncio.ensure_future(sending)
+
+    async def announced(self) -> None:
+        """Wait until the announcement (if any) is acknowledged; raises if its produce failed."""
+        sending, self._announcing = self._announcing, None
+        if sending is not None:
+            await sending
+
+    async def save(self, *steps: Step, claim: InboxClaim | None = None, early: bool = False) -> bool:
         """One transaction: the order, ``steps`` and the steps completed since the last save, the
-        history noted meanwhile, and the inbox row of ``claim``."""
-        self.order.updated_at = self.clock()
+        history noted meanwhile, and the inbox row of ``claim``.
+
+        ``early`` (a step's attempt, saga rule 2): the save need not wait for a new order's
+        ``OrderActivationStarted``. Until Kafka acknowledged it, such a save stores the order as
+        ``received``, not running, so a crash then makes the redelivery announce again (at least
+        once; it may arrive twice, as after a crash before the first save). Every other save (a
+        delivery's end, an error) waits for the acknowledgement first: no save stores the order
+        in a state that ends the announcing (``saga._announce``) before it is out."""
+        order = self.order
+        if self._announcing is not None:
+            if early and not self._announcing.done():
+                order = dataclasses.replace(order, state=OrderState.RECEIVED)
+            else:
+                await self.announced()
+        self.order.updated_at = order.updated_at = self.clock()
         history, self._history = self._history, []
         names = list(dict.fromkeys([*self.pending, *self.unsaved, *steps]))
-        saved = await self.store.save(self.order, [self.step(s) for s in names], history, claim)
+        saved = await self.store.save(order, [self.step(s) for s in names], history, claim)
         self.unsaved.clear()
         self.pending.clear()
         return saved
