@@ -24,8 +24,8 @@ class OrderActivationStarted(_OrderOutcome):
     """The saga started work on an order that was not running: a new order, or a parked or failed one
     a new request resumed (never a wake-up, which only continues one). The portal shows Activating.
 
-    At least once: published before the delivery's first save, so a crash before that save publishes
-    it again. ``order_type``: the saga's, else the request's snapshot's (None when neither knows it)."""
+    At least once: acknowledged before any save stores the order as running, so a crash before such a
+    save publishes it again. ``order_type``: the saga's, else the request's snapshot's (None when neither knows it)."""
 
     TYPE = "fleet.fulfillment.activation-started.v1"
     order_type: str | None = None

@@ -451,6 +451,66 @@ async def test_two_orders_never_share_a_card_and_a_retried_order_keeps_its_own(w
     assert world.store.sim_cards[first].card_id == "a0S5g0P000000001AA"
 
 
+def _writebacks(world: World) -> list[tuple[str, str]]:
+    """The sf-writer's commands in the order they were published: (sObject, record id)."""
+    return [
+        (u.sobject, u.record_id) for u in world.published(Topic.SF_WRITEBACK) if isinstance(u, UpdateSalesforceRecord)
+    ]
+
+
+async def test_a_sim_orders_card_is_published_with_its_activation_so_the_writer_makes_one_call() -> None:
+    """No wait for Freebit: the card's assignment goes out with the write-back (the Order's Activated
+    and its line), one produce the sf-writer gathers into one Salesforce call, not ahead of them
+    when the card is taken (a second call ~150 ms earlier). Published once."""
+    world = World(freebit_delay_s=0)
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+    await world.request(order_id)
+    assert await world.state(order_id) == OrderState.FULFILLED
+    card_id = (await world.step(order_id, Step.SIM_ASSIGN)).external_ids["card_id"]
+    [item] = _order_items(world, order_id)
+    assert _writebacks(world) == [("Order", order_id), ("OrderItem", item), ("SIM_Inventory__c", card_id)]
+    assert world.sf_updates(card_id)[0]["Assigned_Order__c"] == order_id
+    assert (await world.step(order_id, Step.SIM_ASSIGN)).external_ids["card_sent"] is True
+
+
+async def test_a_card_owed_when_the_delivery_crashes_before_its_last_save_is_published_again() -> None:
+    """The write-back's produces were acknowledged, the delivery died before its save (card_sent not
+    recorded): the redelivery sends the card with the write-back again (at least once, absolute values)."""
+    world = World(freebit_delay_s=0)
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+    world.crash_at = (Step.SF_WRITEBACK, "called")
+    with pytest.raises(Crash):
+        await world.request(order_id, event_id="evt-card")
+    card_id = (await world.step(order_id, Step.SIM_ASSIGN)).external_ids["card_id"]
+    assert len(world.sf_updates(card_id)) == 1
+    await world.request(order_id, event_id="evt-card")
+    assert await world.state(order_id) == OrderState.FULFILLED
+    assert len(world.sf_updates(card_id)) == 2 and world.sf_updates(card_id)[0] == world.sf_updates(card_id)[1]
+    assert [sobject for sobject, _ in _writebacks(world)][-3:] == ["Order", "OrderItem", "SIM_Inventory__c"]
+
+
+async def test_a_card_taken_by_an_order_that_then_fails_is_published_with_the_error(world: World) -> None:
+    """Freebit refuses the registration after the card was taken: the card's assignment goes out with
+    the order's error fields (the card stays with the order for the re-trigger), and the re-triggered
+    order's write-back does not send it again."""
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+    original = world.freebit.register_physical_sim
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RejectedByUpstream("Freebit: bad request (400-210)", upstream="freebit", code="400-210")
+
+    world.freebit.register_physical_sim = refuse  # type: ignore[method-assign]
+    await world.request(order_id)
+    assert await world.state(order_id) == OrderState.FAILED
+    card_id = (await world.step(order_id, Step.SIM_ASSIGN)).external_ids["card_id"]
+    assert _writebacks(world) == [("Order", order_id), ("SIM_Inventory__c", card_id)]
+    world.freebit.register_physical_sim = original  # type: ignore[method-assign]
+    await world.request(order_id)
+    await world.settle()
+    assert await world.state(order_id) == OrderState.FULFILLED
+    assert len(world.sf_updates(card_id)) == 1
+
+
 async def test_an_empty_inventory_fails_the_order_and_registers_nothing(world: World) -> None:
     world.salesforce.records["SIM_Inventory__c"].clear()
     world.salesforce.add_sim_cards(3, "eSIM")  # cards of the other type do not count

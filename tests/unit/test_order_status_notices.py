@@ -12,6 +12,7 @@ the event made no key stale.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -20,10 +21,11 @@ import pytest
 
 from adapters.cache import FakeCache, Invalidation, InvalidationNotice, OrderStatusNotice, RedisCache
 from adapters.mappings import FakeIdMappings
+from adapters.saga_store import SagaOrder
 from adapters.whmcs import PayMethod
 from events.base import DomainEvent, decode_event
 from events.billing import InvoiceChanged, PaymentMethodChanged
-from events.envelope import H_ID, H_TIME, from_record
+from events.envelope import H_ID, H_TIME, Envelope, from_record
 from events.errors import DependencyUnavailable
 from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
 from events.salesforce import OrderActivationRequested, SimActivationRequested
@@ -264,23 +266,67 @@ def world() -> World:
     return World()
 
 
-async def test_a_new_order_is_announced_once_before_its_first_save(world: World) -> None:
+async def test_a_new_orders_first_saves_do_not_wait_for_its_announcement_and_none_says_running_before_it(
+    world: World,
+) -> None:
+    """Kafka acknowledges ``OrderActivationStarted`` late: the first step's attempt is saved before the
+    acknowledgement (so the produce is off the activation's path) with the order stored as received,
+    so a crash then announces again; no save stores any other state before the acknowledgement."""
     order_id = world.place_order("tanaka", "Internet", ["INT-1G-GOLD"])
-    seen_at_first_save: list[int] = []
-    save = world.store.save
+    acknowledged = asyncio.Event()
+    publish, save = world.producer.publish, world.store.save
 
-    async def watching_save(*args: Any, **kwargs: Any) -> bool:
-        if not seen_at_first_save:
-            seen_at_first_save.append(len(announced(world, order_id)))
-        return await save(*args, **kwargs)
+    async def late_ack(topic: str, envelope: Envelope) -> Any:
+        delivered = await publish(topic, envelope)
+        if envelope.type == OrderActivationStarted.TYPE:
+            await acknowledged.wait()
+        return delivered
 
+    stored: list[tuple[str, bool]] = []  # (the order's state as saved, acknowledged by then)
+
+    async def watching_save(order: SagaOrder, *args: Any, **kwargs: Any) -> bool:
+        stored.append((order.state, acknowledged.is_set()))
+        await asyncio.sleep(0)  # a database round trip: the produce gets the loop meanwhile
+        if len(stored) == 2:
+            acknowledged.set()  # Kafka answers while the second step's attempt is being saved
+        return await save(order, *args, **kwargs)
+
+    world.producer.publish = late_ack  # type: ignore[method-assign]
     world.store.save = watching_save  # type: ignore[method-assign]
-    await world.deliver(OrderActivationRequested(sf_order_id=order_id, sf_account_id=TANAKA["sf_account_id"]))
+    request = OrderActivationRequested(sf_order_id=order_id, sf_account_id=TANAKA["sf_account_id"])
+    await asyncio.wait_for(world.deliver(request), timeout=10)
 
-    assert seen_at_first_save == [1], "published before the delivery's first save"
+    assert stored[0] == ("received", False), "the first save did not wait for the acknowledgement"
+    assert [state for state, acked in stored if not acked and state != "received"] == []
+    assert stored[-1] == ("fulfilled", True)
     [event] = announced(world, order_id)
     assert event.sf_account_id == TANAKA["sf_account_id"] and event.whmcs_client_id is None
     assert kinds(world, order_id) == ["OrderActivationStarted", "OrderFulfilled"]
+
+
+async def test_a_crash_while_the_announcement_is_unacknowledged_announces_again(world: World) -> None:
+    """The delivery dies after its first steps' saves stored the order as received (Kafka had not
+    answered): the redelivery finds it received and announces again. Nothing lost."""
+    order_id = world.place_order("tanaka", "Internet", ["INT-1G-GOLD"])
+    publish = world.producer.publish
+    never = asyncio.Event()
+
+    async def no_ack(topic: str, envelope: Envelope) -> Any:
+        delivered = await publish(topic, envelope)
+        if envelope.type == OrderActivationStarted.TYPE:
+            await asyncio.wait_for(never.wait(), timeout=0.01)  # the produce times out
+        return delivered
+
+    world.producer.publish = no_ack  # type: ignore[method-assign]
+    world.crash_at = (Step.RESOLVE_CLIENT, "called")
+    with pytest.raises(Crash):
+        await world.request(order_id, event_id="evt-1")
+    assert (await world.store.get(order_id)).order.state == "received"  # type: ignore[union-attr]
+    world.producer.publish = publish  # type: ignore[method-assign]
+    await world.request(order_id, event_id="evt-1")
+
+    assert len(announced(world, order_id)) == 2, "at least once"
+    assert await world.state(order_id) == OrderState.FULFILLED
 
 
 async def test_a_new_order_takes_its_account_and_type_from_the_requests_snapshot(world: World) -> None:
@@ -332,11 +378,21 @@ async def test_a_crash_before_the_first_save_announces_again_on_the_redelivery(w
     assert await world.state(order_id) == OrderState.FULFILLED
 
 
-async def test_a_crash_after_the_first_save_finds_the_order_running_and_announces_nothing(world: World) -> None:
+async def test_a_crash_after_a_save_stored_the_order_running_announces_nothing(world: World) -> None:
+    """Kafka acknowledged the announcement during the first save's round trip, so the next save
+    stored the order as running: the redelivery after a crash announces nothing."""
     order_id = world.place_order("tanaka", "Internet", ["INT-1G-GOLD"])
+    save = world.store.save
+
+    async def round_trip(*args: Any, **kwargs: Any) -> bool:
+        await asyncio.sleep(0)  # a database round trip: the produce gets the loop meanwhile
+        return await save(*args, **kwargs)
+
+    world.store.save = round_trip  # type: ignore[method-assign]
     world.crash_at = (Step.WHMCS_CREATE, "called")
     with pytest.raises(Crash):
         await world.request(order_id, event_id="evt-1")
+    assert (await world.store.get(order_id)).order.state == "running"  # type: ignore[union-attr]
     await world.request(order_id, event_id="evt-1")
 
     assert len(announced(world, order_id)) == 1

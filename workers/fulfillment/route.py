@@ -152,7 +152,7 @@ def build_saga(
         Step.RESOLVE_CLIENT: partial(resolve_whmcs_client, mappings=mappings),
         Step.PAYMENT_GATE: partial(check_payment_method, whmcs=whmcs),
         Step.SIM_PROCESSED: partial(await_processed, salesforce=salesforce),
-        Step.SIM_ASSIGN: partial(assign_sim_card, salesforce=salesforce, store=store, publisher=publisher),
+        Step.SIM_ASSIGN: partial(assign_sim_card, salesforce=salesforce, store=store),
         Step.SIM_REGISTER: partial(register_sim, freebit=freebit),
         Step.SIM_CONFIRM: partial(confirm_sim, freebit=freebit, max_wait_s=max_wait_s),
         Step.SIM_VOICE: partial(add_voice_options, freebit=freebit, max_wait_s=max_wait_s),

@@ -25,6 +25,7 @@ and a Salesforce order the ledger did not fulfil gets ``LEDGER_MISMATCH`` (never
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -36,8 +37,13 @@ from pydantic import ValidationError
 
 from adapters import tracing
 from adapters.saga_store import InboxClaim, SagaOrder, SagaRecord, SagaStore
-from events.base import DomainEvent
-from events.fulfillment import OrderActivationStarted, OrderFulfilled, OrderFulfillmentFailed, OrderParked
+from events.fulfillment import (
+    OrderActivationStarted,
+    OrderFulfilled,
+    OrderFulfillmentFailed,
+    OrderParked,
+    UpdateSalesforceRecord,
+)
 from events.topics import Topic
 from workers.fulfillment import writeback
 from workers.fulfillment.metrics import STEP_VENDOR, step_duration
@@ -136,7 +142,11 @@ class Saga:
             if run.order.state == OrderState.FULFILLED:
                 return await self._revisit(run)
             await self._announce(run)
-            return await self._advance(run)
+            try:
+                return await self._advance(run)
+            finally:  # a delivery cut short (only an end's save waits for it): the notice still goes out
+                with contextlib.suppress(Exception):
+                    await run.announced()
 
     # --- opening and resuming -------------------------------------------------------------------
     async def _open(self, trigger: Trigger) -> Run | None:
@@ -172,9 +182,10 @@ class Saga:
     async def _announce(self, run: Run) -> None:
         """``OrderActivationStarted`` (the portal's Activating) when this request starts work on an order
         that was not running: a new one, or a parked or failed one it resumes. Not on a wake-up, nor
-        when the order is already running or waiting. Published before the delivery's first save
-        (like every outcome, rule 4): a crash before that save publishes it again on the redelivery,
-        so it may arrive twice; a crash after it finds the order running and announces nothing."""
+        when the order is already running or waiting. Acknowledged before any save stores the order
+        as running (for a resume: before the first save; for a new order the first steps go on
+        meanwhile, see below): a crash before such a save publishes it again on the redelivery, so it
+        may arrive twice; a crash after it finds the order running and announces nothing."""
         if run.trigger.wakeup or run.trigger.reason == TIMER_REASON or run.was[0] not in _NOT_RUNNING:
             return  # a timer's re-check of a parked order is no new start for the portal
         ids, shown = _outcome_ids(run.order), run.trigger.snapshot  # a new order: validate has not run yet
@@ -182,7 +193,17 @@ class Saga:
             ids["sf_account_id"] = ids["sf_account_id"] or shown.sf_account_id
         order_type = run.order.order_type or (shown.order_type if shown else None)
         started = OrderActivationStarted(**ids, order_type=order_type)
-        await self._publisher.send(Topic.FULFILLMENT_OUTCOME, started, run.trigger.cause)
+        sending = self._publisher.send(Topic.FULFILLMENT_OUTCOME, started, run.trigger.cause)
+        if run.was[0] != OrderState.RECEIVED:
+            await sending  # a resume: acknowledged before the first save, which stores it running
+            return
+        # A new order: its first steps (and their attempts' saves) do not wait for Kafka's answer.
+        # Safe, because the decision to announce reads only the stored state, and until the
+        # acknowledgement every save stores the order as received (Run.save, early): a crash then
+        # leaves it received and the redelivery announces again; the first save that stores it as
+        # running, waiting, parked, failed or fulfilled waits for the acknowledgement. So the notice
+        # is never lost, and it arrives twice only after a crash, as before.
+        run.announce(sending)
 
     # --- a request for a fulfilled order ----------------------------------------------------------
     async def _revisit(self, run: Run) -> SagaResult:
@@ -218,7 +239,9 @@ class Saga:
         order, code, shown = run.order, ErrorCode.LEDGER_MISMATCH, run.trigger.snapshot
         assert shown is not None, "only a snapshot can disagree with the ledger"
         message = mismatch_message(order.whmcs_order_id, order.whmcs_client_id, check)
-        await self._send_update(run, writeback.errored(order.sf_order_id, code, message, revert_status=False))
+        await self._publisher.write_back(
+            run, [writeback.errored(order.sf_order_id, code, message, revert_status=False)]
+        )
         ids = _outcome_ids(order)
         if shown.sf_account_id and not same_record(shown.sf_account_id, order.sf_account_id or ""):
             ids.update(sf_account_id=shown.sf_account_id, whmcs_client_id=None)  # the account the portal shows
@@ -256,7 +279,7 @@ class Saga:
         rec.status, rec.attempts, rec.last_attempt_at = StepStatus.RUNNING, rec.attempts + 1, now
         rec.started_at = rec.started_at or now
         run.order.current_step, run.order.state = step, OrderState.RUNNING
-        await self._save(run, step)  # with the previous step's result (rule 3)
+        await self._save(run, step, early=True)  # with the previous step's result (rule 3)
         started = time.perf_counter()
         try:
             with tracing.span(f"saga step {step}", _step_tags(run, step, rec.attempts)):
@@ -285,6 +308,7 @@ class Saga:
         rec.last_error_code = getattr(exc, "code", None) or type(exc).__name__
         rec.last_error_message = str(exc)[:1000]
         run.note("step_error", step, error=rec.last_error_code, message=rec.last_error_message)
+        await self._publisher.write_back(run, [])  # what the order owes Salesforce goes before the retry
         await run.save(step)
         log.warning("fulfillment_step_error", sf_order_id=run.order.sf_order_id, step=step, error=str(exc))
 
@@ -307,6 +331,7 @@ class Saga:
         run.order.state = OrderState.WAITING
         # only the newest wake-up counts (_wanted), so duplicate deliveries never grow parallel chains
         rec.external_ids["wakeup_id"] = await self._schedule(run.order, outcome.retry_after, run.trigger.cause)
+        await self._publisher.write_back(run, [])  # e.g. a SIM's card: not left for after the wait
         run.note("step_waiting", step, retry_after_s=outcome.retry_after)
         await run.save(step, claim=run.trigger.claim)
         self._call_hook(step, "committed")
@@ -319,6 +344,7 @@ class Saga:
         rec.status = StepStatus.WAITING
         run.order.state = OrderState.SCHEDULED
         await self._store.set_timer(run.order.sf_order_id, TimerReason.SCHEDULED, outcome.until)
+        await self._publisher.write_back(run, [])
         run.note("scheduled", step, until=outcome.until.isoformat())
         await run.save(step, claim=run.trigger.claim)
         log.info("order_scheduled", sf_order_id=run.order.sf_order_id, until=outcome.until.isoformat())
@@ -344,9 +370,10 @@ class Saga:
         await self._timers(run, outcome.code)
         order, quiet = run.order, outcome.code in QUIET_PARKING_CODES
         again = run.was == (OrderState.PARKED, outcome.code)
+        updates: list[UpdateSalesforceRecord] = []
         if not again and not quiet:  # parked again for the same reason: Salesforce is told once
-            update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False)
-            await self._send_update(run, update)
+            updates.append(writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=False))
+        await self._publisher.write_back(run, updates)  # with what the order owes Salesforce (its card)
         # parked again: this delivery resumed the order and announced Activating (``_announce``), so the
         # portal hears where it stopped again; a quiet park (a wait, no notice) stays said once
         if not (again and quiet):
@@ -365,7 +392,7 @@ class Saga:
         order = run.order
         revert = reverts_status(order.order_type)
         update = writeback.errored(order.sf_order_id, outcome.code, outcome.message, revert_status=revert)
-        await self._send_update(run, update)
+        await self._publisher.write_back(run, [update])  # with what the order owes Salesforce (its card)
         failed = OrderFulfillmentFailed(
             **_outcome_ids(order), error_code=outcome.code, error_message=outcome.message, step=step
         )
@@ -395,14 +422,11 @@ class Saga:
         log.info(f"order_{run.order.state}", sf_order_id=run.order.sf_order_id, step=step, code=code)
         return SagaResult(run.order.sf_order_id, run.order.state, step, code)
 
-    async def _send_update(self, run: Run, update: DomainEvent) -> None:
-        await self._publisher.send(Topic.SF_WRITEBACK, update, run.trigger.cause)
-
-    async def _save(self, run: Run, *steps: Step, claim: InboxClaim | None = None) -> None:
+    async def _save(self, run: Run, *steps: Step, claim: InboxClaim | None = None, early: bool = False) -> None:
         """``run.save`` (which also writes the steps completed since the last save), then the test
         hook's ``committed`` point for each of those completed steps."""
         completed = list(run.unsaved)
-        await run.save(*steps, claim=claim)
+        await run.save(*steps, claim=claim, early=early)
         for step in completed:
             self._call_hook(step, "committed")
 

@@ -10,7 +10,6 @@ resume, a snapshot too old). The message handlers that drive the saga are in ``r
 
 from __future__ import annotations
 
-import asyncio
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -20,7 +19,6 @@ import structlog
 from adapters.freebit.port import DUPLICATE_ACCOUNT, FreebitAccount, MnpReservation
 from adapters.saga_store import SimCard
 from events.errors import RejectedByUpstream, RetryableError
-from events.topics import Topic
 from workers.fulfillment import writeback
 from workers.fulfillment.model import Done, ErrorCode, Fail, Outcome, Park, Skipped, Step, Wait, WaitUntil
 from workers.fulfillment.plan import PHYSICAL, SimSpec, build_plan, inventory_sim_type, records_from_snapshot
@@ -127,14 +125,13 @@ async def await_processed(run: Run, *, salesforce: SalesforcePort) -> Outcome:
     return Park(ErrorCode.AWAITING_PROCESSED, message)
 
 
-async def assign_sim_card(run: Run, *, salesforce: SalesforcePort, store: SagaStore, publisher: Publisher) -> Outcome:
+async def assign_sim_card(run: Run, *, salesforce: SalesforcePort, store: SagaStore) -> Outcome:
     # Takes one free card of the order's type from Salesforce SIM_Inventory__c. Postgres
     # (sim_card_assignments) is the arbiter: a card goes to one order, and a retried order gets back
     # the card it took (the store answers with it before looking at candidates). The number is
-    # claimed too (fulfillment_orders.sim_account). Both are recorded before Freebit hears of them,
-    # and the assignment is written back to Salesforce as absolute values (re-sent after a crash,
-    # the same fields are written again). A ported number (MNP) replaces the card's own: the card
-    # gives its serial, the customer the number; an eSIM that ports takes no inventory record at all.
+    # claimed too (fulfillment_orders.sim_account). Both are recorded before Freebit hears of them.
+    # A ported number (MNP) replaces the card's own: the card gives its serial, the customer the
+    # number; an eSIM that ports takes no inventory record at all.
     ids, sim = run.ids(Step.SIM_ASSIGN), _sim(run)
     if "account" not in ids:
         if "account" in run.ids(Step.SIM_REGISTER):  # registered by a release before the inventory
@@ -162,11 +159,10 @@ async def assign_sim_card(run: Run, *, salesforce: SalesforcePort, store: SagaSt
             sim_type=sim_type,
         )
         ids = run.ids(Step.SIM_ASSIGN)
-    if ids.get("card_id"):
-        assignment = writeback.sim_card_assigned(
-            ids["card_id"], run.order.sf_order_id, run.order.sf_account_id, ids["sim_type"]
-        )
-        await publisher.send(Topic.SF_WRITEBACK, assignment, run.trigger.cause)
+    # The card's assignment (Status__c = Assigned, absolute values) is not published here: it goes
+    # with the order's next Salesforce writes (Run.owed_updates), the write-back when nothing stops
+    # the order first, so the card and the Activated cost one writer call, not two. Until then the
+    # card reads Available in Salesforce; Postgres, not Salesforce, decides who holds it.
     return Done({k: ids.get(k) for k in ("card_id", "card", "account", "serial_number")})
 
 
@@ -288,10 +284,11 @@ async def write_sim_fields(run: Run, *, whmcs: WhmcsPort) -> Outcome:
 # --- step: Salesforce write-back -----------------------------------------------------------------
 async def write_back_to_salesforce(run: Run, *, publisher: Publisher) -> Outcome:
     # Commands carry absolute values, so a re-sent command (crash before this step committed)
-    # makes the sf-writer write the same fields again. They go out together (one produce request,
-    # each record on its own key's partition), so the sf-writer tends to fetch them in one batch
-    # and write the order and its lines in one sObject Collections call; the step is done only
-    # once every one is acknowledged.
+    # makes the sf-writer write the same fields again. They go out together with what the order
+    # still owes Salesforce (a SIM order's card, Run.owed_updates): one produce request, each
+    # record on its own key's partition, so the sf-writer tends to fetch them in one batch and
+    # write the order, its lines, its Opportunity and its card in one sObject Collections call;
+    # the step is done only once every one is acknowledged.
     created, plan = run.ids(Step.WHMCS_CREATE), run.plan
     updates = writeback.fulfilled(
         run.order.sf_order_id,
@@ -301,8 +298,7 @@ async def write_back_to_salesforce(run: Run, *, publisher: Publisher) -> Outcome
         opportunity_id=plan.opportunity_id,
         service_line=plan.service_line,
     )
-    await asyncio.gather(*(publisher.send(Topic.SF_WRITEBACK, u, run.trigger.cause) for u in updates))
-    return Done({"commands": len(updates)})
+    return Done({"commands": await publisher.write_back(run, updates)})
 
 
 # --- helpers -------------------------------------------------------------------------------------
