@@ -10,6 +10,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+#: variables of the machine no test may inherit, besides FLEET_* (``tests/conftest.py``'s ``clean_environ``)
+MACHINE_VARS = ("CREDENTIALS_DIRECTORY",)
+
+
+def from_the_shell(name: str) -> bool:
+    """A variable that comes from the developer's shell or the machine and must not reach a test:
+    the FLEET_* settings and systemd's credentials directory."""
+    return name.startswith("FLEET_") or name in MACHINE_VARS
+
 
 async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy and return that value.

@@ -94,6 +94,9 @@ class WorkerConfig:
     max_wait_s: int = 60
     #: a parked order's pay-method re-checks (production: 10 min, 30 min, ...)
     payment_recheck_s: tuple[float, ...] = (2.0,)
+    #: set: the worker is a static member of its group (``group.instance.id``), so a restarted worker
+    #: takes a killed one's place at once instead of after the dead member's session (the kill test)
+    instance_id: str = ""
 
     def output_topics(self) -> dict[Topic, str]:
         """The test's own output topics: its commands must never reach the fleet's real groups."""
@@ -146,7 +149,8 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event, *, hook: StepHook |
         )
         route = Route(name="fulfillment", group=cfg.group, topics=(cfg.order_topic, cfg.billing_topic),
                       handlers=handlers, retry_delays_ms=cfg.tiers_ms)  # fmt: skip
-        consumer = build_consumer(settings.kafka, cfg.group)
+        static = {"group_instance_id": cfg.instance_id} if cfg.instance_id else {}
+        consumer = build_consumer(settings.kafka, cfg.group, **static)
         worker = Worker(route, consumer, AiokafkaProducer(aioproducer), settings.runtime, pool=pool,
                         partitions_for=partition_counter(aioproducer))  # fmt: skip
         await worker.run(stop)

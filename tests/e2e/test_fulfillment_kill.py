@@ -8,12 +8,18 @@ Kafka and PostgreSQL are the local stack's; the sandboxes are served by this tes
 
 The crash point comes from ``FLEET_TEST_CRASH_AFTER_STEP=<step>[:called|committed]`` (test-only: read
 by this module's worker entry point, never by production code) and fires through the saga's ``hook``.
-Each restart waits out the dead member's session (6 s) before the group hands it the partitions.
+Every worker joins the group as the same static member (``group.instance.id``, as a StatefulSet's
+pod would): the restarted one takes the killed one's place and its partitions at once, and the
+records the killed one had not committed are delivered to it again, as they would be after a
+rebalance. A dynamic member would first wait out the dead one's session (6 s, 17 restarts here); a
+killed dynamic member's partitions moving to another instance is what the chaos smoke's worker
+kills exercise (``bench.chaos``, three instances per worker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -108,7 +114,9 @@ async def world(stack_env: dict[str, str]) -> AsyncIterator[World]:
 
 @pytest_asyncio.fixture
 async def worker(world: World, tmp_path: Path) -> AsyncIterator[Process]:
-    process = Process(world.cfg, tmp_path / "worker.log")
+    """Each start of it is the same static member of the test's group (see the module docstring)."""
+    cfg = dataclasses.replace(world.cfg, instance_id=f"{world.cfg.group}-worker")
+    process = Process(cfg, tmp_path / "worker.log")
     try:
         yield process
     finally:
