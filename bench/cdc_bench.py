@@ -57,6 +57,20 @@ event); top-ups of one event (the sandbox's CPU per change x5, throughput -30%) 
 (no difference beyond the spread). ``pubsub_num_requested`` 50 or 100 made no difference.
 The rounds spread widely: compare medians.
 
+What it was (2026-12-08, a quiet machine): not the round trip. Sampled every 5 ms, the Pub/Sub
+source's queue held 80-100 events nearly all the time while the subscriber was 86-96% busy: the
+pump had work, the 8 lanes did not keep up, because a lane waits for Kafka's acknowledgement
+(acks=all) before its next change. CometD never showed it: its pump (one aiocometd ``receive``
+per message) kept fewer than 30 changes in flight, so it was bound by CPU instead. Two changes:
+(1) the pump takes what the source already holds in one event-loop turn (``ChangeSource.ready``,
+Pub/Sub only: aiosfstream hands out one message per call), which saved the task and the wait per
+event (on/off A/B: 1,142-1,204 against 1,189-1,308 us per change) and lets the activations of one
+response share a re-read; alone it left the subscriber 74-85% busy, pubsub/cometd 0.82; (2) 64
+lanes instead of 8 (``CdcOptions.lanes``): with 32, Pub/Sub 1,142-1,196/s at 93% busy; with 64,
+1,237-1,277/s at 94%, 736-760 us per change, ~100 re-reads instead of ~180; CometD unchanged
+(862-1,117/s, 99% busy, pump-bound). Recorded run (``bench/results/cdc.json``, 5 rounds):
+pubsub/cometd 1.13 (medians 1,215 against 1,073 changes/s; every round 1.13-1.24).
+
 Kafka is reached through the fleet's ``KafkaConnection`` from the settings (the stack's address,
 TLS and SASL from ``FLEET_KAFKA__*``: ``bench.kafka_connection``), by the subscriber and the bench.
 """

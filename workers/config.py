@@ -140,7 +140,8 @@ class SalesforceSettings(_Section):
     #: Salesforce's 110 s long poll), 330 s for Pub/Sub (> the ~270 s between keepalive responses)
     cdc_watchdog_s: float | None = Field(None, gt=0)
     cdc_checkpoint_interval_s: float = Field(0.25, gt=0)
-    cdc_lanes: int = Field(8, ge=1)
+    #: CDC subscriber: changes of different records worked on at once (each record in order); see CdcOptions.lanes
+    cdc_lanes: int = Field(64, ge=1)
     #: the CDC checkpoint's key (one row per subscriber and channel) and the leader lease's name: give
     #: each Salesforce org its own when several run against one database
     cdc_subscriber: str = "sf-cdc"

@@ -119,7 +119,11 @@ class CdcOptions:
     watchdog_tick_s: float = 1.0
     connection_timeout_s: float = 10.0  # aiosfstream's own bound on a reconnecting transport
     checkpoint_interval_s: float = 0.25
-    lanes: int = 8
+    # lanes wait on Kafka's acknowledgement (acks=all) one change at a time, so their number, not
+    # the CPU, capped a backlog that arrives in whole responses: 8 lanes held a Pub/Sub backlog at
+    # ~900 changes/s with the process 74-85 % busy; 32 at 1,140-1,200/s, 64 at 1,240-1,280/s, 94 %
+    # busy (bench/cdc_bench.py, 2026-12-08). A lane is one task; the order within a record holds.
+    lanes: int = 64
     max_in_flight: int = 256
     dedupe_window: int = 10_000
     retry_initial_s: float = 0.2
