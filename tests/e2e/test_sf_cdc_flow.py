@@ -28,7 +28,6 @@ from adapters.kafka import ensure_topics
 from events.envelope import header_map
 from events.topics import DAY_MS, TopicSpec
 from sandbox.salesforce import SalesforceSandbox
-from tests.stack_fixtures import stack_env  # noqa: F401
 from workers.config import KafkaSettings, PostgresSettings, RuntimeSettings, SalesforceSettings, Settings
 from workers.ingress.sf_cdc import CdcMetrics, CdcOptions, CdcTopics, serve
 

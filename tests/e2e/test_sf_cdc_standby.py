@@ -46,7 +46,6 @@ from adapters.leader_lease import lease_key, lock_parts
 from events.topics import Topic
 from sandbox.salesforce import SalesforceSandbox
 from tests.e2e.test_sf_cdc_flow import OWN_CLIENT, eventually
-from tests.stack_fixtures import stack_env  # noqa: F401
 from workers.ingress.cdc_leader import lease_name
 
 pytestmark = pytest.mark.e2e

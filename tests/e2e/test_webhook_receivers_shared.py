@@ -33,7 +33,6 @@ from events.topics import Topic
 from tests.e2e.test_sf_cdc_flow import eventually
 from tests.e2e.test_sf_cdc_standby import Tap
 from tests.integration.test_webhook_receiver import SECRET, free_port
-from tests.stack_fixtures import stack_env  # noqa: F401
 from workers.ingress.webhook_server import PATH
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,6 @@ import pytest
 
 from adapters.cdc_checkpoints import Checkpoint, PgCheckpointStore
 from adapters.db import create_pool, migrate
-from tests.stack_fixtures import stack_env  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,6 @@ import pytest
 from adapters.cdc_checkpoints import Checkpoint, PgCheckpointStore
 from adapters.db import migrate
 from adapters.leader_lease import FENCE_IDLE_TIMEOUT_MS, LeaseLost, PgAdvisoryLease, fence, lease_key, lock_parts
-from tests.stack_fixtures import stack_env  # noqa: F401
 from workers.ingress.cdc_leader import FencedCheckpointStore
 
 pytestmark = pytest.mark.integration

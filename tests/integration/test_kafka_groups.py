@@ -10,7 +10,6 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from adapters.kafka import admin_client, ensure_topics
 from adapters.kafka.groups import describe_groups
 from events.topics import DAY_MS, TopicSpec
-from tests.stack_fixtures import stack_env  # noqa: F401
 from tests.support import eventually
 
 

@@ -37,7 +37,6 @@ from events.envelope import to_record
 from events.errors import MappingMissing, UpstreamUnavailable
 from events.salesforce import OrderChanged
 from events.topics import DAY_MS, TopicSpec, dlq_topic, group_topics, retry_topic
-from tests.stack_fixtures import stack_env  # noqa: F401
 from tests.support import eventually
 from workers.config import KafkaSettings, RuntimeSettings
 from workers.runtime import Message, Route, Worker, build_consumer, partition_counter
