@@ -489,17 +489,23 @@ async def test_a_card_owed_when_the_delivery_crashes_before_its_last_save_is_pub
     assert [sobject for sobject, _ in _writebacks(world)][-3:] == ["Order", "OrderItem", "SIM_Inventory__c"]
 
 
-async def test_a_card_taken_by_an_order_that_then_fails_is_published_with_the_error(world: World) -> None:
-    """Freebit refuses the registration after the card was taken: the card's assignment goes out with
-    the order's error fields (the card stays with the order for the re-trigger), and the re-triggered
-    order's write-back does not send it again."""
-    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+def refuse_sim_registration(world: World) -> Any:
+    """Freebit answers every physical SIM registration with 400-210; returns the real method."""
     original = world.freebit.register_physical_sim
 
     async def refuse(*args: Any, **kwargs: Any) -> None:
         raise RejectedByUpstream("Freebit: bad request (400-210)", upstream="freebit", code="400-210")
 
     world.freebit.register_physical_sim = refuse  # type: ignore[method-assign]
+    return original
+
+
+async def test_a_card_taken_by_an_order_that_then_fails_is_published_with_the_error(world: World) -> None:
+    """Freebit refuses the registration after the card was taken: the card's assignment goes out with
+    the order's error fields (the card stays with the order for the re-trigger), and the re-triggered
+    order's write-back does not send it again."""
+    order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
+    original = refuse_sim_registration(world)
     await world.request(order_id)
     assert await world.state(order_id) == OrderState.FAILED
     card_id = (await world.step(order_id, Step.SIM_ASSIGN)).external_ids["card_id"]
@@ -656,12 +662,7 @@ async def test_a_stale_wakeup_is_ignored(world: World) -> None:
 
 async def test_a_freebit_rejection_fails_the_sim_order_and_reverts_its_status(world: World) -> None:
     order_id = world.place_order("suzuki", "SIM", ["SIM-DV-5GB"], SIM_Type__c="Physical SIM")
-    original = world.freebit.register_physical_sim
-
-    async def refuse(*args: Any, **kwargs: Any) -> None:
-        raise RejectedByUpstream("Freebit: bad request (400-210)", upstream="freebit", code="400-210")
-
-    world.freebit.register_physical_sim = refuse  # type: ignore[method-assign]
+    original = refuse_sim_registration(world)
     await world.request(order_id)
     assert await world.state(order_id) == OrderState.FAILED
     update = world.sf_updates(order_id)[-1]
