@@ -239,7 +239,8 @@ async def test_a_backlog_deeper_than_the_buffers_is_handled_in_order_with_fetch_
 
 async def _committed_is(env: dict[str, Any], names: Names, expected: dict[int, int]) -> bool:
     committed = await committed_offsets(env, names.group, names.topic)
-    return all(committed.get(p) == o for p, o in expected.items())
+    # a partition nobody consumed from has no committed offset (None): its end, when it is empty (0)
+    return all((committed.get(p) or 0) == o for p, o in expected.items())
 
 
 async def test_retry_tier_delay_is_honoured(env: dict[str, Any]) -> None:
@@ -400,7 +401,10 @@ async def test_a_second_member_joining_mid_stream_causes_no_duplicate_side_effec
     # records done after one left queued travelled in the commit metadata (workers.runtime.done_ahead)
     assert deliveries == []
     ends = await end_offsets(env, names.topic)
-    assert await committed_offsets(env, names.group, names.topic) == ends
+    committed = await committed_offsets(env, names.group, names.topic)
+    # 12 random keys leave a partition empty in ~1 run of 8 (4 x (3/4)^12): nobody consumed anything
+    # there, so nothing is committed (None), which is its end (0) as far as delivery goes
+    assert {p: offset or 0 for p, offset in committed.items()} == ends, committed
 
 
 async def _at_least(env: dict[str, Any], sql: str, n: int) -> bool:
