@@ -12,6 +12,7 @@ Must not: delete or recreate a topic that holds records (``delete_topics`` is fo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -172,12 +173,27 @@ async def _plan(admin: Any, specs: list[TopicSpec], allow_key_remap: bool) -> To
             want = f"{spec.partitions} partitions, RF {spec.replication_factor}, min ISR {spec.min_insync_replicas}"
             plan.changes.append(Change(spec.name, "topic", "absent", want, Fix.CREATE))
     if present:
-        described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in present])}
+        described = await _described(admin, [s.name for s in present])
         configs = await _topic_configs(admin, [s.name for s in present])
         for spec in present:
             plan.changes.extend(_layout_drift(spec, described[spec.name], allow_key_remap))
             plan.changes.extend(_config_drift(spec, configs.get(spec.name, {})))
     return plan
+
+
+async def _described(admin: Any, names: list[str], attempts: int = 40, pause_s: float = 0.25) -> dict[str, Any]:
+    """The topics as the cluster describes them, once every one has its partitions. Kafka keeps no
+    topic without partitions: a describe answering none (a broker that has not yet heard of a topic
+    just created) is metadata still spreading, not drift to report; ask again, and after ~10 s say
+    so. Polled because the admin API has no "wait for metadata" call."""
+    settling: list[str] = []
+    for _ in range(attempts):
+        described = {t["topic"]: t for t in await admin.describe_topics(names)}
+        settling = [name for name in names if not described.get(name, {}).get("partitions")]
+        if not settling:
+            return described
+        await asyncio.sleep(pause_s)
+    raise TopicPlanError(f"Kafka has no partition metadata yet for {', '.join(settling)}; try again shortly")
 
 
 def _layout_drift(spec: TopicSpec, described: dict[str, Any], allow_key_remap: bool) -> list[Change]:
