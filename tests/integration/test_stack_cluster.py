@@ -109,7 +109,16 @@ async def test_three_nodes_form_one_cluster_and_the_catalog_is_rf3_min_isr2(clus
     assert len(built.bootstrap.split(",")) == BROKERS
     assert (env["FLEET_TOPICS__REPLICATION_FACTOR"], env["FLEET_TOPICS__MIN_INSYNC_REPLICAS"]) == ("3", "2")
 
-    plan = await plan_topics(built.bootstrap, catalog(TopicPolicy(3, 2)))  # replicas and min ISR as wanted
+    # replicas and min ISR as wanted. `stack up` created the topics through one broker; the others
+    # learn of them a moment later, and the plan may ask one of those (topics "absent" then): wait
+    # for the metadata to agree, then nothing may be left to change
+    wanted = catalog(TopicPolicy(3, 2))
+
+    async def settled() -> bool:
+        return not (await plan_topics(built.bootstrap, wanted)).changes
+
+    await _poll("every broker knows the catalog's topics as created", settled, timeout_s=30)
+    plan = await plan_topics(built.bootstrap, wanted)
     assert (plan.brokers, plan.changes) == (BROKERS, [])
 
 
